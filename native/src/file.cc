@@ -1,0 +1,69 @@
+// File primitives Node lacks: flock(2), fallocate(2), BLKGETSIZE64.
+#include "errors.h"
+#include "file.h"
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+namespace kfs {
+
+// flock(fd, exclusive, nonblocking): an advisory whole-file lock; EWOULDBLOCK when held.
+static Napi::Value Flock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  if (info.Length() < 3 || !info[1].IsBoolean() || !info[2].IsBoolean()) {
+    ThrowType(env, "flock(fd, exclusive: boolean, nonblock: boolean)");
+    return env.Undefined();
+  }
+  int op = info[1].As<Napi::Boolean>() ? LOCK_EX : LOCK_SH;
+  if (info[2].As<Napi::Boolean>()) op |= LOCK_NB;
+  if (flock(fd, op) != 0) ThrowErrno(env, "flock", errno);
+  return env.Undefined();
+}
+
+// fallocate(fd, mode, offset, length) with the raw FALLOC_FL_* mode bits.
+static Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  int64_t mode, off, len;
+  if (!ArgFd(info, 0, &fd) || !ArgInt64(info, 1, &mode, "mode must be an integer") ||
+      !ArgInt64(info, 2, &off, "offset must be a non-negative integer") ||
+      !ArgInt64(info, 3, &len, "length must be a non-negative integer"))
+    return env.Undefined();
+  if (mode > 0xff) {
+    ThrowType(env, "unknown fallocate mode bits");
+    return env.Undefined();
+  }
+  if (fallocate(fd, static_cast<int>(mode), off, len) != 0) ThrowErrno(env, "fallocate", errno);
+  return env.Undefined();
+}
+
+// Size in bytes of a block device (regular files: use fstat from Node).
+static Napi::Value BlockDeviceSize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  uint64_t size = 0;
+  if (ioctl(fd, BLKGETSIZE64, &size) != 0) {
+    ThrowErrno(env, "ioctl(BLKGETSIZE64)", errno);
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, static_cast<double>(size));
+}
+
+void InitFile(Napi::Env env, Napi::Object exports) {
+  exports.Set("flock", Napi::Function::New(env, Flock));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate));
+  exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSize));
+  Napi::Object fl = Napi::Object::New(env);
+  fl.Set("KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
+  fl.Set("PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);
+  fl.Set("ZERO_RANGE", FALLOC_FL_ZERO_RANGE);
+  exports.Set("FALLOC_FL", fl);
+}
+
+}  // namespace kfs

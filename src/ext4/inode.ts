@@ -1,0 +1,198 @@
+/**
+ * ext4 inode (struct ext4_inode, s_inode_size bytes, usually 256): the 128-byte base, then
+ * i_extra_isize bytes of extra fields (nanosecond times, crtime, checksum_hi), then the in-inode
+ * xattr area up to s_inode_size. Times: seconds in the base field, and in *_extra the low 2 bits
+ * extend the epoch (bits 32-33 of seconds) and the high 30 bits hold nanoseconds.
+ * Checksum (metadata_csum): crc32c(csum_seed, le32 ino, le32 generation, inode with the
+ * checksum fields zeroed); low 16 bits in l_i_checksum_lo, high 16 in i_checksum_hi.
+ */
+import { Struct, Decoded } from '../util/struct';
+import { join64, lo32, hi32 } from '../util/cursor';
+import { ext4Crc, ext4CrcU32 } from './crc';
+
+export const InodeLayout = new Struct('ext4_inode', {
+  i_mode: 'u16', i_uid: 'u16', i_size_lo: 'u32', i_atime: 'u32', i_ctime: 'u32', i_mtime: 'u32',
+  i_dtime: 'u32', i_gid: 'u16', i_links_count: 'u16', i_blocks_lo: 'u32', i_flags: 'u32', i_version: 'u32',
+  i_block: 60, i_generation: 'u32', i_file_acl_lo: 'u32', i_size_high: 'u32', i_faddr: 'u32',
+  i_blocks_high: 'u16', i_file_acl_high: 'u16', i_uid_high: 'u16', i_gid_high: 'u16',
+  i_checksum_lo: 'u16', i_reserved: 'u16',
+  // extra fields, present when i_extra_isize covers them
+  i_extra_isize: 'u16', i_checksum_hi: 'u16', i_ctime_extra: 'u32', i_mtime_extra: 'u32',
+  i_atime_extra: 'u32', i_crtime: 'u32', i_crtime_extra: 'u32', i_version_hi: 'u32', i_projid: 'u32',
+}, 160);
+
+export type InodeFields = Decoded<typeof InodeLayout.layout>;
+export const GOOD_OLD_INODE_SIZE = 128;
+const CSUM_LO_OFF = InodeLayout.offsetOf('i_checksum_lo');
+const CSUM_HI_OFF = InodeLayout.offsetOf('i_checksum_hi');
+/** i_extra_isize needed for i_checksum_hi to exist. */
+const CSUM_HI_EXTRA_END = CSUM_HI_OFF + 2 - GOOD_OLD_INODE_SIZE;
+
+export const ROOT_INO = 2;
+export const JOURNAL_INO = 8;
+export const RESIZE_INO = 7;
+export const BAD_INO = 1;
+
+export const S_IFMT = 0o170000;
+export const S_IFSOCK = 0o140000;
+export const S_IFLNK = 0o120000;
+export const S_IFREG = 0o100000;
+export const S_IFBLK = 0o060000;
+export const S_IFDIR = 0o040000;
+export const S_IFCHR = 0o020000;
+export const S_IFIFO = 0o010000;
+
+export const INODE_FLAGS = {
+  SYNC: 0x8, IMMUTABLE: 0x10, APPEND: 0x20, NOATIME: 0x80, INDEX: 0x1000, HUGE_FILE: 0x40000,
+  EXTENTS: 0x80000, EA_INODE: 0x200000, INLINE_DATA: 0x10000000,
+} as const;
+
+/** A time with nanoseconds; seconds may exceed 32 bits (epoch bits). */
+export interface Timespec {
+  sec: number;
+  nsec: number;
+}
+
+export function encodeExtraTime(t: Timespec): { base: number; extra: number } {
+  // ext4_encode_extra_time: epoch = (sec - (s32)sec) >> 32, i.e. the bits above a signed 32-bit.
+  const base = t.sec | 0;
+  const epoch = ((t.sec - base) / 0x100000000) & 3;
+  return { base: base >>> 0, extra: ((t.nsec << 2) | epoch) >>> 0 };
+}
+
+export function decodeExtraTime(base: number, extra: number | undefined): Timespec {
+  const signed = base | 0;
+  if (extra === undefined) return { sec: signed, nsec: 0 };
+  return { sec: signed + (extra & 3) * 0x100000000, nsec: extra >>> 2 };
+}
+
+/**
+ * An inode as loaded from the table: decoded fields plus the raw bytes (which keep the in-inode
+ * xattr area and anything kfs does not interpret).
+ */
+export class Inode {
+  constructor(readonly ino: number, public f: InodeFields, readonly raw: Buffer) {}
+
+  static decode(ino: number, raw: Buffer): Inode {
+    return new Inode(ino, InodeLayout.decode(raw), Buffer.from(raw));
+  }
+
+  static fresh(ino: number, inodeSize: number, extraIsize: number): Inode {
+    const raw = Buffer.alloc(inodeSize);
+    const f = InodeLayout.decode(raw);
+    f.i_extra_isize = inodeSize > GOOD_OLD_INODE_SIZE ? extraIsize : 0;
+    return new Inode(ino, f, raw);
+  }
+
+  /** Serialize the decoded fields into raw (only the extra fields i_extra_isize covers). */
+  encode(): Buffer {
+    const full = Buffer.alloc(160);
+    InodeLayout.encode(this.f, full);
+    const fixedEnd = this.raw.length > GOOD_OLD_INODE_SIZE ? GOOD_OLD_INODE_SIZE + this.f.i_extra_isize : GOOD_OLD_INODE_SIZE;
+    full.copy(this.raw, 0, 0, Math.min(fixedEnd, 160));
+    return this.raw;
+  }
+
+  get mode(): number { return this.f.i_mode; }
+  get type(): number { return this.f.i_mode & S_IFMT; }
+  isDir(): boolean { return this.type === S_IFDIR; }
+  isReg(): boolean { return this.type === S_IFREG; }
+  isSymlink(): boolean { return this.type === S_IFLNK; }
+  hasFlag(fl: number): boolean { return (this.f.i_flags & fl) !== 0; }
+
+  get size(): number { return join64(this.f.i_size_lo, this.f.i_size_high); }
+  set size(v: number) { this.f.i_size_lo = lo32(v); this.f.i_size_high = hi32(v); }
+
+  get uid(): number { return (this.f.i_uid | (this.f.i_uid_high << 16)) >>> 0; }
+  set uid(v: number) { this.f.i_uid = v & 0xffff; this.f.i_uid_high = v >>> 16; }
+  get gid(): number { return (this.f.i_gid | (this.f.i_gid_high << 16)) >>> 0; }
+  set gid(v: number) { this.f.i_gid = v & 0xffff; this.f.i_gid_high = v >>> 16; }
+
+  get links(): number { return this.f.i_links_count; }
+  set links(v: number) { this.f.i_links_count = v; }
+
+  get fileAcl(): number { return join64(this.f.i_file_acl_lo, this.f.i_file_acl_high); }
+  set fileAcl(v: number) { this.f.i_file_acl_lo = lo32(v); this.f.i_file_acl_high = hi32(v) & 0xffff; }
+
+  /** i_blocks in 512-byte sectors (kfs writes huge_file inodes without HUGE_FILE_FL: sectors). */
+  getSectors(blockSize: number): number {
+    const n = join64(this.f.i_blocks_lo, this.f.i_blocks_high);
+    return this.hasFlag(INODE_FLAGS.HUGE_FILE) ? n * (blockSize / 512) : n;
+  }
+  setSectors(sectors: number): void {
+    this.f.i_flags &= ~INODE_FLAGS.HUGE_FILE;
+    this.f.i_blocks_lo = lo32(sectors);
+    this.f.i_blocks_high = hi32(sectors) & 0xffff;
+  }
+
+  private hasExtra(field: 'i_ctime_extra' | 'i_mtime_extra' | 'i_atime_extra' | 'i_crtime' | 'i_crtime_extra'): boolean {
+    return this.raw.length > GOOD_OLD_INODE_SIZE && GOOD_OLD_INODE_SIZE + this.f.i_extra_isize >= InodeLayout.offsetOf(field) + 4;
+  }
+  private getTime(base: 'i_atime' | 'i_mtime' | 'i_ctime', extra: 'i_atime_extra' | 'i_mtime_extra' | 'i_ctime_extra'): Timespec {
+    return decodeExtraTime(this.f[base], this.hasExtra(extra) ? this.f[extra] : undefined);
+  }
+  private setTime(base: 'i_atime' | 'i_mtime' | 'i_ctime' | 'i_crtime', extra: 'i_atime_extra' | 'i_mtime_extra' | 'i_ctime_extra' | 'i_crtime_extra', t: Timespec): void {
+    const e = encodeExtraTime(t);
+    this.f[base] = e.base;
+    if (this.hasExtra(extra)) this.f[extra] = e.extra;
+  }
+  get atime(): Timespec { return this.getTime('i_atime', 'i_atime_extra'); }
+  set atime(t: Timespec) { this.setTime('i_atime', 'i_atime_extra', t); }
+  get mtime(): Timespec { return this.getTime('i_mtime', 'i_mtime_extra'); }
+  set mtime(t: Timespec) { this.setTime('i_mtime', 'i_mtime_extra', t); }
+  get ctime(): Timespec { return this.getTime('i_ctime', 'i_ctime_extra'); }
+  set ctime(t: Timespec) { this.setTime('i_ctime', 'i_ctime_extra', t); }
+  get crtime(): Timespec {
+    return this.hasExtra('i_crtime_extra') ? decodeExtraTime(this.f.i_crtime, this.f.i_crtime_extra) : { sec: 0, nsec: 0 };
+  }
+  set crtime(t: Timespec) { if (this.hasExtra('i_crtime')) this.setTime('i_crtime', 'i_crtime_extra', t); }
+
+  /** Byte range of the in-inode xattr area (after the extra fields). */
+  xattrArea(): Buffer {
+    if (this.raw.length <= GOOD_OLD_INODE_SIZE) return this.raw.subarray(0, 0);
+    return this.raw.subarray(GOOD_OLD_INODE_SIZE + this.f.i_extra_isize);
+  }
+}
+
+/** Checksum of an encoded inode; the stored checksum bytes are skipped. */
+export function inodeChecksum(raw: Buffer, ino: number, generation: number, csumSeed: number, extraIsize: number): number {
+  let crc = ext4CrcU32(csumSeed, ino);
+  crc = ext4CrcU32(crc, generation);
+  const hasHi = raw.length > GOOD_OLD_INODE_SIZE && extraIsize >= CSUM_HI_EXTRA_END;
+  const zero2 = Buffer.alloc(2);
+  crc = ext4Crc(crc, raw.subarray(0, CSUM_LO_OFF));
+  crc = ext4Crc(crc, zero2);
+  crc = ext4Crc(crc, raw.subarray(CSUM_LO_OFF + 2, GOOD_OLD_INODE_SIZE));
+  if (raw.length > GOOD_OLD_INODE_SIZE) {
+    if (hasHi) {
+      crc = ext4Crc(crc, raw.subarray(GOOD_OLD_INODE_SIZE, CSUM_HI_OFF));
+      crc = ext4Crc(crc, zero2);
+      crc = ext4Crc(crc, raw.subarray(CSUM_HI_OFF + 2));
+    } else {
+      crc = ext4Crc(crc, raw.subarray(GOOD_OLD_INODE_SIZE));
+    }
+  }
+  return hasHi ? crc : crc & 0xffff;
+}
+
+/** Store the checksum into raw (after encode()). */
+export function setInodeChecksum(inode: Inode, csumSeed: number): void {
+  const raw = inode.raw;
+  const extra = raw.length > GOOD_OLD_INODE_SIZE ? inode.f.i_extra_isize : 0;
+  const crc = inodeChecksum(raw, inode.ino, inode.f.i_generation, csumSeed, extra);
+  raw.writeUInt16LE(crc & 0xffff, CSUM_LO_OFF);
+  inode.f.i_checksum_lo = crc & 0xffff;
+  if (raw.length > GOOD_OLD_INODE_SIZE && extra >= CSUM_HI_EXTRA_END) {
+    raw.writeUInt16LE(crc >>> 16, CSUM_HI_OFF);
+    inode.f.i_checksum_hi = crc >>> 16;
+  }
+}
+
+export function verifyInodeChecksum(raw: Buffer, ino: number, csumSeed: number): boolean {
+  const f = InodeLayout.decode(raw);
+  const extra = raw.length > GOOD_OLD_INODE_SIZE ? f.i_extra_isize : 0;
+  const crc = inodeChecksum(raw, ino, f.i_generation, csumSeed, extra);
+  const hasHi = raw.length > GOOD_OLD_INODE_SIZE && extra >= CSUM_HI_EXTRA_END;
+  const stored = hasHi ? (f.i_checksum_lo | (f.i_checksum_hi << 16)) >>> 0 : f.i_checksum_lo;
+  return stored === crc;
+}

@@ -1,0 +1,28 @@
+/** Typed access to the C++ addon (native/). Its functions throw errors carrying errno/code. */
+import path from 'node:path';
+
+export interface KfsNative {
+  flock(fd: number, exclusive: boolean, nonblock: boolean): void;
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  blockDeviceSize(fd: number): number;
+  FALLOC_FL: { KEEP_SIZE: number; PUNCH_HOLE: number; ZERO_RANGE: number };
+}
+
+function load(): KfsNative {
+  // dist/src/native.js -> ../../native/build/Release
+  const candidates = [
+    path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'kfs_native.node'),
+    path.join(__dirname, '..', 'native', 'build', 'Release', 'kfs_native.node'),
+  ];
+  let lastErr: unknown;
+  for (const c of candidates) {
+    try {
+      return require(c) as KfsNative;
+    } catch (e) {
+      lastErr = e;
+    }
+  }
+  throw new Error(`kfs native addon not built (run: npm run setup): ${String(lastErr)}`);
+}
+
+export const native: KfsNative = load();

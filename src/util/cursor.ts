@@ -1,0 +1,167 @@
+/**
+ * ByteCursor: the one little-endian reader/writer for every binary format in kfs (ext4
+ * structures, FUSE messages, vhost-user messages). Every access is bounds-checked against the
+ * cursor's window; a short buffer raises ShortBufferError, which protocol layers turn into an
+ * error reply and ext4 turns into a corruption error.
+ */
+export class ShortBufferError extends Error {
+  constructor(what: string, need: number, have: number) {
+    super(`short buffer: ${what} needs ${need} bytes, ${have} left`);
+    this.name = 'ShortBufferError';
+  }
+}
+
+export class ByteCursor {
+  /** Absolute position in `buf`. */
+  pos: number;
+  readonly start: number;
+  readonly end: number;
+
+  constructor(readonly buf: Buffer, start = 0, end = buf.length) {
+    if (start < 0 || end > buf.length || start > end) throw new RangeError('cursor window outside buffer');
+    this.start = start;
+    this.end = end;
+    this.pos = start;
+  }
+
+  /** Bytes left before the window's end. */
+  get remaining(): number {
+    return this.end - this.pos;
+  }
+  /** Position relative to the window's start. */
+  get offset(): number {
+    return this.pos - this.start;
+  }
+
+  seek(offset: number): this {
+    if (offset < 0 || this.start + offset > this.end) throw new ShortBufferError('seek', offset, this.end - this.start);
+    this.pos = this.start + offset;
+    return this;
+  }
+
+  skip(n: number): this {
+    this.need(n, 'skip');
+    this.pos += n;
+    return this;
+  }
+
+  private need(n: number, what: string): void {
+    if (n < 0 || this.pos + n > this.end) throw new ShortBufferError(what, n, this.end - this.pos);
+  }
+
+  u8(): number {
+    this.need(1, 'u8');
+    return this.buf[this.pos++];
+  }
+  u16(): number {
+    this.need(2, 'u16');
+    const v = this.buf.readUInt16LE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+  u32(): number {
+    this.need(4, 'u32');
+    const v = this.buf.readUInt32LE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  i32(): number {
+    this.need(4, 'i32');
+    const v = this.buf.readInt32LE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  /** u64 as a number: exact below 2^53, which covers every block, byte and inode count here. */
+  u64(): number {
+    this.need(8, 'u64');
+    const lo = this.buf.readUInt32LE(this.pos);
+    const hi = this.buf.readUInt32LE(this.pos + 4);
+    this.pos += 8;
+    return hi * 0x100000000 + lo;
+  }
+  /** u64 exactly, for identifiers that use all 64 bits (FUSE unique, fh, flags). */
+  u64n(): bigint {
+    this.need(8, 'u64');
+    const v = this.buf.readBigUInt64LE(this.pos);
+    this.pos += 8;
+    return v;
+  }
+  i64(): number {
+    this.need(8, 'i64');
+    const v = this.buf.readBigInt64LE(this.pos);
+    this.pos += 8;
+    return Number(v);
+  }
+  /** A view (no copy) of the next n bytes. */
+  bytes(n: number): Buffer {
+    this.need(n, 'bytes');
+    const v = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return v;
+  }
+  /** A NUL-terminated string within the window (the NUL is consumed). */
+  cstring(): Buffer {
+    const nul = this.buf.indexOf(0, this.pos);
+    if (nul < 0 || nul >= this.end) throw new ShortBufferError('NUL-terminated string', this.end - this.pos + 1, this.end - this.pos);
+    const v = this.buf.subarray(this.pos, nul);
+    this.pos = nul + 1;
+    return v;
+  }
+
+  putU8(v: number): this {
+    this.need(1, 'u8');
+    this.buf[this.pos++] = v & 0xff;
+    return this;
+  }
+  putU16(v: number): this {
+    this.need(2, 'u16');
+    this.buf.writeUInt16LE(v & 0xffff, this.pos);
+    this.pos += 2;
+    return this;
+  }
+  putU32(v: number): this {
+    this.need(4, 'u32');
+    this.buf.writeUInt32LE(v >>> 0, this.pos);
+    this.pos += 4;
+    return this;
+  }
+  putI32(v: number): this {
+    this.need(4, 'i32');
+    this.buf.writeInt32LE(v | 0, this.pos);
+    this.pos += 4;
+    return this;
+  }
+  putU64(v: number | bigint): this {
+    this.need(8, 'u64');
+    if (typeof v === 'bigint') this.buf.writeBigUInt64LE(v, this.pos);
+    else {
+      this.buf.writeUInt32LE(v % 0x100000000 >>> 0, this.pos);
+      this.buf.writeUInt32LE(Math.floor(v / 0x100000000) >>> 0, this.pos + 4);
+    }
+    this.pos += 8;
+    return this;
+  }
+  putI64(v: number | bigint): this {
+    this.need(8, 'i64');
+    this.buf.writeBigInt64LE(BigInt(v), this.pos);
+    this.pos += 8;
+    return this;
+  }
+  putBytes(src: Uint8Array): this {
+    this.need(src.length, 'bytes');
+    this.buf.set(src, this.pos);
+    this.pos += src.length;
+    return this;
+  }
+  fill(n: number, value = 0): this {
+    this.need(n, 'fill');
+    this.buf.fill(value, this.pos, this.pos + n);
+    this.pos += n;
+    return this;
+  }
+}
+
+/** Split/join helpers for ext4's lo/hi field pairs. */
+export const hi32 = (v: number): number => Math.floor(v / 0x100000000) >>> 0;
+export const lo32 = (v: number): number => v % 0x100000000 >>> 0;
+export const join64 = (lo: number, hi: number): number => hi * 0x100000000 + lo;

@@ -1,0 +1,38 @@
+/**
+ * Filesystem errors carry an errno so that every layer (library, FUSE dispatcher, CLI) maps
+ * them to a reply or a message in one place.
+ */
+import { constants } from 'node:os';
+
+export type ErrnoName = keyof typeof constants.errno;
+
+export class FsError extends Error {
+  readonly errno: number;
+  readonly code: ErrnoName;
+  constructor(code: ErrnoName, message: string) {
+    super(`${code}: ${message}`);
+    this.name = 'FsError';
+    this.code = code;
+    this.errno = constants.errno[code];
+  }
+}
+
+export function fsError(code: ErrnoName, message: string): FsError {
+  return new FsError(code, message);
+}
+
+/** Metadata that fails a checksum or a sanity check: EIO naming what is damaged. */
+export class CorruptionError extends FsError {
+  constructor(message: string) {
+    super('EIO', `corrupt filesystem: ${message}`);
+    this.name = 'CorruptionError';
+  }
+}
+
+/** errno of any thrown value: FsError, a Node system error, or EIO for the unknown. */
+export function errnoOf(e: unknown): number {
+  if (e instanceof FsError) return e.errno;
+  const code = (e as { code?: unknown })?.code;
+  if (typeof code === 'string' && code in constants.errno) return constants.errno[code as ErrnoName];
+  return constants.errno.EIO;
+}
