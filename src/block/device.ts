@@ -1,0 +1,246 @@
+/**
+ * BlockDevice: the image file as fixed-size blocks.
+ * - Metadata blocks go through a bounded LRU cache (dirty blocks stay until flush(); clean
+ *   ones are evicted first; memory does not grow with the image).
+ * - File data bypasses the cache with positioned reads/writes (readAt/writeAt), as the
+ *   kernel's page cache would hold it, not ext4's buffer cache.
+ * - Exclusive use: an advisory flock on the image; a second kfs process is refused.
+ */
+import fs from 'node:fs';
+import { native } from '../native';
+import { FsError } from '../util/errors';
+
+export interface BlockDeviceOptions {
+  readOnly?: boolean;
+  /** Cache size in bytes (default 64 MiB). */
+  cacheBytes?: number;
+  /** Skip the exclusive lock (only for tools that read an image another kfs holds). */
+  noLock?: boolean;
+}
+
+interface CacheEntry {
+  buf: Buffer;
+  dirty: boolean;
+}
+
+export interface BlockDeviceStats {
+  hits: number;
+  misses: number;
+  reads: number;
+  writes: number;
+  cachedBlocks: number;
+  dirtyBlocks: number;
+}
+
+function pread(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
+}
+function pwrite(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
+export class BlockDevice {
+  blockSize = 1024;
+  private cache = new Map<number, CacheEntry>(); // insertion order = LRU order
+  private dirtyCount = 0;
+  private maxBlocks: number;
+  readonly stats: BlockDeviceStats = { hits: 0, misses: 0, reads: 0, writes: 0, cachedBlocks: 0, dirtyBlocks: 0 };
+
+  private constructor(readonly path: string, readonly fd: number, readonly size: number, readonly readOnly: boolean, private cacheBytes: number) {
+    this.maxBlocks = Math.max(64, Math.floor(cacheBytes / this.blockSize));
+  }
+
+  static open(path: string, opts: BlockDeviceOptions = {}): BlockDevice {
+    const readOnly = !!opts.readOnly;
+    let fd: number;
+    try {
+      fd = fs.openSync(path, readOnly ? 'r' : 'r+');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+      throw new FsError(code as 'ENOENT', `cannot open image ${path}: ${(e as Error).message}`);
+    }
+    try {
+      const st = fs.fstatSync(fd);
+      const size = st.isBlockDevice() ? native.blockDeviceSize(fd) : st.size;
+      if (!opts.noLock) {
+        try {
+          native.flock(fd, !readOnly, true);
+        } catch (e) {
+          if ((e as { code?: string }).code === 'EWOULDBLOCK' || (e as { code?: string }).code === 'EAGAIN') {
+            throw new FsError('EBUSY', `image ${path} is in use by another kfs process (it holds the image lock); stop it first`);
+          }
+          throw e;
+        }
+      }
+      return new BlockDevice(path, fd, size, readOnly, opts.cacheBytes ?? 64 << 20);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  setBlockSize(bs: number): void {
+    if (this.cache.size) throw new Error('block size changed with blocks cached');
+    this.blockSize = bs;
+    this.maxBlocks = Math.max(64, Math.floor(this.cacheBytes / bs));
+  }
+
+  get blockCount(): number {
+    return Math.floor(this.size / this.blockSize);
+  }
+
+  private checkBlock(block: number): void {
+    if (!Number.isInteger(block) || block < 0 || (block + 1) * this.blockSize > this.size) {
+      throw new FsError('EIO', `block ${block} is outside the image (${this.blockCount} blocks)`);
+    }
+  }
+
+  /** A cached block. The returned buffer is shared: modify it and call markDirty(). */
+  async read(block: number): Promise<Buffer> {
+    const e = this.cache.get(block);
+    if (e) {
+      this.stats.hits++;
+      this.cache.delete(block);
+      this.cache.set(block, e);
+      return e.buf;
+    }
+    this.stats.misses++;
+    this.checkBlock(block);
+    const buf = Buffer.allocUnsafe(this.blockSize);
+    await this.readAt(buf, block * this.blockSize);
+    // Another reader may have filled the slot while we awaited; keep the first copy.
+    const again = this.cache.get(block);
+    if (again) return again.buf;
+    this.cache.set(block, { buf, dirty: false });
+    await this.evict();
+    return buf;
+  }
+
+  /** A block about to be entirely overwritten: no read from disk. */
+  zeroed(block: number): Buffer {
+    this.checkBlock(block);
+    const e = this.cache.get(block);
+    if (e) {
+      e.buf.fill(0);
+      return e.buf;
+    }
+    const buf = Buffer.alloc(this.blockSize);
+    this.cache.set(block, { buf, dirty: false });
+    return buf;
+  }
+
+  /** Mark a cached block dirty; `buf` re-inserts it if it was evicted meanwhile. */
+  markDirty(block: number, buf?: Buffer): void {
+    this.assertWritable();
+    let e = this.cache.get(block);
+    if (!e) {
+      if (!buf) throw new Error(`markDirty of uncached block ${block}`);
+      this.checkBlock(block);
+      e = { buf, dirty: false };
+      this.cache.set(block, e);
+    } else if (buf && buf !== e.buf) {
+      buf.copy(e.buf);
+    }
+    if (!e.dirty) {
+      e.dirty = true;
+      this.dirtyCount++;
+    }
+  }
+
+  /** Drop a block from the cache without writing it (it was freed). */
+  forget(block: number): void {
+    const e = this.cache.get(block);
+    if (e) {
+      if (e.dirty) this.dirtyCount--;
+      this.cache.delete(block);
+    }
+  }
+
+  get dirtyBlocks(): number {
+    return this.dirtyCount;
+  }
+
+  /** Evict clean blocks beyond the bound; dirty ones are written only by flush(). */
+  private async evict(): Promise<void> {
+    if (this.cache.size <= this.maxBlocks) return;
+    for (const [b, e] of this.cache) {
+      if (this.cache.size <= this.maxBlocks) break;
+      if (!e.dirty) this.cache.delete(b);
+    }
+  }
+
+  /** Write every dirty block, in block order, coalescing neighbours. */
+  async flush(): Promise<void> {
+    if (this.dirtyCount === 0) return;
+    const dirty: number[] = [];
+    for (const [b, e] of this.cache) if (e.dirty) dirty.push(b);
+    dirty.sort((a, b) => a - b);
+    let i = 0;
+    while (i < dirty.length) {
+      let j = i + 1;
+      while (j < dirty.length && dirty[j] === dirty[j - 1] + 1 && j - i < 256) j++;
+      const bufs = dirty.slice(i, j).map((b) => this.cache.get(b)!.buf);
+      const run = bufs.length === 1 ? bufs[0] : Buffer.concat(bufs);
+      await this.writeAt(run, dirty[i] * this.blockSize);
+      for (let k = i; k < j; k++) this.cache.get(dirty[k])!.dirty = false;
+      i = j;
+    }
+    this.dirtyCount = 0;
+    await this.evict();
+  }
+
+  /** Positioned read of raw bytes (file data); short reads past the end are zero-filled. */
+  async readAt(buf: Buffer, pos: number, off = 0, len = buf.length - off): Promise<void> {
+    this.stats.reads++;
+    let done = 0;
+    while (done < len) {
+      const n = await pread(this.fd, buf, off + done, len - done, pos + done);
+      if (n === 0) {
+        buf.fill(0, off + done, off + len);
+        return;
+      }
+      done += n;
+    }
+  }
+
+  async writeAt(buf: Buffer, pos: number, off = 0, len = buf.length - off): Promise<void> {
+    this.assertWritable();
+    if (pos + len > this.size) throw new FsError('EIO', `write at ${pos}+${len} beyond the image end ${this.size}`);
+    this.stats.writes++;
+    let done = 0;
+    while (done < len) done += await pwrite(this.fd, buf, off + done, len - done, pos + done);
+  }
+
+  /** Drop file-data blocks that might be cached as metadata (after reuse). */
+  forgetRange(block: number, count: number): void {
+    if (this.cache.size === 0) return;
+    if (count > this.cache.size) {
+      for (const b of [...this.cache.keys()]) if (b >= block && b < block + count) this.forget(b);
+    } else {
+      for (let b = block; b < block + count; b++) this.forget(b);
+    }
+  }
+
+  async sync(): Promise<void> {
+    await this.flush();
+    if (!this.readOnly) await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(e) : res())));
+  }
+
+  punchHole(pos: number, len: number): void {
+    this.assertWritable();
+    native.fallocate(this.fd, native.FALLOC_FL.PUNCH_HOLE | native.FALLOC_FL.KEEP_SIZE, pos, len);
+  }
+
+  getStats(): BlockDeviceStats {
+    return { ...this.stats, cachedBlocks: this.cache.size, dirtyBlocks: this.dirtyCount };
+  }
+
+  private assertWritable(): void {
+    if (this.readOnly) throw new FsError('EROFS', 'image is open read-only');
+  }
+
+  async close(): Promise<void> {
+    if (!this.readOnly) await this.sync();
+    fs.closeSync(this.fd);
+  }
+}

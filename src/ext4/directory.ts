@@ -1,0 +1,372 @@
+/**
+ * Directory operations over a directory's blocks: lookup, add, remove and listing, for linear
+ * directories and hashed (htree) ones alike. A linear directory that outgrows its first block
+ * is converted to an htree, as ext4's make_indexed_dir does when dir_index is on.
+ */
+import { CorruptionError, FsError } from '../util/errors';
+import { dxHash } from './dx-hash';
+import { DxNode, looksLikeDxNode } from './htree';
+import {
+  Dirent, parseDirBlock, entriesEnd, insertDirent, removeDirent, packDirBlock, packedSize, direntSize,
+  sealDirBlock, verifyDirBlock, hasDirTail, FT,
+} from './dirent';
+
+/** What the directory code needs from the filesystem: the directory's blocks. */
+export interface DirIO {
+  ino: number;
+  blockSize: number;
+  /** Inode checksum seed, or null without metadata_csum. */
+  csumSeed: number | null;
+  blockCount(): number;
+  read(lblk: number): Promise<Buffer>;
+  /** The block was modified in place; persist it (checksums are already set). */
+  dirty(lblk: number, buf: Buffer): void;
+  /** Add a zeroed block at the end of the directory. */
+  append(): Promise<{ lblk: number; buf: Buffer }>;
+  /** Is the directory indexed (EXT4_INDEX_FL)? */
+  indexed: boolean;
+  setIndexed(v: boolean): void;
+  /** dir_index enabled on the volume. */
+  dirIndex: boolean;
+  /** Default hash version (s_def_hash_version) and whether the unsigned variants apply (+3). */
+  defHashVersion: number;
+  unsignedDelta: number;
+  hashSeed: Buffer;
+  /** large_dir: 3 index levels instead of 2. */
+  largeDir: boolean;
+}
+
+const DOT = Buffer.from('.');
+const DOTDOT = Buffer.from('..');
+
+export interface DirEntryInfo {
+  name: Buffer;
+  inode: number;
+  fileType: number;
+}
+
+export interface FoundEntry extends DirEntryInfo {
+  lblk: number;
+}
+
+export class Directory {
+  constructor(private io: DirIO) {}
+
+  private get csum(): boolean {
+    return this.io.csumSeed !== null;
+  }
+  private get end(): number {
+    return entriesEnd(this.io.blockSize, this.csum);
+  }
+  private where(lblk: number): string {
+    return `directory inode ${this.io.ino} block ${lblk}`;
+  }
+
+  private hashVersion(root?: DxNode): number {
+    const v = root?.info ? root.info.hashVersion : this.io.defHashVersion;
+    return v <= 2 ? v + this.io.unsignedDelta : v;
+  }
+
+  hash(name: Buffer, root?: DxNode): { major: number; minor: number } {
+    return dxHash(name, this.hashVersion(root), this.io.hashSeed);
+  }
+
+  /** A leaf block, checksum verified. */
+  private async leaf(lblk: number): Promise<{ buf: Buffer; entries: Dirent[] }> {
+    const buf = await this.io.read(lblk);
+    if (this.csum) verifyDirBlock(buf, this.io.csumSeed!, this.where(lblk));
+    return { buf, entries: parseDirBlock(buf, this.end, this.where(lblk)) };
+  }
+
+  private async root(): Promise<DxNode> {
+    const buf = await this.io.read(0);
+    return DxNode.parse(buf, true, this.io.csumSeed, this.where(0));
+  }
+
+  /** Path from the root to the leaf for `hash`: index nodes with the chosen entry. */
+  private async dxPath(hash: number): Promise<{ nodes: { lblk: number; node: DxNode; at: number }[]; leaf: number }> {
+    const root = await this.root();
+    const nodes = [{ lblk: 0, node: root, at: root.find(hash) }];
+    let cur = nodes[0];
+    for (let level = 0; level < root.info!.levels; level++) {
+      const lblk = cur.node.entries[cur.at].block;
+      if (lblk === 0 || lblk >= this.io.blockCount()) throw new CorruptionError(`${this.where(0)}: htree points at block ${lblk} outside the directory`);
+      const buf = await this.io.read(lblk);
+      const node = DxNode.parse(buf, false, this.io.csumSeed, this.where(lblk));
+      cur = { lblk, node, at: node.find(hash) };
+      nodes.push(cur);
+    }
+    const leaf = cur.node.entries[cur.at].block;
+    if (leaf === 0 || leaf >= this.io.blockCount()) throw new CorruptionError(`${this.where(0)}: htree points at block ${leaf} outside the directory`);
+    return { nodes, leaf };
+  }
+
+  async lookup(name: Buffer): Promise<FoundEntry | null> {
+    if (name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT))) {
+      // "." and ".." are the first two entries of block 0, in linear and htree directories.
+      const buf = await this.io.read(0);
+      const off = name.length === 1 ? 0 : 12;
+      return { name, inode: buf.readUInt32LE(off), fileType: FT.DIR, lblk: 0 };
+    }
+    if (this.io.indexed && this.io.dirIndex) {
+      const root = await this.root();
+      const { major } = this.hash(name, root);
+      const path = await this.dxPath(major);
+      // Follow continuation leaves: equal hashes may spill into the next leaf (hash | 1).
+      const last = path.nodes[path.nodes.length - 1];
+      let idx = last.at;
+      for (;;) {
+        const lblk = last.node.entries[idx].block;
+        const { entries } = await this.leaf(lblk);
+        for (const d of entries) if (d.inode && d.name.equals(name)) return { name: d.name, inode: d.inode, fileType: d.fileType, lblk };
+        const next = last.node.entries[idx + 1];
+        if (!next || (next.hash & ~1) !== major || !(next.hash & 1)) return null;
+        idx++;
+      }
+    }
+    const n = this.io.blockCount();
+    for (let lblk = 0; lblk < n; lblk++) {
+      const { entries } = await this.leaf(lblk);
+      for (const d of entries) if (d.inode && d.name.equals(name)) return { name: d.name, inode: d.inode, fileType: d.fileType, lblk };
+    }
+    return null;
+  }
+
+  /** Every live entry including "." and "..". */
+  async list(): Promise<DirEntryInfo[]> {
+    const out: DirEntryInfo[] = [];
+    const n = this.io.blockCount();
+    const indexed = this.io.indexed && this.io.dirIndex;
+    for (let lblk = 0; lblk < n; lblk++) {
+      const buf = await this.io.read(lblk);
+      let entries: Dirent[];
+      if (indexed && (lblk === 0 || looksLikeDxNode(buf))) {
+        if (lblk !== 0) continue;
+        // dx root: "." at 0 and ".." at 12.
+        out.push({ name: Buffer.from('.'), inode: buf.readUInt32LE(0), fileType: FT.DIR });
+        out.push({ name: Buffer.from('..'), inode: buf.readUInt32LE(12), fileType: FT.DIR });
+        continue;
+      }
+      if (this.csum) verifyDirBlock(buf, this.io.csumSeed!, this.where(lblk));
+      entries = parseDirBlock(buf, this.end, this.where(lblk));
+      for (const d of entries) if (d.inode) out.push({ name: Buffer.from(d.name), inode: d.inode, fileType: d.fileType });
+    }
+    return out;
+  }
+
+  /** Add an entry (the caller checked that the name is absent). */
+  async add(name: Buffer, inode: number, fileType: number): Promise<void> {
+    if (this.io.indexed && this.io.dirIndex) return this.dxAdd(name, inode, fileType);
+    const n = this.io.blockCount();
+    for (let lblk = 0; lblk < n; lblk++) {
+      const { buf } = await this.leaf(lblk);
+      if (insertDirent(buf, this.end, this.where(lblk), inode, name, fileType)) {
+        sealDirBlock(buf, this.io.csumSeed);
+        this.io.dirty(lblk, buf);
+        return;
+      }
+    }
+    if (n === 1 && this.io.dirIndex) {
+      await this.makeIndexed();
+      return this.dxAdd(name, inode, fileType);
+    }
+    const { lblk, buf } = await this.io.append();
+    packDirBlock(buf, this.end, [{ inode, name, fileType }]);
+    sealDirBlock(buf, this.io.csumSeed);
+    this.io.dirty(lblk, buf);
+  }
+
+  async remove(name: Buffer): Promise<FoundEntry | null> {
+    const found = await this.lookup(name);
+    if (!found) return null;
+    const lblk = found.lblk;
+    const { buf } = await this.leaf(lblk);
+    const d = removeDirent(buf, this.end, this.where(lblk), name);
+    if (!d) return null;
+    sealDirBlock(buf, this.io.csumSeed);
+    this.io.dirty(lblk, buf);
+    return { name: d.name, inode: d.inode, fileType: d.fileType, lblk };
+  }
+
+  /** Point an existing entry at another inode (rename over an existing name). */
+  async replace(name: Buffer, inode: number, fileType: number): Promise<number> {
+    const found = await this.lookup(name);
+    if (!found) throw new FsError('ENOENT', `no entry ${name.toString()} to replace`);
+    const { buf, entries } = await this.leaf(found.lblk);
+    const d = entries.find((e) => e.inode && e.name.equals(name))!;
+    buf.writeUInt32LE(inode, d.offset);
+    buf[d.offset + 7] = fileType;
+    sealDirBlock(buf, this.io.csumSeed);
+    this.io.dirty(found.lblk, buf);
+    return found.inode;
+  }
+
+  /** Change the ".." entry (rename of a directory to a new parent). */
+  async setDotDot(parent: number): Promise<void> {
+    const buf = await this.io.read(0);
+    if (this.io.indexed && this.io.dirIndex) {
+      const root = DxNode.parse(buf, true, this.io.csumSeed, this.where(0));
+      root.write(buf, this.io.csumSeed, buf.readUInt32LE(0), parent);
+    } else {
+      if (this.csum) verifyDirBlock(buf, this.io.csumSeed!, this.where(0));
+      const entries = parseDirBlock(buf, this.end, this.where(0));
+      const dd = entries[1];
+      if (!dd || !dd.name.equals(Buffer.from('..'))) throw new CorruptionError(`${this.where(0)}: no ".." entry`);
+      buf.writeUInt32LE(parent, dd.offset);
+      sealDirBlock(buf, this.io.csumSeed);
+    }
+    this.io.dirty(0, buf);
+  }
+
+  async isEmpty(): Promise<boolean> {
+    for (const e of await this.list()) {
+      const s = e.name.toString('latin1');
+      if (s !== '.' && s !== '..') return false;
+    }
+    return true;
+  }
+
+  // ---- htree maintenance ----
+
+  /** Turn a full one-block linear directory into an htree (make_indexed_dir). */
+  private async makeIndexed(): Promise<void> {
+    const { buf } = await this.leaf(0);
+    const entries = parseDirBlock(buf, this.end, this.where(0));
+    const dot = entries[0];
+    const dotdot = entries[1];
+    if (!dot || !dotdot || !dot.name.equals(Buffer.from('.')) || !dotdot.name.equals(Buffer.from('..'))) {
+      throw new CorruptionError(`${this.where(0)}: first block lacks "." and ".."`);
+    }
+    const rest = entries.slice(2).filter((d) => d.inode).map((d) => ({ inode: d.inode, name: Buffer.from(d.name), fileType: d.fileType }));
+    const hashVersion = this.io.defHashVersion;
+    const rootInfo = { hashVersion, levels: 0 };
+    const probe = new DxNode(true, [], 0, rootInfo);
+    const sorted = rest.map((e) => ({ ...e, h: this.hash(e.name, probe) })).sort((a, b) => a.h.major - b.h.major || a.h.minor - b.h.minor);
+    // Fill leaves to about three quarters so the next inserts do not split at once.
+    const target = Math.floor((this.end * 3) / 4);
+    const leaves: { hash: number; entries: typeof sorted }[] = [];
+    let cur: typeof sorted = [];
+    let size = 0;
+    for (const e of sorted) {
+      const s = direntSize(e.name.length);
+      if (cur.length && size + s > target && e.h.major !== cur[cur.length - 1].h.major) {
+        leaves.push({ hash: cur[0].h.major, entries: cur });
+        cur = [];
+        size = 0;
+      }
+      cur.push(e);
+      size += s;
+    }
+    leaves.push({ hash: cur.length ? cur[0].h.major : 0, entries: cur });
+    const index: { hash: number; block: number }[] = [];
+    for (let i = 0; i < leaves.length; i++) {
+      const { lblk, buf: lb } = await this.io.append();
+      packDirBlock(lb, this.end, leaves[i].entries);
+      sealDirBlock(lb, this.io.csumSeed);
+      this.io.dirty(lblk, lb);
+      index.push({ hash: i === 0 ? 0 : leaves[i].hash, block: lblk });
+    }
+    const root = new DxNode(true, index, DxNode.limitFor(this.io.blockSize, true, this.csum), rootInfo);
+    const rb = await this.io.read(0);
+    root.write(rb, this.io.csumSeed, dot.inode, dotdot.inode);
+    this.io.dirty(0, rb);
+    this.io.setIndexed(true);
+  }
+
+  private async dxAdd(name: Buffer, inode: number, fileType: number): Promise<void> {
+    const root = await this.root();
+    const h = this.hash(name, root);
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const path = await this.dxPath(h.major);
+      const last = path.nodes[path.nodes.length - 1];
+      const leafLblk = path.leaf;
+      const { buf } = await this.leaf(leafLblk);
+      if (insertDirent(buf, this.end, this.where(leafLblk), inode, name, fileType)) {
+        sealDirBlock(buf, this.io.csumSeed);
+        this.io.dirty(leafLblk, buf);
+        return;
+      }
+      // Leaf full: make room in the index first if its node is full, then split the leaf.
+      if (last.node.full) {
+        await this.growIndex(path.nodes);
+        continue;
+      }
+      await this.splitLeaf(last.lblk, last.node, last.at, leafLblk, buf, root);
+    }
+    throw new FsError('ENOSPC', `directory inode ${this.io.ino}: htree index is full`);
+  }
+
+  /** Split a full leaf in two by hash, and add the new leaf to its index node. */
+  private async splitLeaf(nodeLblk: number, node: DxNode, at: number, leafLblk: number, leafBuf: Buffer, root: DxNode): Promise<void> {
+    const live = parseDirBlock(leafBuf, this.end, this.where(leafLblk)).filter((d) => d.inode)
+      .map((d) => ({ inode: d.inode, name: Buffer.from(d.name), fileType: d.fileType, h: this.hash(d.name, root) }))
+      .sort((a, b) => a.h.major - b.h.major || a.h.minor - b.h.minor);
+    // Split at half the bytes (do_split); equal hashes across the cut set the continuation bit.
+    const total = packedSize(live);
+    let acc = 0;
+    let split = 0;
+    while (split < live.length && acc + direntSize(live[split].name.length) <= total / 2) acc += direntSize(live[split++].name.length);
+    split = Math.min(Math.max(split, 1), live.length - 1);
+    const lower = live.slice(0, split);
+    const upper = live.slice(split);
+    const splitHash = upper[0].h.major;
+    const contBit = lower[lower.length - 1].h.major === splitHash ? 1 : 0;
+
+    packDirBlock(leafBuf, this.end, lower);
+    sealDirBlock(leafBuf, this.io.csumSeed);
+    this.io.dirty(leafLblk, leafBuf);
+    const { lblk: newLblk, buf: nb } = await this.io.append();
+    packDirBlock(nb, this.end, upper);
+    sealDirBlock(nb, this.io.csumSeed);
+    this.io.dirty(newLblk, nb);
+
+    node.entries.splice(at + 1, 0, { hash: splitHash | contBit, block: newLblk });
+    await this.writeNode(nodeLblk, node);
+  }
+
+  private async writeNode(lblk: number, node: DxNode): Promise<void> {
+    const buf = await this.io.read(lblk);
+    if (node.isRoot) node.write(buf, this.io.csumSeed, buf.readUInt32LE(0), buf.readUInt32LE(12));
+    else node.write(buf, this.io.csumSeed);
+    this.io.dirty(lblk, buf);
+  }
+
+  /** The index node on the path is full: add a level (root full) or split the interior node. */
+  private async growIndex(nodes: { lblk: number; node: DxNode; at: number }[]): Promise<void> {
+    const root = nodes[0].node;
+    const maxLevels = this.io.largeDir ? 3 : 2;
+    const nodeLimit = DxNode.limitFor(this.io.blockSize, false, this.csum);
+    // Find the deepest non-full ancestor.
+    let k = nodes.length - 1;
+    while (k >= 0 && nodes[k].node.full) k--;
+    if (k < 0) {
+      // Every node on the path is full, root included: push the root's entries down a level.
+      if (root.info!.levels + 1 >= maxLevels) throw new FsError('ENOSPC', `directory inode ${this.io.ino} is too large for its htree (levels ${root.info!.levels})`);
+      const { lblk, buf } = await this.io.append();
+      const child = new DxNode(false, root.entries, nodeLimit, null);
+      child.write(buf, this.io.csumSeed);
+      this.io.dirty(lblk, buf);
+      root.entries = [{ hash: 0, block: lblk }];
+      root.info!.levels++;
+      await this.writeNode(0, root);
+      return;
+    }
+    // Split the full child of nodes[k] (nodes[k+1]) into two halves.
+    const parent = nodes[k];
+    const full = nodes[k + 1];
+    const half = Math.floor(full.node.entries.length / 2);
+    const moved = full.node.entries.splice(half);
+    const { lblk, buf } = await this.io.append();
+    const sibling = new DxNode(false, [{ hash: 0, block: moved[0].block }, ...moved.slice(1)], nodeLimit, null);
+    sibling.write(buf, this.io.csumSeed);
+    this.io.dirty(lblk, buf);
+    await this.writeNode(full.lblk, full.node);
+    parent.node.entries.splice(parent.at + 1, 0, { hash: moved[0].hash, block: lblk });
+    await this.writeNode(parent.lblk, parent.node);
+  }
+
+  /** Used by consistency checks and tests: does a leaf block carry a tail? */
+  static blockHasTail(buf: Buffer): boolean {
+    return hasDirTail(buf);
+  }
+}

@@ -1,0 +1,152 @@
+/**
+ * Linear directory blocks (ext4_dir_entry_2): {inode u32, rec_len u16, name_len u8,
+ * file_type u8, name[name_len]} with rec_len a multiple of 4 covering the whole block. With
+ * metadata_csum each leaf block ends in a 12-byte ext4_dir_entry_tail {inode 0, rec_len 12,
+ * name_len 0, file_type 0xDE, checksum = crc32c(inode csum seed, block up to the tail)}.
+ */
+import { ByteCursor } from '../util/cursor';
+import { CorruptionError } from '../util/errors';
+import { ext4Crc } from './crc';
+
+export const DIRENT_HEADER = 8;
+export const TAIL_SIZE = 12;
+const TAIL_FT = 0xde;
+
+/** ext4 file_type values. */
+export const FT = { UNKNOWN: 0, REG: 1, DIR: 2, CHR: 3, BLK: 4, FIFO: 5, SOCK: 6, SYMLINK: 7 } as const;
+
+export function fileTypeOfMode(mode: number): number {
+  switch (mode & 0o170000) {
+    case 0o100000: return FT.REG;
+    case 0o040000: return FT.DIR;
+    case 0o020000: return FT.CHR;
+    case 0o060000: return FT.BLK;
+    case 0o010000: return FT.FIFO;
+    case 0o140000: return FT.SOCK;
+    case 0o120000: return FT.SYMLINK;
+    default: return FT.UNKNOWN;
+  }
+}
+
+export interface Dirent {
+  /** Byte offset of the entry in its block. */
+  offset: number;
+  inode: number;
+  recLen: number;
+  name: Buffer;
+  fileType: number;
+}
+
+export const direntSize = (nameLen: number): number => (DIRENT_HEADER + nameLen + 3) & ~3;
+
+/** End of the entry area: the block size, less the tail when checksums are on. */
+export function entriesEnd(blockSize: number, csum: boolean): number {
+  return csum ? blockSize - TAIL_SIZE : blockSize;
+}
+
+/**
+ * All entries of a leaf block (including empty ones, inode 0), validated: every rec_len
+ * must be aligned, large enough for its name, and stay inside the block.
+ */
+export function parseDirBlock(buf: Buffer, end: number, where: string): Dirent[] {
+  const out: Dirent[] = [];
+  const c = new ByteCursor(buf, 0, end);
+  let off = 0;
+  while (off < end) {
+    c.seek(off);
+    if (end - off < DIRENT_HEADER) throw new CorruptionError(`${where}: directory entry at ${off} runs past the block end`);
+    const inode = c.u32();
+    const recLen = c.u16();
+    const nameLen = c.u8();
+    const fileType = c.u8();
+    if (recLen < DIRENT_HEADER || recLen % 4 || off + recLen > end || DIRENT_HEADER + nameLen > recLen) {
+      throw new CorruptionError(`${where}: directory entry at ${off} has bad rec_len ${recLen} (name_len ${nameLen})`);
+    }
+    out.push({ offset: off, inode, recLen, name: buf.subarray(off + DIRENT_HEADER, off + DIRENT_HEADER + nameLen), fileType });
+    off += recLen;
+  }
+  return out;
+}
+
+export function writeDirent(buf: Buffer, off: number, inode: number, recLen: number, name: Buffer, fileType: number): void {
+  const c = new ByteCursor(buf, off, off + recLen);
+  c.putU32(inode).putU16(recLen).putU8(name.length).putU8(fileType).putBytes(name);
+  c.fill(Math.min(c.remaining, (4 - (name.length % 4)) % 4));
+}
+
+/** Lay entries out compactly from offset 0; the last one stretches to `end`. */
+export function packDirBlock(buf: Buffer, end: number, entries: { inode: number; name: Buffer; fileType: number }[]): void {
+  buf.fill(0, 0, end);
+  let off = 0;
+  if (entries.length === 0) {
+    writeDirent(buf, 0, 0, end, Buffer.alloc(0), 0);
+    return;
+  }
+  entries.forEach((e, i) => {
+    const size = i === entries.length - 1 ? end - off : direntSize(e.name.length);
+    writeDirent(buf, off, e.inode, size, e.name, e.fileType);
+    off += size;
+  });
+  if (off > end) throw new Error('packDirBlock: entries overflow the block');
+}
+
+export function packedSize(entries: { name: Buffer }[]): number {
+  let n = 0;
+  for (const e of entries) n += direntSize(e.name.length);
+  return n;
+}
+
+/** Put the checksum tail on a leaf block. */
+export function sealDirBlock(buf: Buffer, csumSeed: number | null): void {
+  if (csumSeed === null) return;
+  const t = buf.length - TAIL_SIZE;
+  const c = new ByteCursor(buf, t);
+  c.putU32(0).putU16(TAIL_SIZE).putU8(0).putU8(TAIL_FT).putU32(ext4Crc(csumSeed, buf.subarray(0, t)));
+}
+
+export function hasDirTail(buf: Buffer): boolean {
+  const t = buf.length - TAIL_SIZE;
+  return buf.readUInt32LE(t) === 0 && buf.readUInt16LE(t + 4) === TAIL_SIZE && buf[t + 6] === 0 && buf[t + 7] === TAIL_FT;
+}
+
+export function verifyDirBlock(buf: Buffer, csumSeed: number, where: string): void {
+  if (!hasDirTail(buf)) throw new CorruptionError(`${where}: directory block has no checksum tail`);
+  const t = buf.length - TAIL_SIZE;
+  if (buf.readUInt32LE(t + 8) !== ext4Crc(csumSeed, buf.subarray(0, t))) throw new CorruptionError(`${where}: directory block checksum mismatch`);
+}
+
+/**
+ * Insert an entry where it fits (ext4_insert_dentry): in an empty slot, or in the slack
+ * after a live entry. Returns false when the block has no room.
+ */
+export function insertDirent(buf: Buffer, end: number, where: string, inode: number, name: Buffer, fileType: number): boolean {
+  const need = direntSize(name.length);
+  for (const d of parseDirBlock(buf, end, where)) {
+    if (d.inode === 0 && d.recLen >= need) {
+      writeDirent(buf, d.offset, inode, d.recLen, name, fileType);
+      return true;
+    }
+    const used = direntSize(d.name.length);
+    if (d.inode !== 0 && d.recLen - used >= need) {
+      buf.writeUInt16LE(used, d.offset + 4);
+      writeDirent(buf, d.offset + used, inode, d.recLen - used, name, fileType);
+      return true;
+    }
+  }
+  return false;
+}
+
+/** Remove the live entry `name`; it merges into its predecessor (or is blanked if first). */
+export function removeDirent(buf: Buffer, end: number, where: string, name: Buffer): Dirent | null {
+  let prev: Dirent | null = null;
+  for (const d of parseDirBlock(buf, end, where)) {
+    if (d.inode !== 0 && d.name.equals(name)) {
+      const removed = { ...d, name: Buffer.from(d.name) };
+      if (prev) buf.writeUInt16LE(prev.recLen + d.recLen, prev.offset + 4);
+      else buf.writeUInt32LE(0, d.offset);
+      return removed;
+    }
+    prev = d;
+  }
+  return null;
+}

@@ -1,0 +1,185 @@
+/**
+ * File data: reads and writes through the extent map straight to the image (no block cache),
+ * truncation, fallocate (allocate, keep-size, punch hole, zero range) and SEEK_DATA/SEEK_HOLE.
+ * Unwritten extents read as zeros; partial blocks written into holes or unwritten extents are
+ * zero-filled around the data so that no stale disk content is ever exposed.
+ */
+import { FsError } from '../util/errors';
+import { InodeStore, InodeState } from './inode-store';
+
+/** ext4 with extents: logical block numbers are 32-bit. */
+export const MAX_LBLK = 0xffffffff;
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_COLLAPSE_RANGE = 0x08;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+export const FALLOC_FL_INSERT_RANGE = 0x20;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+
+export class FileIO {
+  constructor(private store: InodeStore) {}
+
+  private get bs(): number {
+    return this.store.blockSize;
+  }
+
+  maxFileSize(): number {
+    return MAX_LBLK * this.bs;
+  }
+
+  async read(st: InodeState, offset: number, length: number): Promise<Buffer> {
+    const size = st.inode.size;
+    if (offset >= size || length <= 0) return Buffer.alloc(0);
+    length = Math.min(length, size - offset);
+    const out = Buffer.alloc(length);
+    const bs = this.bs;
+    const map = await this.store.extents(st);
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    const dev = this.store.vol.dev;
+    const reads: Promise<void>[] = [];
+    for (const m of map.map(first, last - first + 1)) {
+      if (m.hole || m.unwritten) continue;
+      const segStart = Math.max(offset, m.lblk * bs);
+      const segEnd = Math.min(offset + length, (m.lblk + m.len) * bs);
+      const disk = m.pblk * bs + (segStart - m.lblk * bs);
+      reads.push(dev.readAt(out, disk, segStart - offset, segEnd - segStart));
+    }
+    await Promise.all(reads);
+    return out;
+  }
+
+  /** Write data at offset; extends the file. Returns bytes written. */
+  async write(st: InodeState, offset: number, data: Buffer): Promise<number> {
+    const len = data.length;
+    if (len === 0) return 0;
+    if (offset + len > this.maxFileSize()) throw new FsError('EFBIG', `write beyond the maximum file size (${this.maxFileSize()} bytes)`);
+    const bs = this.bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + len - 1) / bs);
+    const map = await this.store.extents(st);
+    const dev = this.store.vol.dev;
+    for (const m of map.map(first, last - first + 1)) {
+      const segStart = Math.max(offset, m.lblk * bs);
+      const segEnd = Math.min(offset + len, (m.lblk + m.len) * bs);
+      if (!m.hole && !m.unwritten) {
+        await dev.writeAt(data, m.pblk * bs + (segStart - m.lblk * bs), segStart - offset, segEnd - segStart);
+        continue;
+      }
+      const runs = m.hole
+        ? await this.store.allocate(st, m.lblk, m.len, false)
+        : [{ lblk: m.lblk, pblk: m.pblk, len: m.len }];
+      for (const r of runs) {
+        const rStart = r.lblk * bs;
+        const rEnd = (r.lblk + r.len) * bs;
+        const dStart = Math.max(segStart, rStart);
+        const dEnd = Math.min(segEnd, rEnd);
+        if (dStart === rStart && dEnd === rEnd) {
+          await dev.writeAt(data, r.pblk * bs, dStart - offset, dEnd - dStart);
+        } else {
+          // Fresh blocks: zero what the write does not cover.
+          const buf = Buffer.alloc(rEnd - rStart);
+          data.copy(buf, dStart - rStart, dStart - offset, dEnd - offset);
+          await dev.writeAt(buf, r.pblk * bs);
+        }
+      }
+      if (m.unwritten) map.markWritten(m.lblk, m.len);
+    }
+    if (offset + len > st.inode.size) st.inode.size = offset + len;
+    return len;
+  }
+
+  /** Change the size: shrinking frees blocks past the end and zeroes the tail of the last block. */
+  async truncate(st: InodeState, size: number): Promise<void> {
+    if (size > this.maxFileSize()) throw new FsError('EFBIG', `size ${size} exceeds the maximum file size`);
+    const old = st.inode.size;
+    if (size < old) {
+      const bs = this.bs;
+      const keep = Math.ceil(size / bs);
+      const map = await this.store.extents(st);
+      if (map.endLblk > keep) await this.store.release(st, keep, map.endLblk - keep);
+      if (size % bs) await this.zeroRange(st, size, keep * bs);
+    }
+    st.inode.size = size;
+  }
+
+  /** Write zeros over [from, to) where blocks are mapped and written (within one block or more). */
+  private async zeroRange(st: InodeState, from: number, to: number): Promise<void> {
+    if (to <= from) return;
+    const bs = this.bs;
+    const map = await this.store.extents(st);
+    const first = Math.floor(from / bs);
+    const last = Math.floor((to - 1) / bs);
+    for (const m of map.map(first, last - first + 1)) {
+      if (m.hole || m.unwritten) continue;
+      const s = Math.max(from, m.lblk * bs);
+      const e = Math.min(to, (m.lblk + m.len) * bs);
+      await this.store.vol.dev.writeAt(Buffer.alloc(e - s), m.pblk * bs + (s - m.lblk * bs));
+    }
+  }
+
+  async fallocate(st: InodeState, mode: number, offset: number, length: number): Promise<void> {
+    if (offset < 0 || length <= 0) throw new FsError('EINVAL', 'fallocate needs offset >= 0 and length > 0');
+    if (mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE)) throw new FsError('EOPNOTSUPP', 'collapse/insert range are not supported');
+    if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) throw new FsError('EOPNOTSUPP', `fallocate mode 0x${mode.toString(16)} is not supported`);
+    if (!st.inode.isReg()) throw new FsError('ENODEV', 'fallocate works on regular files only');
+    const end = offset + length;
+    if (end > this.maxFileSize()) throw new FsError('EFBIG', 'fallocate beyond the maximum file size');
+    const bs = this.bs;
+    const firstFull = Math.ceil(offset / bs);
+    const lastFull = Math.floor(end / bs); // exclusive
+    if (mode & FALLOC_FL_PUNCH_HOLE) {
+      if (!(mode & FALLOC_FL_KEEP_SIZE)) throw new FsError('EOPNOTSUPP', 'punch hole requires keep size');
+      const size = st.inode.size;
+      const stop = Math.min(end, size);
+      if (stop <= offset) return;
+      const pFirst = Math.ceil(offset / bs);
+      const pLast = Math.floor(stop / bs);
+      if (pLast > pFirst) {
+        await this.zeroRange(st, offset, pFirst * bs);
+        await this.store.release(st, pFirst, pLast - pFirst);
+        await this.zeroRange(st, pLast * bs, stop);
+      } else {
+        await this.zeroRange(st, offset, stop);
+      }
+      return;
+    }
+    const map = await this.store.extents(st);
+    if (mode & FALLOC_FL_ZERO_RANGE) {
+      if (lastFull > firstFull) {
+        await this.zeroRange(st, offset, Math.min(end, firstFull * bs));
+        await this.store.release(st, firstFull, lastFull - firstFull);
+        await this.zeroRange(st, Math.max(offset, lastFull * bs), end);
+      } else {
+        await this.zeroRange(st, offset, end);
+      }
+    }
+    // Allocate unwritten extents over the holes of the range.
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((end - 1) / bs);
+    for (const m of map.map(first, last - first + 1)) {
+      if (m.hole) await this.store.allocate(st, m.lblk, m.len, true);
+    }
+    if (!(mode & FALLOC_FL_KEEP_SIZE) && end > st.inode.size) st.inode.size = end;
+  }
+
+  /** SEEK_DATA / SEEK_HOLE over the extent map (unwritten extents count as holes). */
+  async seek(st: InodeState, offset: number, whence: number): Promise<number> {
+    const size = st.inode.size;
+    if (offset < 0) throw new FsError('EINVAL', 'negative offset');
+    if (offset >= size) throw new FsError('ENXIO', 'offset is at or past the end of the file');
+    const bs = this.bs;
+    const map = await this.store.extents(st);
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((size - 1) / bs);
+    for (const m of map.map(first, last - first + 1)) {
+      const isData = !m.hole && !m.unwritten;
+      if (whence === SEEK_DATA && isData) return Math.max(offset, m.lblk * bs);
+      if (whence === SEEK_HOLE && !isData) return Math.max(offset, m.lblk * bs);
+    }
+    if (whence === SEEK_DATA) throw new FsError('ENXIO', 'no data after offset');
+    if (whence === SEEK_HOLE) return size;
+    throw new FsError('EINVAL', `unsupported whence ${whence}`);
+  }
+}

@@ -1,0 +1,761 @@
+/**
+ * Ext4Fs: the filesystem operations the FUSE layer calls, addressed by inode number, with
+ * POSIX semantics. All operations run under one mutex (like fuse2fs's global lock, but only
+ * for the in-memory step: data I/O of one request does not stall on another's metadata).
+ * Metadata is written to the block cache as it changes and reaches the image at sync():
+ * every commit interval, on fsync, when the dirty set grows large, and at close.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { FsError } from '../util/errors';
+import { Mutex } from '../util/mutex';
+import { log } from '../util/log';
+import { Volume, VolumeOptions } from './volume';
+import { InodeStore, InodeState, now } from './inode-store';
+import { Directory, DirEntryInfo } from './directory';
+import { XattrStore } from './xattr-store';
+import { FileIO } from './file-io';
+import { fileTypeOfMode, FT, packDirBlock, sealDirBlock, entriesEnd } from './dirent';
+import {
+  Timespec, ROOT_INO, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK, INODE_FLAGS,
+} from './inode';
+import { RO_COMPAT } from './superblock';
+
+export interface Attr {
+  ino: number;
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  size: number;
+  /** 512-byte units. */
+  blocks: number;
+  blksize: number;
+  atime: Timespec;
+  mtime: Timespec;
+  ctime: Timespec;
+  crtime: Timespec;
+  generation: number;
+}
+
+export type TimeSet = Timespec | 'now';
+export interface SetAttrIn {
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  size?: number;
+  atime?: TimeSet;
+  mtime?: TimeSet;
+  ctime?: Timespec;
+}
+
+export interface DirEntry {
+  name: Buffer;
+  ino: number;
+  /** DT_* type (ext4 FT_* mapped). */
+  type: number;
+  /** Offset to resume after this entry. */
+  next: number;
+}
+
+export interface StatFs {
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  bsize: number;
+  frsize: number;
+  namelen: number;
+}
+
+export interface Ext4FsOptions extends VolumeOptions {
+  /** Commit interval for dirty metadata in ms (0: only on sync/fsync/close). Default 5000. */
+  commitIntervalMs?: number;
+}
+
+export const RENAME_NOREPLACE = 1;
+export const RENAME_EXCHANGE = 2;
+const LINK_MAX = 65000;
+const NAME_MAX = 255;
+const DIRTY_SYNC_BLOCKS = 8192;
+const FT_TO_DT = [0, 8, 4, 2, 6, 1, 12, 10];
+const EOF_COOKIE = 2 ** 53 - 1;
+
+interface DirSnapshot {
+  entries: DirEntry[];
+}
+
+export class Ext4Fs {
+  private lock = new Mutex();
+  readonly store: InodeStore;
+  readonly xattrs: XattrStore;
+  readonly files: FileIO;
+  private dirHandles = new Map<number, DirSnapshot | null>();
+  private nextDirHandle = 1;
+  private commitTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+  private overhead: number | null = null;
+
+  private constructor(readonly vol: Volume) {
+    this.store = new InodeStore(vol);
+    this.xattrs = new XattrStore(this.store);
+    this.files = new FileIO(this.store);
+  }
+
+  static async open(image: string, opts: Ext4FsOptions = {}): Promise<Ext4Fs> {
+    if (!opts.readOnly) refuseKernelMounted(image);
+    const vol = await Volume.open(image, opts);
+    const fsys = new Ext4Fs(vol);
+    try {
+      if (!vol.readOnly) {
+        const n = await fsys.store.processOrphans((st) => fsys.xattrs.freeBlockOf(st));
+        if (n) log.info(`${image}: cleaned up ${n} orphan inode(s) left by an unclean shutdown`);
+        await vol.markMounted();
+        const interval = opts.commitIntervalMs ?? 5000;
+        if (interval > 0) {
+          fsys.commitTimer = setInterval(() => {
+            fsys.sync(false).catch((e) => log.error(`periodic commit failed: ${(e as Error).message}`));
+          }, interval);
+          fsys.commitTimer.unref();
+        }
+      }
+      await fsys.store.get(ROOT_INO);
+    } catch (e) {
+      await vol.dev.close().catch(() => undefined);
+      throw e;
+    }
+    return fsys;
+  }
+
+  get readOnly(): boolean {
+    return this.vol.readOnly;
+  }
+
+  private run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new FsError('EIO', 'filesystem is closed'));
+    return this.lock.run(async () => {
+      const r = await fn();
+      await this.store.trim();
+      if (this.vol.dev.dirtyBlocks > DIRTY_SYNC_BLOCKS) await this.syncLocked(false);
+      return r;
+    });
+  }
+
+  private writable(): void {
+    this.vol.assertWritable();
+  }
+
+  // ---- attributes ----
+
+  toAttr(st: InodeState): Attr {
+    const i = st.inode;
+    let rdev = 0;
+    if (i.type === S_IFCHR || i.type === S_IFBLK) rdev = decodeDev(i.f.i_block);
+    return {
+      ino: i.ino, mode: i.mode, nlink: i.links, uid: i.uid, gid: i.gid, rdev, size: i.size,
+      blocks: i.getSectors(this.vol.blockSize), blksize: this.vol.blockSize,
+      atime: i.atime, mtime: i.mtime, ctime: i.ctime, crtime: i.crtime, generation: i.f.i_generation,
+    };
+  }
+
+  getattr(ino: number): Promise<Attr> {
+    return this.run(async () => this.toAttr(await this.store.get(ino)));
+  }
+
+  setattr(ino: number, a: SetAttrIn): Promise<Attr> {
+    return this.run(async () => {
+      this.writable();
+      const st = await this.store.get(ino);
+      const i = st.inode;
+      const t = now();
+      if (a.size !== undefined) {
+        if (i.isDir()) throw new FsError('EISDIR', 'cannot truncate a directory');
+        if (!i.isReg()) throw new FsError('EINVAL', 'only regular files can be truncated');
+        if (a.size !== i.size) {
+          await this.files.truncate(st, a.size);
+          i.mtime = t;
+        }
+      }
+      if (a.mode !== undefined) i.f.i_mode = (i.f.i_mode & S_IFMT) | (a.mode & 0o7777);
+      if (a.uid !== undefined) i.uid = a.uid;
+      if (a.gid !== undefined) i.gid = a.gid;
+      if (a.atime !== undefined) i.atime = a.atime === 'now' ? t : a.atime;
+      if (a.mtime !== undefined) i.mtime = a.mtime === 'now' ? t : a.mtime;
+      i.ctime = a.ctime ?? t;
+      await this.store.write(st);
+      return this.toAttr(st);
+    });
+  }
+
+  // ---- names ----
+
+  private dir(st: InodeState): Directory {
+    if (!st.inode.isDir()) throw new FsError('ENOTDIR', `inode ${st.inode.ino} is not a directory`);
+    return new Directory(this.store.dirIO(st));
+  }
+
+  lookup(parent: number, name: Buffer): Promise<Attr> {
+    return this.run(async () => {
+      checkName(name, true);
+      const p = await this.store.get(parent);
+      const e = await this.dir(p).lookup(name);
+      if (!e) throw new FsError('ENOENT', `${name.toString()} not found`);
+      return this.toAttr(await this.store.get(e.inode));
+    });
+  }
+
+  private async newNode(parent: number, name: Buffer, mode: number, uid: number, gid: number, init: (st: InodeState) => Promise<void>): Promise<Attr> {
+    this.writable();
+    checkName(name, false);
+    const p = await this.store.get(parent);
+    const d = this.dir(p);
+    if (p.inode.links === 0) throw new FsError('ENOENT', 'parent directory was removed');
+    if (await d.lookup(name)) throw new FsError('EEXIST', `${name.toString()} exists`);
+    const isDir = (mode & S_IFMT) === S_IFDIR;
+    if (isDir && p.inode.links >= LINK_MAX && !this.vol.hasRoCompat(RO_COMPAT.dir_nlink)) throw new FsError('EMLINK', 'too many subdirectories');
+    // setgid directories hand their group (and, for directories, the bit) down.
+    if (p.inode.mode & 0o2000) {
+      gid = p.inode.gid;
+      if (isDir) mode |= 0o2000;
+    }
+    const st = await this.store.create(parent, mode, uid, gid);
+    await init(st);
+    await this.store.write(st);
+    await d.add(name, st.inode.ino, fileTypeOfMode(mode));
+    const t = now();
+    p.inode.mtime = t;
+    p.inode.ctime = t;
+    if (isDir) this.incLinks(p);
+    await this.store.write(p);
+    return this.toAttr(st);
+  }
+
+  private incLinks(dirSt: InodeState): void {
+    const i = dirSt.inode;
+    // dir_nlink: past the limit a directory's count is pinned to 1 ("many").
+    if (i.links === 1 && i.isDir()) return;
+    if (i.links + 1 >= LINK_MAX) i.links = 1;
+    else i.links++;
+  }
+  private decLinks(dirSt: InodeState): void {
+    const i = dirSt.inode;
+    if (i.isDir() && i.links === 1) return;
+    if (i.links > 0) i.links--;
+  }
+
+  mknod(parent: number, name: Buffer, mode: number, rdev: number, uid: number, gid: number): Promise<Attr> {
+    const type = mode & S_IFMT;
+    if (![S_IFREG, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK].includes(type)) return Promise.reject(new FsError('EINVAL', 'mknod of an unsupported file type'));
+    return this.run(() => this.newNode(parent, name, mode, uid, gid, async (st) => {
+      if (type === S_IFREG) st.inode.f.i_flags |= INODE_FLAGS.EXTENTS;
+      if (type === S_IFCHR || type === S_IFBLK) encodeDev(st.inode.f.i_block, rdev);
+      if (type === S_IFREG) this.initExtentRoot(st);
+    }));
+  }
+
+  create(parent: number, name: Buffer, mode: number, uid: number, gid: number): Promise<Attr> {
+    return this.mknod(parent, name, (mode & 0o7777) | S_IFREG, 0, uid, gid);
+  }
+
+  private initExtentRoot(st: InodeState): void {
+    st.inode.f.i_flags |= INODE_FLAGS.EXTENTS;
+    st.extents!.dirty = true;
+  }
+
+  mkdir(parent: number, name: Buffer, mode: number, uid: number, gid: number): Promise<Attr> {
+    return this.run(() => this.newNode(parent, name, (mode & 0o7777) | S_IFDIR, uid, gid, async (st) => {
+      this.initExtentRoot(st);
+      st.inode.links = 2;
+      const bs = this.vol.blockSize;
+      const [r] = await this.store.allocate(st, 0, 1, false);
+      st.inode.size = bs;
+      const buf = this.vol.dev.zeroed(r.pblk);
+      const csumSeed = this.store.csumSeedOf(st.inode);
+      packDirBlock(buf, entriesEnd(bs, csumSeed !== null), [
+        { inode: st.inode.ino, name: Buffer.from('.'), fileType: FT.DIR },
+        { inode: parent, name: Buffer.from('..'), fileType: FT.DIR },
+      ]);
+      sealDirBlock(buf, csumSeed);
+      this.vol.dev.markDirty(r.pblk, buf);
+    }));
+  }
+
+  symlink(parent: number, name: Buffer, target: Buffer, uid: number, gid: number): Promise<Attr> {
+    return this.run(() => this.newNode(parent, name, S_IFLNK | 0o777, uid, gid, async (st) => {
+      if (target.length === 0) throw new FsError('ENOENT', 'empty symlink target');
+      if (target.length >= this.vol.blockSize || target.length >= 4096) throw new FsError('ENAMETOOLONG', 'symlink target too long');
+      if (target.length < 60) {
+        // Fast symlink: the target lives in i_block.
+        st.inode.f.i_block.fill(0);
+        target.copy(st.inode.f.i_block);
+        st.inode.size = target.length;
+        st.extents = null;
+      } else {
+        this.initExtentRoot(st);
+        const [r] = await this.store.allocate(st, 0, 1, false);
+        const buf = Buffer.alloc(this.vol.blockSize);
+        target.copy(buf);
+        await this.vol.dev.writeAt(buf, r.pblk * this.vol.blockSize);
+        st.inode.size = target.length;
+      }
+    }));
+  }
+
+  readlink(ino: number): Promise<Buffer> {
+    return this.run(async () => {
+      const st = await this.store.get(ino);
+      const i = st.inode;
+      if (!i.isSymlink()) throw new FsError('EINVAL', 'not a symbolic link');
+      if (!i.hasFlag(INODE_FLAGS.EXTENTS) && i.size < 60) return Buffer.from(i.f.i_block.subarray(0, i.size));
+      if (i.size >= this.vol.blockSize) throw new FsError('EIO', `symlink inode ${ino} has impossible size ${i.size}`);
+      return this.files.read(st, 0, i.size);
+    });
+  }
+
+  link(ino: number, newParent: number, newName: Buffer): Promise<Attr> {
+    return this.run(async () => {
+      this.writable();
+      checkName(newName, false);
+      const st = await this.store.get(ino);
+      if (st.inode.isDir()) throw new FsError('EPERM', 'hard links to directories are not allowed');
+      if (st.inode.links >= LINK_MAX) throw new FsError('EMLINK', 'too many links');
+      const p = await this.store.get(newParent);
+      const d = this.dir(p);
+      if (await d.lookup(newName)) throw new FsError('EEXIST', `${newName.toString()} exists`);
+      await d.add(newName, ino, fileTypeOfMode(st.inode.mode));
+      st.inode.links++;
+      const t = now();
+      st.inode.ctime = t;
+      p.inode.mtime = t;
+      p.inode.ctime = t;
+      await this.store.write(st);
+      await this.store.write(p);
+      return this.toAttr(st);
+    });
+  }
+
+  /** Drop one link of st; free it now or, if open, at its last release (orphan list). */
+  private async dropLink(st: InodeState): Promise<void> {
+    const i = st.inode;
+    if (i.isDir()) i.links = 0;
+    else if (i.links > 0) i.links--;
+    i.ctime = now();
+    if (i.links > 0) {
+      await this.store.write(st);
+    } else if (st.openCount > 0) {
+      await this.store.addOrphan(st);
+    } else {
+      await this.store.destroy(st, (s) => this.xattrs.freeBlockOf(s));
+    }
+  }
+
+  unlink(parent: number, name: Buffer): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      checkName(name, false);
+      const p = await this.store.get(parent);
+      const d = this.dir(p);
+      const e = await d.lookup(name);
+      if (!e) throw new FsError('ENOENT', `${name.toString()} not found`);
+      const st = await this.store.get(e.inode);
+      if (st.inode.isDir()) throw new FsError('EISDIR', `${name.toString()} is a directory`);
+      await d.remove(name);
+      const t = now();
+      p.inode.mtime = t;
+      p.inode.ctime = t;
+      await this.store.write(p);
+      await this.dropLink(st);
+    });
+  }
+
+  rmdir(parent: number, name: Buffer): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      if (name.equals(Buffer.from('.'))) throw new FsError('EINVAL', 'cannot remove "."');
+      if (name.equals(Buffer.from('..'))) throw new FsError('ENOTEMPTY', 'cannot remove ".."');
+      checkName(name, false);
+      const p = await this.store.get(parent);
+      const d = this.dir(p);
+      const e = await d.lookup(name);
+      if (!e) throw new FsError('ENOENT', `${name.toString()} not found`);
+      const st = await this.store.get(e.inode);
+      if (!st.inode.isDir()) throw new FsError('ENOTDIR', `${name.toString()} is not a directory`);
+      if (!(await this.dir(st).isEmpty())) throw new FsError('ENOTEMPTY', `${name.toString()} is not empty`);
+      await d.remove(name);
+      this.decLinks(p);
+      const t = now();
+      p.inode.mtime = t;
+      p.inode.ctime = t;
+      await this.store.write(p);
+      await this.dropLink(st);
+    });
+  }
+
+  rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags = 0): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      checkName(name, false);
+      checkName(newName, false);
+      if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE)) {
+        throw new FsError('EINVAL', 'bad rename flags');
+      }
+      const sp = await this.store.get(parent);
+      const tp = await this.store.get(newParent);
+      const sd = this.dir(sp);
+      const td = this.dir(tp);
+      const se = await sd.lookup(name);
+      if (!se) throw new FsError('ENOENT', `${name.toString()} not found`);
+      const te = await td.lookup(newName);
+      const src = await this.store.get(se.inode);
+      const srcIsDir = src.inode.isDir();
+      if (flags & RENAME_NOREPLACE && te) throw new FsError('EEXIST', `${newName.toString()} exists`);
+      if (flags & RENAME_EXCHANGE && !te) throw new FsError('ENOENT', `${newName.toString()} not found`);
+      if (te && te.inode === se.inode) return; // same file: POSIX says do nothing
+      // A directory may not move into its own subtree.
+      if (srcIsDir && parent !== newParent) await this.checkNotAncestor(se.inode, newParent);
+      const t = now();
+      if (flags & RENAME_EXCHANGE) {
+        const dst = await this.store.get(te!.inode);
+        const dstIsDir = dst.inode.isDir();
+        if (dstIsDir && parent !== newParent) await this.checkNotAncestor(te!.inode, parent);
+        await sd.replace(name, dst.inode.ino, fileTypeOfMode(dst.inode.mode));
+        await td.replace(newName, src.inode.ino, fileTypeOfMode(src.inode.mode));
+        if (parent !== newParent) {
+          if (srcIsDir) await this.dir(src).setDotDot(newParent);
+          if (dstIsDir) await this.dir(dst).setDotDot(parent);
+          if (srcIsDir && !dstIsDir) { this.incLinks(tp); this.decLinks(sp); }
+          if (dstIsDir && !srcIsDir) { this.incLinks(sp); this.decLinks(tp); }
+        }
+        src.inode.ctime = t;
+        dst.inode.ctime = t;
+        await this.store.write(src);
+        await this.store.write(dst);
+      } else {
+        let victim: InodeState | null = null;
+        if (te) {
+          victim = await this.store.get(te.inode);
+          const vDir = victim.inode.isDir();
+          if (srcIsDir && !vDir) throw new FsError('ENOTDIR', `${newName.toString()} is not a directory`);
+          if (!srcIsDir && vDir) throw new FsError('EISDIR', `${newName.toString()} is a directory`);
+          if (vDir && !(await this.dir(victim).isEmpty())) throw new FsError('ENOTEMPTY', `${newName.toString()} is not empty`);
+          await td.replace(newName, src.inode.ino, fileTypeOfMode(src.inode.mode));
+        } else {
+          await td.add(newName, src.inode.ino, fileTypeOfMode(src.inode.mode));
+        }
+        // Re-read the source directory: the target add may have reorganized a shared directory.
+        await this.dir(sp).remove(name);
+        if (srcIsDir && parent !== newParent) {
+          await this.dir(src).setDotDot(newParent);
+          this.decLinks(sp);
+          this.incLinks(tp);
+        }
+        if (victim) {
+          if (victim.inode.isDir()) this.decLinks(tp);
+          await this.dropLink(victim);
+        }
+        src.inode.ctime = t;
+        await this.store.write(src);
+      }
+      sp.inode.mtime = t;
+      sp.inode.ctime = t;
+      tp.inode.mtime = t;
+      tp.inode.ctime = t;
+      await this.store.write(sp);
+      if (tp !== sp) await this.store.write(tp);
+    });
+  }
+
+  private async checkNotAncestor(ancestor: number, start: number): Promise<void> {
+    let cur = start;
+    for (let guard = 0; guard < 4096; guard++) {
+      if (cur === ancestor) throw new FsError('EINVAL', 'cannot move a directory into itself');
+      if (cur === ROOT_INO) return;
+      const e = await this.dir(await this.store.get(cur)).lookup(Buffer.from('..'));
+      if (!e || e.inode === cur) return;
+      cur = e.inode;
+    }
+    throw new FsError('ELOOP', 'directory tree too deep');
+  }
+
+  // ---- open files ----
+
+  open(ino: number): Promise<Attr> {
+    return this.run(async () => {
+      const st = await this.store.get(ino);
+      st.openCount++;
+      return this.toAttr(st);
+    });
+  }
+
+  release(ino: number): Promise<void> {
+    return this.run(async () => {
+      const st = this.store.cached(ino);
+      if (!st) return;
+      if (st.openCount > 0) st.openCount--;
+      if (st.openCount === 0 && st.inode.links === 0 && !this.vol.readOnly) {
+        await this.store.removeOrphan(st);
+        await this.store.destroy(st, (s) => this.xattrs.freeBlockOf(s));
+      }
+    });
+  }
+
+  read(ino: number, offset: number, length: number): Promise<Buffer> {
+    return this.run(async () => {
+      const st = await this.store.get(ino);
+      if (st.inode.isDir()) throw new FsError('EISDIR', 'is a directory');
+      return this.files.read(st, offset, length);
+    });
+  }
+
+  write(ino: number, offset: number, data: Buffer, opts: { killPriv?: boolean } = {}): Promise<number> {
+    return this.run(async () => {
+      this.writable();
+      const st = await this.store.get(ino);
+      if (!st.inode.isReg()) throw new FsError(st.inode.isDir() ? 'EISDIR' : 'EINVAL', 'not a regular file');
+      const n = await this.files.write(st, offset, data);
+      const t = now();
+      st.inode.mtime = t;
+      st.inode.ctime = t;
+      if (opts.killPriv) clearSetId(st);
+      await this.store.write(st);
+      return n;
+    });
+  }
+
+  fallocate(ino: number, mode: number, offset: number, length: number): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      const st = await this.store.get(ino);
+      await this.files.fallocate(st, mode, offset, length);
+      const t = now();
+      st.inode.ctime = t;
+      if (!(mode & 0x01)) st.inode.mtime = t;
+      await this.store.write(st);
+    });
+  }
+
+  lseek(ino: number, offset: number, whence: number): Promise<number> {
+    return this.run(async () => this.files.seek(await this.store.get(ino), offset, whence));
+  }
+
+  // ---- directories ----
+
+  opendir(ino: number): Promise<number> {
+    return this.run(async () => {
+      const st = await this.store.get(ino);
+      this.dir(st);
+      st.openCount++;
+      const h = this.nextDirHandle++;
+      this.dirHandles.set(h, null);
+      return h;
+    });
+  }
+
+  releasedir(ino: number, handle: number): Promise<void> {
+    this.dirHandles.delete(handle);
+    return this.release(ino);
+  }
+
+  /**
+   * Entries after `offset`, in hash order. Offsets are hash cookies (like ext4's htree
+   * readdir), so they stay valid while the directory changes; "." is 1, ".." is 2.
+   */
+  readdir(ino: number, offset: number, handle?: number): Promise<DirEntry[]> {
+    return this.run(async () => {
+      let snap = handle !== undefined ? this.dirHandles.get(handle) : undefined;
+      if (!snap || offset === 0) {
+        const st = await this.store.get(ino);
+        snap = { entries: this.cookieOrder(this.dir(st), await this.dir(st).list()) };
+        if (handle !== undefined && this.dirHandles.has(handle)) this.dirHandles.set(handle, snap);
+      }
+      const e = snap.entries;
+      let lo = 0;
+      let hi = e.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (e[mid].next <= offset) lo = mid + 1;
+        else hi = mid;
+      }
+      return e.slice(lo);
+    });
+  }
+
+  private cookieOrder(d: Directory, list: DirEntryInfo[]): DirEntry[] {
+    const out: DirEntry[] = [];
+    const rest: DirEntry[] = [];
+    for (const x of list) {
+      const s = x.name.toString('latin1');
+      const type = FT_TO_DT[x.fileType] ?? 0;
+      if (s === '.') out.push({ name: x.name, ino: x.inode, type, next: 1 });
+      else if (s === '..') out.push({ name: x.name, ino: x.inode, type, next: 2 });
+      else {
+        const h = d.hash(x.name);
+        // 31 bits of major hash, 21 of minor: ordered like (major, minor), below 2^53.
+        rest.push({ name: x.name, ino: x.inode, type, next: 3 + (h.major >>> 1) * 2 ** 21 + (h.minor >>> 11) });
+      }
+    }
+    out.sort((a, b) => a.next - b.next);
+    rest.sort((a, b) => a.next - b.next);
+    // Equal cookies would make resumption skip entries: nudge duplicates apart.
+    for (let i = 1; i < rest.length; i++) if (rest[i].next <= rest[i - 1].next) rest[i].next = rest[i - 1].next + 1;
+    return [...out, ...rest];
+  }
+
+  // ---- xattrs ----
+
+  getxattr(ino: number, name: string): Promise<Buffer> {
+    return this.run(async () => this.xattrs.get(await this.store.get(ino), name));
+  }
+  listxattr(ino: number): Promise<string[]> {
+    return this.run(async () => this.xattrs.list(await this.store.get(ino)));
+  }
+  setxattr(ino: number, name: string, value: Buffer, flags = 0): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      await this.xattrs.set(await this.store.get(ino), name, value, flags);
+    });
+  }
+  removexattr(ino: number, name: string): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      await this.xattrs.remove(await this.store.get(ino), name);
+    });
+  }
+
+  // ---- whole filesystem ----
+
+  statfs(): Promise<StatFs> {
+    return this.run(async () => {
+      const v = this.vol;
+      const overhead = this.metadataOverhead();
+      const bfree = v.freeBlockCount;
+      return {
+        blocks: v.blocksCount - overhead, bfree, bavail: Math.max(0, bfree - v.reservedBlocks),
+        files: v.inodesCount, ffree: v.freeInodeCount, bsize: v.blockSize, frsize: v.blockSize, namelen: NAME_MAX,
+      };
+    });
+  }
+
+  private metadataOverhead(): number {
+    if (this.overhead !== null) return this.overhead;
+    const v = this.vol;
+    if (v.sb.s_overhead_clusters) return (this.overhead = v.sb.s_overhead_clusters);
+    // Used blocks that belong to no inode: superblocks, descriptors, bitmaps, inode tables.
+    const itable = Math.ceil((v.inodesPerGroup * v.inodeSize) / v.blockSize);
+    let n = v.firstDataBlock;
+    for (let g = 0; g < v.groupCount; g++) n += 2 + itable;
+    const gdt = Math.ceil((v.groupCount * v.descSize) / v.blockSize) + v.sb.s_reserved_gdt_blocks;
+    for (let g = 0; g < v.groupCount; g++) if (groupHasSb(v, g)) n += 1 + gdt;
+    return (this.overhead = n);
+  }
+
+  /** Write every dirty inode, extent tree, bitmap, descriptor and the superblock; fsync. */
+  sync(fsync = true): Promise<void> {
+    return this.lock.run(() => this.syncLocked(fsync));
+  }
+
+  private async syncLocked(fsync: boolean): Promise<void> {
+    if (this.vol.readOnly || this.closed) return;
+    await this.store.flushAll();
+    await this.vol.sync({ fsync });
+  }
+
+  fsync(_ino: number, _datasync = false): Promise<void> {
+    return this.sync(true);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.commitTimer) clearInterval(this.commitTimer);
+    await this.lock.run(async () => {
+      if (!this.vol.readOnly) await this.store.flushAll();
+      this.closed = true;
+      await this.vol.close();
+    });
+  }
+}
+
+function groupHasSb(v: Volume, g: number): boolean {
+  if (!v.hasRoCompat(RO_COMPAT.sparse_super) || g <= 1) return true;
+  for (const b of [3, 5, 7]) {
+    let p = b;
+    while (p < g) p *= b;
+    if (p === g) return true;
+  }
+  return false;
+}
+
+function checkName(name: Buffer, allowDots: boolean): void {
+  if (name.length === 0) throw new FsError('ENOENT', 'empty name');
+  if (name.length > NAME_MAX) throw new FsError('ENAMETOOLONG', `name longer than ${NAME_MAX} bytes`);
+  if (name.includes(0) || name.includes(0x2f)) throw new FsError('EINVAL', 'name contains "/" or NUL');
+  if (!allowDots && (name.equals(Buffer.from('.')) || name.equals(Buffer.from('..')))) throw new FsError('EEXIST', `"${name.toString()}" is reserved`);
+}
+
+/** setuid is cleared on write by an unprivileged writer; setgid too when group-executable. */
+function clearSetId(st: InodeState): void {
+  const m = st.inode.f.i_mode;
+  let n = m & ~0o4000;
+  if (m & 0o010) n &= ~0o2000;
+  st.inode.f.i_mode = n;
+}
+
+/** Device numbers in i_block: old 16-bit encoding in [0] when both fit in 8 bits, else new in [1]. */
+function encodeDev(iBlock: Buffer, rdev: number): void {
+  const major = Math.floor(rdev / 256) & 0xfff;
+  const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+  iBlock.fill(0);
+  if (major < 256 && minor < 256) iBlock.writeUInt32LE((major << 8) | minor, 0);
+  else iBlock.writeUInt32LE(((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0, 4);
+}
+
+function decodeDev(iBlock: Buffer): number {
+  const old = iBlock.readUInt32LE(0);
+  let major: number;
+  let minor: number;
+  if (old) {
+    major = (old >>> 8) & 0xff;
+    minor = old & 0xff;
+  } else {
+    const n = iBlock.readUInt32LE(4);
+    major = (n & 0xfff00) >>> 8;
+    minor = (n & 0xff) | ((n >>> 12) & 0xfff00);
+  }
+  // Linux userspace dev_t (glibc makedev) limited to what JS numbers carry exactly.
+  return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0;
+}
+
+/** An image that the kernel has mounted through a loop device must not be opened for writing. */
+function refuseKernelMounted(image: string): void {
+  let real: string;
+  try {
+    real = fs.realpathSync(image);
+  } catch {
+    return;
+  }
+  let loops: string[] = [];
+  try {
+    loops = fs.readdirSync('/sys/block').filter((d) => d.startsWith('loop'));
+  } catch {
+    return;
+  }
+  let mounts = '';
+  try {
+    mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return;
+  }
+  for (const l of loops) {
+    let backing: string;
+    try {
+      backing = fs.readFileSync(path.join('/sys/block', l, 'loop', 'backing_file'), 'utf8').trim();
+    } catch {
+      continue;
+    }
+    if (backing === real && mounts.includes(` /dev/${l} `)) {
+      throw new FsError('EBUSY', `image ${image} is mounted by the kernel through /dev/${l}; unmount it first`);
+    }
+  }
+}

@@ -1,0 +1,309 @@
+/**
+ * InodeStore: in-memory state of inodes in use (decoded inode, lazily loaded extent map, open
+ * count), file block allocation and release with i_blocks accounting, and the orphan list
+ * (s_last_orphan chained through i_dtime) for files unlinked while open.
+ *
+ * Inodes are serialized into the inode table (in the block cache) whenever they change; extent
+ * maps are written back to their tree when the inode is flushed (sync, fsync, eviction).
+ */
+import { CorruptionError, FsError } from '../util/errors';
+import { Volume } from './volume';
+import { Inode, INODE_FLAGS, S_IFDIR, Timespec } from './inode';
+import { ExtentMap, ExtentTreeIO } from './extents';
+import { DirIO } from './directory';
+import { INCOMPAT, COMPAT } from './superblock';
+
+export interface InodeState {
+  inode: Inode;
+  extents: ExtentMap | null;
+  /** Open file handles (FUSE open/opendir); an unlinked inode is freed at the last release. */
+  openCount: number;
+  /** Lookup references are the FUSE layer's business; the store only counts opens. */
+}
+
+const MAX_CACHED = 20000;
+
+export function now(): Timespec {
+  const ms = Date.now();
+  const ns = process.hrtime.bigint() % 1000000n;
+  return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1000000 + Number(ns) };
+}
+
+export class InodeStore {
+  private states = new Map<number, InodeState>();
+  readonly sectorsPerBlock: number;
+
+  constructor(readonly vol: Volume) {
+    this.sectorsPerBlock = vol.blockSize / 512;
+  }
+
+  get blockSize(): number {
+    return this.vol.blockSize;
+  }
+
+  /** State of an inode in use; ESTALE for a free or deleted inode that nobody holds open. */
+  async get(ino: number): Promise<InodeState> {
+    let st = this.states.get(ino);
+    if (st) {
+      this.states.delete(ino);
+      this.states.set(ino, st);
+      return st;
+    }
+    if (!Number.isInteger(ino) || ino < 1 || ino > this.vol.inodesCount) throw new FsError('ESTALE', `inode ${ino} does not exist`);
+    const inode = await this.vol.readInode(ino);
+    if (inode.links === 0 || inode.mode === 0) throw new FsError('ESTALE', `inode ${ino} is not in use`);
+    st = { inode, extents: null, openCount: 0 };
+    this.states.set(ino, st);
+    return st;
+  }
+
+  cached(ino: number): InodeState | undefined {
+    return this.states.get(ino);
+  }
+
+  extentIO(): ExtentTreeIO {
+    const vol = this.vol;
+    return {
+      blockSize: vol.blockSize,
+      blocksCount: vol.blocksCount,
+      read: (b) => vol.dev.read(b),
+      zeroed: (b) => vol.dev.zeroed(b),
+      markDirty: (b, buf) => vol.dev.markDirty(b, buf),
+      allocMeta: async (goal) => (await vol.allocBlocks(goal, 1)).start,
+      freeMeta: (b) => vol.freeBlocks(b, 1),
+    };
+  }
+
+  csumSeedOf(inode: Inode): number | null {
+    return this.vol.metadataCsum ? this.vol.inodeCsumSeed(inode) : null;
+  }
+
+  async extents(st: InodeState): Promise<ExtentMap> {
+    if (st.extents) return st.extents;
+    const inode = st.inode;
+    if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) {
+      if (inode.hasFlag(INODE_FLAGS.INLINE_DATA)) throw new FsError('EOPNOTSUPP', `inode ${inode.ino} uses inline data, which kfs does not support`);
+      // Block-mapped (ext2/3 style) files: only empty ones can be handled (converted on write).
+      if (inode.f.i_block.some((b) => b !== 0) && !this.isFastSymlinkLike(inode)) {
+        throw new FsError('EOPNOTSUPP', `inode ${inode.ino} uses indirect block maps (ext2/3 format), which kfs does not support`);
+      }
+      st.extents = new ExtentMap();
+      return st.extents;
+    }
+    st.extents = await ExtentMap.load(inode.ino, inode.f.i_block, this.extentIO(), this.csumSeedOf(inode));
+    return st.extents;
+  }
+
+  private isFastSymlinkLike(inode: Inode): boolean {
+    return inode.isSymlink() || (inode.type !== S_IFDIR && !inode.isReg());
+  }
+
+  /** Serialize the inode into the table (block cache). */
+  async write(st: InodeState): Promise<void> {
+    await this.vol.writeInode(st.inode);
+  }
+
+  /** Write a dirty extent map back into its tree, then the inode. */
+  async flush(st: InodeState): Promise<void> {
+    const map = st.extents;
+    if (map && map.dirty) {
+      const inode = st.inode;
+      if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) inode.f.i_flags |= INODE_FLAGS.EXTENTS;
+      const goal = map.extents.length ? map.extents[0].pblk : this.groupGoal(inode.ino);
+      const delta = await map.store(inode.f.i_block, this.extentIO(), this.csumSeedOf(inode), goal);
+      if (delta) this.addSectors(inode, delta);
+      await this.write(st);
+    }
+  }
+
+  async flushAll(): Promise<void> {
+    for (const st of this.states.values()) await this.flush(st);
+  }
+
+  /** Drop clean, closed states beyond the cache bound. */
+  async trim(): Promise<void> {
+    if (this.states.size <= MAX_CACHED) return;
+    for (const [ino, st] of this.states) {
+      if (this.states.size <= MAX_CACHED * 0.9) break;
+      if (st.openCount > 0) continue;
+      await this.flush(st);
+      this.states.delete(ino);
+    }
+  }
+
+  addSectors(inode: Inode, blocks: number): void {
+    const s = inode.getSectors(this.blockSize) + blocks * this.sectorsPerBlock;
+    if (s < 0) throw new CorruptionError(`inode ${inode.ino}: i_blocks would go negative`);
+    inode.setSectors(s);
+  }
+
+  groupGoal(ino: number): number {
+    const g = this.vol.groupOfInode(ino);
+    return this.vol.groupFirstBlock(Math.min(g, this.vol.groupCount - 1));
+  }
+
+  /** Map [lblk, lblk+count) of a file to newly allocated blocks (it must be a hole). */
+  async allocate(st: InodeState, lblk: number, count: number, unwritten: boolean): Promise<{ lblk: number; pblk: number; len: number }[]> {
+    const map = await this.extents(st);
+    let goal = map.goalFor(lblk) || this.groupGoal(st.inode.ino);
+    const out: { lblk: number; pblk: number; len: number }[] = [];
+    let l = lblk;
+    let left = count;
+    while (left > 0) {
+      const run = await this.vol.allocBlocks(goal, left);
+      map.insert({ lblk: l, len: run.len, pblk: run.start, unwritten });
+      this.addSectors(st.inode, run.len);
+      out.push({ lblk: l, pblk: run.start, len: run.len });
+      l += run.len;
+      left -= run.len;
+      goal = run.start + run.len;
+    }
+    return out;
+  }
+
+  /** Unmap and free [lblk, lblk+count). */
+  async release(st: InodeState, lblk: number, count: number): Promise<void> {
+    const map = await this.extents(st);
+    for (const r of map.remove(lblk, count)) {
+      await this.vol.freeBlocks(r.pblk, r.len);
+      this.addSectors(st.inode, -r.len);
+    }
+  }
+
+  /** Allocate and initialize a new inode. */
+  async create(parent: number, mode: number, uid: number, gid: number): Promise<InodeState> {
+    const isDir = (mode & 0o170000) === S_IFDIR;
+    const ino = await this.vol.allocInode(parent, isDir);
+    const inode = this.vol.newInode(ino);
+    inode.f.i_mode = mode;
+    inode.uid = uid;
+    inode.gid = gid;
+    inode.links = 1;
+    const t = now();
+    inode.atime = t;
+    inode.mtime = t;
+    inode.ctime = t;
+    inode.crtime = t;
+    const st: InodeState = { inode, extents: new ExtentMap(), openCount: 0 };
+    this.states.set(ino, st);
+    return st;
+  }
+
+  /** Free an inode whose last link and last open are gone: data, xattr block, bitmap bit. */
+  async destroy(st: InodeState, freeXattrBlock: (st: InodeState) => Promise<void>): Promise<void> {
+    const inode = st.inode;
+    if (inode.hasFlag(INODE_FLAGS.EXTENTS)) {
+      const map = await this.extents(st);
+      await this.release(st, 0, Math.max(map.endLblk, 0));
+      for (const b of map.treeBlocks) await this.vol.freeBlocks(b, 1);
+      map.treeBlocks = [];
+      map.dirty = false;
+    }
+    await freeXattrBlock(st);
+    const isDir = inode.isDir();
+    inode.links = 0;
+    inode.size = 0;
+    inode.setSectors(0);
+    inode.f.i_dtime = Math.floor(Date.now() / 1000) >>> 0;
+    inode.f.i_block.fill(0);
+    inode.f.i_flags &= ~INODE_FLAGS.EXTENTS;
+    await this.write(st);
+    await this.vol.freeInode(inode.ino, isDir);
+    this.states.delete(inode.ino);
+  }
+
+  // ---- orphan list (EXT4 s_last_orphan, chained through i_dtime) ----
+
+  async addOrphan(st: InodeState): Promise<void> {
+    st.inode.f.i_dtime = this.vol.sb.s_last_orphan;
+    this.vol.sb.s_last_orphan = st.inode.ino;
+    await this.write(st);
+  }
+
+  async removeOrphan(st: InodeState): Promise<void> {
+    const ino = st.inode.ino;
+    const next = st.inode.f.i_dtime;
+    if (this.vol.sb.s_last_orphan === ino) {
+      this.vol.sb.s_last_orphan = next;
+      return;
+    }
+    let cur = this.vol.sb.s_last_orphan;
+    for (let guard = 0; cur && guard < this.vol.inodesCount; guard++) {
+      const c = this.states.get(cur) ?? { inode: await this.vol.readInode(cur), extents: null, openCount: 0 };
+      if (c.inode.f.i_dtime === ino) {
+        c.inode.f.i_dtime = next;
+        await this.write(c);
+        return;
+      }
+      cur = c.inode.f.i_dtime;
+    }
+  }
+
+  /** Mount-time orphan processing: free every inode left on the list by a crash. */
+  async processOrphans(freeXattrBlock: (st: InodeState) => Promise<void>): Promise<number> {
+    let n = 0;
+    let cur = this.vol.sb.s_last_orphan;
+    this.vol.sb.s_last_orphan = 0;
+    const seen = new Set<number>();
+    while (cur) {
+      if (seen.has(cur) || cur > this.vol.inodesCount) throw new CorruptionError(`orphan list loops or points outside the inode table at ${cur}`);
+      seen.add(cur);
+      const inode = await this.vol.readInode(cur);
+      const next = inode.f.i_dtime;
+      const st: InodeState = { inode, extents: null, openCount: 0 };
+      this.states.set(cur, st);
+      if (inode.links === 0) {
+        await this.destroy(st, freeXattrBlock);
+      } else {
+        inode.f.i_dtime = 0;
+        await this.write(st);
+      }
+      n++;
+      cur = next > this.vol.inodesCount ? 0 : next;
+    }
+    return n;
+  }
+
+  /** The directory I/O adapter for the Directory code. */
+  dirIO(st: InodeState): DirIO {
+    const vol = this.vol;
+    const inode = st.inode;
+    const bs = vol.blockSize;
+    const store = this;
+    return {
+      ino: inode.ino,
+      blockSize: bs,
+      csumSeed: this.csumSeedOf(inode),
+      blockCount: () => Math.floor(inode.size / bs),
+      read: async (lblk) => {
+        const map = await store.extents(st);
+        const p = map.lookup(lblk);
+        if (!p) throw new CorruptionError(`directory inode ${inode.ino} has a hole at block ${lblk}`);
+        return vol.dev.read(p);
+      },
+      dirty: (lblk, buf) => {
+        const p = st.extents!.lookup(lblk);
+        vol.dev.markDirty(p, buf);
+      },
+      append: async () => {
+        const lblk = Math.floor(inode.size / bs);
+        const [r] = await store.allocate(st, lblk, 1, false);
+        inode.size = (lblk + 1) * bs;
+        await store.write(st);
+        return { lblk, buf: vol.dev.zeroed(r.pblk) };
+      },
+      get indexed() {
+        return inode.hasFlag(INODE_FLAGS.INDEX);
+      },
+      setIndexed: (v) => {
+        if (v) inode.f.i_flags |= INODE_FLAGS.INDEX;
+        else inode.f.i_flags &= ~INODE_FLAGS.INDEX;
+      },
+      dirIndex: vol.hasCompat(COMPAT.dir_index),
+      defHashVersion: vol.sb.s_def_hash_version,
+      unsignedDelta: vol.hashUnsignedDelta,
+      hashSeed: vol.sb.s_hash_seed,
+      largeDir: vol.hasIncompat(INCOMPAT.large_dir),
+    };
+  }
+}

@@ -1,0 +1,600 @@
+/**
+ * Volume: the ext4 metadata that is global to the filesystem: superblock, group descriptor
+ * table, block and inode bitmaps, the inode table, and block/inode allocation.
+ *
+ * Group descriptors live in memory and are written back at sync(); bitmaps and inode table
+ * blocks live in the BlockDevice cache. Checksums are verified when a structure is loaded and
+ * recomputed when it is written. Allocation follows ext4's habits: blocks near a goal (the
+ * block after a file's last block), inodes of new directories spread over groups (Orlov-like),
+ * files' inodes in their parent's group.
+ */
+import { randomBytes } from 'node:crypto';
+import { BlockDevice } from '../block/device';
+import { CorruptionError, FsError } from '../util/errors';
+import { log } from '../util/log';
+import { join64, lo32, hi32 } from '../util/cursor';
+import { ext4Crc } from './crc';
+import {
+  SuperblockLayout, SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, EXT4_MAGIC, COMPAT, INCOMPAT, RO_COMPAT,
+  SUPPORTED_INCOMPAT, SUPPORTED_RO_COMPAT, featureNames, superblockChecksum, sbBlocksCount, sbFreeBlocks,
+  groupHasSuperblock, FLAG_UNSIGNED_HASH, STATE_VALID,
+} from './superblock';
+import {
+  GroupDesc, decodeGroupDesc, encodeGroupDesc, groupDescChecksum, bitmapChecksum,
+  BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED,
+} from './group-desc';
+import { Inode, verifyInodeChecksum, setInodeChecksum } from './inode';
+
+export interface VolumeOptions {
+  readOnly?: boolean;
+  cacheBytes?: number;
+}
+
+export interface BlockRun {
+  start: number;
+  len: number;
+}
+
+export class Volume {
+  sb: SuperblockFields;
+  readonly blockSize: number;
+  readonly groupCount: number;
+  readonly inodesPerGroup: number;
+  readonly blocksPerGroup: number;
+  readonly inodeSize: number;
+  readonly descSize: number;
+  readonly firstDataBlock: number;
+  readonly blocksCount: number;
+  readonly metadataCsum: boolean;
+  readonly csumSeed: number;
+  readonly readOnly: boolean;
+  /** Why the volume is read-only when the caller asked for read-write (unknown ro_compat...). */
+  readonly readOnlyReason: string | null;
+  readonly gds: GroupDesc[];
+  private dirtyGroups = new Set<number>();
+  private sbDirty = false;
+  private freeBlocksTotal: number;
+  private freeInodesTotal: number;
+
+  private constructor(readonly dev: BlockDevice, sb: SuperblockFields, readOnly: boolean, reason: string | null) {
+    this.sb = sb;
+    this.readOnly = readOnly;
+    this.readOnlyReason = reason;
+    this.blockSize = 1024 << sb.s_log_block_size;
+    this.inodesPerGroup = sb.s_inodes_per_group;
+    this.blocksPerGroup = sb.s_blocks_per_group;
+    this.inodeSize = sb.s_rev_level === 0 ? 128 : sb.s_inode_size;
+    this.descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
+    this.firstDataBlock = sb.s_first_data_block;
+    this.blocksCount = sbBlocksCount(sb);
+    this.groupCount = Math.ceil((this.blocksCount - this.firstDataBlock) / this.blocksPerGroup);
+    this.metadataCsum = !!(sb.s_feature_ro_compat & RO_COMPAT.metadata_csum);
+    this.csumSeed = sb.s_feature_incompat & INCOMPAT.csum_seed ? sb.s_checksum_seed : ext4Crc(0xffffffff, sb.s_uuid);
+    this.gds = [];
+    this.freeBlocksTotal = sbFreeBlocks(sb);
+    this.freeInodesTotal = sb.s_free_inodes_count;
+  }
+
+  static async open(path: string, opts: VolumeOptions = {}): Promise<Volume> {
+    const dev = BlockDevice.open(path, { readOnly: opts.readOnly, cacheBytes: opts.cacheBytes });
+    try {
+      return await Volume.fromDevice(dev, !!opts.readOnly);
+    } catch (e) {
+      await dev.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  static async fromDevice(dev: BlockDevice, readOnly: boolean): Promise<Volume> {
+    if (dev.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new CorruptionError(`image is ${dev.size} bytes, too small to hold an ext4 superblock`);
+    const raw = Buffer.alloc(SUPERBLOCK_SIZE);
+    await dev.readAt(raw, SUPERBLOCK_OFFSET);
+    const sb = SuperblockLayout.decode(raw);
+    if (sb.s_magic !== EXT4_MAGIC) throw new FsError('EINVAL', `${dev.path} is not an ext2/3/4 filesystem (bad superblock magic 0x${sb.s_magic.toString(16)})`);
+    if (sb.s_log_block_size > 6 || sb.s_inodes_per_group === 0 || sb.s_blocks_per_group === 0 ||
+        sb.s_blocks_per_group > 8 * (1024 << sb.s_log_block_size) || sb.s_inodes_per_group > 8 * (1024 << sb.s_log_block_size)) {
+      throw new CorruptionError('superblock geometry is impossible (block size, blocks or inodes per group)');
+    }
+    if (sb.s_feature_ro_compat & RO_COMPAT.metadata_csum) {
+      if (sb.s_checksum_type !== 1) throw new CorruptionError(`unknown superblock checksum type ${sb.s_checksum_type}`);
+      if (superblockChecksum(raw) !== sb.s_checksum) throw new CorruptionError('superblock checksum mismatch (try e2fsck -b <backup> to recover)');
+    }
+    const badIncompat = sb.s_feature_incompat & ~SUPPORTED_INCOMPAT;
+    if (badIncompat) {
+      throw new FsError('EINVAL', `${dev.path} uses ext4 features kfs does not support: ${featureNames(INCOMPAT, badIncompat).join(', ')}`);
+    }
+    let reason: string | null = null;
+    const badRo = sb.s_feature_ro_compat & ~SUPPORTED_RO_COMPAT;
+    if (badRo && !readOnly) reason = `read-only: unsupported ro_compat features ${featureNames(RO_COMPAT, badRo).join(', ')}`;
+    if (!readOnly && (sb.s_feature_incompat & INCOMPAT.recover)) {
+      reason = 'read-only: the journal needs recovery (run `kfs fsck -y` on the image)';
+    }
+    if (!readOnly && !(sb.s_state & STATE_VALID)) {
+      log.warn(`${dev.path}: filesystem was not cleanly unmounted or has errors; run kfs fsck`);
+    }
+    const bs = 1024 << sb.s_log_block_size;
+    dev.setBlockSize(bs);
+    if (sbBlocksCount(sb) * bs > dev.size) {
+      throw new CorruptionError(`superblock says ${sbBlocksCount(sb)} blocks but the image holds only ${Math.floor(dev.size / bs)}`);
+    }
+    const ro = readOnly || reason !== null;
+    if (reason) log.warn(`${dev.path}: ${reason}`);
+    const vol = new Volume(dev, sb, ro, reason);
+    await vol.loadGroupDescs();
+    return vol;
+  }
+
+  // ---- group descriptors ----
+
+  private gdtLocation(group: number): { block: number; offset: number } {
+    const perBlock = this.blockSize / this.descSize;
+    return { block: this.firstDataBlock + 1 + Math.floor(group / perBlock), offset: (group % perBlock) * this.descSize };
+  }
+
+  private async loadGroupDescs(): Promise<void> {
+    const csum = { metadataCsum: this.metadataCsum, csumSeed: this.csumSeed, uuid: this.sb.s_uuid };
+    const gdtCsum = this.metadataCsum || !!(this.sb.s_feature_ro_compat & RO_COMPAT.gdt_csum);
+    for (let g = 0; g < this.groupCount; g++) {
+      const { block, offset } = this.gdtLocation(g);
+      const buf = await this.dev.read(block);
+      const gd = decodeGroupDesc(buf, offset, this.descSize);
+      if (gdtCsum && groupDescChecksum(buf, offset, this.descSize, g, csum) !== gd.checksum) {
+        throw new CorruptionError(`group descriptor ${g} checksum mismatch`);
+      }
+      const inRange = (b: number) => b >= this.firstDataBlock && b < this.blocksCount;
+      if (!inRange(gd.blockBitmap) || !inRange(gd.inodeBitmap) || !inRange(gd.inodeTable) ||
+          gd.freeBlocks > this.blocksPerGroup || gd.freeInodes > this.inodesPerGroup) {
+        throw new CorruptionError(`group descriptor ${g} points outside the filesystem or has impossible counts`);
+      }
+      this.gds.push(gd);
+    }
+  }
+
+  private async writeGroupDescs(): Promise<void> {
+    const csum = { metadataCsum: this.metadataCsum, csumSeed: this.csumSeed, uuid: this.sb.s_uuid };
+    const gdtCsum = this.metadataCsum || !!(this.sb.s_feature_ro_compat & RO_COMPAT.gdt_csum);
+    for (const g of this.dirtyGroups) {
+      const { block, offset } = this.gdtLocation(g);
+      const buf = await this.dev.read(block);
+      const gd = this.gds[g];
+      encodeGroupDesc(gd, buf, offset, this.descSize);
+      if (gdtCsum) {
+        gd.checksum = groupDescChecksum(buf, offset, this.descSize, g, csum);
+        encodeGroupDesc(gd, buf, offset, this.descSize);
+      }
+      this.dev.markDirty(block, buf);
+    }
+    this.dirtyGroups.clear();
+  }
+
+  private markGroupDirty(g: number): void {
+    this.dirtyGroups.add(g);
+  }
+
+  // ---- geometry helpers ----
+
+  groupOfBlock(block: number): number {
+    return Math.floor((block - this.firstDataBlock) / this.blocksPerGroup);
+  }
+  groupFirstBlock(g: number): number {
+    return this.firstDataBlock + g * this.blocksPerGroup;
+  }
+  blocksInGroup(g: number): number {
+    return g === this.groupCount - 1 ? this.blocksCount - this.groupFirstBlock(g) : this.blocksPerGroup;
+  }
+  groupOfInode(ino: number): number {
+    return Math.floor((ino - 1) / this.inodesPerGroup);
+  }
+  get inodesCount(): number {
+    return this.sb.s_inodes_count;
+  }
+  get freeBlockCount(): number {
+    return this.freeBlocksTotal;
+  }
+  get freeInodeCount(): number {
+    return this.freeInodesTotal;
+  }
+  get reservedBlocks(): number {
+    return join64(this.sb.s_r_blocks_count_lo, this.sb.s_r_blocks_count_hi);
+  }
+  hasCompat(bit: number): boolean { return (this.sb.s_feature_compat & bit) !== 0; }
+  hasIncompat(bit: number): boolean { return (this.sb.s_feature_incompat & bit) !== 0; }
+  hasRoCompat(bit: number): boolean { return (this.sb.s_feature_ro_compat & bit) !== 0; }
+  /** 3 when the superblock says directory hashes treat name bytes as unsigned. */
+  get hashUnsignedDelta(): number {
+    return this.sb.s_flags & FLAG_UNSIGNED_HASH ? 3 : 0;
+  }
+
+  /** Number of metadata blocks (superblock backup + GDT + reserved GDT) at a group's start. */
+  private groupSuperOverhead(g: number): number {
+    if (!groupHasSuperblock(g, this.hasRoCompat(RO_COMPAT.sparse_super))) return 0;
+    const gdtBlocks = Math.ceil((this.groupCount * this.descSize) / this.blockSize);
+    return 1 + gdtBlocks + this.sb.s_reserved_gdt_blocks;
+  }
+
+  // ---- bitmaps ----
+
+  /** The block bitmap of a group; a BLOCK_UNINIT group's bitmap is computed (ext4_init_block_bitmap). */
+  private async blockBitmap(g: number, forWrite: boolean): Promise<Buffer> {
+    const gd = this.gds[g];
+    if (gd.flags & BG_BLOCK_UNINIT) {
+      if (!forWrite) return this.initBlockBitmap(g, Buffer.alloc(this.blockSize));
+      const buf = this.initBlockBitmap(g, this.dev.zeroed(gd.blockBitmap));
+      gd.flags &= ~BG_BLOCK_UNINIT;
+      this.dev.markDirty(gd.blockBitmap, buf);
+      this.bitmapVerified.add(`b${g}`);
+      this.markGroupDirty(g);
+      return buf;
+    }
+    const buf = await this.dev.read(gd.blockBitmap);
+    const key = `b${g}`;
+    if (this.metadataCsum && !this.bitmapVerified.has(key)) {
+      const csum = bitmapChecksum(this.csumSeed, buf.subarray(0, this.blocksPerGroup / 8), this.descSize);
+      if (csum !== gd.blockBitmapCsum) throw new CorruptionError(`block bitmap of group ${g} (block ${gd.blockBitmap}) checksum mismatch`);
+      this.bitmapVerified.add(key);
+    }
+    return buf;
+  }
+  private bitmapVerified = new Set<string>();
+
+  private initBlockBitmap(g: number, buf: Buffer): Buffer {
+    buf.fill(0);
+    const first = this.groupFirstBlock(g);
+    const n = this.groupSuperOverhead(g);
+    for (let i = 0; i < n; i++) setBit(buf, i);
+    for (let og = 0; og < this.groupCount; og++) {
+      const gd = this.gds[og];
+      const mark = (b: number, count: number) => {
+        for (let k = 0; k < count; k++) {
+          const rel = b + k - first;
+          if (rel >= 0 && rel < this.blocksPerGroup) setBit(buf, rel);
+        }
+      };
+      mark(gd.blockBitmap, 1);
+      mark(gd.inodeBitmap, 1);
+      mark(gd.inodeTable, Math.ceil((this.inodesPerGroup * this.inodeSize) / this.blockSize));
+    }
+    // Bits past the last block of the last group, and past blocks_per_group, are set.
+    for (let i = this.blocksInGroup(g); i < this.blockSize * 8; i++) setBit(buf, i);
+    return buf;
+  }
+
+  private async inodeBitmap(g: number, forWrite: boolean): Promise<Buffer> {
+    const gd = this.gds[g];
+    if (gd.flags & BG_INODE_UNINIT) {
+      const buf = forWrite ? this.dev.zeroed(gd.inodeBitmap) : Buffer.alloc(this.blockSize);
+      for (let i = this.inodesPerGroup; i < this.blockSize * 8; i++) setBit(buf, i);
+      if (forWrite) {
+        gd.flags &= ~BG_INODE_UNINIT;
+        this.dev.markDirty(gd.inodeBitmap, buf);
+        this.bitmapVerified.add(`i${g}`);
+        this.markGroupDirty(g);
+      }
+      return buf;
+    }
+    const buf = await this.dev.read(gd.inodeBitmap);
+    const key = `i${g}`;
+    if (this.metadataCsum && !this.bitmapVerified.has(key)) {
+      const csum = bitmapChecksum(this.csumSeed, buf.subarray(0, this.inodesPerGroup / 8), this.descSize);
+      if (csum !== gd.inodeBitmapCsum) throw new CorruptionError(`inode bitmap of group ${g} (block ${gd.inodeBitmap}) checksum mismatch`);
+      this.bitmapVerified.add(key);
+    }
+    return buf;
+  }
+
+  private updateBitmapChecksums(g: number, block?: Buffer, inode?: Buffer): void {
+    const gd = this.gds[g];
+    if (this.metadataCsum) {
+      if (block) gd.blockBitmapCsum = bitmapChecksum(this.csumSeed, block.subarray(0, this.blocksPerGroup / 8), this.descSize);
+      if (inode) gd.inodeBitmapCsum = bitmapChecksum(this.csumSeed, inode.subarray(0, this.inodesPerGroup / 8), this.descSize);
+    }
+    this.markGroupDirty(g);
+  }
+
+  // ---- block allocation ----
+
+  /**
+   * Allocate up to `count` contiguous blocks, starting the search at `goal`. Returns the first
+   * free run found at or after the goal (wrapping around), at least 1 block; ENOSPC when full.
+   */
+  async allocBlocks(goal: number, count: number): Promise<BlockRun> {
+    this.assertWritable();
+    if (this.freeBlocksTotal <= 0) throw new FsError('ENOSPC', 'no free blocks left in the filesystem');
+    if (!(goal >= this.firstDataBlock && goal < this.blocksCount)) goal = this.firstDataBlock;
+    const g0 = this.groupOfBlock(goal);
+    for (let i = 0; i <= this.groupCount; i++) {
+      const g = (g0 + i) % this.groupCount;
+      const gd = this.gds[g];
+      if (gd.freeBlocks === 0) continue;
+      const start = i === 0 ? goal - this.groupFirstBlock(g) : 0;
+      const bm = await this.blockBitmap(g, false);
+      const limit = this.blocksInGroup(g);
+      let bit = findZero(bm, start, limit);
+      if (bit < 0 && i === 0 && start > 0) bit = findZero(bm, 0, limit);
+      if (bit < 0) continue;
+      let end = bit + 1;
+      while (end < limit && end - bit < count && !testBit(bm, end)) end++;
+      const wbm = await this.blockBitmap(g, true);
+      for (let b = bit; b < end; b++) setBit(wbm, b);
+      const len = end - bit;
+      gd.freeBlocks -= len;
+      this.freeBlocksTotal -= len;
+      this.dev.markDirty(gd.blockBitmap, wbm);
+      this.updateBitmapChecksums(g, wbm);
+      this.sbDirty = true;
+      const startBlock = this.groupFirstBlock(g) + bit;
+      this.dev.forgetRange(startBlock, len);
+      return { start: startBlock, len };
+    }
+    throw new FsError('ENOSPC', 'no free blocks left in the filesystem');
+  }
+
+  /** Allocate exactly `count` blocks as one or more runs. */
+  async allocBlockRuns(goal: number, count: number): Promise<BlockRun[]> {
+    const runs: BlockRun[] = [];
+    let left = count;
+    try {
+      while (left > 0) {
+        const r = await this.allocBlocks(goal, left);
+        runs.push(r);
+        left -= r.len;
+        goal = r.start + r.len;
+      }
+    } catch (e) {
+      for (const r of runs) await this.freeBlocks(r.start, r.len);
+      throw e;
+    }
+    return runs;
+  }
+
+  async freeBlocks(start: number, len: number): Promise<void> {
+    this.assertWritable();
+    if (len <= 0) return;
+    if (start < this.firstDataBlock || start + len > this.blocksCount) throw new CorruptionError(`freeing blocks ${start}+${len} outside the filesystem`);
+    let b = start;
+    const end = start + len;
+    while (b < end) {
+      const g = this.groupOfBlock(b);
+      const gEnd = Math.min(end, this.groupFirstBlock(g) + this.blocksInGroup(g));
+      const bm = await this.blockBitmap(g, true);
+      const gd = this.gds[g];
+      let freed = 0;
+      for (let x = b; x < gEnd; x++) {
+        const bit = x - this.groupFirstBlock(g);
+        if (!testBit(bm, bit)) throw new CorruptionError(`block ${x} freed twice (bitmap of group ${g} already shows it free)`);
+        clearBit(bm, bit);
+        freed++;
+      }
+      gd.freeBlocks += freed;
+      this.freeBlocksTotal += freed;
+      this.dev.markDirty(gd.blockBitmap, bm);
+      this.updateBitmapChecksums(g, bm);
+      this.dev.forgetRange(b, gEnd - b);
+      b = gEnd;
+    }
+    this.sbDirty = true;
+  }
+
+  async isBlockInUse(block: number): Promise<boolean> {
+    const g = this.groupOfBlock(block);
+    const bm = await this.blockBitmap(g, false);
+    return testBit(bm, block - this.groupFirstBlock(g));
+  }
+
+  // ---- inode allocation ----
+
+  /** Allocate an inode: directories spread out (Orlov-like), others near their parent. */
+  async allocInode(parentIno: number, isDir: boolean): Promise<number> {
+    this.assertWritable();
+    if (this.freeInodesTotal <= 0) throw new FsError('ENOSPC', 'no free inodes left in the filesystem');
+    const order = this.inodeGroupOrder(parentIno, isDir);
+    for (const g of order) {
+      const gd = this.gds[g];
+      if (gd.freeInodes === 0) continue;
+      const bm = await this.inodeBitmap(g, true);
+      const firstBit = g === 0 ? this.sb.s_first_ino - 1 : 0;
+      const bit = findZero(bm, firstBit, this.inodesPerGroup);
+      if (bit < 0) continue;
+      setBit(bm, bit);
+      gd.freeInodes--;
+      this.freeInodesTotal--;
+      if (isDir) gd.usedDirs++;
+      // bg_itable_unused: inodes past the highest ever used are known-free (uninit_bg).
+      const used = this.inodesPerGroup - gd.itableUnused;
+      if (bit + 1 > used) gd.itableUnused = this.inodesPerGroup - (bit + 1);
+      if (gd.flags & BG_BLOCK_UNINIT) await this.blockBitmap(g, true);
+      this.dev.markDirty(gd.inodeBitmap, bm);
+      this.updateBitmapChecksums(g, undefined, bm);
+      this.sbDirty = true;
+      return g * this.inodesPerGroup + bit + 1;
+    }
+    throw new FsError('ENOSPC', 'no free inodes left in the filesystem');
+  }
+
+  private inodeGroupOrder(parentIno: number, isDir: boolean): number[] {
+    const n = this.groupCount;
+    const parentGroup = Math.min(this.groupOfInode(parentIno), n - 1);
+    const order: number[] = [];
+    if (isDir && parentIno === 2 && n > 1) {
+      // Orlov for top-level directories: the group with most free blocks among those with
+      // at least average free inodes, so top-level trees spread over the disk.
+      const avgInodes = this.freeInodesTotal / n;
+      let best = -1;
+      for (let g = 0; g < n; g++) {
+        const gd = this.gds[g];
+        if (gd.freeInodes < avgInodes || gd.freeInodes === 0) continue;
+        if (best < 0 || gd.freeBlocks > this.gds[best].freeBlocks || (gd.freeBlocks === this.gds[best].freeBlocks && gd.usedDirs < this.gds[best].usedDirs)) best = g;
+      }
+      if (best >= 0) order.push(best);
+    }
+    for (let i = 0; i < n; i++) order.push((parentGroup + i) % n);
+    return order;
+  }
+
+  async freeInode(ino: number, isDir: boolean): Promise<void> {
+    this.assertWritable();
+    const g = this.groupOfInode(ino);
+    const bit = (ino - 1) % this.inodesPerGroup;
+    const bm = await this.inodeBitmap(g, true);
+    if (!testBit(bm, bit)) throw new CorruptionError(`inode ${ino} freed twice`);
+    clearBit(bm, bit);
+    const gd = this.gds[g];
+    gd.freeInodes++;
+    this.freeInodesTotal++;
+    if (isDir) gd.usedDirs = Math.max(0, gd.usedDirs - 1);
+    this.dev.markDirty(gd.inodeBitmap, bm);
+    this.updateBitmapChecksums(g, undefined, bm);
+    this.sbDirty = true;
+  }
+
+  async isInodeInUse(ino: number): Promise<boolean> {
+    const g = this.groupOfInode(ino);
+    const bm = await this.inodeBitmap(g, false);
+    return testBit(bm, (ino - 1) % this.inodesPerGroup);
+  }
+
+  // ---- inode table ----
+
+  private inodeLocation(ino: number): { block: number; offset: number } {
+    if (!Number.isInteger(ino) || ino < 1 || ino > this.sb.s_inodes_count) throw new FsError('ESTALE', `inode ${ino} out of range`);
+    const g = this.groupOfInode(ino);
+    const byte = ((ino - 1) % this.inodesPerGroup) * this.inodeSize;
+    return { block: this.gds[g].inodeTable + Math.floor(byte / this.blockSize), offset: byte % this.blockSize };
+  }
+
+  async readInode(ino: number): Promise<Inode> {
+    const { block, offset } = this.inodeLocation(ino);
+    const buf = await this.dev.read(block);
+    const raw = buf.subarray(offset, offset + this.inodeSize);
+    if (this.metadataCsum && !verifyInodeChecksum(raw, ino, this.csumSeed)) {
+      if (!raw.every((x) => x === 0)) throw new CorruptionError(`inode ${ino} checksum mismatch`);
+    }
+    const inode = Inode.decode(ino, raw);
+    if (this.inodeSize > 128 && (inode.f.i_extra_isize > this.inodeSize - 128 || inode.f.i_extra_isize % 4)) {
+      throw new CorruptionError(`inode ${ino} has impossible i_extra_isize ${inode.f.i_extra_isize}`);
+    }
+    return inode;
+  }
+
+  async writeInode(inode: Inode): Promise<void> {
+    this.assertWritable();
+    const { block, offset } = this.inodeLocation(inode.ino);
+    const buf = await this.dev.read(block);
+    inode.encode();
+    if (this.metadataCsum) setInodeChecksum(inode, this.csumSeed);
+    inode.raw.copy(buf, offset);
+    this.dev.markDirty(block, buf);
+  }
+
+  /** A zeroed in-memory inode for a freshly allocated number (generation random). */
+  newInode(ino: number): Inode {
+    const extra = Math.max(32, this.sb.s_want_extra_isize);
+    const inode = Inode.fresh(ino, this.inodeSize, Math.min(extra, this.inodeSize - 128));
+    inode.f.i_generation = randomBytes(4).readUInt32LE(0);
+    return inode;
+  }
+
+  /** crc32c seed for per-inode structures (extent blocks, directory blocks). */
+  inodeCsumSeed(inode: Inode): number {
+    let crc = ext4Crc(this.csumSeed, u32le(inode.ino));
+    crc = ext4Crc(crc, u32le(inode.f.i_generation));
+    return crc;
+  }
+
+  // ---- sync ----
+
+  async sync(opts: { fsync?: boolean; clean?: boolean } = {}): Promise<void> {
+    if (this.readOnly) return;
+    if (this.dirtyGroups.size) await this.writeGroupDescs();
+    await this.writeSuperblock(opts.clean);
+    if (opts.fsync === false) await this.dev.flush();
+    else await this.dev.sync();
+  }
+
+  private async writeSuperblock(clean?: boolean): Promise<void> {
+    const sb = this.sb;
+    sb.s_free_blocks_count_lo = lo32(this.freeBlocksTotal);
+    sb.s_free_blocks_count_hi = hi32(this.freeBlocksTotal);
+    sb.s_free_inodes_count = this.freeInodesTotal;
+    const now = Math.floor(Date.now() / 1000);
+    sb.s_wtime = lo32(now);
+    sb.s_wtime_hi = hi32(now) & 0xff;
+    if (clean !== undefined) sb.s_state = clean ? sb.s_state | STATE_VALID : sb.s_state & ~STATE_VALID;
+    const raw = Buffer.alloc(SUPERBLOCK_SIZE);
+    SuperblockLayout.encode(sb, raw);
+    if (this.metadataCsum) {
+      sb.s_checksum = superblockChecksum(raw);
+      raw.writeUInt32LE(sb.s_checksum, SuperblockLayout.offsetOf('s_checksum'));
+    }
+    // Byte 1024: block 1 with 1 KiB blocks, inside block 0 otherwise.
+    const block = Math.floor(SUPERBLOCK_OFFSET / this.blockSize);
+    const buf = await this.dev.read(block);
+    raw.copy(buf, SUPERBLOCK_OFFSET % this.blockSize);
+    this.dev.markDirty(block, buf);
+    this.sbDirty = false;
+  }
+
+  /** Mark the filesystem mounted (state not clean) and count the mount, as the kernel does. */
+  async markMounted(): Promise<void> {
+    if (this.readOnly) return;
+    const now = Math.floor(Date.now() / 1000);
+    this.sb.s_mtime = lo32(now);
+    this.sb.s_mtime_hi = hi32(now) & 0xff;
+    this.sb.s_mnt_count = (this.sb.s_mnt_count + 1) & 0xffff;
+    await this.sync({ clean: false });
+  }
+
+  get isDirty(): boolean {
+    return this.sbDirty || this.dirtyGroups.size > 0 || this.dev.dirtyBlocks > 0;
+  }
+
+  async close(): Promise<void> {
+    if (!this.readOnly) await this.sync({ clean: true });
+    await this.dev.close();
+  }
+
+  assertWritable(): void {
+    if (this.readOnly) throw new FsError('EROFS', this.readOnlyReason ?? 'filesystem is mounted read-only');
+  }
+
+  /** Mark that this group's inode table is known zero when ITABLE_ZEROED is set. */
+  itableZeroed(g: number): boolean {
+    return (this.gds[g].flags & BG_INODE_ZEROED) !== 0;
+  }
+
+  hasJournal(): boolean {
+    return this.hasCompat(COMPAT.has_journal);
+  }
+}
+
+function u32le(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v >>> 0, 0);
+  return b;
+}
+
+export function testBit(bm: Buffer, bit: number): boolean {
+  return (bm[bit >>> 3] & (1 << (bit & 7))) !== 0;
+}
+export function setBit(bm: Buffer, bit: number): void {
+  bm[bit >>> 3] |= 1 << (bit & 7);
+}
+export function clearBit(bm: Buffer, bit: number): void {
+  bm[bit >>> 3] &= ~(1 << (bit & 7));
+}
+/** First clear bit in [from, limit), or -1. Skips full bytes quickly. */
+export function findZero(bm: Buffer, from: number, limit: number): number {
+  let bit = from;
+  while (bit < limit) {
+    if ((bit & 7) === 0) {
+      let byte = bit >>> 3;
+      const lastByte = (limit - 1) >>> 3;
+      while (byte <= lastByte && bm[byte] === 0xff) byte++;
+      bit = byte << 3;
+      if (bit >= limit) return -1;
+    }
+    if (!testBit(bm, bit)) return bit;
+    bit++;
+  }
+  return -1;
+}

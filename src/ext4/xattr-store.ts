@@ -1,0 +1,133 @@
+/**
+ * Extended attributes of an inode: the in-inode area first, then one xattr block (which may be
+ * shared between inodes with a refcount, as the kernel's mbcache makes them; kfs never shares
+ * a block it writes, and copies a shared one before changing it). POSIX ACLs are converted
+ * between the VFS xattr format and ext4's compact on-disk format.
+ */
+import { FsError } from '../util/errors';
+import { InodeStore, InodeState, now } from './inode-store';
+import {
+  XattrEntry, parseInodeXattrs, parseBlockXattrs, encodeInodeXattrs, encodeBlockXattrs, splitXattrs, xattrNameValid,
+} from './xattr';
+import { aclToDisk, aclFromDisk } from './acl';
+import { GOOD_OLD_INODE_SIZE } from './inode';
+
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
+const ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
+
+export class XattrStore {
+  constructor(private store: InodeStore) {}
+
+  private areaSize(st: InodeState): number {
+    const raw = st.inode.raw;
+    return raw.length > GOOD_OLD_INODE_SIZE ? raw.length - GOOD_OLD_INODE_SIZE - st.inode.f.i_extra_isize : 0;
+  }
+
+  private async blockEntries(st: InodeState): Promise<{ entries: XattrEntry[]; refcount: number }> {
+    const b = st.inode.fileAcl;
+    if (!b) return { entries: [], refcount: 0 };
+    const vol = this.store.vol;
+    if (b < vol.firstDataBlock || b >= vol.blocksCount) throw new FsError('EIO', `inode ${st.inode.ino}: xattr block ${b} is outside the filesystem`);
+    const buf = await vol.dev.read(b);
+    return parseBlockXattrs(buf, b, vol.metadataCsum ? vol.csumSeed : null);
+  }
+
+  async all(st: InodeState): Promise<XattrEntry[]> {
+    const inodeEntries = this.areaSize(st) >= 4 ? parseInodeXattrs(st.inode.xattrArea()) : [];
+    const { entries } = await this.blockEntries(st);
+    return [...inodeEntries, ...entries];
+  }
+
+  async get(st: InodeState, name: string): Promise<Buffer> {
+    const e = (await this.all(st)).find((x) => x.name === name);
+    if (!e) throw new FsError('ENODATA', `no attribute ${name}`);
+    return ACL_NAMES.has(name) ? aclFromDisk(e.value) : e.value;
+  }
+
+  async list(st: InodeState): Promise<string[]> {
+    return (await this.all(st)).map((e) => e.name);
+  }
+
+  async set(st: InodeState, name: string, value: Buffer, flags: number): Promise<void> {
+    if (!xattrNameValid(name)) {
+      throw new FsError(Buffer.byteLength(name) > 255 + 16 ? 'ERANGE' : 'EOPNOTSUPP', `attribute name ${JSON.stringify(name)} is not supported`);
+    }
+    const stored = ACL_NAMES.has(name) ? aclToDisk(value) : value;
+    const entries = await this.all(st);
+    const i = entries.findIndex((e) => e.name === name);
+    if (i >= 0 && flags & XATTR_CREATE) throw new FsError('EEXIST', `attribute ${name} exists`);
+    if (i < 0 && flags & XATTR_REPLACE) throw new FsError('ENODATA', `no attribute ${name}`);
+    if (i >= 0) entries[i] = { name, value: Buffer.from(stored) };
+    else entries.push({ name, value: Buffer.from(stored) });
+    await this.store_(st, entries);
+  }
+
+  async remove(st: InodeState, name: string): Promise<void> {
+    const entries = await this.all(st);
+    const i = entries.findIndex((e) => e.name === name);
+    if (i < 0) throw new FsError('ENODATA', `no attribute ${name}`);
+    entries.splice(i, 1);
+    await this.store_(st, entries);
+  }
+
+  /** Lay the attributes out over the inode area and (if needed) one block. */
+  private async store_(st: InodeState, entries: XattrEntry[]): Promise<void> {
+    const vol = this.store.vol;
+    const area = this.areaSize(st);
+    const split = splitXattrs(entries, area, vol.blockSize);
+    if (!split) throw new FsError('ENOSPC', `attributes of inode ${st.inode.ino} do not fit in the inode and one block`);
+    if (area >= 4) {
+      const enc = encodeInodeXattrs(split.inode, area);
+      if (!enc) throw new FsError('ENOSPC', 'attributes do not fit in the inode');
+      enc.copy(st.inode.xattrArea());
+    }
+    const old = st.inode.fileAcl;
+    const { refcount } = old ? await this.blockEntries(st) : { refcount: 0 };
+    if (split.block.length === 0) {
+      if (old) await this.dropBlock(st, old, refcount);
+    } else {
+      // Rewrite in place when the block is ours alone; otherwise take a new one.
+      let target = old && refcount <= 1 ? old : 0;
+      if (!target) {
+        const goal = old || this.store.groupGoal(st.inode.ino);
+        target = (await vol.allocBlocks(goal, 1)).start;
+        if (old) await this.dropBlock(st, old, refcount);
+        st.inode.fileAcl = target;
+        this.store.addSectors(st.inode, 1);
+      }
+      const enc = encodeBlockXattrs(split.block, vol.blockSize, target, vol.metadataCsum ? vol.csumSeed : null, 1);
+      if (!enc) throw new FsError('ENOSPC', 'attributes do not fit in one block');
+      const buf = vol.dev.zeroed(target);
+      enc.copy(buf);
+      vol.dev.markDirty(target, buf);
+    }
+    st.inode.ctime = now();
+    await this.store.write(st);
+  }
+
+  /** Let go of the inode's xattr block: free it, or drop one reference if shared. */
+  private async dropBlock(st: InodeState, block: number, refcount: number): Promise<void> {
+    const vol = this.store.vol;
+    if (refcount <= 1) {
+      await vol.freeBlocks(block, 1);
+    } else {
+      const buf = await vol.dev.read(block);
+      const { entries } = parseBlockXattrs(buf, block, vol.metadataCsum ? vol.csumSeed : null);
+      const enc = encodeBlockXattrs(entries, vol.blockSize, block, vol.metadataCsum ? vol.csumSeed : null, refcount - 1);
+      if (!enc) throw new FsError('EIO', `shared xattr block ${block} cannot be re-encoded`);
+      enc.copy(buf);
+      vol.dev.markDirty(block, buf);
+    }
+    st.inode.fileAcl = 0;
+    this.store.addSectors(st.inode, -1);
+  }
+
+  /** At inode destruction. */
+  async freeBlockOf(st: InodeState): Promise<void> {
+    const b = st.inode.fileAcl;
+    if (!b) return;
+    const { refcount } = await this.blockEntries(st);
+    await this.dropBlock(st, b, refcount);
+  }
+}
