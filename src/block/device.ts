@@ -21,6 +21,8 @@ export interface BlockDeviceOptions {
 interface CacheEntry {
   buf: Buffer;
   dirty: boolean;
+  /** The block's checksum was verified since it was read from disk (or kfs wrote it). */
+  verified?: boolean;
 }
 
 export interface BlockDeviceStats {
@@ -31,6 +33,9 @@ export interface BlockDeviceStats {
   cachedBlocks: number;
   dirtyBlocks: number;
 }
+
+/** Transfers up to this size use synchronous pread/pwrite (see readAt). */
+const SYNC_IO_MAX = 64 * 1024;
 
 function pread(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
   return new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
@@ -116,6 +121,19 @@ export class BlockDevice {
     return buf;
   }
 
+  /**
+   * A cached block whose checksum `verify` checks (throwing on damage) only the first time it
+   * comes from disk; blocks kfs itself modified stay trusted while cached.
+   */
+  async readVerified(block: number, verify: (buf: Buffer) => void): Promise<Buffer> {
+    const buf = await this.read(block);
+    const e = this.cache.get(block);
+    if (e && e.verified) return buf;
+    verify(buf);
+    if (e) e.verified = true;
+    return buf;
+  }
+
   /** A block about to be entirely overwritten: no read from disk. */
   zeroed(block: number): Buffer {
     this.checkBlock(block);
@@ -141,6 +159,7 @@ export class BlockDevice {
     } else if (buf && buf !== e.buf) {
       buf.copy(e.buf);
     }
+    e.verified = true;
     if (!e.dirty) {
       e.dirty = true;
       this.dirtyCount++;
@@ -189,12 +208,17 @@ export class BlockDevice {
     await this.evict();
   }
 
-  /** Positioned read of raw bytes (file data); short reads past the end are zero-filled. */
+  /**
+   * Positioned read of raw bytes (file data); short reads past the end are zero-filled.
+   * Small transfers are done synchronously: they are served from the host page cache in a
+   * few microseconds, less than a round trip through the libuv threadpool costs.
+   */
   async readAt(buf: Buffer, pos: number, off = 0, len = buf.length - off): Promise<void> {
     this.stats.reads++;
     let done = 0;
+    const small = len <= SYNC_IO_MAX;
     while (done < len) {
-      const n = await pread(this.fd, buf, off + done, len - done, pos + done);
+      const n = small ? fs.readSync(this.fd, buf, off + done, len - done, pos + done) : await pread(this.fd, buf, off + done, len - done, pos + done);
       if (n === 0) {
         buf.fill(0, off + done, off + len);
         return;
@@ -208,7 +232,10 @@ export class BlockDevice {
     if (pos + len > this.size) throw new FsError('EIO', `write at ${pos}+${len} beyond the image end ${this.size}`);
     this.stats.writes++;
     let done = 0;
-    while (done < len) done += await pwrite(this.fd, buf, off + done, len - done, pos + done);
+    const small = len <= SYNC_IO_MAX;
+    while (done < len) {
+      done += small ? fs.writeSync(this.fd, buf, off + done, len - done, pos + done) : await pwrite(this.fd, buf, off + done, len - done, pos + done);
+    }
   }
 
   /** Drop file-data blocks that might be cached as metadata (after reuse). */

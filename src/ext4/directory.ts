@@ -8,7 +8,7 @@ import { dxHash } from './dx-hash';
 import { DxNode, looksLikeDxNode } from './htree';
 import {
   Dirent, parseDirBlock, entriesEnd, insertDirent, removeDirent, packDirBlock, packedSize, direntSize,
-  sealDirBlock, verifyDirBlock, hasDirTail, FT,
+  sealDirBlock, verifyDirBlock, hasDirTail, FT, findDirent,
 } from './dirent';
 
 /** What the directory code needs from the filesystem: the directory's blocks. */
@@ -19,6 +19,8 @@ export interface DirIO {
   csumSeed: number | null;
   blockCount(): number;
   read(lblk: number): Promise<Buffer>;
+  /** Like read, running `verify` only when the block first comes from disk. */
+  readVerified(lblk: number, verify: (buf: Buffer) => void): Promise<Buffer>;
   /** The block was modified in place; persist it (checksums are already set). */
   dirty(lblk: number, buf: Buffer): void;
   /** Add a zeroed block at the end of the directory. */
@@ -71,16 +73,35 @@ export class Directory {
     return dxHash(name, this.hashVersion(root), this.io.hashSeed);
   }
 
+  /** Search one leaf block for a live entry. */
+  private async findIn(lblk: number, name: Buffer): Promise<FoundEntry | null> {
+    const buf = await this.leafBuf(lblk);
+    const off = findDirent(buf, this.end, this.where(lblk), name);
+    if (off < 0) return null;
+    return { name, inode: buf.readUInt32LE(off), fileType: buf[off + 7], lblk };
+  }
+
+  /** A leaf block's bytes, checksum verified when first read from disk. */
+  private leafBuf(lblk: number): Promise<Buffer> {
+    if (!this.csum) return this.io.read(lblk);
+    return this.io.readVerified(lblk, (b) => verifyDirBlock(b, this.io.csumSeed!, this.where(lblk)));
+  }
+
   /** A leaf block, checksum verified. */
   private async leaf(lblk: number): Promise<{ buf: Buffer; entries: Dirent[] }> {
-    const buf = await this.io.read(lblk);
-    if (this.csum) verifyDirBlock(buf, this.io.csumSeed!, this.where(lblk));
+    const buf = await this.leafBuf(lblk);
     return { buf, entries: parseDirBlock(buf, this.end, this.where(lblk)) };
   }
 
-  private async root(): Promise<DxNode> {
-    const buf = await this.io.read(0);
-    return DxNode.parse(buf, true, this.io.csumSeed, this.where(0));
+  /** An index node; its checksum is checked when the block first comes from disk. */
+  private async dxNode(lblk: number): Promise<DxNode> {
+    const isRoot = lblk === 0;
+    const buf = await this.io.readVerified(lblk, (b) => DxNode.parse(b, isRoot, this.io.csumSeed, this.where(lblk)));
+    return DxNode.parse(buf, isRoot, this.io.csumSeed, this.where(lblk), false);
+  }
+
+  private root(): Promise<DxNode> {
+    return this.dxNode(0);
   }
 
   /** Path from the root to the leaf for `hash`: index nodes with the chosen entry. */
@@ -91,8 +112,7 @@ export class Directory {
     for (let level = 0; level < root.info!.levels; level++) {
       const lblk = cur.node.entries[cur.at].block;
       if (lblk === 0 || lblk >= this.io.blockCount()) throw new CorruptionError(`${this.where(0)}: htree points at block ${lblk} outside the directory`);
-      const buf = await this.io.read(lblk);
-      const node = DxNode.parse(buf, false, this.io.csumSeed, this.where(lblk));
+      const node = await this.dxNode(lblk);
       cur = { lblk, node, at: node.find(hash) };
       nodes.push(cur);
     }
@@ -116,9 +136,8 @@ export class Directory {
       const last = path.nodes[path.nodes.length - 1];
       let idx = last.at;
       for (;;) {
-        const lblk = last.node.entries[idx].block;
-        const { entries } = await this.leaf(lblk);
-        for (const d of entries) if (d.inode && d.name.equals(name)) return { name: d.name, inode: d.inode, fileType: d.fileType, lblk };
+        const found = await this.findIn(last.node.entries[idx].block, name);
+        if (found) return found;
         const next = last.node.entries[idx + 1];
         if (!next || (next.hash & ~1) !== major || !(next.hash & 1)) return null;
         idx++;
@@ -126,8 +145,8 @@ export class Directory {
     }
     const n = this.io.blockCount();
     for (let lblk = 0; lblk < n; lblk++) {
-      const { entries } = await this.leaf(lblk);
-      for (const d of entries) if (d.inode && d.name.equals(name)) return { name: d.name, inode: d.inode, fileType: d.fileType, lblk };
+      const found = await this.findIn(lblk, name);
+      if (found) return found;
     }
     return null;
   }

@@ -74,6 +74,26 @@ export function writeDirent(buf: Buffer, off: number, inode: number, recLen: num
   c.fill(Math.min(c.remaining, (4 - (name.length % 4)) % 4));
 }
 
+/**
+ * Find a live entry by name without building entry objects (the lookup hot path). Validates
+ * each rec_len like parseDirBlock. Returns the entry's offset, or -1.
+ */
+export function findDirent(buf: Buffer, end: number, where: string, name: Buffer): number {
+  const n = name.length;
+  let off = 0;
+  while (off < end) {
+    if (end - off < DIRENT_HEADER) throw new CorruptionError(`${where}: directory entry at ${off} runs past the block end`);
+    const recLen = buf.readUInt16LE(off + 4);
+    const nameLen = buf[off + 6];
+    if (recLen < DIRENT_HEADER || recLen % 4 || off + recLen > end || DIRENT_HEADER + nameLen > recLen) {
+      throw new CorruptionError(`${where}: directory entry at ${off} has bad rec_len ${recLen} (name_len ${nameLen})`);
+    }
+    if (nameLen === n && buf.readUInt32LE(off) !== 0 && buf.compare(name, 0, n, off + DIRENT_HEADER, off + DIRENT_HEADER + n) === 0) return off;
+    off += recLen;
+  }
+  return -1;
+}
+
 /** Lay entries out compactly from offset 0; the last one stretches to `end`. */
 export function packDirBlock(buf: Buffer, end: number, entries: { inode: number; name: Buffer; fileType: number }[]): void {
   buf.fill(0, 0, end);
@@ -121,17 +141,26 @@ export function verifyDirBlock(buf: Buffer, csumSeed: number, where: string): vo
  */
 export function insertDirent(buf: Buffer, end: number, where: string, inode: number, name: Buffer, fileType: number): boolean {
   const need = direntSize(name.length);
-  for (const d of parseDirBlock(buf, end, where)) {
-    if (d.inode === 0 && d.recLen >= need) {
-      writeDirent(buf, d.offset, inode, d.recLen, name, fileType);
+  let off = 0;
+  while (off < end) {
+    if (end - off < DIRENT_HEADER) throw new CorruptionError(`${where}: directory entry at ${off} runs past the block end`);
+    const ino = buf.readUInt32LE(off);
+    const recLen = buf.readUInt16LE(off + 4);
+    const nameLen = buf[off + 6];
+    if (recLen < DIRENT_HEADER || recLen % 4 || off + recLen > end || DIRENT_HEADER + nameLen > recLen) {
+      throw new CorruptionError(`${where}: directory entry at ${off} has bad rec_len ${recLen} (name_len ${nameLen})`);
+    }
+    if (ino === 0 && recLen >= need) {
+      writeDirent(buf, off, inode, recLen, name, fileType);
       return true;
     }
-    const used = direntSize(d.name.length);
-    if (d.inode !== 0 && d.recLen - used >= need) {
-      buf.writeUInt16LE(used, d.offset + 4);
-      writeDirent(buf, d.offset + used, inode, d.recLen - used, name, fileType);
+    const used = direntSize(nameLen);
+    if (ino !== 0 && recLen - used >= need) {
+      buf.writeUInt16LE(used, off + 4);
+      writeDirent(buf, off + used, inode, recLen - used, name, fileType);
       return true;
     }
+    off += recLen;
   }
   return false;
 }

@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { FsError } from '../util/errors';
+import { FsError, CorruptionError } from '../util/errors';
 import { Mutex } from '../util/mutex';
 import { log } from '../util/log';
 import { Volume, VolumeOptions } from './volume';
@@ -133,13 +133,26 @@ export class Ext4Fs {
     return this.vol.readOnly;
   }
 
-  private run<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Run one operation under the lock. Damage found while reading answers EIO and the
+   * filesystem goes on; damage found half-way through a change makes the filesystem read-only
+   * (the in-memory change may be partial), as ext4's errors=remount-ro would.
+   */
+  private run<T>(fn: () => Promise<T>, mutating = false): Promise<T> {
     if (this.closed) return Promise.reject(new FsError('EIO', 'filesystem is closed'));
     return this.lock.run(async () => {
-      const r = await fn();
-      await this.store.trim();
-      if (this.vol.dev.dirtyBlocks > DIRTY_SYNC_BLOCKS) await this.syncLocked(false);
-      return r;
+      try {
+        const r = await fn();
+        await this.store.trim();
+        if (this.vol.dev.dirtyBlocks > DIRTY_SYNC_BLOCKS) await this.syncLocked(false);
+        return r;
+      } catch (e) {
+        if (e instanceof CorruptionError) {
+          log.error(`${this.vol.dev.path}: ${e.message}`);
+          if (mutating) this.vol.fallBackToReadOnly(e.message);
+        }
+        throw e;
+      }
     });
   }
 
@@ -186,7 +199,7 @@ export class Ext4Fs {
       i.ctime = a.ctime ?? t;
       await this.store.write(st);
       return this.toAttr(st);
-    });
+    }, true);
   }
 
   // ---- names ----
@@ -249,10 +262,9 @@ export class Ext4Fs {
     const type = mode & S_IFMT;
     if (![S_IFREG, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK].includes(type)) return Promise.reject(new FsError('EINVAL', 'mknod of an unsupported file type'));
     return this.run(() => this.newNode(parent, name, mode, uid, gid, async (st) => {
-      if (type === S_IFREG) st.inode.f.i_flags |= INODE_FLAGS.EXTENTS;
       if (type === S_IFCHR || type === S_IFBLK) encodeDev(st.inode.f.i_block, rdev);
       if (type === S_IFREG) this.initExtentRoot(st);
-    }));
+    }), true);
   }
 
   create(parent: number, name: Buffer, mode: number, uid: number, gid: number): Promise<Attr> {
@@ -279,7 +291,7 @@ export class Ext4Fs {
       ]);
       sealDirBlock(buf, csumSeed);
       this.vol.dev.markDirty(r.pblk, buf);
-    }));
+    }), true);
   }
 
   symlink(parent: number, name: Buffer, target: Buffer, uid: number, gid: number): Promise<Attr> {
@@ -300,7 +312,7 @@ export class Ext4Fs {
         await this.vol.dev.writeAt(buf, r.pblk * this.vol.blockSize);
         st.inode.size = target.length;
       }
-    }));
+    }), true);
   }
 
   readlink(ino: number): Promise<Buffer> {
@@ -333,7 +345,7 @@ export class Ext4Fs {
       await this.store.write(st);
       await this.store.write(p);
       return this.toAttr(st);
-    });
+    }, true);
   }
 
   /** Drop one link of st; free it now or, if open, at its last release (orphan list). */
@@ -367,7 +379,7 @@ export class Ext4Fs {
       p.inode.ctime = t;
       await this.store.write(p);
       await this.dropLink(st);
-    });
+    }, true);
   }
 
   rmdir(parent: number, name: Buffer): Promise<void> {
@@ -390,7 +402,7 @@ export class Ext4Fs {
       p.inode.ctime = t;
       await this.store.write(p);
       await this.dropLink(st);
-    });
+    }, true);
   }
 
   rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags = 0): Promise<void> {
@@ -464,7 +476,7 @@ export class Ext4Fs {
       tp.inode.ctime = t;
       await this.store.write(sp);
       if (tp !== sp) await this.store.write(tp);
-    });
+    }, true);
   }
 
   private async checkNotAncestor(ancestor: number, start: number): Promise<void> {
@@ -498,7 +510,7 @@ export class Ext4Fs {
         await this.store.removeOrphan(st);
         await this.store.destroy(st, (s) => this.xattrs.freeBlockOf(s));
       }
-    });
+    }, true);
   }
 
   read(ino: number, offset: number, length: number): Promise<Buffer> {
@@ -521,7 +533,7 @@ export class Ext4Fs {
       if (opts.killPriv) clearSetId(st);
       await this.store.write(st);
       return n;
-    });
+    }, true);
   }
 
   fallocate(ino: number, mode: number, offset: number, length: number): Promise<void> {
@@ -533,7 +545,7 @@ export class Ext4Fs {
       st.inode.ctime = t;
       if (!(mode & 0x01)) st.inode.mtime = t;
       await this.store.write(st);
-    });
+    }, true);
   }
 
   lseek(ino: number, offset: number, whence: number): Promise<number> {
@@ -615,13 +627,13 @@ export class Ext4Fs {
     return this.run(async () => {
       this.writable();
       await this.xattrs.set(await this.store.get(ino), name, value, flags);
-    });
+    }, true);
   }
   removexattr(ino: number, name: string): Promise<void> {
     return this.run(async () => {
       this.writable();
       await this.xattrs.remove(await this.store.get(ino), name);
-    });
+    }, true);
   }
 
   // ---- whole filesystem ----

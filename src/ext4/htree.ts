@@ -43,7 +43,8 @@ export class DxNode {
     return Math.floor((blockSize - countOff - (csum ? DX_TAIL_SIZE : 0)) / 8);
   }
 
-  static parse(buf: Buffer, isRoot: boolean, csumSeed: number | null, where: string): DxNode {
+  /** Decode a node; `verify` false skips the checksum (the block was verified when read). */
+  static parse(buf: Buffer, isRoot: boolean, csumSeed: number | null, where: string, verify = true): DxNode {
     const countOff = isRoot ? DX_ROOT_COUNT_OFFSET : DX_NODE_COUNT_OFFSET;
     let info: DxRootInfo | null = null;
     if (isRoot) {
@@ -69,7 +70,7 @@ export class DxNode {
     }
     const entries: DxEntry[] = [{ hash: 0, block: c.u32() }];
     for (let i = 1; i < count; i++) entries.push({ hash: c.u32(), block: c.u32() });
-    if (csumSeed !== null) {
+    if (csumSeed !== null && verify) {
       const want = dxChecksum(buf, countOff, count, limit, csumSeed);
       if (buf.readUInt32LE(countOff + limit * 8 + 4) !== want) throw new CorruptionError(`${where}: htree node checksum mismatch`);
     }

@@ -281,6 +281,12 @@ export class InodeStore {
         if (!p) throw new CorruptionError(`directory inode ${inode.ino} has a hole at block ${lblk}`);
         return vol.dev.read(p);
       },
+      readVerified: async (lblk, verify) => {
+        const map = await store.extents(st);
+        const p = map.lookup(lblk);
+        if (!p) throw new CorruptionError(`directory inode ${inode.ino} has a hole at block ${lblk}`);
+        return vol.dev.readVerified(p, verify);
+      },
       dirty: (lblk, buf) => {
         const p = st.extents!.lookup(lblk);
         vol.dev.markDirty(p, buf);

@@ -28,6 +28,8 @@ import { Inode, verifyInodeChecksum, setInodeChecksum } from './inode';
 export interface VolumeOptions {
   readOnly?: boolean;
   cacheBytes?: number;
+  /** Read without taking the image lock (inspection of an image another process serves). */
+  noLock?: boolean;
 }
 
 export interface BlockRun {
@@ -47,9 +49,9 @@ export class Volume {
   readonly blocksCount: number;
   readonly metadataCsum: boolean;
   readonly csumSeed: number;
-  readonly readOnly: boolean;
+  readOnly: boolean;
   /** Why the volume is read-only when the caller asked for read-write (unknown ro_compat...). */
-  readonly readOnlyReason: string | null;
+  readOnlyReason: string | null;
   readonly gds: GroupDesc[];
   private dirtyGroups = new Set<number>();
   private sbDirty = false;
@@ -76,9 +78,9 @@ export class Volume {
   }
 
   static async open(path: string, opts: VolumeOptions = {}): Promise<Volume> {
-    const dev = BlockDevice.open(path, { readOnly: opts.readOnly, cacheBytes: opts.cacheBytes });
+    const dev = BlockDevice.open(path, { readOnly: opts.readOnly || opts.noLock, cacheBytes: opts.cacheBytes, noLock: opts.noLock });
     try {
-      return await Volume.fromDevice(dev, !!opts.readOnly);
+      return await Volume.fromDevice(dev, !!opts.readOnly || !!opts.noLock);
     } catch (e) {
       await dev.close().catch(() => undefined);
       throw e;
@@ -490,8 +492,21 @@ export class Volume {
   newInode(ino: number): Inode {
     const extra = Math.max(32, this.sb.s_want_extra_isize);
     const inode = Inode.fresh(ino, this.inodeSize, Math.min(extra, this.inodeSize - 128));
-    inode.f.i_generation = randomBytes(4).readUInt32LE(0);
+    inode.f.i_generation = this.randomU32();
     return inode;
+  }
+
+  private randomPool = Buffer.alloc(0);
+  private randomPos = 0;
+  /** Inode generations: random, drawn from a pool (one getrandom per 1024 inodes). */
+  private randomU32(): number {
+    if (this.randomPos + 4 > this.randomPool.length) {
+      this.randomPool = randomBytes(4096);
+      this.randomPos = 0;
+    }
+    const v = this.randomPool.readUInt32LE(this.randomPos);
+    this.randomPos += 4;
+    return v;
   }
 
   /** crc32c seed for per-inode structures (extent blocks, directory blocks). */
@@ -551,6 +566,16 @@ export class Volume {
   async close(): Promise<void> {
     if (!this.readOnly) await this.sync({ clean: true });
     await this.dev.close();
+  }
+
+  /**
+   * Damage found during a change: stop writing. Unsynced metadata is dropped rather than
+   * written, since the change that hit the damage may be half-applied.
+   */
+  fallBackToReadOnly(why: string): void {
+    if (this.readOnly) return;
+    this.readOnly = true;
+    this.readOnlyReason = `read-only after detecting corruption (${why}); run kfs fsck`;
   }
 
   assertWritable(): void {

@@ -1,0 +1,37 @@
+/** `kfs fsck disk.img [-y]`: runs e2fsck, read-only (-n) unless asked to repair. */
+import { Command } from 'commander';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import { FsError } from '../util/errors';
+import { action } from './common';
+
+const E2FSCK_CANDIDATES = ['/usr/sbin/e2fsck', '/sbin/e2fsck', '/usr/bin/e2fsck'];
+
+export function findE2fsck(): string | null {
+  for (const c of E2FSCK_CANDIDATES) if (fs.existsSync(c)) return c;
+  const r = spawnSync('sh', ['-c', 'command -v e2fsck'], { encoding: 'utf8' });
+  return r.status === 0 && r.stdout.trim() ? r.stdout.trim() : null;
+}
+
+export function registerFsck(program: Command): void {
+  program
+    .command('fsck')
+    .description('check an image with e2fsck (read-only by default)')
+    .argument('<image>', 'image file')
+    .option('-y, --yes', 'repair what e2fsck finds (e2fsck -fy)')
+    .option('-v, --verbose', 'show e2fsck output even when clean')
+    .action(action('kfs fsck', async (image: string, opts: { yes?: boolean; verbose?: boolean }) => {
+      if (!fs.existsSync(image)) throw new FsError('ENOENT', `image ${image} does not exist`);
+      const e2fsck = findE2fsck();
+      if (!e2fsck) throw new FsError('ENOENT', 'e2fsck not found; install e2fsprogs (apt-get install e2fsprogs)');
+      const args = ['-f', opts.yes ? '-y' : '-n', image];
+      const r = spawnSync(e2fsck, args, { encoding: 'utf8' });
+      if (r.error) throw r.error;
+      const code = r.status ?? 8;
+      if (code !== 0 || opts.verbose) process.stdout.write(r.stdout + r.stderr);
+      // e2fsck exit codes: 0 clean, 1 errors corrected, 2 corrected (reboot), 4 uncorrected, 8+ operational.
+      const verdict = code === 0 ? 'clean' : code <= 2 ? 'errors were corrected' : code === 4 ? 'errors remain' : 'e2fsck failed';
+      process.stderr.write(`kfs fsck: ${image}: ${verdict} (e2fsck exit ${code})\n`);
+      return code;
+    }));
+}
