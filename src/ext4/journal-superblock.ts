@@ -17,11 +17,12 @@
  *   0x0FC s_checksum                                crc32c(~0, superblock with s_checksum = 0)
  *   0x100 s_users[16*48]                            UUIDs of the filesystems sharing the log
  *
- * Also here: a big-endian twin of util/struct's Struct (BeStruct), and the jbd2 constants, so the
+ * Also here: the jbd2 constants (layouts use util/struct's Struct in big-endian mode), so the
  * journal replay/commit code can describe its other block types (descriptor, commit, revoke) the
  * same way.
  */
 import { ByteCursor } from '../util/cursor';
+import { Struct, Decoded } from '../util/struct';
 import { ext4Crc } from './crc';
 
 export const JBD2_MAGIC_NUMBER = 0xc03b3998;
@@ -55,89 +56,11 @@ export const JBD2_MIN_JOURNAL_BLOCKS = 1024;
 export const JBD2_MAX_JOURNAL_BLOCKS = 10240000;
 export const JOURNAL_SUPERBLOCK_SIZE = 1024;
 
-/** A field is a scalar type name or a byte-array length (as in util/struct). */
-export type BeFieldType = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | number;
-export type BeLayout = Record<string, BeFieldType>;
-export type BeDecoded<L extends BeLayout> = { [K in keyof L]: L[K] extends number ? Buffer : number };
-
-const BE_SIZE = { u8: 1, u16: 2, u32: 4, i32: 4, u64: 8 } as const;
-const beSizeOf = (t: BeFieldType): number => (typeof t === 'number' ? t : BE_SIZE[t]);
-
-/** Fixed-layout big-endian structure: the jbd2 counterpart of util/struct's Struct. */
-export class BeStruct<L extends BeLayout> {
-  readonly size: number;
-  private readonly offsets: Record<string, number> = {};
-  private readonly fields: [string, BeFieldType][];
-
-  constructor(readonly name: string, readonly layout: L, expectedSize: number) {
-    this.fields = Object.entries(layout);
-    let off = 0;
-    for (const [k, t] of this.fields) {
-      this.offsets[k] = off;
-      off += beSizeOf(t);
-    }
-    this.size = off;
-    if (off !== expectedSize) throw new Error(`${name}: layout is ${off} bytes, spec says ${expectedSize}`);
-  }
-
-  offsetOf(field: keyof L & string): number {
-    return this.offsets[field];
-  }
-
-  read(c: ByteCursor): BeDecoded<L> {
-    const out: Record<string, number | Buffer> = {};
-    for (const [k, t] of this.fields) {
-      switch (t) {
-        case 'u8': out[k] = c.u8(); break;
-        case 'u16': out[k] = c.u16be(); break;
-        case 'u32': out[k] = c.u32be(); break;
-        case 'i32': out[k] = c.u32be() | 0; break;
-        case 'u64': out[k] = c.u64be(); break;
-        default: out[k] = Buffer.from(c.bytes(t));
-      }
-    }
-    return out as BeDecoded<L>;
-  }
-
-  decode(buf: Buffer, offset = 0): BeDecoded<L> {
-    return this.read(new ByteCursor(buf, offset, Math.min(buf.length, offset + this.size)));
-  }
-
-  /** Byte arrays shorter than their field are zero-padded. */
-  write(c: ByteCursor, v: BeDecoded<L>): void {
-    for (const [k, t] of this.fields) {
-      const x = (v as Record<string, number | Buffer>)[k];
-      switch (t) {
-        case 'u8': c.putU8(x as number); break;
-        case 'u16': c.putU16be(x as number); break;
-        case 'u32': c.putU32be(x as number); break;
-        case 'i32': c.putU32be((x as number) >>> 0); break;
-        case 'u64': c.putU64be(x as number); break;
-        default: {
-          const b = x as Buffer;
-          const n = Math.min(b.length, t);
-          c.putBytes(b.subarray(0, n));
-          c.fill(t - n);
-        }
-      }
-    }
-  }
-
-  encode(v: BeDecoded<L>, buf: Buffer, offset = 0): void {
-    this.write(new ByteCursor(buf, offset, offset + this.size), v);
-  }
-
-  zero(): BeDecoded<L> {
-    return this.decode(Buffer.alloc(this.size));
-  }
-}
-
-/** journal_header_t: the 12 bytes that open every jbd2 metadata block. */
-export const JournalHeaderLayout = new BeStruct('journal_header_t', {
+export const JournalHeaderLayout = new Struct('journal_header_t', {
   h_magic: 'u32', h_blocktype: 'u32', h_sequence: 'u32',
-}, 12);
+}, 12, 'be');
 
-export const JournalSuperblockLayout = new BeStruct('journal_superblock_t', {
+export const JournalSuperblockLayout = new Struct('journal_superblock_t', {
   h_magic: 'u32', h_blocktype: 'u32', h_sequence: 'u32',
   s_blocksize: 'u32', s_maxlen: 'u32', s_first: 'u32',
   s_sequence: 'u32', s_start: 'u32',
@@ -151,9 +74,9 @@ export const JournalSuperblockLayout = new BeStruct('journal_superblock_t', {
   s_padding: 160,
   s_checksum: 'u32',
   s_users: 16 * JBD2_USERS_MAX,
-}, JOURNAL_SUPERBLOCK_SIZE);
+}, JOURNAL_SUPERBLOCK_SIZE, 'be');
 
-export type JournalSuperblock = BeDecoded<typeof JournalSuperblockLayout.layout>;
+export type JournalSuperblock = Decoded<typeof JournalSuperblockLayout.layout>;
 
 export interface NewJournalParams {
   blockSize: number;

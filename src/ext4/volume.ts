@@ -225,7 +225,7 @@ export class Volume {
       gd.flags &= ~BG_BLOCK_UNINIT;
       this.dev.markDirty(gd.blockBitmap, buf);
       this.bitmapVerified.add(`b${g}`);
-      this.markGroupDirty(g);
+      this.updateBitmapChecksums(g, buf);
       return buf;
     }
     const buf = await this.dev.read(gd.blockBitmap);
@@ -270,7 +270,7 @@ export class Volume {
         gd.flags &= ~BG_INODE_UNINIT;
         this.dev.markDirty(gd.inodeBitmap, buf);
         this.bitmapVerified.add(`i${g}`);
-        this.markGroupDirty(g);
+        this.updateBitmapChecksums(g, undefined, buf);
       }
       return buf;
     }

@@ -159,67 +159,49 @@ export class ByteCursor {
     this.pos += n;
     return this;
   }
+
+  // Big-endian accessors: the jbd2 journal is the one big-endian format kfs meets.
+  u16be(): number {
+    this.need(2, 'u16be');
+    const v = this.buf.readUInt16BE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+  u32be(): number {
+    this.need(4, 'u32be');
+    const v = this.buf.readUInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  u64be(): number {
+    this.need(8, 'u64be');
+    const hi = this.buf.readUInt32BE(this.pos);
+    const lo = this.buf.readUInt32BE(this.pos + 4);
+    this.pos += 8;
+    return hi * 0x100000000 + lo;
+  }
+  putU16be(v: number): this {
+    this.need(2, 'u16be');
+    this.buf.writeUInt16BE(v & 0xffff, this.pos);
+    this.pos += 2;
+    return this;
+  }
+  putU32be(v: number): this {
+    this.need(4, 'u32be');
+    this.buf.writeUInt32BE(v >>> 0, this.pos);
+    this.pos += 4;
+    return this;
+  }
+  putU64be(v: number): this {
+    this.need(8, 'u64be');
+    this.buf.writeUInt32BE(Math.floor(v / 0x100000000) >>> 0, this.pos);
+    this.buf.writeUInt32BE(v % 0x100000000 >>> 0, this.pos + 4);
+    this.pos += 8;
+    return this;
+  }
 }
 
 /** Split/join helpers for ext4's lo/hi field pairs. */
 export const hi32 = (v: number): number => Math.floor(v / 0x100000000) >>> 0;
 export const lo32 = (v: number): number => v % 0x100000000 >>> 0;
 export const join64 = (lo: number, hi: number): number => hi * 0x100000000 + lo;
-
-/*
- * Big-endian accessors, for the few on-disk formats kfs meets that are not little-endian
- * (the jbd2 journal: src/ext4/journal-superblock.ts). Same bounds checks as the LE ones.
- */
-export interface ByteCursor {
-  u16be(): number;
-  u32be(): number;
-  u64be(): number;
-  putU16be(v: number): this;
-  putU32be(v: number): this;
-  putU64be(v: number): this;
-}
-
-/** Bounds check shared by the big-endian accessors (the class's own check is private). */
-function needBE(c: ByteCursor, n: number, what: string): void {
-  if (c.pos + n > c.end) throw new ShortBufferError(what, n, c.end - c.pos);
-}
-
-ByteCursor.prototype.u16be = function u16be(this: ByteCursor): number {
-  needBE(this, 2, 'u16be');
-  const v = this.buf.readUInt16BE(this.pos);
-  this.pos += 2;
-  return v;
-};
-ByteCursor.prototype.u32be = function u32be(this: ByteCursor): number {
-  needBE(this, 4, 'u32be');
-  const v = this.buf.readUInt32BE(this.pos);
-  this.pos += 4;
-  return v;
-};
-/** u64 as a number: exact below 2^53 (journal block numbers and sequence counters fit). */
-ByteCursor.prototype.u64be = function u64be(this: ByteCursor): number {
-  needBE(this, 8, 'u64be');
-  const hi = this.buf.readUInt32BE(this.pos);
-  const lo = this.buf.readUInt32BE(this.pos + 4);
-  this.pos += 8;
-  return hi * 0x100000000 + lo;
-};
-ByteCursor.prototype.putU16be = function putU16be<T extends ByteCursor>(this: T, v: number): T {
-  needBE(this, 2, 'u16be');
-  this.buf.writeUInt16BE(v & 0xffff, this.pos);
-  this.pos += 2;
-  return this;
-};
-ByteCursor.prototype.putU32be = function putU32be<T extends ByteCursor>(this: T, v: number): T {
-  needBE(this, 4, 'u32be');
-  this.buf.writeUInt32BE(v >>> 0, this.pos);
-  this.pos += 4;
-  return this;
-};
-ByteCursor.prototype.putU64be = function putU64be<T extends ByteCursor>(this: T, v: number): T {
-  needBE(this, 8, 'u64be');
-  this.buf.writeUInt32BE(Math.floor(v / 0x100000000) >>> 0, this.pos);
-  this.buf.writeUInt32BE(v % 0x100000000 >>> 0, this.pos + 4);
-  this.pos += 8;
-  return this;
-};

@@ -1,6 +1,6 @@
 /**
- * Fixed-layout little-endian structures described once as a field list; decode and encode go
- * through ByteCursor. A layout's total size is checked against the spec's size when defined,
+ * Fixed-layout structures described once as a field list; decode and encode go through
+ * ByteCursor. Little-endian by default (ext4, FUSE, vhost-user); big-endian for jbd2. A layout's total size is checked against the spec's size when defined,
  * so a missing or mistyped field fails at load time, not on disk.
  */
 import { ByteCursor } from './cursor';
@@ -18,7 +18,7 @@ export class Struct<L extends Layout> {
   private readonly offsets: Record<string, number> = {};
   private readonly fields: [string, FieldType][];
 
-  constructor(readonly name: string, readonly layout: L, expectedSize: number) {
+  constructor(readonly name: string, readonly layout: L, expectedSize: number, readonly endian: 'le' | 'be' = 'le') {
     this.fields = Object.entries(layout);
     let off = 0;
     for (const [k, t] of this.fields) {
@@ -36,13 +36,14 @@ export class Struct<L extends Layout> {
   /** Decode from a cursor (advancing it). Byte arrays are copied so the result owns them. */
   read(c: ByteCursor): Decoded<L> {
     const out: Record<string, number | Buffer> = {};
+    const be = this.endian === 'be';
     for (const [k, t] of this.fields) {
       switch (t) {
         case 'u8': out[k] = c.u8(); break;
-        case 'u16': out[k] = c.u16(); break;
-        case 'u32': out[k] = c.u32(); break;
-        case 'i32': out[k] = c.i32(); break;
-        case 'u64': out[k] = c.u64(); break;
+        case 'u16': out[k] = be ? c.u16be() : c.u16(); break;
+        case 'u32': out[k] = be ? c.u32be() : c.u32(); break;
+        case 'i32': out[k] = be ? c.u32be() | 0 : c.i32(); break;
+        case 'u64': out[k] = be ? c.u64be() : c.u64(); break;
         default: out[k] = Buffer.from(c.bytes(t));
       }
     }
@@ -55,14 +56,15 @@ export class Struct<L extends Layout> {
 
   /** Encode into a cursor (advancing it). Byte arrays shorter than the field are zero-padded. */
   write(c: ByteCursor, v: Decoded<L>): void {
+    const be = this.endian === 'be';
     for (const [k, t] of this.fields) {
       const x = (v as Record<string, number | Buffer>)[k];
       switch (t) {
         case 'u8': c.putU8(x as number); break;
-        case 'u16': c.putU16(x as number); break;
-        case 'u32': c.putU32(x as number); break;
-        case 'i32': c.putI32(x as number); break;
-        case 'u64': c.putU64(x as number); break;
+        case 'u16': if (be) c.putU16be(x as number); else c.putU16(x as number); break;
+        case 'u32': if (be) c.putU32be(x as number); else c.putU32(x as number); break;
+        case 'i32': if (be) c.putU32be((x as number) >>> 0); else c.putI32(x as number); break;
+        case 'u64': if (be) c.putU64be(x as number); else c.putU64(x as number); break;
         default: {
           const b = x as Buffer;
           const n = Math.min(b.length, t);
