@@ -6,6 +6,17 @@ export interface KfsNative {
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   blockDeviceSize(fd: number): number;
   FALLOC_FL: { KEEP_SIZE: number; PUNCH_HOLE: number; ZERO_RANGE: number };
+  mount(source: string, target: string, fstype: string, flags: number, data: string): void;
+  umount2(target: string, flags: number): void;
+  MS: { MS_RDONLY: number; MS_NOSUID: number; MS_NODEV: number; MS_NOATIME: number; MNT_DETACH: number; MNT_FORCE: number };
+  /** Calls back on the event loop when fd is ready (events: 1 readable, 2 writable; status < 0 on error). */
+  FdPoller: new (fd: number, callback: (events: number, status: number) => void) => FdPollerHandle;
+}
+
+export interface FdPollerHandle {
+  start(events: number): void;
+  stop(): void;
+  close(): void;
 }
 
 function load(): KfsNative {

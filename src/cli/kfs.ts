@@ -13,6 +13,7 @@ import { Command, CommanderError } from 'commander';
 import { registerMkfs } from './mkfs-command';
 import { registerInfo } from './info-command';
 import { registerFsck } from './fsck-command';
+import { registerMount } from './mount-command';
 
 export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
@@ -50,6 +51,7 @@ export function buildProgram(): Command {
   registerMkfs(program);
   registerInfo(program);
   registerFsck(program);
+  registerMount(program);
 
   applyConventions(program, 'kfs');
   for (const cmd of program.commands) applyConventions(cmd, `kfs ${cmd.name()}`);

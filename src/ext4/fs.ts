@@ -326,12 +326,33 @@ export class Ext4Fs {
     });
   }
 
+  /** An unnamed regular file (O_TMPFILE): open, on the orphan list until linked or closed. */
+  tmpfile(parent: number, mode: number, uid: number, gid: number): Promise<Attr> {
+    return this.run(async () => {
+      this.writable();
+      const p = await this.store.get(parent);
+      this.dir(p);
+      const st = await this.store.create(parent, (mode & 0o7777) | S_IFREG, uid, gid);
+      this.initExtentRoot(st);
+      st.inode.links = 0;
+      st.openCount = 1;
+      await this.store.addOrphan(st);
+      return this.toAttr(st);
+    }, true);
+  }
+
   link(ino: number, newParent: number, newName: Buffer): Promise<Attr> {
     return this.run(async () => {
       this.writable();
       checkName(newName, false);
       const st = await this.store.get(ino);
       if (st.inode.isDir()) throw new FsError('EPERM', 'hard links to directories are not allowed');
+      if (st.inode.links === 0) {
+        // linkat() of an O_TMPFILE file: it leaves the orphan list.
+        if (st.openCount === 0) throw new FsError('ENOENT', 'file was deleted');
+        await this.store.removeOrphan(st);
+        st.inode.f.i_dtime = 0;
+      }
       if (st.inode.links >= LINK_MAX) throw new FsError('EMLINK', 'too many links');
       const p = await this.store.get(newParent);
       const d = this.dir(p);

@@ -1,0 +1,184 @@
+/**
+ * `kfs mount disk.img dir/` and `kfs umount dir/`. Without --foreground the command returns once
+ * the mount is live (exit 0) or has failed (one line, exit 1): a detached child serves the
+ * mount and reports readiness over a pipe.
+ */
+import { Command, Option } from 'commander';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { FsError } from '../util/errors';
+import { log, setLogLevel, logToFile } from '../util/log';
+import { native } from '../native';
+import { Ext4Fs } from '../ext4/fs';
+import { Ext4FuseFs } from '../ext4/fuse-adapter';
+import { FuseSession } from '../fuse/dispatcher';
+import { FuseDevice } from '../transport/fusedev';
+import { action, UsageError } from './common';
+
+const MountOptionsSchema = z.object({
+  ro: z.boolean().default(false),
+  allow_other: z.boolean().default(true),
+  default_permissions: z.boolean().default(true),
+  writeback_cache: z.boolean().default(false),
+  entry_timeout: z.number().nonnegative().default(3600),
+  attr_timeout: z.number().nonnegative().default(3600),
+  negative_timeout: z.number().nonnegative().default(0),
+  cache_size: z.number().int().positive().default(256 << 20),
+}).strict();
+type MountOpts = z.infer<typeof MountOptionsSchema>;
+
+/** Parse `-o a,b=c` into the validated option set; unknown options are a usage error. */
+export function parseMountOptions(list: string[]): MountOpts {
+  const raw: Record<string, boolean | number> = {};
+  for (const item of list.flatMap((s) => s.split(',')).filter(Boolean)) {
+    const [k, v] = item.split('=', 2);
+    if (k === 'rw') raw.ro = false;
+    else if (k === 'ro') raw.ro = true;
+    else if (v === undefined) raw[k] = true;
+    else if (/^\d+(\.\d+)?[KMG]?$/.test(v)) raw[k] = parseNumber(v);
+    else throw new UsageError(`mount option ${k} needs a number, got ${v}`);
+  }
+  const r = MountOptionsSchema.safeParse(raw);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const key = issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : issue.path.join('.');
+    throw new UsageError(`unknown or bad mount option: ${key}; known: ro, rw, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG]`);
+  }
+  return r.data;
+}
+
+function parseNumber(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMG]?)$/.exec(v)!;
+  const mult = { '': 1, K: 1024, M: 1 << 20, G: 1 << 30 }[m[2] as '' | 'K' | 'M' | 'G'];
+  return Number(m[1]) * mult;
+}
+
+interface MountCliValues {
+  options?: string[];
+  foreground?: boolean;
+  logFile?: string;
+  logLevel?: string;
+  pidFile?: string;
+  readyFd?: string;
+}
+
+/** Serve the mount in this process until it is unmounted or signalled. */
+export async function serveMount(image: string, mountpoint: string, o: MountOpts, values: MountCliValues, ready: (err?: string) => void): Promise<number> {
+  const ext4 = await Ext4Fs.open(image, { readOnly: o.ro, cacheBytes: o.cache_size });
+  const session = new FuseSession(new Ext4FuseFs(ext4), {
+    entryTimeout: o.entry_timeout, attrTimeout: o.attr_timeout, negativeTimeout: o.negative_timeout,
+    writebackCache: o.writeback_cache, readOnly: o.ro || ext4.readOnly,
+  });
+  let dev: FuseDevice;
+  try {
+    dev = FuseDevice.mount(path.resolve(mountpoint), session, {
+      readOnly: o.ro || ext4.readOnly, allowOther: o.allow_other, defaultPermissions: o.default_permissions, source: path.resolve(image),
+    });
+  } catch (e) {
+    await ext4.close();
+    throw e;
+  }
+  dev.start();
+  if (values.pidFile) fs.writeFileSync(values.pidFile, `${process.pid}\n`);
+  const stop = (sig: string) => {
+    log.info(`${sig}: unmounting ${mountpoint}`);
+    try {
+      dev.unmount();
+    } catch (e) {
+      log.error(`unmount failed: ${(e as Error).message}`);
+    }
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  log.info(`serving ${image} at ${mountpoint}`);
+  ready();
+  await dev.done;
+  // Let requests already read finish before the image is closed.
+  for (let i = 0; i < 200 && dev.pending > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  dev.close();
+  await ext4.close();
+  if (values.pidFile) fs.rmSync(values.pidFile, { force: true });
+  log.info(`${image} closed`);
+  return 0;
+}
+
+async function mountAction(image: string, mountpoint: string, values: MountCliValues): Promise<number> {
+  const o = parseMountOptions(values.options ?? []);
+  if (values.logLevel) setLogLevel(values.logLevel);
+  if (!fs.existsSync(image)) throw new FsError('ENOENT', `image ${image} does not exist; create one with: kfs mkfs ${image} --size 1G`);
+  if (values.foreground) {
+    if (values.logFile) logToFile(values.logFile);
+    const readyFd = values.readyFd ? Number(values.readyFd) : null;
+    const ready = (err?: string) => {
+      if (readyFd === null) return;
+      try {
+        fs.writeSync(readyFd, err ? `error ${err}\n` : 'ready\n');
+        fs.closeSync(readyFd);
+      } catch {
+        /* parent gone */
+      }
+    };
+    try {
+      return await serveMount(image, mountpoint, o, values, ready);
+    } catch (e) {
+      ready((e as Error).message.replace(/^E[A-Z]+: /, ''));
+      throw e;
+    }
+  }
+  // Background: a detached child serves; we wait for its word.
+  const args = [process.argv[1], 'mount', image, mountpoint, '--foreground', '--ready-fd', '3'];
+  for (const opt of values.options ?? []) args.push('-o', opt);
+  if (values.logFile) args.push('--log-file', values.logFile);
+  if (values.logLevel) args.push('--log-level', values.logLevel);
+  if (values.pidFile) args.push('--pid-file', values.pidFile);
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  const word = await new Promise<string>((resolve) => {
+    let text = '';
+    pipe.on('data', (d: Buffer) => {
+      text += d.toString();
+      if (text.includes('\n')) resolve(text.trim());
+    });
+    child.on('exit', (code) => resolve(text.trim() || `error the mount process exited with code ${code}`));
+  });
+  if (word === 'ready') {
+    child.unref();
+    (pipe as unknown as { destroy(): void }).destroy();
+    return 0;
+  }
+  throw new FsError('EIO', word.replace(/^error /, ''));
+}
+
+export function registerMount(program: Command): void {
+  const collect = (v: string, prev: string[] = []) => [...prev, v];
+  program
+    .command('mount')
+    .description('mount an image on the host through FUSE (as root)')
+    .argument('<image>', 'image file')
+    .argument('<dir>', 'mount point (an existing directory)')
+    .option('-o, --options <list>', 'mount options: ro, rw, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG] (repeatable)', collect)
+    .option('-f, --foreground', 'serve in this process instead of returning once mounted')
+    .option('--log-file <file>', 'write the log here')
+    .option('--log-level <level>', 'error, warn, info or debug (default warn)')
+    .option('--pid-file <file>', 'write the serving process id here')
+    .addOption(new Option('--ready-fd <fd>').hideHelp())
+    .action(action('kfs mount', mountAction));
+  program
+    .command('umount')
+    .description('unmount a kfs mount (the serving process then flushes the image and exits)')
+    .argument('<dir>', 'mount point')
+    .option('-l, --lazy', 'detach now even if busy')
+    .action(action('kfs umount', async (dir: string, opts: { lazy?: boolean }) => {
+      try {
+        native.umount2(path.resolve(dir), opts.lazy ? native.MS.MNT_DETACH : 0);
+      } catch (e) {
+        const code = (e as { code?: string }).code;
+        if (code === 'EINVAL') throw new FsError('EINVAL', `${dir} is not a mount point`);
+        if (code === 'EBUSY') throw new FsError('EBUSY', `${dir} is busy; close files using it or use --lazy`);
+        if (code === 'EPERM') throw new FsError('EPERM', `unmounting ${dir} needs root`);
+        throw e;
+      }
+    }));
+}

@@ -1,0 +1,226 @@
+/**
+ * Ext4FuseFs: Ext4Fs behind the dispatcher's FileSystem interface. FUSE node ids are ext4
+ * inode numbers, except that the kernel calls the root 1 (FUSE_ROOT_ID) and ext4 calls it 2;
+ * stable node ids make the server nearly stateless, which crash recovery relies on.
+ */
+import { FsError } from '../util/errors';
+import { Ext4Fs, Attr } from './fs';
+import { ROOT_INO } from './inode';
+import {
+  FileSystem, RequestContext, EntryAttr, SetAttrRequest, OpenResult, DirEntryOut, StatfsResult,
+} from '../fuse/filesystem';
+import { FuseAttr } from '../fuse/structs';
+
+const FUSE_ROOT = 1;
+const O_ACCMODE = 3;
+const O_TRUNC = 0o1000;
+
+export const toNode = (ino: number): number => (ino === ROOT_INO ? FUSE_ROOT : ino);
+export const toIno = (node: number): number => (node === FUSE_ROOT ? ROOT_INO : node === ROOT_INO ? 0 : node);
+
+function fuseAttr(a: Attr): FuseAttr {
+  return { ino: a.ino, size: a.size, blocks: a.blocks, atime: a.atime, mtime: a.mtime, ctime: a.ctime, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, rdev: a.rdev, blksize: a.blksize };
+}
+
+function entry(a: Attr): EntryAttr {
+  return { ...fuseAttr(a), ino: a.ino, generation: a.ino === ROOT_INO ? 0 : a.generation };
+}
+
+interface OpenFile {
+  ino: number;
+  flags: number;
+}
+
+export class Ext4FuseFs implements FileSystem {
+  private files = new Map<number, OpenFile>();
+  private dirs = new Map<number, { ino: number; handle: number }>();
+  private nextFh = 1;
+
+  constructor(readonly ext4: Ext4Fs) {}
+
+  private ino(node: number): number {
+    const ino = toIno(node);
+    if (!ino) throw new FsError('ESTALE', `node ${node} is not valid`);
+    return ino;
+  }
+
+  async lookup(_ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr> {
+    return entry(await this.ext4.lookup(this.ino(parent), name));
+  }
+
+  async getattr(_ctx: RequestContext, node: number): Promise<FuseAttr> {
+    return fuseAttr(await this.ext4.getattr(this.ino(node)));
+  }
+
+  async setattr(_ctx: RequestContext, node: number, set: SetAttrRequest): Promise<FuseAttr> {
+    const ino = this.ino(node);
+    let mode = set.mode;
+    if (set.killSuidgid) {
+      const cur = mode ?? (await this.ext4.getattr(ino)).mode;
+      mode = cur & ~0o4000;
+      if (cur & 0o010) mode &= ~0o2000;
+    }
+    return fuseAttr(await this.ext4.setattr(ino, { mode, uid: set.uid, gid: set.gid, size: set.size, atime: set.atime, mtime: set.mtime, ctime: set.ctime }));
+  }
+
+  readlink(_ctx: RequestContext, node: number): Promise<Buffer> {
+    return this.ext4.readlink(this.ino(node));
+  }
+
+  async mknod(ctx: RequestContext, parent: number, name: Buffer, mode: number, rdev: number): Promise<EntryAttr> {
+    return entry(await this.ext4.mknod(this.ino(parent), name, mode, rdev, ctx.uid, ctx.gid));
+  }
+
+  async mkdir(ctx: RequestContext, parent: number, name: Buffer, mode: number): Promise<EntryAttr> {
+    return entry(await this.ext4.mkdir(this.ino(parent), name, mode, ctx.uid, ctx.gid));
+  }
+
+  async symlink(ctx: RequestContext, parent: number, name: Buffer, target: Buffer): Promise<EntryAttr> {
+    return entry(await this.ext4.symlink(this.ino(parent), name, target, ctx.uid, ctx.gid));
+  }
+
+  unlink(_ctx: RequestContext, parent: number, name: Buffer): Promise<void> {
+    return this.ext4.unlink(this.ino(parent), name);
+  }
+
+  rmdir(_ctx: RequestContext, parent: number, name: Buffer): Promise<void> {
+    return this.ext4.rmdir(this.ino(parent), name);
+  }
+
+  rename(_ctx: RequestContext, parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number): Promise<void> {
+    return this.ext4.rename(this.ino(parent), name, this.ino(newParent), newName, flags);
+  }
+
+  async link(_ctx: RequestContext, node: number, newParent: number, newName: Buffer): Promise<EntryAttr> {
+    return entry(await this.ext4.link(this.ino(node), this.ino(newParent), newName));
+  }
+
+  private addFile(ino: number, flags: number): number {
+    const fh = this.nextFh++;
+    this.files.set(fh, { ino, flags });
+    return fh;
+  }
+
+  async open(_ctx: RequestContext, node: number, flags: number, killSuidgid: boolean): Promise<OpenResult> {
+    const ino = this.ino(node);
+    const a = await this.ext4.open(ino);
+    try {
+      // FUSE_ATOMIC_O_TRUNC: the kernel leaves O_TRUNC to us.
+      if (flags & O_TRUNC && (flags & O_ACCMODE) !== 0) {
+        const mode = killSuidgid ? a.mode & ~0o4000 & ~(a.mode & 0o010 ? 0o2000 : 0) : undefined;
+        if (a.size !== 0 || mode !== undefined) await this.ext4.setattr(ino, { size: 0, mode, mtime: 'now' });
+      }
+    } catch (e) {
+      await this.ext4.release(ino);
+      throw e;
+    }
+    return { fh: this.addFile(ino, flags) };
+  }
+
+  async create(ctx: RequestContext, parent: number, name: Buffer, mode: number, flags: number): Promise<EntryAttr & OpenResult> {
+    const a = await this.ext4.create(this.ino(parent), name, mode, ctx.uid, ctx.gid);
+    await this.ext4.open(a.ino);
+    return { ...entry(a), fh: this.addFile(a.ino, flags) };
+  }
+
+  async tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number): Promise<EntryAttr & OpenResult> {
+    const a = await this.ext4.tmpfile(this.ino(parent), mode, ctx.uid, ctx.gid);
+    return { ...entry(a), fh: this.addFile(a.ino, flags) };
+  }
+
+  private file(fh: number, node: number): OpenFile {
+    const f = this.files.get(fh);
+    if (!f || f.ino !== this.ino(node)) throw new FsError('EBADF', `file handle ${fh} is not open on node ${node}`);
+    return f;
+  }
+
+  read(_ctx: RequestContext, node: number, fh: number, offset: number, size: number): Promise<Buffer> {
+    return this.ext4.read(this.file(fh, node).ino, offset, size);
+  }
+
+  write(_ctx: RequestContext, node: number, fh: number, offset: number, data: Buffer, killSuidgid: boolean): Promise<number> {
+    return this.ext4.write(this.file(fh, node).ino, offset, data, { killPriv: killSuidgid });
+  }
+
+  async release(_ctx: RequestContext, node: number, fh: number): Promise<void> {
+    const f = this.files.get(fh);
+    if (!f) return;
+    this.files.delete(fh);
+    await this.ext4.release(f.ino);
+    void node;
+  }
+
+  fsync(_ctx: RequestContext, node: number, _fh: number, datasync: boolean): Promise<void> {
+    return this.ext4.fsync(this.ino(node), datasync);
+  }
+
+  async opendir(_ctx: RequestContext, node: number): Promise<OpenResult> {
+    const ino = this.ino(node);
+    const handle = await this.ext4.opendir(ino);
+    const fh = this.nextFh++;
+    this.dirs.set(fh, { ino, handle });
+    return { fh };
+  }
+
+  async readdir(_ctx: RequestContext, node: number, fh: number, offset: number): Promise<DirEntryOut[]> {
+    const d = this.dirs.get(fh);
+    const ino = this.ino(node);
+    const list = await this.ext4.readdir(ino, offset, d && d.ino === ino ? d.handle : undefined);
+    return list.map((e) => ({ name: e.name, node: toNode(e.ino), type: e.type, next: e.next }));
+  }
+
+  async releasedir(_ctx: RequestContext, _node: number, fh: number): Promise<void> {
+    const d = this.dirs.get(fh);
+    if (!d) return;
+    this.dirs.delete(fh);
+    await this.ext4.releasedir(d.ino, d.handle);
+  }
+
+  statfs(): Promise<StatfsResult> {
+    return this.ext4.statfs();
+  }
+
+  setxattr(_ctx: RequestContext, node: number, name: string, value: Buffer, flags: number): Promise<void> {
+    return this.ext4.setxattr(this.ino(node), name, value, flags);
+  }
+  getxattr(_ctx: RequestContext, node: number, name: string): Promise<Buffer> {
+    return this.ext4.getxattr(this.ino(node), name);
+  }
+  listxattr(_ctx: RequestContext, node: number): Promise<string[]> {
+    return this.ext4.listxattr(this.ino(node));
+  }
+  removexattr(_ctx: RequestContext, node: number, name: string): Promise<void> {
+    return this.ext4.removexattr(this.ino(node), name);
+  }
+
+  fallocate(_ctx: RequestContext, node: number, fh: number, offset: number, length: number, mode: number): Promise<void> {
+    return this.ext4.fallocate(this.file(fh, node).ino, mode, offset, length);
+  }
+
+  lseek(_ctx: RequestContext, node: number, fh: number, offset: number, whence: number): Promise<number> {
+    if (whence !== 3 && whence !== 4) throw new FsError('EINVAL', 'only SEEK_DATA and SEEK_HOLE reach the filesystem');
+    return this.ext4.lseek(this.file(fh, node).ino, offset, whence);
+  }
+
+  async copyFileRange(_ctx: RequestContext, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
+    const src = this.file(fhIn, nodeIn).ino;
+    const dst = this.file(fhOut, nodeOut).ino;
+    const chunk = 1 << 20;
+    let done = 0;
+    while (done < len) {
+      const data = await this.ext4.read(src, offIn + done, Math.min(chunk, len - done));
+      if (data.length === 0) break;
+      await this.ext4.write(dst, offOut + done, data);
+      done += data.length;
+    }
+    return done;
+  }
+
+  syncfs(): Promise<void> {
+    return this.ext4.sync(true);
+  }
+
+  async destroy(): Promise<void> {
+    await this.ext4.sync(true);
+  }
+}

@@ -1,0 +1,101 @@
+/**
+ * FileSystem: what the FUSE dispatcher asks of a filesystem (Ext4 image or passthrough),
+ * addressed by FUSE node ids. Every method may throw an error carrying an errno (FsError);
+ * the dispatcher turns it into the error reply. Optional methods answer ENOSYS when missing.
+ *
+ * Lookup counts (fuse.h): every successful lookup, mknod, mkdir, symlink, link, create and
+ * readdirplus entry gives the kernel one reference to the node; FORGET returns them. A
+ * filesystem whose node ids are stable (ext4: the inode number) may ignore forget.
+ */
+import { FuseAttr } from './structs';
+
+export interface RequestContext {
+  uid: number;
+  gid: number;
+  pid: number;
+}
+
+export interface EntryAttr extends FuseAttr {
+  /** ext4 i_generation: (nodeid, generation) is unique for the filesystem's life. */
+  generation: number;
+}
+
+export type TimeSet = { sec: number; nsec: number } | 'now';
+
+export interface SetAttrRequest {
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  size?: number;
+  atime?: TimeSet;
+  mtime?: TimeSet;
+  ctime?: { sec: number; nsec: number };
+  /** Clear setuid (and setgid when group-executable): FATTR_KILL_SUIDGID. */
+  killSuidgid?: boolean;
+}
+
+export interface OpenResult {
+  fh: number;
+  /** FOPEN_* flags. */
+  openFlags?: number;
+}
+
+export interface DirEntryOut {
+  name: Buffer;
+  /** Node id of the entry (ino for ext4), 0 if unknown. */
+  node: number;
+  /** DT_* type. */
+  type: number;
+  /** Offset to resume after this entry. */
+  next: number;
+}
+
+export interface StatfsResult {
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  bsize: number;
+  frsize: number;
+  namelen: number;
+}
+
+export interface FileSystem {
+  lookup(ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr>;
+  forget?(node: number, nlookup: number): void;
+  getattr(ctx: RequestContext, node: number): Promise<FuseAttr>;
+  setattr(ctx: RequestContext, node: number, set: SetAttrRequest): Promise<FuseAttr>;
+  readlink(ctx: RequestContext, node: number): Promise<Buffer>;
+  mknod(ctx: RequestContext, parent: number, name: Buffer, mode: number, rdev: number): Promise<EntryAttr>;
+  mkdir(ctx: RequestContext, parent: number, name: Buffer, mode: number): Promise<EntryAttr>;
+  symlink(ctx: RequestContext, parent: number, name: Buffer, target: Buffer): Promise<EntryAttr>;
+  unlink(ctx: RequestContext, parent: number, name: Buffer): Promise<void>;
+  rmdir(ctx: RequestContext, parent: number, name: Buffer): Promise<void>;
+  rename(ctx: RequestContext, parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number): Promise<void>;
+  link(ctx: RequestContext, node: number, newParent: number, newName: Buffer): Promise<EntryAttr>;
+  open(ctx: RequestContext, node: number, flags: number, killSuidgid: boolean): Promise<OpenResult>;
+  create(ctx: RequestContext, parent: number, name: Buffer, mode: number, flags: number): Promise<EntryAttr & OpenResult>;
+  read(ctx: RequestContext, node: number, fh: number, offset: number, size: number): Promise<Buffer>;
+  write(ctx: RequestContext, node: number, fh: number, offset: number, data: Buffer, killSuidgid: boolean): Promise<number>;
+  flush?(ctx: RequestContext, node: number, fh: number): Promise<void>;
+  release(ctx: RequestContext, node: number, fh: number): Promise<void>;
+  fsync(ctx: RequestContext, node: number, fh: number, datasync: boolean): Promise<void>;
+  opendir(ctx: RequestContext, node: number): Promise<OpenResult>;
+  readdir(ctx: RequestContext, node: number, fh: number, offset: number): Promise<DirEntryOut[]>;
+  releasedir(ctx: RequestContext, node: number, fh: number): Promise<void>;
+  fsyncdir?(ctx: RequestContext, node: number, fh: number, datasync: boolean): Promise<void>;
+  statfs(ctx: RequestContext, node: number): Promise<StatfsResult>;
+  setxattr(ctx: RequestContext, node: number, name: string, value: Buffer, flags: number): Promise<void>;
+  getxattr(ctx: RequestContext, node: number, name: string): Promise<Buffer>;
+  listxattr(ctx: RequestContext, node: number): Promise<string[]>;
+  removexattr(ctx: RequestContext, node: number, name: string): Promise<void>;
+  access?(ctx: RequestContext, node: number, mask: number): Promise<void>;
+  fallocate?(ctx: RequestContext, node: number, fh: number, offset: number, length: number, mode: number): Promise<void>;
+  lseek?(ctx: RequestContext, node: number, fh: number, offset: number, whence: number): Promise<number>;
+  copyFileRange?(ctx: RequestContext, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number>;
+  tmpfile?(ctx: RequestContext, parent: number, mode: number, flags: number): Promise<EntryAttr & OpenResult>;
+  syncfs?(ctx: RequestContext): Promise<void>;
+  /** Unmount or connection end: make everything durable. */
+  destroy(): Promise<void>;
+}

@@ -1,0 +1,163 @@
+/**
+ * The host transport: /dev/fuse. Opens the device non-blocking, mounts it with mount(2) (as
+ * root), and serves requests from the event loop: an FdPoller wakes us when the device is
+ * readable, requests are read until EAGAIN and handled concurrently, replies are written with
+ * writev. ENODEV from read means the filesystem was unmounted (umount, fusermount3 -u, or
+ * abort): the session ends.
+ */
+import fs from 'node:fs';
+import { native, FdPollerHandle } from '../native';
+import { log } from '../util/log';
+import { FsError } from '../util/errors';
+import { FuseSession, Reply } from '../fuse/dispatcher';
+
+export interface MountOptions {
+  readOnly?: boolean;
+  allowOther?: boolean;
+  defaultPermissions?: boolean;
+  /** Shown in /proc/mounts as the source. */
+  source?: string;
+  /** fuse.<subtype> in /proc/mounts. */
+  subtype?: string;
+  maxRead?: number;
+}
+
+const UV_READABLE = 1;
+
+export class FuseDevice {
+  private poller: FdPollerHandle | null = null;
+  private buf: Buffer;
+  private inflight = 0;
+  private ended = false;
+  private endResolve!: () => void;
+  /** Resolves when the kernel ends the session (unmount or abort). */
+  readonly done: Promise<void>;
+
+  private constructor(readonly fd: number, readonly mountpoint: string, private session: FuseSession) {
+    this.buf = Buffer.alloc(session.bufferSize);
+    this.done = new Promise((r) => (this.endResolve = r));
+  }
+
+  static mount(mountpoint: string, session: FuseSession, opts: MountOptions = {}): FuseDevice {
+    const st = fs.statSync(mountpoint, { throwIfNoEntry: false });
+    if (!st) throw new FsError('ENOENT', `mount point ${mountpoint} does not exist; create it first (mkdir -p ${mountpoint})`);
+    if (!st.isDirectory()) throw new FsError('ENOTDIR', `mount point ${mountpoint} is not a directory`);
+    let fd: number;
+    try {
+      fd = fs.openSync('/dev/fuse', fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    } catch (e) {
+      throw new FsError('ENODEV', `cannot open /dev/fuse (${(e as Error).message}); load the fuse module (modprobe fuse)`);
+    }
+    const data = [
+      `fd=${fd}`, `rootmode=${(st.mode & 0o170000).toString(8)}`, `user_id=${process.getuid?.() ?? 0}`, `group_id=${process.getgid?.() ?? 0}`,
+    ];
+    if (opts.allowOther !== false) data.push('allow_other');
+    if (opts.defaultPermissions !== false) data.push('default_permissions');
+    if (opts.maxRead) data.push(`max_read=${opts.maxRead}`);
+    let flags = native.MS.MS_NOSUID | native.MS.MS_NODEV;
+    if (opts.readOnly) flags |= native.MS.MS_RDONLY;
+    try {
+      native.mount(opts.source ?? 'kfs', mountpoint, `fuse.${opts.subtype ?? 'kfs'}`, flags, data.join(','));
+    } catch (e) {
+      fs.closeSync(fd);
+      const code = (e as { code?: string }).code;
+      if (code === 'EPERM') throw new FsError('EPERM', `mounting ${mountpoint} needs root (mount(2) was refused)`);
+      throw new FsError('EIO', `mount(2) of ${mountpoint} failed: ${(e as Error).message}`);
+    }
+    return new FuseDevice(fd, mountpoint, session);
+  }
+
+  start(): void {
+    this.poller = new native.FdPoller(this.fd, (_events, status) => {
+      if (status < 0) {
+        // The kernel signals an ended connection (unmount, abort) as an error on the fd.
+        log.info(`fuse: connection to ${this.mountpoint} ended (poll status ${status})`);
+        this.finish();
+        return;
+      }
+      this.drain();
+    });
+    this.poller.start(UV_READABLE);
+  }
+
+  /** Read every queued request; each is handled concurrently. */
+  private drain(): void {
+    for (;;) {
+      if (this.ended) return;
+      let n: number;
+      try {
+        n = fs.readSync(this.fd, this.buf, 0, this.buf.length, null);
+      } catch (e) {
+        const code = (e as { code?: string }).code;
+        if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return;
+        if (code === 'EINTR' || code === 'ENOENT') continue; // ENOENT: request was interrupted before we read it
+        if (code === 'ENODEV') {
+          log.info(`fuse: ${this.mountpoint} was unmounted`);
+        } else {
+          log.error(`fuse: reading /dev/fuse failed: ${(e as Error).message}`);
+        }
+        this.finish();
+        return;
+      }
+      if (n === 0) continue;
+      // Copy out: the read buffer is reused while this request is served.
+      const req = Buffer.from(this.buf.subarray(0, n));
+      this.inflight++;
+      this.session.handle(req).then((reply) => this.send(reply), (e) => log.error(`fuse: handler crashed: ${(e as Error).stack}`))
+        .finally(() => {
+          this.inflight--;
+        });
+    }
+  }
+
+  private send(reply: Reply): void {
+    if (!reply || this.ended) return;
+    try {
+      if (Array.isArray(reply)) fs.writevSync(this.fd, reply);
+      else fs.writeSync(this.fd, reply);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      // ENOENT: the request was interrupted/aborted meanwhile; ENODEV: unmounted.
+      if (code !== 'ENOENT' && code !== 'ENODEV') log.error(`fuse: writing a reply failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** Write a notification (inval_inode, inval_entry...). */
+  notify(msg: Buffer): void {
+    this.send(msg);
+  }
+
+  private finish(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.poller?.stop();
+    this.poller?.close();
+    this.poller = null;
+    this.endResolve();
+  }
+
+  /** Requests still being served. */
+  get pending(): number {
+    return this.inflight;
+  }
+
+  /** Unmount (lazily when busy) and end the session. */
+  unmount(): void {
+    try {
+      native.umount2(this.mountpoint, 0);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code === 'EBUSY') native.umount2(this.mountpoint, native.MS.MNT_DETACH);
+      else if (code !== 'EINVAL') throw e; // EINVAL: not mounted any more
+    }
+  }
+
+  close(): void {
+    this.finish();
+    try {
+      fs.closeSync(this.fd);
+    } catch {
+      /* already closed */
+    }
+  }
+}
