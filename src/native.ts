@@ -5,6 +5,8 @@ export interface KfsNative {
   flock(fd: number, exclusive: boolean, nonblock: boolean): void;
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   blockDeviceSize(fd: number): number;
+  /** One read(2) filling at most buf.length bytes: the byte count, or -errno (no exception). */
+  readInto(fd: number, buf: Buffer): number;
   FALLOC_FL: { KEEP_SIZE: number; PUNCH_HOLE: number; ZERO_RANGE: number };
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   umount2(target: string, flags: number): void;

@@ -7,6 +7,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace kfs {
 
@@ -55,7 +56,24 @@ static Napi::Value BlockDeviceSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(size));
 }
 
+// readInto(fd, buffer): one read(2) into the whole buffer; returns the byte count, or -errno
+// (EAGAIN on an empty non-blocking fd is an answer here, not an exception: it is the common
+// case when draining /dev/fuse).
+static Napi::Value ReadInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  if (info.Length() < 2 || !info[1].IsBuffer()) {
+    ThrowType(env, "readInto(fd, buffer)");
+    return env.Undefined();
+  }
+  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
+  ssize_t n = read(fd, buf.Data(), buf.Length());
+  return Napi::Number::New(env, n < 0 ? -errno : static_cast<double>(n));
+}
+
 void InitFile(Napi::Env env, Napi::Object exports) {
+  exports.Set("readInto", Napi::Function::New(env, ReadInto));
   exports.Set("flock", Napi::Function::New(env, Flock));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSize));

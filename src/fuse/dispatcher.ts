@@ -92,7 +92,7 @@ export class FuseSession {
     } catch (e) {
       const errno = errnoOf(e);
       if (errno === constants.errno.EIO && !(e instanceof FsError)) log.error(`fuse ${name}: ${(e as Error).stack ?? String(e)}`);
-      else log.debug(`fuse ${name}: ${(e as Error).message}`);
+      else if (log.isDebugEnabled()) log.debug(`fuse ${name}: ${(e as Error).message}`);
       if (req.kind === 'forget' || req.kind === 'batch_forget') return null;
       return replyError(unique, errno);
     }
@@ -207,7 +207,9 @@ export class FuseSession {
         await fs.release(ctx, this.node(req), req.fh);
         return replyEmpty(u);
       case 'flush':
-        await fs.flush?.(ctx, this.node(req), req.fh);
+        // Nothing to do at close(2): ENOSYS makes the kernel stop sending FLUSH (fc->no_flush).
+        if (!fs.flush) throw new FsError('ENOSYS', 'flush');
+        await fs.flush(ctx, this.node(req), req.fh);
         return replyEmpty(u);
       case 'fsync':
         await fs.fsync(ctx, this.node(req), req.fh, (req.fsync_flags & FUSE_FSYNC_FDATASYNC) !== 0);

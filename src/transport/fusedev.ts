@@ -6,6 +6,7 @@
  * abort): the session ends.
  */
 import fs from 'node:fs';
+import { constants } from 'node:os';
 import { native, FdPollerHandle } from '../native';
 import { log } from '../util/log';
 import { FsError } from '../util/errors';
@@ -23,6 +24,7 @@ export interface MountOptions {
 }
 
 const UV_READABLE = 1;
+const errno = constants.errno;
 
 export class FuseDevice {
   private poller: FdPollerHandle | null = null;
@@ -84,18 +86,13 @@ export class FuseDevice {
   private drain(): void {
     for (;;) {
       if (this.ended) return;
-      let n: number;
-      try {
-        n = fs.readSync(this.fd, this.buf, 0, this.buf.length, null);
-      } catch (e) {
-        const code = (e as { code?: string }).code;
-        if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return;
-        if (code === 'EINTR' || code === 'ENOENT') continue; // ENOENT: request was interrupted before we read it
-        if (code === 'ENODEV') {
-          log.info(`fuse: ${this.mountpoint} was unmounted`);
-        } else {
-          log.error(`fuse: reading /dev/fuse failed: ${(e as Error).message}`);
-        }
+      const n = native.readInto(this.fd, this.buf);
+      if (n < 0) {
+        const err = -n;
+        if (err === errno.EAGAIN) return;
+        if (err === errno.EINTR || err === errno.ENOENT) continue; // ENOENT: interrupted before we read it
+        if (err === errno.ENODEV) log.info(`fuse: ${this.mountpoint} was unmounted`);
+        else log.error(`fuse: reading /dev/fuse failed: errno ${err}`);
         this.finish();
         return;
       }

@@ -10,7 +10,12 @@ export class FsError extends Error {
   readonly errno: number;
   readonly code: ErrnoName;
   constructor(code: ErrnoName, message: string) {
+    // Expected outcomes (ENOENT from a lookup...) are frequent: skip the stack capture, which
+    // costs more than the operation that failed.
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(`${code}: ${message}`);
+    Error.stackTraceLimit = limit;
     this.name = 'FsError';
     this.code = code;
     this.errno = constants.errno[code];
