@@ -121,12 +121,24 @@ export class Ext4Fs {
           fsys.commitTimer.unref();
         }
       }
-      await fsys.store.get(ROOT_INO);
+      await fsys.checkRoot();
     } catch (e) {
       await vol.dev.close().catch(() => undefined);
       throw e;
     }
     return fsys;
+  }
+
+  /** The root inode must be an in-use directory, or nothing below it can be reached. */
+  private async checkRoot(): Promise<void> {
+    let st: InodeState;
+    try {
+      st = await this.store.get(ROOT_INO);
+    } catch (e) {
+      if (e instanceof FsError && e.code === 'ESTALE') throw new CorruptionError('root inode 2 is not in use (cleared or damaged)');
+      throw e;
+    }
+    if (!st.inode.isDir()) throw new CorruptionError(`root inode 2 is not a directory (mode 0${st.inode.mode.toString(8)})`);
   }
 
   get readOnly(): boolean {
