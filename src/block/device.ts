@@ -266,6 +266,15 @@ export class BlockDevice {
     if (this.readOnly) throw new FsError('EROFS', 'image is open read-only');
   }
 
+  /** Close without writing anything (after a failure that makes writing unsafe). */
+  async closeNoSync(): Promise<void> {
+    try {
+      fs.closeSync(this.fd);
+    } catch {
+      /* already closed */
+    }
+  }
+
   async close(): Promise<void> {
     if (!this.readOnly) await this.sync();
     fs.closeSync(this.fd);

@@ -277,9 +277,19 @@ export class Directory {
       size += s;
     }
     leaves.push({ hash: cur.length ? cur[0].h.major : 0, entries: cur });
+    // Take every block first: if the disk fills up meanwhile, only empty blocks were added
+    // and the directory is still a valid linear one.
+    const blocks: { lblk: number; buf: Buffer }[] = [];
+    for (let i = 0; i < leaves.length; i++) {
+      const b = await this.io.append();
+      packDirBlock(b.buf, this.end, []);
+      sealDirBlock(b.buf, this.io.csumSeed);
+      this.io.dirty(b.lblk, b.buf);
+      blocks.push(b);
+    }
     const index: { hash: number; block: number }[] = [];
     for (let i = 0; i < leaves.length; i++) {
-      const { lblk, buf: lb } = await this.io.append();
+      const { lblk, buf: lb } = blocks[i];
       packDirBlock(lb, this.end, leaves[i].entries);
       sealDirBlock(lb, this.io.csumSeed);
       this.io.dirty(lblk, lb);

@@ -79,6 +79,19 @@ export class ExtentMap {
     return map;
   }
 
+  /** Tree blocks (leaves and index nodes) a map of n extents is stored in; 0 fits in i_block. */
+  static treeBlocksFor(n: number, blockSize: number): number {
+    if (n <= ROOT_ENTRIES) return 0;
+    const perBlock = Math.floor((blockSize - HEADER_SIZE - 4) / ENTRY_SIZE);
+    let total = 0;
+    let level = Math.ceil(n / perBlock);
+    for (;;) {
+      total += level;
+      if (level <= ROOT_ENTRIES) return total;
+      level = Math.ceil(level / perBlock);
+    }
+  }
+
   /** Index of the last extent with lblk <= l, or -1. */
   private find(l: number): number {
     let lo = 0;

@@ -50,42 +50,61 @@ export class FileIO {
     return out;
   }
 
-  /** Write data at offset; extends the file. Returns bytes written. */
+  /**
+   * Write data at offset; extends the file. Returns bytes written: short when the maximum file
+   * size or a full disk cuts the write (an error only when nothing could be written).
+   */
   async write(st: InodeState, offset: number, data: Buffer): Promise<number> {
-    const len = data.length;
+    const max = this.maxFileSize();
+    if (offset >= max) throw new FsError('EFBIG', `write beyond the maximum file size (${max} bytes)`);
+    let len = Math.min(data.length, max - offset);
     if (len === 0) return 0;
-    if (offset + len > this.maxFileSize()) throw new FsError('EFBIG', `write beyond the maximum file size (${this.maxFileSize()} bytes)`);
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
     const map = await this.store.extents(st);
     const dev = this.store.vol.dev;
+    let written = 0; // bytes from `offset` known to be on disk, contiguous
+    const putRun = async (r: { lblk: number; pblk: number; len: number }, segStart: number, segEnd: number) => {
+      const rStart = r.lblk * bs;
+      const rEnd = (r.lblk + r.len) * bs;
+      const dStart = Math.max(segStart, rStart);
+      const dEnd = Math.min(segEnd, rEnd);
+      if (dStart === rStart && dEnd === rEnd) {
+        await dev.writeAt(data, r.pblk * bs, dStart - offset, dEnd - dStart);
+      } else {
+        // Fresh blocks: zero what the write does not cover.
+        const buf = Buffer.alloc(rEnd - rStart);
+        data.copy(buf, dStart - rStart, dStart - offset, dEnd - offset);
+        await dev.writeAt(buf, r.pblk * bs);
+      }
+      written = dEnd - offset;
+    };
     for (const m of map.map(first, last - first + 1)) {
       const segStart = Math.max(offset, m.lblk * bs);
       const segEnd = Math.min(offset + len, (m.lblk + m.len) * bs);
       if (!m.hole && !m.unwritten) {
         await dev.writeAt(data, m.pblk * bs + (segStart - m.lblk * bs), segStart - offset, segEnd - segStart);
+        written = segEnd - offset;
         continue;
       }
-      const runs = m.hole
-        ? await this.store.allocate(st, m.lblk, m.len, false)
-        : [{ lblk: m.lblk, pblk: m.pblk, len: m.len }];
-      for (const r of runs) {
-        const rStart = r.lblk * bs;
-        const rEnd = (r.lblk + r.len) * bs;
-        const dStart = Math.max(segStart, rStart);
-        const dEnd = Math.min(segEnd, rEnd);
-        if (dStart === rStart && dEnd === rEnd) {
-          await dev.writeAt(data, r.pblk * bs, dStart - offset, dEnd - dStart);
-        } else {
-          // Fresh blocks: zero what the write does not cover.
-          const buf = Buffer.alloc(rEnd - rStart);
-          data.copy(buf, dStart - rStart, dStart - offset, dEnd - offset);
-          await dev.writeAt(buf, r.pblk * bs);
-        }
+      if (m.unwritten) {
+        await putRun({ lblk: m.lblk, pblk: m.pblk, len: m.len }, segStart, segEnd);
+        await this.store.reserveTree(st, map.extents.length + 2);
+        map.markWritten(m.lblk, m.len);
+        continue;
       }
-      if (m.unwritten) map.markWritten(m.lblk, m.len);
+      let runs: { lblk: number; len: number }[];
+      try {
+        runs = await this.store.allocate(st, m.lblk, m.len, false, (r) => putRun(r, segStart, segEnd));
+      } catch (e) {
+        if (written > 0 && e instanceof FsError && e.code === 'ENOSPC') break;
+        throw e;
+      }
+      const mapped = runs.reduce((n, r) => n + r.len, 0);
+      if (mapped < m.len) break; // disk full part-way: a short write
     }
+    len = written;
     if (offset + len > st.inode.size) st.inode.size = offset + len;
     return len;
   }
@@ -159,7 +178,9 @@ export class FileIO {
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
     for (const m of map.map(first, last - first + 1)) {
-      if (m.hole) await this.store.allocate(st, m.lblk, m.len, true);
+      if (!m.hole) continue;
+      const runs = await this.store.allocate(st, m.lblk, m.len, true);
+      if (runs.reduce((n, r) => n + r.len, 0) < m.len) throw new FsError('ENOSPC', 'no space left to allocate the whole range');
     }
     if (!(mode & FALLOC_FL_KEEP_SIZE) && end > st.inode.size) st.inode.size = end;
   }

@@ -246,9 +246,16 @@ export class Ext4Fs {
       if (isDir) mode |= 0o2000;
     }
     const st = await this.store.create(parent, mode, uid, gid);
-    await init(st);
-    await this.store.write(st);
-    await d.add(name, st.inode.ino, fileTypeOfMode(mode));
+    try {
+      await init(st);
+      await this.store.write(st);
+      await d.add(name, st.inode.ino, fileTypeOfMode(mode));
+    } catch (e) {
+      // ENOSPC part-way (a directory or symlink block, a directory that must grow): give the
+      // inode and its blocks back so nothing is left unattached.
+      await this.store.destroy(st, (s) => this.xattrs.freeBlockOf(s));
+      throw e;
+    }
     const t = now();
     p.inode.mtime = t;
     p.inode.ctime = t;
@@ -711,13 +718,19 @@ export class Ext4Fs {
     return this.sync(true);
   }
 
+  /** Flush and release the image. The image is closed (and unlocked) even if the flush fails. */
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.commitTimer) clearInterval(this.commitTimer);
     await this.lock.run(async () => {
-      if (!this.vol.readOnly) await this.store.flushAll();
       this.closed = true;
-      await this.vol.close();
+      try {
+        if (!this.vol.readOnly) await this.store.flushAll();
+        await this.vol.close();
+      } catch (e) {
+        await this.vol.dev.closeNoSync();
+        throw e;
+      }
     });
   }
 }

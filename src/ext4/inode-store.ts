@@ -142,21 +142,60 @@ export class InodeStore {
     return this.vol.groupFirstBlock(Math.min(g, this.vol.groupCount - 1));
   }
 
-  /** Map [lblk, lblk+count) of a file to newly allocated blocks (it must be a hole). */
-  async allocate(st: InodeState, lblk: number, count: number, unwritten: boolean): Promise<{ lblk: number; pblk: number; len: number }[]> {
+  /**
+   * Reserve the extent-tree blocks a map of `extents` entries needs, so that writing the tree
+   * back at flush time never has to allocate (a flush that hits ENOSPC would lose the change).
+   * Reserved blocks count in i_blocks already; store() reuses them and frees what is left.
+   */
+  async reserveTree(st: InodeState, extents: number): Promise<void> {
+    const map = await this.extents(st);
+    const need = ExtentMap.treeBlocksFor(extents, this.blockSize);
+    while (map.treeBlocks.length < need) {
+      const goal = map.treeBlocks.length ? map.treeBlocks[map.treeBlocks.length - 1] + 1 : (map.extents[0]?.pblk ?? this.groupGoal(st.inode.ino));
+      const run = await this.vol.allocBlocks(goal, 1);
+      map.treeBlocks.push(run.start);
+      map.dirty = true;
+      this.addSectors(st.inode, 1);
+    }
+  }
+
+  /**
+   * Map the hole [lblk, lblk+count) to new blocks, one contiguous run at a time. `onRun` sees
+   * each run as soon as it is mapped (to fill it with data before anything else can read it).
+   * On ENOSPC after some runs, returns what was mapped: the caller decides about a short write.
+   */
+  async allocate(
+    st: InodeState, lblk: number, count: number, unwritten: boolean,
+    onRun?: (r: { lblk: number; pblk: number; len: number }) => Promise<void>,
+  ): Promise<{ lblk: number; pblk: number; len: number }[]> {
     const map = await this.extents(st);
     let goal = map.goalFor(lblk) || this.groupGoal(st.inode.ino);
     const out: { lblk: number; pblk: number; len: number }[] = [];
     let l = lblk;
     let left = count;
     while (left > 0) {
-      const run = await this.vol.allocBlocks(goal, left);
-      map.insert({ lblk: l, len: run.len, pblk: run.start, unwritten });
-      this.addSectors(st.inode, run.len);
-      out.push({ lblk: l, pblk: run.start, len: run.len });
-      l += run.len;
-      left -= run.len;
-      goal = run.start + run.len;
+      try {
+        await this.reserveTree(st, map.extents.length + 1);
+        const run = await this.vol.allocBlocks(goal, left);
+        const r = { lblk: l, pblk: run.start, len: run.len };
+        if (onRun) {
+          try {
+            await onRun(r);
+          } catch (e) {
+            await this.vol.freeBlocks(run.start, run.len);
+            throw e;
+          }
+        }
+        map.insert({ lblk: l, len: run.len, pblk: run.start, unwritten });
+        this.addSectors(st.inode, run.len);
+        out.push(r);
+        l += run.len;
+        left -= run.len;
+        goal = run.start + run.len;
+      } catch (e) {
+        if (out.length && e instanceof FsError && e.code === 'ENOSPC') return out;
+        throw e;
+      }
     }
     return out;
   }
@@ -164,6 +203,8 @@ export class InodeStore {
   /** Unmap and free [lblk, lblk+count). */
   async release(st: InodeState, lblk: number, count: number): Promise<void> {
     const map = await this.extents(st);
+    // Cutting a hole inside an extent splits it: room for one more entry first.
+    await this.reserveTree(st, map.extents.length + 1);
     for (const r of map.remove(lblk, count)) {
       await this.vol.freeBlocks(r.pblk, r.len);
       this.addSectors(st.inode, -r.len);
@@ -194,7 +235,7 @@ export class InodeStore {
     const inode = st.inode;
     if (inode.hasFlag(INODE_FLAGS.EXTENTS)) {
       const map = await this.extents(st);
-      await this.release(st, 0, Math.max(map.endLblk, 0));
+      for (const r of map.remove(0, map.endLblk)) await this.vol.freeBlocks(r.pblk, r.len);
       for (const b of map.treeBlocks) await this.vol.freeBlocks(b, 1);
       map.treeBlocks = [];
       map.dirty = false;
