@@ -22,6 +22,8 @@ const MountOptionsSchema = z.object({
   allow_other: z.boolean().default(true),
   default_permissions: z.boolean().default(true),
   writeback_cache: z.boolean().default(false),
+  noatime: z.boolean().default(false),
+  relatime: z.boolean().default(true),
   entry_timeout: z.number().nonnegative().default(3600),
   attr_timeout: z.number().nonnegative().default(3600),
   negative_timeout: z.number().nonnegative().default(0),
@@ -44,7 +46,7 @@ export function parseMountOptions(list: string[]): MountOpts {
   if (!r.success) {
     const issue = r.error.issues[0];
     const key = issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : issue.path.join('.');
-    throw new UsageError(`unknown or bad mount option: ${key}; known: ro, rw, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG]`);
+    throw new UsageError(`unknown or bad mount option: ${key}; known: ro, rw, noatime, relatime, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG]`);
   }
   return r.data;
 }
@@ -67,6 +69,7 @@ interface MountCliValues {
 /** Serve the mount in this process until it is unmounted or signalled. */
 export async function serveMount(image: string, mountpoint: string, o: MountOpts, values: MountCliValues, ready: (err?: string) => void): Promise<number> {
   const ext4 = await Ext4Fs.open(image, { readOnly: o.ro, cacheBytes: o.cache_size });
+  ext4.noAtime = o.noatime;
   const session = new FuseSession(new Ext4FuseFs(ext4), {
     entryTimeout: o.entry_timeout, attrTimeout: o.attr_timeout, negativeTimeout: o.negative_timeout,
     writebackCache: o.writeback_cache, readOnly: o.ro || ext4.readOnly,
@@ -74,7 +77,7 @@ export async function serveMount(image: string, mountpoint: string, o: MountOpts
   let dev: FuseDevice;
   try {
     dev = FuseDevice.mount(path.resolve(mountpoint), session, {
-      readOnly: o.ro || ext4.readOnly, allowOther: o.allow_other, defaultPermissions: o.default_permissions, source: path.resolve(image),
+      readOnly: o.ro || ext4.readOnly, allowOther: o.allow_other, defaultPermissions: o.default_permissions, source: path.resolve(image), noAtime: o.noatime,
     });
   } catch (e) {
     await ext4.close();
@@ -158,7 +161,7 @@ export function registerMount(program: Command): void {
     .description('mount an image on the host through FUSE (as root)')
     .argument('<image>', 'image file')
     .argument('<dir>', 'mount point (an existing directory)')
-    .option('-o, --options <list>', 'mount options: ro, rw, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG] (repeatable)', collect)
+    .option('-o, --options <list>', 'mount options: ro, rw, noatime, relatime (default), allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG] (repeatable)', collect)
     .option('-f, --foreground', 'serve in this process instead of returning once mounted')
     .option('--log-file <file>', 'write the log here')
     .option('--log-level <level>', 'error, warn, info or debug (default warn)')

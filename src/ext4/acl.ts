@@ -29,7 +29,7 @@ const VFS_ENTRY = 8;
 const DISK_SHORT = 4;
 const DISK_FULL = 8;
 
-interface AclEntry {
+export interface AclEntry {
   tag: number;
   perm: number;
   id: number;
@@ -161,4 +161,89 @@ export function aclFromDisk(disk: Buffer): Buffer {
   }
   if (cur.remaining !== 0) throw new CorruptionError('ext4 ACL entries do not fill its size');
   return out;
+}
+
+// ---------------------------------------------------------------- ACL semantics
+// What the kernel's fs/posix_acl.c does for a filesystem with ACLs (ext4): keep the mode and the
+// access ACL in step, and derive a new inode's ACLs from its parent's default ACL.
+
+/** Entries of a VFS-format ACL value (validated); [] for the header-only "no ACL" value. */
+export function parseVfsAcl(vfs: Buffer): AclEntry[] {
+  aclToDisk(vfs); // validates (throws EINVAL)
+  const cur = new ByteCursor(vfs, 4);
+  const out: AclEntry[] = [];
+  while (cur.remaining > 0) out.push({ tag: cur.u16(), perm: cur.u16(), id: cur.u32() });
+  return out;
+}
+
+export function encodeVfsAcl(entries: AclEntry[]): Buffer {
+  const out = Buffer.alloc(4 + entries.length * VFS_ENTRY);
+  const w = new ByteCursor(out);
+  w.putU32(VFS_VERSION);
+  for (const e of entries) w.putU16(e.tag).putU16(e.perm).putU32(hasId(e.tag) ? e.id : UNDEFINED_ID);
+  return out;
+}
+
+/**
+ * posix_acl_equiv_mode: the permission bits an ACL implies (group bits from MASK when there is
+ * one), and whether the ACL says nothing beyond them (then it need not be stored).
+ */
+export function aclEquivMode(entries: AclEntry[]): { mode: number; equivalent: boolean } {
+  let mode = 0;
+  let equivalent = true;
+  for (const e of entries) {
+    switch (e.tag) {
+      case ACL_TAG.USER_OBJ: mode |= (e.perm & 7) << 6; break;
+      case ACL_TAG.GROUP_OBJ: mode |= (e.perm & 7) << 3; break;
+      case ACL_TAG.OTHER: mode |= e.perm & 7; break;
+      case ACL_TAG.MASK:
+        mode = (mode & ~0o070) | ((e.perm & 7) << 3);
+        equivalent = false;
+        break;
+      default: equivalent = false;
+    }
+  }
+  return { mode, equivalent };
+}
+
+/** posix_acl_chmod: a chmod rewrites USER_OBJ, MASK (or GROUP_OBJ without one) and OTHER. */
+export function aclChmod(entries: AclEntry[], mode: number): AclEntry[] {
+  const hasMask = entries.some((e) => e.tag === ACL_TAG.MASK);
+  return entries.map((e) => {
+    switch (e.tag) {
+      case ACL_TAG.USER_OBJ: return { ...e, perm: (mode >> 6) & 7 };
+      case ACL_TAG.GROUP_OBJ: return hasMask ? e : { ...e, perm: (mode >> 3) & 7 };
+      case ACL_TAG.MASK: return { ...e, perm: (mode >> 3) & 7 };
+      case ACL_TAG.OTHER: return { ...e, perm: mode & 7 };
+      default: return e;
+    }
+  });
+}
+
+/**
+ * posix_acl_create_masq: a new inode's access ACL is its parent's default ACL with every entry
+ * limited by the requested mode; the mode's permission bits are limited by the ACL in turn.
+ */
+export function aclCreateMasq(defaults: AclEntry[], mode: number): { acl: AclEntry[]; mode: number } {
+  let newMode = mode & ~0o777;
+  const acl = defaults.map((e) => ({ ...e }));
+  const mask = acl.find((e) => e.tag === ACL_TAG.MASK);
+  const groupObj = acl.find((e) => e.tag === ACL_TAG.GROUP_OBJ);
+  for (const e of acl) {
+    if (e.tag === ACL_TAG.USER_OBJ) {
+      e.perm &= (mode >> 6) & 7;
+      newMode |= e.perm << 6;
+    } else if (e.tag === ACL_TAG.OTHER) {
+      e.perm &= mode & 7;
+      newMode |= e.perm;
+    }
+  }
+  if (mask) {
+    mask.perm &= (mode >> 3) & 7;
+    newMode |= mask.perm << 3;
+  } else if (groupObj) {
+    groupObj.perm &= (mode >> 3) & 7;
+    newMode |= groupObj.perm << 3;
+  }
+  return { acl, mode: newMode };
 }

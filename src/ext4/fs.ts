@@ -20,6 +20,8 @@ import {
   Timespec, ROOT_INO, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK, INODE_FLAGS,
 } from './inode';
 import { RO_COMPAT } from './superblock';
+import { parseVfsAcl, encodeVfsAcl, aclEquivMode, aclChmod, aclCreateMasq } from './acl';
+import { XATTR_CREATE, XATTR_REPLACE } from './xattr-store';
 
 export interface Attr {
   ino: number;
@@ -97,6 +99,8 @@ export class Ext4Fs {
   private commitTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private overhead: number | null = null;
+  /** Mount option noatime: never update access times. */
+  noAtime = false;
 
   private constructor(readonly vol: Volume) {
     this.store = new InodeStore(vol);
@@ -198,20 +202,35 @@ export class Ext4Fs {
       if (a.size !== undefined) {
         if (i.isDir()) throw new FsError('EISDIR', 'cannot truncate a directory');
         if (!i.isReg()) throw new FsError('EINVAL', 'only regular files can be truncated');
-        if (a.size !== i.size) {
-          await this.files.truncate(st, a.size);
-          i.mtime = t;
-        }
+        if (a.size !== i.size) await this.files.truncate(st, a.size);
+        // (f)truncate and O_TRUNC stamp the file even when the size does not change.
+        i.mtime = t;
       }
-      if (a.mode !== undefined) i.f.i_mode = (i.f.i_mode & S_IFMT) | (a.mode & 0o7777);
+      if (a.mode !== undefined) {
+        i.f.i_mode = (i.f.i_mode & S_IFMT) | (a.mode & 0o7777);
+        await this.chmodAcl(st, a.mode);
+      }
       if (a.uid !== undefined) i.uid = a.uid;
       if (a.gid !== undefined) i.gid = a.gid;
-      if (a.atime !== undefined) i.atime = a.atime === 'now' ? t : a.atime;
-      if (a.mtime !== undefined) i.mtime = a.mtime === 'now' ? t : a.mtime;
-      i.ctime = a.ctime ?? t;
+      if (a.atime !== undefined) i.atime = a.atime === 'now' ? t : clampTime(a.atime);
+      if (a.mtime !== undefined) i.mtime = a.mtime === 'now' ? t : clampTime(a.mtime);
+      i.ctime = a.ctime ? clampTime(a.ctime) : t;
       await this.store.write(st);
       return this.toAttr(st);
     }, true);
+  }
+
+  /** posix_acl_chmod: an access ACL follows a chmod. */
+  private async chmodAcl(st: InodeState, mode: number): Promise<void> {
+    let acl: Buffer;
+    try {
+      acl = await this.xattrs.get(st, 'system.posix_acl_access');
+    } catch (e) {
+      if (e instanceof FsError && e.code === 'ENODATA') return;
+      throw e;
+    }
+    const entries = parseVfsAcl(acl);
+    if (entries.length) await this.xattrs.set(st, 'system.posix_acl_access', encodeVfsAcl(aclChmod(entries, mode)), XATTR_REPLACE);
   }
 
   // ---- names ----
@@ -231,7 +250,7 @@ export class Ext4Fs {
     });
   }
 
-  private async newNode(parent: number, name: Buffer, mode: number, uid: number, gid: number, init: (st: InodeState) => Promise<void>): Promise<Attr> {
+  private async newNode(parent: number, name: Buffer, mode: number, uid: number, gid: number, init: (st: InodeState) => Promise<void>, umask = 0): Promise<Attr> {
     this.writable();
     checkName(name, false);
     const p = await this.store.get(parent);
@@ -239,6 +258,10 @@ export class Ext4Fs {
     if (p.inode.links === 0) throw new FsError('ENOENT', 'parent directory was removed');
     if (await d.lookup(name)) throw new FsError('EEXIST', `${name.toString()} exists`);
     const isDir = (mode & S_IFMT) === S_IFDIR;
+    // posix_acl_create: a parent's default ACL replaces the umask and seeds the new inode's ACLs.
+    const acls = (mode & S_IFMT) === S_IFLNK ? null : await this.inheritedAcls(p, mode);
+    if (acls) mode = acls.mode;
+    else if ((mode & S_IFMT) !== S_IFLNK) mode &= ~(umask & 0o777);
     if (isDir && p.inode.links >= LINK_MAX && !this.vol.hasRoCompat(RO_COMPAT.dir_nlink)) throw new FsError('EMLINK', 'too many subdirectories');
     // setgid directories hand their group (and, for directories, the bit) down.
     if (p.inode.mode & 0o2000) {
@@ -248,6 +271,8 @@ export class Ext4Fs {
     const st = await this.store.create(parent, mode, uid, gid);
     try {
       await init(st);
+      if (acls?.access) await this.xattrs.set(st, 'system.posix_acl_access', acls.access, 0);
+      if (acls?.defaults && isDir) await this.xattrs.set(st, 'system.posix_acl_default', acls.defaults, 0);
       await this.store.write(st);
       await d.add(name, st.inode.ino, fileTypeOfMode(mode));
     } catch (e) {
@@ -264,6 +289,23 @@ export class Ext4Fs {
     return this.toAttr(st);
   }
 
+  /** ACLs a new inode inherits from its parent's default ACL, or null when it has none. */
+  private async inheritedAcls(p: InodeState, mode: number): Promise<{ mode: number; access: Buffer | null; defaults: Buffer } | null> {
+    if (!p.inode.fileAcl && !(p.inode.raw.length > 128 && p.inode.xattrArea().length >= 4 && p.inode.xattrArea().readUInt32LE(0) === 0xea020000)) return null;
+    let defaults: Buffer;
+    try {
+      defaults = await this.xattrs.get(p, 'system.posix_acl_default');
+    } catch (e) {
+      if (e instanceof FsError && e.code === 'ENODATA') return null;
+      throw e;
+    }
+    const entries = parseVfsAcl(defaults);
+    if (entries.length === 0) return null;
+    const m = aclCreateMasq(entries, mode);
+    const { equivalent } = aclEquivMode(m.acl);
+    return { mode: m.mode, access: equivalent ? null : encodeVfsAcl(m.acl), defaults };
+  }
+
   private incLinks(dirSt: InodeState): void {
     const i = dirSt.inode;
     // dir_nlink: past the limit a directory's count is pinned to 1 ("many").
@@ -277,17 +319,17 @@ export class Ext4Fs {
     if (i.links > 0) i.links--;
   }
 
-  mknod(parent: number, name: Buffer, mode: number, rdev: number, uid: number, gid: number): Promise<Attr> {
+  mknod(parent: number, name: Buffer, mode: number, rdev: number, uid: number, gid: number, umask = 0): Promise<Attr> {
     const type = mode & S_IFMT;
     if (![S_IFREG, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK].includes(type)) return Promise.reject(new FsError('EINVAL', 'mknod of an unsupported file type'));
     return this.run(() => this.newNode(parent, name, mode, uid, gid, async (st) => {
       if (type === S_IFCHR || type === S_IFBLK) encodeDev(st.inode.f.i_block, rdev);
       if (type === S_IFREG) this.initExtentRoot(st);
-    }), true);
+    }, umask), true);
   }
 
-  create(parent: number, name: Buffer, mode: number, uid: number, gid: number): Promise<Attr> {
-    return this.mknod(parent, name, (mode & 0o7777) | S_IFREG, 0, uid, gid);
+  create(parent: number, name: Buffer, mode: number, uid: number, gid: number, umask = 0): Promise<Attr> {
+    return this.mknod(parent, name, (mode & 0o7777) | S_IFREG, 0, uid, gid, umask);
   }
 
   private initExtentRoot(st: InodeState): void {
@@ -295,7 +337,7 @@ export class Ext4Fs {
     st.extents!.dirty = true;
   }
 
-  mkdir(parent: number, name: Buffer, mode: number, uid: number, gid: number): Promise<Attr> {
+  mkdir(parent: number, name: Buffer, mode: number, uid: number, gid: number, umask = 0): Promise<Attr> {
     return this.run(() => this.newNode(parent, name, (mode & 0o7777) | S_IFDIR, uid, gid, async (st) => {
       this.initExtentRoot(st);
       st.inode.links = 2;
@@ -310,7 +352,7 @@ export class Ext4Fs {
       ]);
       sealDirBlock(buf, csumSeed);
       this.vol.dev.markDirty(r.pblk, buf);
-    }), true);
+    }, umask), true);
   }
 
   symlink(parent: number, name: Buffer, target: Buffer, uid: number, gid: number): Promise<Attr> {
@@ -557,8 +599,26 @@ export class Ext4Fs {
     return this.run(async () => {
       const st = await this.store.get(ino);
       if (st.inode.isDir()) throw new FsError('EISDIR', 'is a directory');
-      return this.files.read(st, offset, length);
+      const data = await this.files.read(st, offset, length);
+      await this.touchAtime(st);
+      return data;
     });
+  }
+
+  /**
+   * relatime (the kernel's default): update atime when it is not newer than mtime or ctime,
+   * or is more than a day old. Skipped on read-only images.
+   */
+  private async touchAtime(st: InodeState): Promise<void> {
+    if (this.vol.readOnly || this.noAtime) return;
+    const i = st.inode;
+    const a = i.atime;
+    const t = now();
+    const older = (x: Timespec, y: Timespec) => x.sec < y.sec || (x.sec === y.sec && x.nsec <= y.nsec);
+    if (older(a, i.mtime) || older(a, i.ctime) || t.sec - a.sec >= 24 * 3600) {
+      i.atime = t;
+      await this.store.write(st);
+    }
   }
 
   write(ino: number, offset: number, data: Buffer, opts: { killPriv?: boolean } = {}): Promise<number> {
@@ -620,6 +680,7 @@ export class Ext4Fs {
       if (!snap || offset === 0) {
         const st = await this.store.get(ino);
         snap = { entries: this.cookieOrder(this.dir(st), await this.dir(st).list()) };
+        await this.touchAtime(st);
         if (handle !== undefined && this.dirHandles.has(handle)) this.dirHandles.set(handle, snap);
       }
       const e = snap.entries;
@@ -666,8 +727,44 @@ export class Ext4Fs {
   setxattr(ino: number, name: string, value: Buffer, flags = 0): Promise<void> {
     return this.run(async () => {
       this.writable();
-      await this.xattrs.set(await this.store.get(ino), name, value, flags);
+      const st = await this.store.get(ino);
+      if (name === 'system.posix_acl_access' || name === 'system.posix_acl_default') return this.setAcl(st, name, value, flags);
+      await this.xattrs.set(st, name, value, flags);
     }, true);
+  }
+
+  /**
+   * ext4_set_acl: an access ACL equivalent to the mode is not stored, only reflected in the
+   * mode (posix_acl_update_mode); a default ACL belongs to directories only; an empty ACL
+   * removes it.
+   */
+  private async setAcl(st: InodeState, name: string, value: Buffer, flags: number): Promise<void> {
+    const entries = parseVfsAcl(value);
+    const remove = async () => {
+      try {
+        await this.xattrs.remove(st, name);
+      } catch (e) {
+        if (!(e instanceof FsError && e.code === 'ENODATA')) throw e;
+      }
+    };
+    if (name === 'system.posix_acl_default') {
+      if (!st.inode.isDir()) {
+        if (entries.length) throw new FsError('EACCES', 'default ACLs apply to directories only');
+        return;
+      }
+      if (entries.length === 0) return remove();
+      return this.xattrs.set(st, name, value, flags);
+    }
+    if (entries.length === 0) return remove();
+    const { mode, equivalent } = aclEquivMode(entries);
+    st.inode.f.i_mode = (st.inode.f.i_mode & ~0o777) | mode;
+    st.inode.ctime = now();
+    if (equivalent) {
+      await remove();
+      await this.store.write(st);
+    } else {
+      await this.xattrs.set(st, name, value, flags & ~XATTR_CREATE);
+    }
   }
   removexattr(ino: number, name: string): Promise<void> {
     return this.run(async () => {
@@ -743,6 +840,15 @@ function groupHasSb(v: Volume, g: number): boolean {
     if (p === g) return true;
   }
   return false;
+}
+
+/** ext4 stores seconds in 34 bits from -2^31 (1901) to 2^34 - 2^31 - 1 (2446); beyond: clamp. */
+const TIME_MIN = -(2 ** 31);
+const TIME_MAX = 2 ** 34 - 2 ** 31 - 1;
+export function clampTime(t: Timespec): Timespec {
+  if (t.sec < TIME_MIN) return { sec: TIME_MIN, nsec: 0 };
+  if (t.sec > TIME_MAX) return { sec: TIME_MAX, nsec: 0 };
+  return t;
 }
 
 function checkName(name: Buffer, allowDots: boolean): void {

@@ -12,7 +12,6 @@ import {
 import { FuseAttr } from '../fuse/structs';
 
 const FUSE_ROOT = 1;
-const O_ACCMODE = 3;
 const O_TRUNC = 0o1000;
 
 export const toNode = (ino: number): number => (ino === ROOT_INO ? FUSE_ROOT : ino);
@@ -26,12 +25,24 @@ function entry(a: Attr): EntryAttr {
   return { ...fuseAttr(a), ino: a.ino, generation: a.ino === ROOT_INO ? 0 : a.generation };
 }
 
+/**
+ * What an unprivileged write or truncate leaves of the mode (setattr_should_drop_suidgid):
+ * setuid goes; setgid goes when group-executable or when the writer is outside the group
+ * (its primary group stands in for the group list FUSE does not pass).
+ */
+function killSuidgidBits(mode: number, fileGid: number, ctx: RequestContext): number {
+  let m = mode & 0o7777 & ~0o4000;
+  if (m & 0o2000 && (m & 0o010 || ctx.gid !== fileGid)) m &= ~0o2000;
+  return m;
+}
+
 interface OpenFile {
   ino: number;
   flags: number;
 }
 
 export class Ext4FuseFs implements FileSystem {
+  readonly posixAcl = true;
   private files = new Map<number, OpenFile>();
   private dirs = new Map<number, { ino: number; handle: number }>();
   private nextFh = 1;
@@ -52,13 +63,18 @@ export class Ext4FuseFs implements FileSystem {
     return fuseAttr(await this.ext4.getattr(this.ino(node)));
   }
 
-  async setattr(_ctx: RequestContext, node: number, set: SetAttrRequest): Promise<FuseAttr> {
+  async setattr(ctx: RequestContext, node: number, set: SetAttrRequest): Promise<FuseAttr> {
     const ino = this.ino(node);
     let mode = set.mode;
-    if (set.killSuidgid) {
-      const cur = mode ?? (await this.ext4.getattr(ino)).mode;
-      mode = cur & ~0o4000;
-      if (cur & 0o010) mode &= ~0o2000;
+    if (set.killSuidgid || set.ownerChange) {
+      const cur = await this.ext4.getattr(ino);
+      if ((cur.mode & 0o170000) === 0o100000) {
+        const base = mode ?? cur.mode;
+        // chown: setuid goes, setgid when group-executable (the kernel flags KILL_SUIDGID on a
+        // chown too); an unprivileged truncate: the write rule.
+        const killed = set.ownerChange ? base & 0o7777 & ~0o4000 & ~(base & 0o010 ? 0o2000 : 0) : killSuidgidBits(base, cur.gid, ctx);
+        if (killed !== (cur.mode & 0o7777) || mode !== undefined) mode = killed;
+      }
     }
     return fuseAttr(await this.ext4.setattr(ino, { mode, uid: set.uid, gid: set.gid, size: set.size, atime: set.atime, mtime: set.mtime, ctime: set.ctime }));
   }
@@ -67,12 +83,12 @@ export class Ext4FuseFs implements FileSystem {
     return this.ext4.readlink(this.ino(node));
   }
 
-  async mknod(ctx: RequestContext, parent: number, name: Buffer, mode: number, rdev: number): Promise<EntryAttr> {
-    return entry(await this.ext4.mknod(this.ino(parent), name, mode, rdev, ctx.uid, ctx.gid));
+  async mknod(ctx: RequestContext, parent: number, name: Buffer, mode: number, rdev: number, umask: number): Promise<EntryAttr> {
+    return entry(await this.ext4.mknod(this.ino(parent), name, mode, rdev, ctx.uid, ctx.gid, umask));
   }
 
-  async mkdir(ctx: RequestContext, parent: number, name: Buffer, mode: number): Promise<EntryAttr> {
-    return entry(await this.ext4.mkdir(this.ino(parent), name, mode, ctx.uid, ctx.gid));
+  async mkdir(ctx: RequestContext, parent: number, name: Buffer, mode: number, umask: number): Promise<EntryAttr> {
+    return entry(await this.ext4.mkdir(this.ino(parent), name, mode, ctx.uid, ctx.gid, umask));
   }
 
   async symlink(ctx: RequestContext, parent: number, name: Buffer, target: Buffer): Promise<EntryAttr> {
@@ -101,14 +117,16 @@ export class Ext4FuseFs implements FileSystem {
     return fh;
   }
 
-  async open(_ctx: RequestContext, node: number, flags: number, killSuidgid: boolean): Promise<OpenResult> {
+  async open(ctx: RequestContext, node: number, flags: number, killSuidgid: boolean): Promise<OpenResult> {
     const ino = this.ino(node);
-    const a = await this.ext4.open(ino);
+    const attr = await this.ext4.open(ino);
+    const a = { ...attr, isReg: (attr.mode & 0o170000) === 0o100000 };
     try {
-      // FUSE_ATOMIC_O_TRUNC: the kernel leaves O_TRUNC to us.
-      if (flags & O_TRUNC && (flags & O_ACCMODE) !== 0) {
-        const mode = killSuidgid ? a.mode & ~0o4000 & ~(a.mode & 0o010 ? 0o2000 : 0) : undefined;
-        if (a.size !== 0 || mode !== undefined) await this.ext4.setattr(ino, { size: 0, mode, mtime: 'now' });
+      // FUSE_ATOMIC_O_TRUNC: the kernel (having checked write permission) leaves O_TRUNC to
+      // us; Linux truncates even with O_RDONLY, and stamps mtime/ctime even if already empty.
+      if (flags & O_TRUNC && a.isReg) {
+        const mode = killSuidgid ? killSuidgidBits(a.mode, a.gid, ctx) : undefined;
+        await this.ext4.setattr(ino, { size: 0, mode });
       }
     } catch (e) {
       await this.ext4.release(ino);
@@ -117,14 +135,14 @@ export class Ext4FuseFs implements FileSystem {
     return { fh: this.addFile(ino, flags) };
   }
 
-  async create(ctx: RequestContext, parent: number, name: Buffer, mode: number, flags: number): Promise<EntryAttr & OpenResult> {
-    const a = await this.ext4.create(this.ino(parent), name, mode, ctx.uid, ctx.gid);
+  async create(ctx: RequestContext, parent: number, name: Buffer, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult> {
+    const a = await this.ext4.create(this.ino(parent), name, mode, ctx.uid, ctx.gid, umask);
     await this.ext4.open(a.ino);
     return { ...entry(a), fh: this.addFile(a.ino, flags) };
   }
 
-  async tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number): Promise<EntryAttr & OpenResult> {
-    const a = await this.ext4.tmpfile(this.ino(parent), mode, ctx.uid, ctx.gid);
+  async tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult> {
+    const a = await this.ext4.tmpfile(this.ino(parent), mode & ~(umask & 0o777), ctx.uid, ctx.gid);
     return { ...entry(a), fh: this.addFile(a.ino, flags) };
   }
 
@@ -138,8 +156,15 @@ export class Ext4FuseFs implements FileSystem {
     return this.ext4.read(this.file(fh, node).ino, offset, size);
   }
 
-  write(_ctx: RequestContext, node: number, fh: number, offset: number, data: Buffer, killSuidgid: boolean): Promise<number> {
-    return this.ext4.write(this.file(fh, node).ino, offset, data, { killPriv: killSuidgid });
+  async write(ctx: RequestContext, node: number, fh: number, offset: number, data: Buffer, killSuidgid: boolean): Promise<number> {
+    const ino = this.file(fh, node).ino;
+    const n = await this.ext4.write(ino, offset, data);
+    if (killSuidgid) {
+      const a = await this.ext4.getattr(ino);
+      const mode = killSuidgidBits(a.mode, a.gid, ctx);
+      if (mode !== (a.mode & 0o7777)) await this.ext4.setattr(ino, { mode });
+    }
+    return n;
   }
 
   async release(_ctx: RequestContext, node: number, fh: number): Promise<void> {
@@ -186,8 +211,10 @@ export class Ext4FuseFs implements FileSystem {
   getxattr(_ctx: RequestContext, node: number, name: string): Promise<Buffer> {
     return this.ext4.getxattr(this.ino(node), name);
   }
-  listxattr(_ctx: RequestContext, node: number): Promise<string[]> {
-    return this.ext4.listxattr(this.ino(node));
+  async listxattr(ctx: RequestContext, node: number): Promise<string[]> {
+    const names = await this.ext4.listxattr(this.ino(node));
+    // ext4 lists trusted.* only to CAP_SYS_ADMIN (ext4_xattr_trusted_list); uid 0 stands in.
+    return ctx.uid === 0 ? names : names.filter((n) => !n.startsWith('trusted.'));
   }
   removexattr(_ctx: RequestContext, node: number, name: string): Promise<void> {
     return this.ext4.removexattr(this.ino(node), name);

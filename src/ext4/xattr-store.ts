@@ -16,6 +16,21 @@ export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
 const ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
+/**
+ * The namespaces ext4 accepts from userspace (fs/ext4/xattr.c handlers): user., trusted.,
+ * security. and the two POSIX ACL names; anything else in system. or without a known prefix is
+ * EOPNOTSUPP, an empty suffix EINVAL, a suffix over 255 bytes ERANGE.
+ */
+function checkSettableName(name: string): void {
+  if (ACL_NAMES.has(name)) return;
+  const m = /^(user|trusted|security)\.(.*)$/s.exec(name);
+  if (!m) throw new FsError('EOPNOTSUPP', `attribute namespace of ${JSON.stringify(name)} is not supported`);
+  const len = Buffer.byteLength(m[2], 'utf8');
+  if (len === 0) throw new FsError('EINVAL', `attribute name ${JSON.stringify(name)} has an empty suffix`);
+  if (len > 255) throw new FsError('ERANGE', `attribute name ${JSON.stringify(name)} is longer than 255 bytes`);
+  if (!xattrNameValid(name)) throw new FsError('EINVAL', `attribute name ${JSON.stringify(name)} is invalid`);
+}
+
 export class XattrStore {
   constructor(private store: InodeStore) {}
 
@@ -50,9 +65,7 @@ export class XattrStore {
   }
 
   async set(st: InodeState, name: string, value: Buffer, flags: number): Promise<void> {
-    if (!xattrNameValid(name)) {
-      throw new FsError(Buffer.byteLength(name) > 255 + 16 ? 'ERANGE' : 'EOPNOTSUPP', `attribute name ${JSON.stringify(name)} is not supported`);
-    }
+    checkSettableName(name);
     const stored = ACL_NAMES.has(name) ? aclToDisk(value) : value;
     const entries = await this.all(st);
     const i = entries.findIndex((e) => e.name === name);

@@ -46,8 +46,11 @@ const PAGE = 4096;
 const WANTED_FLAGS =
   InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.EXPORT_SUPPORT | InitFlag.BIG_WRITES |
   InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO | InitFlag.ASYNC_DIO | InitFlag.PARALLEL_DIROPS |
-  InitFlag.HANDLE_KILLPRIV_V2 | InitFlag.POSIX_ACL | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS |
-  InitFlag.INIT_EXT;
+  InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS | InitFlag.INIT_EXT | InitFlag.HANDLE_KILLPRIV_V2;
+// HANDLE_KILLPRIV_V2: the filesystem clears setuid/setgid on write, O_TRUNC, truncate and
+// chown, with the host's rules (setgid also for writers outside the group), which FUSE's own
+// fallback (group-executable only) does not match. POSIX_ACL (and DONT_MASK with it) is added
+// when the filesystem implements ACL semantics.
 
 export class FuseSession {
   negotiated: Negotiated | null = null;
@@ -80,7 +83,9 @@ export class FuseSession {
   async handle(buf: Buffer): Promise<Reply> {
     const req = decodeRequest(buf, this.decodeOpts);
     if (req instanceof DecodeError) {
-      log.warn(`fuse: malformed request (${req.reason})`);
+      // ENAMETOOLONG is an ordinary answer (stat of a 256-byte name), not damage.
+      if (req.errno === constants.errno.ENAMETOOLONG) log.debug(`fuse: ${req.reason}`);
+      else log.warn(`fuse: malformed request (${req.reason})`);
       return req.noReply ? null : replyError(req.unique, req.errno);
     }
     const name = req.kind;
@@ -156,10 +161,10 @@ export class FuseSession {
         return replyEntry(u, this.entry(await fs.symlink(ctx, this.node(req), req.name, req.target)), this.minor);
       case 'mknod':
         this.writable();
-        return replyEntry(u, this.entry(await fs.mknod(ctx, this.node(req), req.name, this.applyUmask(req.mode, req.umask), req.rdev)), this.minor);
+        return replyEntry(u, this.entry(await fs.mknod(ctx, this.node(req), req.name, req.mode, req.rdev, req.umask)), this.minor);
       case 'mkdir':
         this.writable();
-        return replyEntry(u, this.entry(await fs.mkdir(ctx, this.node(req), req.name, this.applyUmask(req.mode, req.umask))), this.minor);
+        return replyEntry(u, this.entry(await fs.mkdir(ctx, this.node(req), req.name, req.mode, req.umask)), this.minor);
       case 'unlink':
         this.writable();
         await fs.unlink(ctx, this.node(req), req.name);
@@ -186,13 +191,13 @@ export class FuseSession {
       }
       case 'create': {
         this.writable();
-        const r = await fs.create(ctx, this.node(req), req.name, this.applyUmask(req.mode, req.umask), req.flags);
+        const r = await fs.create(ctx, this.node(req), req.name, req.mode, req.flags, req.umask);
         return replyCreate(u, this.entry(r), { fh: r.fh, open_flags: (r.openFlags ?? 0) | FOPEN.KEEP_CACHE });
       }
       case 'tmpfile': {
         this.writable();
         if (!fs.tmpfile) throw new FsError('ENOSYS', 'tmpfile');
-        const r = await fs.tmpfile(ctx, this.node(req), this.applyUmask(req.mode, req.umask), req.flags);
+        const r = await fs.tmpfile(ctx, this.node(req), req.mode, req.flags, req.umask);
         return replyCreate(u, this.entry(r), { fh: r.fh, open_flags: r.openFlags ?? 0 });
       }
       case 'read': {
@@ -280,13 +285,6 @@ export class FuseSession {
     }
   }
 
-  private applyUmask(mode: number, umask: number): number {
-    // Without FUSE_DONT_MASK the kernel already applied the umask; with a default ACL it did not
-    // (and sends umask for the filesystem to apply only when no ACL is inherited). kfs has no
-    // ACL inheritance yet, so apply it.
-    return mode & ~(umask & 0o777);
-  }
-
   private init(req: FuseRequestOf<'init'>): Reply {
     const u = req.header.unique;
     if (req.major !== FUSE_KERNEL_VERSION) {
@@ -296,6 +294,9 @@ export class FuseSession {
     }
     const minor = Math.min(req.minor, FUSE_KERNEL_MINOR_VERSION);
     let wanted = WANTED_FLAGS;
+    // With POSIX_ACL the kernel enforces ACLs and leaves the umask to us (DONT_MASK), since a
+    // parent's default ACL replaces it.
+    if (this.fs.posixAcl) wanted |= InitFlag.POSIX_ACL | InitFlag.DONT_MASK;
     if (this.opts.writebackCache) wanted |= InitFlag.WRITEBACK_CACHE;
     const flags = req.flags & wanted;
     const maxPages = flags & InitFlag.MAX_PAGES ? Math.ceil(this.maxWrite / PAGE) : 32;
@@ -317,6 +318,8 @@ export class FuseSession {
     if (v & FATTR.MTIME) set.mtime = v & FATTR.MTIME_NOW ? 'now' : { sec: req.mtime, nsec: req.mtimensec };
     if (v & FATTR.CTIME) set.ctime = { sec: req.ctime, nsec: req.ctimensec };
     if (v & FATTR.KILL_SUIDGID) set.killSuidgid = true;
+    // chown, including chown(-1, -1), which arrives with no attribute to change at all.
+    if (v & (FATTR.UID | FATTR.GID) || (v & ~(FATTR.FH | FATTR.LOCKOWNER)) === 0) set.ownerChange = true;
     if (set.size !== undefined || set.mode !== undefined || set.uid !== undefined || set.gid !== undefined ||
         set.atime !== undefined || set.mtime !== undefined || set.ctime !== undefined) this.writable();
     return this.attrReply(req.header.unique, await this.fs.setattr(ctx, this.node(req), set));

@@ -30,8 +30,10 @@ export interface SetAttrRequest {
   atime?: TimeSet;
   mtime?: TimeSet;
   ctime?: { sec: number; nsec: number };
-  /** Clear setuid (and setgid when group-executable): FATTR_KILL_SUIDGID. */
+  /** FATTR_KILL_SUIDGID (an unprivileged truncate): clear setuid, and setgid by the host's rules. */
   killSuidgid?: boolean;
+  /** A chown (possibly to the same owner): clears setuid, and setgid when group-executable. */
+  ownerChange?: boolean;
 }
 
 export interface OpenResult {
@@ -62,20 +64,23 @@ export interface StatfsResult {
 }
 
 export interface FileSystem {
+  /** The filesystem keeps POSIX ACLs and the mode in step and inherits default ACLs. */
+  readonly posixAcl?: boolean;
   lookup(ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr>;
   forget?(node: number, nlookup: number): void;
   getattr(ctx: RequestContext, node: number): Promise<FuseAttr>;
   setattr(ctx: RequestContext, node: number, set: SetAttrRequest): Promise<FuseAttr>;
   readlink(ctx: RequestContext, node: number): Promise<Buffer>;
-  mknod(ctx: RequestContext, parent: number, name: Buffer, mode: number, rdev: number): Promise<EntryAttr>;
-  mkdir(ctx: RequestContext, parent: number, name: Buffer, mode: number): Promise<EntryAttr>;
+  /** `umask`: apply it unless the parent's default ACL takes its place (FUSE_DONT_MASK). */
+  mknod(ctx: RequestContext, parent: number, name: Buffer, mode: number, rdev: number, umask: number): Promise<EntryAttr>;
+  mkdir(ctx: RequestContext, parent: number, name: Buffer, mode: number, umask: number): Promise<EntryAttr>;
   symlink(ctx: RequestContext, parent: number, name: Buffer, target: Buffer): Promise<EntryAttr>;
   unlink(ctx: RequestContext, parent: number, name: Buffer): Promise<void>;
   rmdir(ctx: RequestContext, parent: number, name: Buffer): Promise<void>;
   rename(ctx: RequestContext, parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number): Promise<void>;
   link(ctx: RequestContext, node: number, newParent: number, newName: Buffer): Promise<EntryAttr>;
   open(ctx: RequestContext, node: number, flags: number, killSuidgid: boolean): Promise<OpenResult>;
-  create(ctx: RequestContext, parent: number, name: Buffer, mode: number, flags: number): Promise<EntryAttr & OpenResult>;
+  create(ctx: RequestContext, parent: number, name: Buffer, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult>;
   read(ctx: RequestContext, node: number, fh: number, offset: number, size: number): Promise<Buffer>;
   write(ctx: RequestContext, node: number, fh: number, offset: number, data: Buffer, killSuidgid: boolean): Promise<number>;
   flush?(ctx: RequestContext, node: number, fh: number): Promise<void>;
@@ -94,7 +99,7 @@ export interface FileSystem {
   fallocate?(ctx: RequestContext, node: number, fh: number, offset: number, length: number, mode: number): Promise<void>;
   lseek?(ctx: RequestContext, node: number, fh: number, offset: number, whence: number): Promise<number>;
   copyFileRange?(ctx: RequestContext, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number>;
-  tmpfile?(ctx: RequestContext, parent: number, mode: number, flags: number): Promise<EntryAttr & OpenResult>;
+  tmpfile?(ctx: RequestContext, parent: number, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult>;
   syncfs?(ctx: RequestContext): Promise<void>;
   /** Unmount or connection end: make everything durable. */
   destroy(): Promise<void>;

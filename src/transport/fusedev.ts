@@ -21,6 +21,7 @@ export interface MountOptions {
   /** fuse.<subtype> in /proc/mounts. */
   subtype?: string;
   maxRead?: number;
+  noAtime?: boolean;
 }
 
 const UV_READABLE = 1;
@@ -58,6 +59,7 @@ export class FuseDevice {
     if (opts.maxRead) data.push(`max_read=${opts.maxRead}`);
     let flags = native.MS.MS_NOSUID | native.MS.MS_NODEV;
     if (opts.readOnly) flags |= native.MS.MS_RDONLY;
+    if (opts.noAtime) flags |= native.MS.MS_NOATIME;
     try {
       native.mount(opts.source ?? 'kfs', mountpoint, `fuse.${opts.subtype ?? 'kfs'}`, flags, data.join(','));
     } catch (e) {
