@@ -9,19 +9,12 @@ import { COMPAT, INCOMPAT, RO_COMPAT, featureNames, sbReservedBlocks } from './s
 import { JOURNAL_INO, INODE_FLAGS } from './inode';
 import { ExtentMap } from './extents';
 import { decodeJournalSuperblock, JBD2_MAGIC_NUMBER } from './journal-superblock';
-import { BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED } from './group-desc';
+import { GroupDesc, BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED } from './group-desc';
 
-export interface GroupInfo {
+export interface GroupInfo extends Pick<GroupDesc, 'blockBitmap' | 'inodeBitmap' | 'inodeTable' | 'freeBlocks' | 'freeInodes' | 'usedDirs' | 'itableUnused'> {
   group: number;
   firstBlock: number;
   blocks: number;
-  blockBitmap: number;
-  inodeBitmap: number;
-  inodeTable: number;
-  freeBlocks: number;
-  freeInodes: number;
-  usedDirs: number;
-  itableUnused: number;
   flags: string[];
 }
 

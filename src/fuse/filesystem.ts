@@ -7,7 +7,7 @@
  * readdirplus entry gives the kernel one reference to the node; FORGET returns them. A
  * filesystem whose node ids are stable (ext4: the inode number) may ignore forget.
  */
-import { FuseAttr } from './structs';
+import { FuseAttr, Kstatfs } from './structs';
 
 export interface RequestContext {
   uid: number;
@@ -52,16 +52,8 @@ export interface DirEntryOut {
   next: number;
 }
 
-export interface StatfsResult {
-  blocks: number;
-  bfree: number;
-  bavail: number;
-  files: number;
-  ffree: number;
-  bsize: number;
-  frsize: number;
-  namelen: number;
-}
+/** statfs answers are fuse_kstatfs's fields. */
+export type StatfsResult = Kstatfs;
 
 export interface FileSystem {
   /** The filesystem keeps POSIX ACLs and the mode in step and inherits default ACLs. */
