@@ -1,0 +1,100 @@
+/**
+ * Child processes for the benchmarks: asynchronous (so that SIGINT/SIGTERM handlers run while a
+ * workload is in flight), timed, with an optional timeout, and all tracked so that an interrupt
+ * can kill the ones still running.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+
+export interface RunOptions {
+  /** Kill the child (SIGKILL) after this many seconds; the result then has timedOut set. */
+  timeoutSec?: number;
+  cwd?: string;
+  /** Keep stdout (default true); false sends it to /dev/null (e.g. `ls -lR`). */
+  captureStdout?: boolean;
+  /** Run even after an interrupt (cleanup commands). */
+  force?: boolean;
+}
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  seconds: number;
+  timedOut: boolean;
+}
+
+const running = new Set<ChildProcess>();
+let interruptedBy: string | null = null;
+
+export class Interrupted extends Error {
+  constructor(sig: string) {
+    super(`interrupted by ${sig}`);
+  }
+}
+
+/** Mark the run as interrupted and kill every child still running; later run() calls reject. */
+export function interrupt(sig: string): void {
+  interruptedBy = sig;
+  for (const c of running) c.kill('SIGKILL');
+}
+
+export function interrupted(): string | null {
+  return interruptedBy;
+}
+
+/** Throw Interrupted if a signal arrived. */
+export function checkInterrupt(): void {
+  if (interruptedBy) throw new Interrupted(interruptedBy);
+}
+
+export const now = (): number => Number(process.hrtime.bigint()) / 1e9;
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Run a command to completion; wall time is measured around the child (spawn included). */
+export function run(cmd: string, args: string[], o: RunOptions = {}): Promise<RunResult> {
+  if (!o.force) checkInterrupt();
+  return new Promise((resolve, reject) => {
+    const t0 = now();
+    const child = spawn(cmd, args, { cwd: o.cwd, stdio: ['ignore', o.captureStdout === false ? 'ignore' : 'pipe', 'pipe'] });
+    if (!o.force) running.add(child);
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout?.on('data', (d: Buffer) => {
+      if (stdout.length < 1 << 22) stdout += d.toString();
+    });
+    child.stderr?.on('data', (d: Buffer) => {
+      if (stderr.length < 1 << 20) stderr += d.toString();
+    });
+    const timer = o.timeoutSec ? setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, o.timeoutSec * 1000) : null;
+    child.on('error', (e) => {
+      running.delete(child);
+      if (timer) clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      const seconds = now() - t0;
+      running.delete(child);
+      if (timer) clearTimeout(timer);
+      if (interruptedBy && !o.force) return reject(new Interrupted(interruptedBy));
+      resolve({ code, signal, stdout, stderr, seconds, timedOut });
+    });
+  });
+}
+
+/** run() that throws on a non-zero exit, a signal or a timeout. */
+export async function runOk(cmd: string, args: string[], o: RunOptions = {}): Promise<RunResult> {
+  const r = await run(cmd, args, o);
+  if (r.timedOut) throw new Error(`${cmd} ${args.join(' ')}: timed out after ${o.timeoutSec} s`);
+  if (r.code !== 0) {
+    const why = r.signal ? `killed by ${r.signal}` : `exit ${r.code}`;
+    const msg = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' | ');
+    throw new Error(`${cmd} ${args.join(' ')}: ${why}${msg ? `: ${msg}` : ''}`);
+  }
+  return r;
+}
