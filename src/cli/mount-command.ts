@@ -26,7 +26,9 @@ const MountOptionsSchema = z.object({
   relatime: z.boolean().default(true),
   entry_timeout: z.number().nonnegative().default(3600),
   attr_timeout: z.number().nonnegative().default(3600),
-  negative_timeout: z.number().nonnegative().default(0),
+  // The image is this process's alone: a name that is absent stays absent until a request
+  // through this mount creates it, which the kernel sees. Cache negative lookups like ext4.
+  negative_timeout: z.number().nonnegative().default(3600),
   cache_size: z.number().int().positive().default(256 << 20),
 }).strict();
 type MountOpts = z.infer<typeof MountOptionsSchema>;

@@ -84,29 +84,31 @@ export class FuseDevice {
     this.poller.start(UV_READABLE);
   }
 
-  /** Read every queued request; each is handled concurrently. */
+  /**
+   * Read one request per readiness event. uv_poll is level-triggered, so queued requests wake
+   * us again at once; reading on until EAGAIN would cost a failed read(2) per request when
+   * requests come one at a time (the common case: a process waiting on each reply).
+   */
   private drain(): void {
-    for (;;) {
-      if (this.ended) return;
-      const n = native.readInto(this.fd, this.buf);
-      if (n < 0) {
-        const err = -n;
-        if (err === errno.EAGAIN) return;
-        if (err === errno.EINTR || err === errno.ENOENT) continue; // ENOENT: interrupted before we read it
-        if (err === errno.ENODEV) log.info(`fuse: ${this.mountpoint} was unmounted`);
-        else log.error(`fuse: reading /dev/fuse failed: errno ${err}`);
-        this.finish();
-        return;
-      }
-      if (n === 0) continue;
-      // Copy out: the read buffer is reused while this request is served.
-      const req = Buffer.from(this.buf.subarray(0, n));
-      this.inflight++;
-      this.session.handle(req).then((reply) => this.send(reply), (e) => log.error(`fuse: handler crashed: ${(e as Error).stack}`))
-        .finally(() => {
-          this.inflight--;
-        });
+    if (this.ended) return;
+    const n = native.readInto(this.fd, this.buf);
+    if (n < 0) {
+      const err = -n;
+      // EAGAIN: another wakeup took it; EINTR; ENOENT: interrupted before we read it.
+      if (err === errno.EAGAIN || err === errno.EINTR || err === errno.ENOENT) return;
+      if (err === errno.ENODEV) log.info(`fuse: ${this.mountpoint} was unmounted`);
+      else log.error(`fuse: reading /dev/fuse failed: errno ${err}`);
+      this.finish();
+      return;
     }
+    if (n === 0) return;
+    // Copy out: the read buffer is reused while this request is served.
+    const req = Buffer.from(this.buf.subarray(0, n));
+    this.inflight++;
+    this.session.handle(req).then((reply) => this.send(reply), (e) => log.error(`fuse: handler crashed: ${(e as Error).stack}`))
+      .finally(() => {
+        this.inflight--;
+      });
   }
 
   private send(reply: Reply): void {
