@@ -23,6 +23,8 @@ interface CacheEntry {
   dirty: boolean;
   /** The block's checksum was verified since it was read from disk (or kfs wrote it). */
   verified?: boolean;
+  /** Used since the eviction scan last passed it (second-chance LRU: hits touch no map). */
+  ref?: boolean;
 }
 
 export interface BlockDeviceStats {
@@ -105,8 +107,7 @@ export class BlockDevice {
     const e = this.cache.get(block);
     if (e) {
       this.stats.hits++;
-      this.cache.delete(block);
-      this.cache.set(block, e);
+      e.ref = true;
       return e.buf;
     }
     this.stats.misses++;
@@ -179,12 +180,21 @@ export class BlockDevice {
     return this.dirtyCount;
   }
 
-  /** Evict clean blocks beyond the bound; dirty ones are written only by flush(). */
+  /**
+   * Evict clean blocks beyond the bound, oldest first, giving recently used ones a second
+   * chance (moved to the young end); dirty ones are written only by flush().
+   */
   private async evict(): Promise<void> {
     if (this.cache.size <= this.maxBlocks) return;
+    let budget = this.cache.size * 2;
     for (const [b, e] of this.cache) {
-      if (this.cache.size <= this.maxBlocks) break;
-      if (!e.dirty) this.cache.delete(b);
+      if (this.cache.size <= this.maxBlocks || budget-- <= 0) break;
+      if (e.dirty) continue;
+      this.cache.delete(b);
+      if (e.ref) {
+        e.ref = false;
+        this.cache.set(b, e);
+      }
     }
   }
 

@@ -38,6 +38,9 @@ export interface DirIO {
   largeDir: boolean;
 }
 
+/** Decoded htree nodes by the cache buffer they came from (dropped with the buffer). */
+const decodedNodes = new WeakMap<Buffer, DxNode>();
+
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
 
@@ -93,11 +96,19 @@ export class Directory {
     return { buf, entries: parseDirBlock(buf, this.end, this.where(lblk)) };
   }
 
-  /** An index node; its checksum is checked when the block first comes from disk. */
+  /**
+   * An index node; its checksum is checked when the block first comes from disk. Decoded
+   * nodes are kept per cached block buffer (every change to a node goes through writeNode or
+   * DxNode.write here, which refresh it), so a lookup does not re-decode the root.
+   */
   private async dxNode(lblk: number): Promise<DxNode> {
     const isRoot = lblk === 0;
     const buf = await this.io.readVerified(lblk, (b) => DxNode.parse(b, isRoot, this.io.csumSeed, this.where(lblk)));
-    return DxNode.parse(buf, isRoot, this.io.csumSeed, this.where(lblk), false);
+    const known = decodedNodes.get(buf);
+    if (known && known.isRoot === isRoot) return known;
+    const node = DxNode.parse(buf, isRoot, this.io.csumSeed, this.where(lblk), false);
+    decodedNodes.set(buf, node);
+    return node;
   }
 
   private root(): Promise<DxNode> {
@@ -226,6 +237,7 @@ export class Directory {
     if (this.io.indexed && this.io.dirIndex) {
       const root = DxNode.parse(buf, true, this.io.csumSeed, this.where(0));
       root.write(buf, this.io.csumSeed, buf.readUInt32LE(0), parent);
+      decodedNodes.set(buf, root);
     } else {
       if (this.csum) verifyDirBlock(buf, this.io.csumSeed!, this.where(0));
       const entries = parseDirBlock(buf, this.end, this.where(0));
@@ -298,6 +310,7 @@ export class Directory {
     const root = new DxNode(true, index, DxNode.limitFor(this.io.blockSize, true, this.csum), rootInfo);
     const rb = await this.io.read(0);
     root.write(rb, this.io.csumSeed, dot.inode, dotdot.inode);
+    decodedNodes.set(rb, root);
     this.io.dirty(0, rb);
     this.io.setIndexed(true);
   }
@@ -357,6 +370,7 @@ export class Directory {
     const buf = await this.io.read(lblk);
     if (node.isRoot) node.write(buf, this.io.csumSeed, buf.readUInt32LE(0), buf.readUInt32LE(12));
     else node.write(buf, this.io.csumSeed);
+    decodedNodes.set(buf, node);
     this.io.dirty(lblk, buf);
   }
 
@@ -374,6 +388,7 @@ export class Directory {
       const { lblk, buf } = await this.io.append();
       const child = new DxNode(false, root.entries, nodeLimit, null);
       child.write(buf, this.io.csumSeed);
+      decodedNodes.set(buf, child);
       this.io.dirty(lblk, buf);
       root.entries = [{ hash: 0, block: lblk }];
       root.info!.levels++;
@@ -388,6 +403,7 @@ export class Directory {
     const { lblk, buf } = await this.io.append();
     const sibling = new DxNode(false, [{ hash: 0, block: moved[0].block }, ...moved.slice(1)], nodeLimit, null);
     sibling.write(buf, this.io.csumSeed);
+    decodedNodes.set(buf, sibling);
     this.io.dirty(lblk, buf);
     await this.writeNode(full.lblk, full.node);
     parent.node.entries.splice(parent.at + 1, 0, { hash: moved[0].hash, block: lblk });

@@ -18,7 +18,8 @@ export interface InodeState {
   extents: ExtentMap | null;
   /** Open file handles (FUSE open/opendir); an unlinked inode is freed at the last release. */
   openCount: number;
-  /** Lookup references are the FUSE layer's business; the store only counts opens. */
+  /** Used since the trim scan last passed it (second-chance LRU). */
+  ref?: boolean;
 }
 
 const MAX_CACHED = 20000;
@@ -45,8 +46,7 @@ export class InodeStore {
   async get(ino: number): Promise<InodeState> {
     let st = this.states.get(ino);
     if (st) {
-      this.states.delete(ino);
-      this.states.set(ino, st);
+      st.ref = true;
       return st;
     }
     if (!Number.isInteger(ino) || ino < 1 || ino > this.vol.inodesCount) throw new FsError('ESTALE', `inode ${ino} does not exist`);
@@ -120,15 +120,28 @@ export class InodeStore {
     for (const st of this.states.values()) await this.flush(st);
   }
 
-  /** Drop clean, closed states beyond the cache bound. */
+  private trimBlockedAt = 0;
+
+  /**
+   * Drop closed states beyond the cache bound, oldest first, recently used ones getting a
+   * second chance. When everything cached is open, wait until the map has grown by a tenth
+   * before scanning again (a scan per operation would make each O(n)).
+   */
   async trim(): Promise<void> {
-    if (this.states.size <= MAX_CACHED) return;
+    if (this.states.size <= MAX_CACHED || this.states.size < this.trimBlockedAt) return;
+    let budget = this.states.size * 2;
     for (const [ino, st] of this.states) {
-      if (this.states.size <= MAX_CACHED * 0.9) break;
+      if (this.states.size <= MAX_CACHED * 0.9 || budget-- <= 0) break;
       if (st.openCount > 0) continue;
-      await this.flush(st);
       this.states.delete(ino);
+      if (st.ref) {
+        st.ref = false;
+        this.states.set(ino, st);
+        continue;
+      }
+      await this.flush(st);
     }
+    this.trimBlockedAt = this.states.size > MAX_CACHED ? Math.ceil(this.states.size * 1.1) : 0;
   }
 
   addSectors(inode: Inode, blocks: number): void {
