@@ -150,7 +150,7 @@ export class Directory {
         const found = await this.findIn(last.node.entries[idx].block, name);
         if (found) return found;
         const next = last.node.entries[idx + 1];
-        if (!next || (next.hash & ~1) !== major || !(next.hash & 1)) return null;
+        if (!next || ((next.hash & ~1) >>> 0) !== major || !(next.hash & 1)) return null;
         idx++;
       }
     }
@@ -362,7 +362,8 @@ export class Directory {
     sealDirBlock(nb, this.io.csumSeed);
     this.io.dirty(newLblk, nb);
 
-    node.entries.splice(at + 1, 0, { hash: splitHash | contBit, block: newLblk });
+    // >>> 0: hashes are unsigned 32-bit; a bare | would make the high ones negative.
+    node.entries.splice(at + 1, 0, { hash: (splitHash | contBit) >>> 0, block: newLblk });
     await this.writeNode(nodeLblk, node);
   }
 
