@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(e2fsprogs libext2fs-dev fuse3 fuse2fs util-linux acl attr git rsync sqlite3 fio tar gcc linux-libc-dev python3)
+APT_PACKAGES=(e2fsprogs libext2fs-dev fuse3 fuse2fs util-linux acl attr git rsync sqlite3 fio tar build-essential make gcc g++ linux-libc-dev python3)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
