@@ -26,7 +26,7 @@
  */
 import { FsError } from '../src/util/errors';
 import { groupHasSuperblock } from '../src/ext4/superblock';
-import { BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED } from '../src/ext4/group-desc';
+import { GroupDesc, BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED } from '../src/ext4/group-desc';
 import { BlockSize, FeatureName, FeatureSet } from './options';
 import { BlockAllocator } from './allocator';
 
@@ -72,21 +72,13 @@ export interface FileBlocks {
   dataBlocks: number;
 }
 
-export interface GroupLayout {
+/** A group's descriptor fields (BG_* flags included) plus where the group is. */
+export interface GroupLayout extends Pick<GroupDesc, 'blockBitmap' | 'inodeBitmap' | 'inodeTable' | 'freeBlocks' | 'freeInodes' | 'usedDirs' | 'flags' | 'itableUnused'> {
   index: number;
   firstBlock: number;
   /** Blocks in this group (the last group may be shorter). */
   blocks: number;
   hasSuper: boolean;
-  blockBitmap: number;
-  inodeBitmap: number;
-  inodeTable: number;
-  freeBlocks: number;
-  freeInodes: number;
-  usedDirs: number;
-  /** BG_* flags. */
-  flags: number;
-  itableUnused: number;
   /** The on-disk block bitmap is not written (BLOCK_UNINIT) / the inode bitmap (INODE_UNINIT). */
   blockUninit: boolean;
   inodeUninit: boolean;

@@ -263,15 +263,6 @@ export class BlockDevice {
     if (!this.readOnly) await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(e) : res())));
   }
 
-  punchHole(pos: number, len: number): void {
-    this.assertWritable();
-    native.fallocate(this.fd, native.FALLOC_FL.PUNCH_HOLE | native.FALLOC_FL.KEEP_SIZE, pos, len);
-  }
-
-  getStats(): BlockDeviceStats {
-    return { ...this.stats, cachedBlocks: this.cache.size, dirtyBlocks: this.dirtyCount };
-  }
-
   private assertWritable(): void {
     if (this.readOnly) throw new FsError('EROFS', 'image is open read-only');
   }

@@ -411,8 +411,4 @@ export class Directory {
     await this.writeNode(parent.lblk, parent.node);
   }
 
-  /** Used by consistency checks and tests: does a leaf block carry a tail? */
-  static blockHasTail(buf: Buffer): boolean {
-    return hasDirTail(buf);
-  }
 }

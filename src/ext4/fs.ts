@@ -19,9 +19,10 @@ import { fileTypeOfMode, FT, packDirBlock, sealDirBlock, entriesEnd } from './di
 import {
   Timespec, ROOT_INO, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK, INODE_FLAGS,
 } from './inode';
-import { RO_COMPAT } from './superblock';
+import { RO_COMPAT, groupHasSuperblock } from './superblock';
 import { parseVfsAcl, encodeVfsAcl, aclEquivMode, aclChmod, aclCreateMasq } from './acl';
 import { XATTR_CREATE, XATTR_REPLACE } from './xattr-store';
+import { XATTR_MAGIC } from './xattr';
 
 export interface Attr {
   ino: number;
@@ -281,9 +282,7 @@ export class Ext4Fs {
       await this.store.destroy(st, (s) => this.xattrs.freeBlockOf(s));
       throw e;
     }
-    const t = now();
-    p.inode.mtime = t;
-    p.inode.ctime = t;
+    this.stampDir(p);
     if (isDir) this.incLinks(p);
     await this.store.write(p);
     return this.toAttr(st);
@@ -291,7 +290,9 @@ export class Ext4Fs {
 
   /** ACLs a new inode inherits from its parent's default ACL, or null when it has none. */
   private async inheritedAcls(p: InodeState, mode: number): Promise<{ mode: number; access: Buffer | null; defaults: Buffer } | null> {
-    if (!p.inode.fileAcl && !(p.inode.raw.length > 128 && p.inode.xattrArea().length >= 4 && p.inode.xattrArea().readUInt32LE(0) === 0xea020000)) return null;
+    // No xattr block and no in-inode xattr header: no default ACL, without parsing anything.
+    const area = p.inode.xattrArea();
+    if (!p.inode.fileAcl && !(area.length >= 4 && area.readUInt32LE(0) === XATTR_MAGIC)) return null;
     let defaults: Buffer;
     try {
       defaults = await this.xattrs.get(p, 'system.posix_acl_default');
@@ -304,6 +305,20 @@ export class Ext4Fs {
     const m = aclCreateMasq(entries, mode);
     const { equivalent } = aclEquivMode(m.acl);
     return { mode: m.mode, access: equivalent ? null : encodeVfsAcl(m.acl), defaults };
+  }
+
+  /** A directory's entries changed: mtime and ctime. */
+  private stampDir(p: InodeState, t = now()): void {
+    p.inode.mtime = t;
+    p.inode.ctime = t;
+  }
+
+  /** The entry `name` of a directory and its inode; ENOENT when absent. */
+  private async child(p: InodeState, name: Buffer): Promise<{ d: Directory; st: InodeState }> {
+    const d = this.dir(p);
+    const e = await d.lookup(name);
+    if (!e) throw new FsError('ENOENT', `${name.toString()} not found`);
+    return { d, st: await this.store.get(e.inode) };
   }
 
   private incLinks(dirSt: InodeState): void {
@@ -422,8 +437,7 @@ export class Ext4Fs {
       st.inode.links++;
       const t = now();
       st.inode.ctime = t;
-      p.inode.mtime = t;
-      p.inode.ctime = t;
+      this.stampDir(p, t);
       await this.store.write(st);
       await this.store.write(p);
       return this.toAttr(st);
@@ -450,15 +464,10 @@ export class Ext4Fs {
       this.writable();
       checkName(name, false);
       const p = await this.store.get(parent);
-      const d = this.dir(p);
-      const e = await d.lookup(name);
-      if (!e) throw new FsError('ENOENT', `${name.toString()} not found`);
-      const st = await this.store.get(e.inode);
+      const { d, st } = await this.child(p, name);
       if (st.inode.isDir()) throw new FsError('EISDIR', `${name.toString()} is a directory`);
       await d.remove(name);
-      const t = now();
-      p.inode.mtime = t;
-      p.inode.ctime = t;
+      this.stampDir(p);
       await this.store.write(p);
       await this.dropLink(st);
     }, true);
@@ -471,17 +480,12 @@ export class Ext4Fs {
       if (name.equals(Buffer.from('..'))) throw new FsError('ENOTEMPTY', 'cannot remove ".."');
       checkName(name, false);
       const p = await this.store.get(parent);
-      const d = this.dir(p);
-      const e = await d.lookup(name);
-      if (!e) throw new FsError('ENOENT', `${name.toString()} not found`);
-      const st = await this.store.get(e.inode);
+      const { d, st } = await this.child(p, name);
       if (!st.inode.isDir()) throw new FsError('ENOTDIR', `${name.toString()} is not a directory`);
       if (!(await this.dir(st).isEmpty())) throw new FsError('ENOTEMPTY', `${name.toString()} is not empty`);
       await d.remove(name);
       this.decLinks(p);
-      const t = now();
-      p.inode.mtime = t;
-      p.inode.ctime = t;
+      this.stampDir(p);
       await this.store.write(p);
       await this.dropLink(st);
     }, true);
@@ -552,10 +556,8 @@ export class Ext4Fs {
         src.inode.ctime = t;
         await this.store.write(src);
       }
-      sp.inode.mtime = t;
-      sp.inode.ctime = t;
-      tp.inode.mtime = t;
-      tp.inode.ctime = t;
+      this.stampDir(sp, t);
+      this.stampDir(tp, t);
       await this.store.write(sp);
       if (tp !== sp) await this.store.write(tp);
     }, true);
@@ -796,7 +798,7 @@ export class Ext4Fs {
     let n = v.firstDataBlock;
     for (let g = 0; g < v.groupCount; g++) n += 2 + itable;
     const gdt = Math.ceil((v.groupCount * v.descSize) / v.blockSize) + v.sb.s_reserved_gdt_blocks;
-    for (let g = 0; g < v.groupCount; g++) if (groupHasSb(v, g)) n += 1 + gdt;
+    for (let g = 0; g < v.groupCount; g++) if (groupHasSuperblock(g, v.hasRoCompat(RO_COMPAT.sparse_super))) n += 1 + gdt;
     return (this.overhead = n);
   }
 
@@ -830,16 +832,6 @@ export class Ext4Fs {
       }
     });
   }
-}
-
-function groupHasSb(v: Volume, g: number): boolean {
-  if (!v.hasRoCompat(RO_COMPAT.sparse_super) || g <= 1) return true;
-  for (const b of [3, 5, 7]) {
-    let p = b;
-    while (p < g) p *= b;
-    if (p === g) return true;
-  }
-  return false;
 }
 
 /** ext4 stores seconds in 34 bits from -2^31 (1901) to 2^34 - 2^31 - 1 (2446); beyond: clamp. */

@@ -8,6 +8,7 @@ import { Volume } from './volume';
 import { COMPAT, INCOMPAT, RO_COMPAT, featureNames, sbReservedBlocks } from './superblock';
 import { JOURNAL_INO, INODE_FLAGS } from './inode';
 import { ExtentMap } from './extents';
+import { InodeStore } from './inode-store';
 import { decodeJournalSuperblock, JBD2_MAGIC_NUMBER } from './journal-superblock';
 import { GroupDesc, BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED } from './group-desc';
 
@@ -102,11 +103,8 @@ export async function describeImage(image: string, opts: { perGroup?: boolean } 
     if (vol.hasJournal() && sb.s_journal_inum === JOURNAL_INO) {
       const ji = await vol.readInode(JOURNAL_INO);
       if (ji.hasFlag(INODE_FLAGS.EXTENTS)) {
-        const map = await ExtentMap.load(JOURNAL_INO, ji.f.i_block, {
-          blockSize: vol.blockSize, blocksCount: vol.blocksCount, read: (b) => vol.dev.read(b),
-          zeroed: () => { throw new FsError('EROFS', 'read-only'); }, markDirty: () => undefined,
-          allocMeta: async () => { throw new FsError('EROFS', 'read-only'); }, freeMeta: async () => undefined,
-        }, vol.metadataCsum ? vol.inodeCsumSeed(ji) : null);
+        const store = new InodeStore(vol);
+        const map = await ExtentMap.load(JOURNAL_INO, ji.f.i_block, store.extentIO, store.csumSeedOf(ji));
         const first = map.lookup(0);
         if (first) {
           const buf = await vol.dev.read(first);

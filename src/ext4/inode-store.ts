@@ -30,12 +30,26 @@ export function now(): Timespec {
   return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1000000 + Number(ns) };
 }
 
+/** Without EXTENTS_FL, i_block of a symlink or device node holds its target or number, not blocks. */
+function iBlockHoldsNoBlocks(inode: Inode): boolean {
+  return inode.isSymlink() || (inode.type !== S_IFDIR && !inode.isReg());
+}
+
 export class InodeStore {
   private states = new Map<number, InodeState>();
   readonly sectorsPerBlock: number;
 
   constructor(readonly vol: Volume) {
     this.sectorsPerBlock = vol.blockSize / 512;
+    this.extentIO = {
+      blockSize: vol.blockSize,
+      blocksCount: vol.blocksCount,
+      read: (b) => vol.dev.read(b),
+      zeroed: (b) => vol.dev.zeroed(b),
+      markDirty: (b, buf) => vol.dev.markDirty(b, buf),
+      allocMeta: async (goal) => (await vol.allocBlocks(goal, 1)).start,
+      freeMeta: (b) => vol.freeBlocks(b, 1),
+    };
   }
 
   get blockSize(): number {
@@ -61,18 +75,8 @@ export class InodeStore {
     return this.states.get(ino);
   }
 
-  extentIO(): ExtentTreeIO {
-    const vol = this.vol;
-    return {
-      blockSize: vol.blockSize,
-      blocksCount: vol.blocksCount,
-      read: (b) => vol.dev.read(b),
-      zeroed: (b) => vol.dev.zeroed(b),
-      markDirty: (b, buf) => vol.dev.markDirty(b, buf),
-      allocMeta: async (goal) => (await vol.allocBlocks(goal, 1)).start,
-      freeMeta: (b) => vol.freeBlocks(b, 1),
-    };
-  }
+  /** The extent code's view of the volume (built once: extent maps load and store often). */
+  readonly extentIO: ExtentTreeIO;
 
   csumSeedOf(inode: Inode): number | null {
     return this.vol.metadataCsum ? this.vol.inodeCsumSeed(inode) : null;
@@ -84,18 +88,14 @@ export class InodeStore {
     if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) {
       if (inode.hasFlag(INODE_FLAGS.INLINE_DATA)) throw new FsError('EOPNOTSUPP', `inode ${inode.ino} uses inline data, which kfs does not support`);
       // Block-mapped (ext2/3 style) files: only empty ones can be handled (converted on write).
-      if (inode.f.i_block.some((b) => b !== 0) && !this.isFastSymlinkLike(inode)) {
+      if (inode.f.i_block.some((b) => b !== 0) && !iBlockHoldsNoBlocks(inode)) {
         throw new FsError('EOPNOTSUPP', `inode ${inode.ino} uses indirect block maps (ext2/3 format), which kfs does not support`);
       }
       st.extents = new ExtentMap();
       return st.extents;
     }
-    st.extents = await ExtentMap.load(inode.ino, inode.f.i_block, this.extentIO(), this.csumSeedOf(inode));
+    st.extents = await ExtentMap.load(inode.ino, inode.f.i_block, this.extentIO, this.csumSeedOf(inode));
     return st.extents;
-  }
-
-  private isFastSymlinkLike(inode: Inode): boolean {
-    return inode.isSymlink() || (inode.type !== S_IFDIR && !inode.isReg());
   }
 
   /** Serialize the inode into the table (block cache). */
@@ -110,7 +110,7 @@ export class InodeStore {
       const inode = st.inode;
       if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) inode.f.i_flags |= INODE_FLAGS.EXTENTS;
       const goal = map.extents.length ? map.extents[0].pblk : this.groupGoal(inode.ino);
-      const delta = await map.store(inode.f.i_block, this.extentIO(), this.csumSeedOf(inode), goal);
+      const delta = await map.store(inode.f.i_block, this.extentIO, this.csumSeedOf(inode), goal);
       if (delta) this.addSectors(inode, delta);
       await this.write(st);
     }

@@ -224,20 +224,15 @@ export class Volume {
       const buf = this.initBlockBitmap(g, this.dev.zeroed(gd.blockBitmap));
       gd.flags &= ~BG_BLOCK_UNINIT;
       this.dev.markDirty(gd.blockBitmap, buf);
-      this.bitmapVerified.add(`b${g}`);
       this.updateBitmapChecksums(g, buf);
       return buf;
     }
-    const buf = await this.dev.read(gd.blockBitmap);
-    const key = `b${g}`;
-    if (this.metadataCsum && !this.bitmapVerified.has(key)) {
+    if (!this.metadataCsum) return this.dev.read(gd.blockBitmap);
+    return this.dev.readVerified(gd.blockBitmap, (buf) => {
       const csum = bitmapChecksum(this.csumSeed, buf.subarray(0, this.blocksPerGroup / 8), this.descSize);
       if (csum !== gd.blockBitmapCsum) throw new CorruptionError(`block bitmap of group ${g} (block ${gd.blockBitmap}) checksum mismatch`);
-      this.bitmapVerified.add(key);
-    }
-    return buf;
+    });
   }
-  private bitmapVerified = new Set<string>();
 
   private initBlockBitmap(g: number, buf: Buffer): Buffer {
     buf.fill(0);
@@ -269,19 +264,15 @@ export class Volume {
       if (forWrite) {
         gd.flags &= ~BG_INODE_UNINIT;
         this.dev.markDirty(gd.inodeBitmap, buf);
-        this.bitmapVerified.add(`i${g}`);
         this.updateBitmapChecksums(g, undefined, buf);
       }
       return buf;
     }
-    const buf = await this.dev.read(gd.inodeBitmap);
-    const key = `i${g}`;
-    if (this.metadataCsum && !this.bitmapVerified.has(key)) {
+    if (!this.metadataCsum) return this.dev.read(gd.inodeBitmap);
+    return this.dev.readVerified(gd.inodeBitmap, (buf) => {
       const csum = bitmapChecksum(this.csumSeed, buf.subarray(0, this.inodesPerGroup / 8), this.descSize);
       if (csum !== gd.inodeBitmapCsum) throw new CorruptionError(`inode bitmap of group ${g} (block ${gd.inodeBitmap}) checksum mismatch`);
-      this.bitmapVerified.add(key);
-    }
-    return buf;
+    });
   }
 
   private updateBitmapChecksums(g: number, block?: Buffer, inode?: Buffer): void {
@@ -377,12 +368,6 @@ export class Volume {
     this.sbDirty = true;
   }
 
-  async isBlockInUse(block: number): Promise<boolean> {
-    const g = this.groupOfBlock(block);
-    const bm = await this.blockBitmap(g, false);
-    return testBit(bm, block - this.groupFirstBlock(g));
-  }
-
   // ---- inode allocation ----
 
   /** Allocate an inode: directories spread out (Orlov-like), others near their parent. */
@@ -447,12 +432,6 @@ export class Volume {
     this.dev.markDirty(gd.inodeBitmap, bm);
     this.updateBitmapChecksums(g, undefined, bm);
     this.sbDirty = true;
-  }
-
-  async isInodeInUse(ino: number): Promise<boolean> {
-    const g = this.groupOfInode(ino);
-    const bm = await this.inodeBitmap(g, false);
-    return testBit(bm, (ino - 1) % this.inodesPerGroup);
   }
 
   // ---- inode table ----
@@ -580,11 +559,6 @@ export class Volume {
 
   assertWritable(): void {
     if (this.readOnly) throw new FsError('EROFS', this.readOnlyReason ?? 'filesystem is mounted read-only');
-  }
-
-  /** Mark that this group's inode table is known zero when ITABLE_ZEROED is set. */
-  itableZeroed(g: number): boolean {
-    return (this.gds[g].flags & BG_INODE_ZEROED) !== 0;
   }
 
   hasJournal(): boolean {

@@ -1,22 +1,15 @@
 /** A FIFO async mutex: operations that touch shared filesystem state run one at a time. */
 export class Mutex {
   private tail: Promise<void> = Promise.resolve();
-  private held = false;
-
-  get locked(): boolean {
-    return this.held;
-  }
 
   run<T>(fn: () => Promise<T>): Promise<T> {
     const prev = this.tail;
     let release!: () => void;
     this.tail = new Promise<void>((r) => (release = r));
     return prev.then(async () => {
-      this.held = true;
       try {
         return await fn();
       } finally {
-        this.held = false;
         release();
       }
     });
