@@ -1,23 +1,124 @@
 #!/usr/bin/env node
 /**
- * `kfsd`: the vhost-user virtio-fs backend. The option surface is fixed here so scripts can be
- * written against it; serving arrives with the kfsd issue, and until then every invocation
- * says so and exits 1 (never pretends to serve).
+ * `kfsd`: the vhost-user virtio-fs backend. QEMU's vhost-user-fs-pci connects to
+ * --socket-path; the guest mounts `-t virtiofs TAG`. It serves an ext4 image (--image) through
+ * the same Ext4Fs and FUSE dispatcher as `kfs mount`, or a host directory (--shared-dir),
+ * confined to it. Option names follow virtiofsd's where they mean the same thing.
  */
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
+import fs from 'node:fs';
+import { z } from 'zod';
+import { FsError } from '../util/errors';
+import { log, setLogLevel, logToFile } from '../util/log';
+import { Ext4Fs } from '../ext4/fs';
+import { Ext4FuseFs } from '../ext4/fuse-adapter';
+import { FuseSession, SessionOptions } from '../fuse/dispatcher';
+import { FileSystem } from '../fuse/filesystem';
+import { VhostUserServer } from '../vhost/server';
+import { VirtioFsDevice } from '../vhost/virtio-fs';
+import { action, UsageError } from './common';
+
+/** Request queues offered (GET_QUEUE_NUM answers this + hiprio); QEMU's num-request-queues may not exceed it. */
+const MAX_REQUEST_QUEUES = 16;
+
+const KfsdOptionsSchema = z.object({
+  image: z.string().min(1).optional(),
+  sharedDir: z.string().min(1).optional(),
+  socketPath: z.string().min(1),
+  tag: z.string().min(1).max(36).optional(),
+  threadPoolSize: z.coerce.number().int().min(1).max(1024).optional(),
+  cache: z.enum(['auto', 'always', 'never']).optional(),
+  readonly: z.boolean().default(false),
+  logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('warn'),
+  logFile: z.string().optional(),
+  socketGroup: z.string().min(1).optional(),
+  reconnect: z.boolean().default(false),
+  cacheSize: z.coerce.number().int().positive().default(256 << 20),
+}).strict();
+type KfsdOptions = z.infer<typeof KfsdOptionsSchema>;
+
+/** Seconds the guest may cache names and attributes: 'always' suits an image kfsd owns alone. */
+const TIMEOUTS = { always: 3600, auto: 1, never: 0 } as const;
+
+async function openFileSystem(o: KfsdOptions): Promise<{ fs: FileSystem; close: () => Promise<void>; readOnly: boolean }> {
+  if (o.image) {
+    if (!fs.existsSync(o.image)) throw new FsError('ENOENT', `image ${o.image} does not exist; create one with: kfs mkfs ${o.image} --size 1G`);
+    const ext4 = await Ext4Fs.open(o.image, { readOnly: o.readonly, cacheBytes: o.cacheSize });
+    return { fs: new Ext4FuseFs(ext4), close: () => ext4.close(), readOnly: ext4.readOnly };
+  }
+  const dir = o.sharedDir!;
+  const st = fs.statSync(dir, { throwIfNoEntry: false });
+  if (!st?.isDirectory()) throw new FsError('ENOTDIR', `--shared-dir ${dir} is not a directory`);
+  const { PassthroughFs } = await import('../passthrough/passthrough-fs');
+  const pfs = await PassthroughFs.open(dir, { readOnly: o.readonly });
+  return { fs: pfs, close: () => pfs.destroy(), readOnly: o.readonly };
+}
+
+async function kfsdAction(values: Record<string, unknown>): Promise<number> {
+  const parsed = KfsdOptionsSchema.safeParse(values);
+  if (!parsed.success) {
+    const i = parsed.error.issues[0];
+    throw new UsageError(`--${i.path.join('.').replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())}: ${i.message}`);
+  }
+  const o = parsed.data;
+  if (!o.image === !o.sharedDir) throw new UsageError('give exactly one of --image IMAGE or --shared-dir DIR');
+  setLogLevel(o.logLevel);
+  if (o.logFile) logToFile(o.logFile);
+  // libuv sizes its thread pool (image and host-file I/O) on first use: set it before any I/O.
+  if (o.threadPoolSize) process.env.UV_THREADPOOL_SIZE = String(o.threadPoolSize);
+
+  const served = await openFileSystem(o);
+  const timeout = TIMEOUTS[o.cache ?? (o.image ? 'always' : 'auto')];
+  const sessionOpts: SessionOptions = {
+    entryTimeout: timeout, attrTimeout: timeout, negativeTimeout: o.image ? timeout : 0, readOnly: served.readOnly,
+  };
+  const server = new VhostUserServer({ socketPath: o.socketPath, socketGroup: o.socketGroup });
+  try {
+    server.listen();
+  } catch (e) {
+    await served.close();
+    throw e;
+  }
+  let stopping = false;
+  const stop = (sig: string) => {
+    log.info(`${sig}: stopping`);
+    stopping = true;
+    server.close(sig);
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  try {
+    do {
+      const reason = await server.serveOne(() => new VirtioFsDevice(new FuseSession(served.fs, sessionOpts), {
+        numRequestQueues: MAX_REQUEST_QUEUES, tag: o.tag ?? null,
+      }));
+      log.info(`front-end gone: ${reason}`);
+    } while (o.reconnect && !stopping);
+  } finally {
+    server.close('exit');
+    await served.close();
+  }
+  log.info('image flushed; exiting');
+  return 0;
+}
 
 const program = new Command('kfsd')
   .description('vhost-user virtio-fs backend serving a kfs image (or a host directory) to a QEMU guest')
-  .option('--image <path>', 'ext4 image to serve')
-  .option('--shared-dir <dir>', 'serve a host directory instead, confined to it')
-  .option('--socket-path <path>', 'vhost-user unix socket to listen on')
-  .option('--tag <tag>', 'virtio-fs tag the guest mounts')
-  .action(() => {
-    process.stderr.write('kfsd: the virtio-fs backend is not available in this version yet; use kfs mkfs/info/fsck for now\n');
-    process.exitCode = 1;
-  });
+  .addOption(new Option('--image <path>', 'ext4 image to serve'))
+  .addOption(new Option('--shared-dir <dir>', 'serve a host directory instead, confined to it'))
+  .requiredOption('--socket-path <path>', 'vhost-user unix socket to listen on (created mode 0600)')
+  .option('--socket-group <group>', 'let this group connect too (socket mode 0660)')
+  .option('--tag <tag>', 'offer a config space with this tag (for front-ends that read it from the backend; QEMU 7.x takes tag= on its -device instead)')
+  .option('--thread-pool-size <n>', 'threads for file I/O (libuv pool)')
+  .addOption(new Option('--cache <mode>', 'guest caching of names and attributes: always (default for --image), auto (1 s, default for --shared-dir), never').choices(['auto', 'always', 'never']))
+  .option('--readonly', 'refuse every change')
+  .option('--reconnect', 'after the front-end disconnects, wait for a new connection instead of exiting')
+  .option('--cache-size <bytes>', 'metadata cache size for --image')
+  .addOption(new Option('--log-level <level>', 'error, warn (default), info, debug').choices(['error', 'warn', 'info', 'debug']))
+  .option('--log-file <file>', 'write the log here')
+  .action(action('kfsd', (values: Record<string, unknown>) => kfsdAction(values)));
 
-program.parseAsync(process.argv).catch((e: Error) => {
-  process.stderr.write(`kfsd: ${e.message}\n`);
-  process.exitCode = 2;
+program.parseAsync(process.argv).then(() => {
+  // Pollers are closed by now; exit even if a stray handle lingers.
+  process.exit(process.exitCode ?? 0);
 });

@@ -1,0 +1,156 @@
+/**
+ * The virtio-fs device (virtio 1.2 §5.11): queue 0 is hiprio (FORGET, BATCH_FORGET,
+ * INTERRUPT), queues 1..N carry ordinary requests. Each request is one descriptor chain:
+ * device-readable buffers hold the FUSE request (header, arguments, WRITE data), device-
+ * writable buffers receive the reply. Requests go to the same FuseSession (dispatcher) as a
+ * host mount; requests from every queue are served concurrently on the event loop and given
+ * back in completion order.
+ *
+ * Config space (when the front-end asks the back-end, i.e. CONFIG was offered):
+ * {u8 tag[36]; le32 num_request_queues}.
+ */
+import { log } from '../util/log';
+import { FuseSession, Reply } from '../fuse/dispatcher';
+import { VirtioDevice } from './backend';
+import { GuestMemory } from './guest-memory';
+import { SplitVirtqueue, DescriptorChain } from './virtqueue';
+
+const TAG_SIZE = 36;
+const OUT_HEADER_SIZE = 16;
+const EIO = 5;
+
+export interface VirtioFsOptions {
+  /** Request queues besides hiprio (QEMU's num-request-queues may be at most this). */
+  numRequestQueues: number;
+  /** Offer a config space with this tag (needs a front-end that reads it: not QEMU 7.x). */
+  tag: string | null;
+}
+
+export class VirtioFsDevice implements VirtioDevice {
+  readonly numQueues: number;
+  readonly deviceFeatures = 0n;
+  private drainWaiters = new Map<SplitVirtqueue, (() => void)[]>();
+  private interruptPending = new Set<SplitVirtqueue>();
+  readonly stats = { requests: 0, badChains: 0 };
+
+  constructor(private session: FuseSession, private opts: VirtioFsOptions) {
+    this.numQueues = 1 + opts.numRequestQueues;
+  }
+
+  config(): Buffer | null {
+    if (this.opts.tag === null) return null;
+    const b = Buffer.alloc(TAG_SIZE + 4);
+    Buffer.from(this.opts.tag, 'utf8').copy(b, 0, 0, TAG_SIZE);
+    b.writeUInt32LE(this.opts.numRequestQueues, TAG_SIZE);
+    return b;
+  }
+
+  process(q: SplitVirtqueue, mem: GuestMemory): void {
+    do {
+      for (let chain = q.pop(mem); chain; chain = q.pop(mem)) {
+        if (chain.error) {
+          this.stats.badChains++;
+          log.warn(`virtio-fs: queue ${q.index}: bad descriptor chain ${chain.head}: ${chain.error}`);
+          q.putUsed(chain.head, 0);
+          this.scheduleInterrupt(q);
+          continue;
+        }
+        this.serve(q, chain);
+      }
+      if (q.broken) {
+        log.error(`virtio-fs: queue ${q.index} stopped: ${q.broken}; the guest must reset the device`);
+        return;
+      }
+    } while (q.rearmKick());
+  }
+
+  private serve(q: SplitVirtqueue, chain: DescriptorChain): void {
+    // Copy the request out of guest memory: the guest can rewrite its buffers at any time and
+    // names or lengths checked once must not change under us.
+    const req = Buffer.concat(chain.readable, chain.readableBytes);
+    this.stats.requests++;
+    q.inflight++;
+    this.session.handle(req).then(
+      (reply) => this.complete(q, chain, req, reply),
+      (e) => {
+        // handle() never rejects by contract; if it does, answer EIO rather than hang the guest.
+        log.error(`virtio-fs: request failed unexpectedly: ${(e as Error).stack ?? String(e)}`);
+        this.complete(q, chain, req, errorHeader(req, EIO));
+      },
+    );
+  }
+
+  private complete(q: SplitVirtqueue, chain: DescriptorChain, req: Buffer, reply: Reply): void {
+    let written = 0;
+    if (reply !== null) {
+      const parts = Array.isArray(reply) ? reply : [reply];
+      let total = 0;
+      for (const p of parts) total += p.length;
+      if (total > chain.writableBytes) {
+        log.warn(`virtio-fs: reply of ${total} bytes does not fit the ${chain.writableBytes} the guest gave`);
+        written = chain.writableBytes >= OUT_HEADER_SIZE ? scatter([errorHeader(req, EIO)], chain.writable) : 0;
+      } else {
+        written = scatter(parts, chain.writable);
+      }
+    }
+    q.putUsed(chain.head, written);
+    this.scheduleInterrupt(q);
+    if (--q.inflight === 0) {
+      const waiters = this.drainWaiters.get(q);
+      if (waiters) {
+        this.drainWaiters.delete(q);
+        for (const w of waiters) w();
+      }
+    }
+  }
+
+  /** One interrupt for all the completions of this turn of the event loop. */
+  private scheduleInterrupt(q: SplitVirtqueue): void {
+    if (this.interruptPending.has(q)) return;
+    this.interruptPending.add(q);
+    setImmediate(() => {
+      this.interruptPending.delete(q);
+      if (q.needsInterrupt()) q.interrupt();
+    });
+  }
+
+  drain(q: SplitVirtqueue): Promise<void> {
+    if (q.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.drainWaiters.get(q) ?? [];
+      list.push(resolve);
+      this.drainWaiters.set(q, list);
+    });
+  }
+}
+
+/** Copy parts into the writable buffers in order; returns the bytes written. */
+function scatter(parts: Buffer[], writable: Buffer[]): number {
+  let wi = 0;
+  let woff = 0;
+  let written = 0;
+  for (const p of parts) {
+    let poff = 0;
+    while (poff < p.length && wi < writable.length) {
+      const dst = writable[wi];
+      const n = p.copy(dst, woff, poff);
+      poff += n;
+      woff += n;
+      written += n;
+      if (woff === dst.length) {
+        wi++;
+        woff = 0;
+      }
+    }
+  }
+  return written;
+}
+
+/** fuse_out_header {len 16, error -errno, unique} for the request in req. */
+function errorHeader(req: Buffer, errno: number): Buffer {
+  const b = Buffer.alloc(OUT_HEADER_SIZE);
+  b.writeUInt32LE(OUT_HEADER_SIZE, 0);
+  b.writeInt32LE(-errno, 4);
+  if (req.length >= 16) req.copy(b, 8, 8, 16);
+  return b;
+}
