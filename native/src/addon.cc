@@ -3,11 +3,17 @@
 #include "file.h"
 #include "mount.h"
 #include "poll.h"
+#include "socket.h"
+#include "memory.h"
+#include "passthrough.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kfs::InitFile(env, exports);
   kfs::InitMount(env, exports);
   kfs::InitPoll(env, exports);
+  kfs::InitSocket(env, exports);
+  kfs::InitMemory(env, exports);
+  kfs::InitPassthrough(env, exports);
   return exports;
 }
 

@@ -1,0 +1,65 @@
+/**
+ * The addon's host-directory system calls (native/src/passthrough.cc), as `native.passthrough`.
+ * Every name argument is one path component (1..255 bytes, no '/' or NUL: TypeError otherwise);
+ * openat2 always resolves with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS; nothing follows a
+ * symlink. Failures throw errors carrying the host's errno and code. Optional (uid, gid, umask)
+ * run the call with that fsuid/fsgid and umask on the calling thread (-1: unchanged).
+ */
+export interface HostCalls {
+  openat2(dirfd: number, name: Buffer, flags: number, mode: number, uid?: number, gid?: number, umask?: number): number;
+  /** openat2(dirfd, name, O_PATH | O_NOFOLLOW) confined beneath dirfd: the fd, or -errno (no exception). */
+  lookupAt(dirfd: number, name: Buffer): number;
+  /** O_PATH descriptor of dirfd/.. (plain openat: the caller checks where it landed). */
+  openParent(dirfd: number): number;
+  /** A new descriptor of fd's inode with these flags, via /proc/self/fd (symlinks: ELOOP). */
+  reopen(fd: number, flags: number): number;
+  /** lstat of dirfd/name, or of fd itself with name null, into out (see STAT_* indexes). */
+  fstatat(fd: number, name: Buffer | null, out: Float64Array): void;
+  mkdirat(dirfd: number, name: Buffer, mode: number, uid?: number, gid?: number, umask?: number): void;
+  /** rdev in FUSE's (the kernel's new_encode_dev) encoding. */
+  mknodat(dirfd: number, name: Buffer, mode: number, rdev: number, uid?: number, gid?: number, umask?: number): void;
+  symlinkat(target: Buffer, dirfd: number, name: Buffer, uid?: number, gid?: number, umask?: number): void;
+  linkat(fd: number, newDirfd: number, newName: Buffer): void;
+  renameat2(oldDirfd: number, oldName: Buffer, newDirfd: number, newName: Buffer, flags: number): void;
+  unlinkat(dirfd: number, name: Buffer, removeDir: boolean): void;
+  readlinkat(fd: number): Buffer;
+  fchownat(fd: number, uid: number, gid: number): void;
+  chmod(fd: number, mode: number): void;
+  truncate(fd: number, size: number): void;
+  /** Nanoseconds may be constants.UTIME_NOW or UTIME_OMIT. */
+  utimensat(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
+  getxattr(fd: number, name: string): Buffer;
+  /** null instead of an ENODATA exception. */
+  getxattr(fd: number, name: string, missIsNull: true): Buffer | null;
+  listxattr(fd: number): Buffer;
+  setxattr(fd: number, name: string, value: Buffer, flags: number): void;
+  removexattr(fd: number, name: string): void;
+  fstatfs(fd: number): { blocks: number; bfree: number; bavail: number; files: number; ffree: number; bsize: number; namelen: number; frsize: number };
+  /** One getdents64 of at most bufferBytes from position cookie (0 or an earlier `next`). */
+  readdir(dirfd: number, cookie: bigint, bufferBytes: number): HostDirent[];
+  lseek(fd: number, offset: number, whence: number): number;
+  copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): number;
+  /** fd must be a real descriptor, not O_PATH. */
+  syncfs(fd: number): void;
+  /** faccessat2 as (uid, gid). */
+  access(fd: number, mask: number, uid: number, gid: number): void;
+  /** Raise RLIMIT_NOFILE as far as allowed; returns the new soft limit. */
+  raiseFdLimit(): number;
+  constants: { O_PATH: number; O_TMPFILE: number; O_NOFOLLOW: number; O_DIRECTORY: number; O_CLOEXEC: number; UTIME_NOW: number; UTIME_OMIT: number };
+}
+
+export interface HostDirent {
+  name: Buffer;
+  inoHi: number;
+  inoLo: number;
+  /** DT_* */
+  type: number;
+  /** The position after this entry (the host's d_off: ext4 hash cookies use 63 bits). */
+  next: bigint;
+}
+
+/** Indexes into the fstatat output array. */
+export const enum Stat {
+  INO_HI, INO_LO, DEV_HI, DEV_LO, MODE, NLINK, UID, GID, RDEV, SIZE, BLOCKS, BLKSIZE,
+  ATIME, ATIME_NS, MTIME, MTIME_NS, CTIME, CTIME_NS, LENGTH,
+}

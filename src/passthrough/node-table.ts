@@ -1,0 +1,134 @@
+/**
+ * The node table of PassthroughFs, as in virtiofsd: one entry per host inode the client holds,
+ * keyed by (st_dev, st_ino), with an O_PATH descriptor and the FUSE lookup count. FORGET and
+ * BATCH_FORGET lower the count; at zero the descriptor is closed and the entry goes.
+ *
+ * Node ids: the root is 1 (FUSE_ROOT_ID). Other inodes on the shared directory's own device
+ * use their host inode number (below 2^52), so `stat` through the mount shows the host's
+ * numbers and hard links share one; the held O_PATH descriptor pins the inode, so the host
+ * cannot reuse its number while the id is live. Inodes on other devices (mounts inside the
+ * share), host inode 1 and numbers >= 2^52 get ids counted up from 2^52 (still exact in a
+ * double, which the FUSE decoder uses for node ids).
+ */
+import fs from 'node:fs';
+
+export const ROOT_ID = 1;
+const SYNTHETIC_BASE = 2 ** 52;
+
+export interface HostNode {
+  readonly id: number;
+  /** O_PATH | O_NOFOLLOW descriptor of the inode (of the symlink itself for symlinks). */
+  readonly fd: number;
+  /** `devHi:devLo:inoHi:inoLo`, exact for 64-bit values. */
+  readonly key: string;
+  /** S_IFMT bits: an inode's type never changes. */
+  readonly type: number;
+  /** FUSE lookup count (not kept for the root, which is never forgotten). */
+  refs: number;
+  /** Directory position cookies handed to the client (directories only, made on first use). */
+  cookies?: CookieMap;
+}
+
+/**
+ * Directory offsets for the client. Host d_off values are opaque 64-bit cookies (ext4 htree:
+ * 63-bit hashes) but FUSE offsets travel through JavaScript numbers here: small cookies pass
+ * unchanged, larger ones get a stand-in from 2^52 up. The map lives with the directory's node,
+ * not with one open handle, because the kernel's readdir cache (FOPEN_CACHE_DIR) may resume an
+ * uncached read at an offset that an earlier handle returned.
+ */
+export class CookieMap {
+  private toOffset = new Map<bigint, number>();
+  private cookies: bigint[] = [];
+
+  offsetOf(cookie: bigint): number {
+    if (cookie < BigInt(SYNTHETIC_BASE)) return Number(cookie);
+    let off = this.toOffset.get(cookie);
+    if (off === undefined) {
+      off = SYNTHETIC_BASE + this.cookies.length;
+      this.cookies.push(cookie);
+      this.toOffset.set(cookie, off);
+    }
+    return off;
+  }
+
+  /** The host cookie for a client offset, or undefined for an offset never handed out. */
+  cookieOf(offset: number): bigint | undefined {
+    if (offset < SYNTHETIC_BASE) return BigInt(offset);
+    return this.cookies[offset - SYNTHETIC_BASE];
+  }
+}
+
+export class NodeTable {
+  private byId = new Map<number, HostNode>();
+  private byKey = new Map<string, HostNode>();
+  private nextSynthetic = SYNTHETIC_BASE;
+  readonly root: HostNode;
+
+  constructor(rootFd: number, rootKey: string, private readonly rootDev: string) {
+    this.root = { id: ROOT_ID, fd: rootFd, key: rootKey, type: 0o040000, refs: 1 };
+    this.byId.set(ROOT_ID, this.root);
+    this.byKey.set(rootKey, this.root);
+  }
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  get(id: number): HostNode | undefined {
+    return this.byId.get(id);
+  }
+
+  /** The node id an inode has or would get (readdir's d_ino for entries not looked up). */
+  idFor(devHi: number, devLo: number, inoHi: number, inoLo: number): number {
+    const key = `${devHi}:${devLo}:${inoHi}:${inoLo}`;
+    const known = this.byKey.get(key);
+    if (known) return known.id;
+    if (`${devHi}:${devLo}` === this.rootDev && inoHi < 2 ** 20 && !(inoHi === 0 && inoLo === 1)) return inoHi * 2 ** 32 + inoLo;
+    return 0;
+  }
+
+  /**
+   * Take one lookup reference to the inode `fd` names. An inode already in the table keeps its
+   * descriptor and `fd` is closed; otherwise `fd` becomes the node's.
+   */
+  adopt(fd: number, devHi: number, devLo: number, inoHi: number, inoLo: number, type: number): HostNode {
+    const key = `${devHi}:${devLo}:${inoHi}:${inoLo}`;
+    const known = this.byKey.get(key);
+    if (known) {
+      fs.closeSync(fd);
+      if (known !== this.root) known.refs++;
+      return known;
+    }
+    let id = this.idFor(devHi, devLo, inoHi, inoLo);
+    if (id === 0 || this.byId.has(id)) id = this.nextSynthetic++;
+    const node: HostNode = { id, fd, key, type, refs: 1 };
+    this.byId.set(id, node);
+    this.byKey.set(key, node);
+    return node;
+  }
+
+  /** One more lookup reference to a node already held. */
+  ref(node: HostNode): void {
+    if (node !== this.root) node.refs++;
+  }
+
+  /** FORGET: drop n references; the node goes at zero. Unknown ids are ignored (FORGET has no reply). */
+  forget(id: number, n: number): void {
+    const node = this.byId.get(id);
+    if (!node || node === this.root) return;
+    node.refs -= n;
+    if (node.refs > 0) return;
+    this.byId.delete(id);
+    this.byKey.delete(node.key);
+    try {
+      fs.closeSync(node.fd);
+    } catch {
+      /* already closed */
+    }
+  }
+
+  /** Drop every node but the root (DESTROY: the client holds nothing any more). */
+  clear(): void {
+    for (const node of [...this.byId.values()]) if (node !== this.root) this.forget(node.id, node.refs);
+  }
+}
