@@ -20,4 +20,6 @@ npm install --no-audit --no-fund --loglevel=error
 
 echo "setup: native addon and TypeScript"
 npm run --silent build
+
+bash scripts/setup-guest.sh
 echo "setup: done"
