@@ -93,6 +93,8 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
         numRequestQueues: MAX_REQUEST_QUEUES, tag: o.tag ?? null,
       }));
       log.info(`front-end gone: ${reason}`);
+      // A guest that is gone cannot release what it held; its unlinked-but-open files are freed now.
+      await served.fs.releaseAll?.();
     } while (o.reconnect && !stopping);
   } finally {
     server.close('exit');

@@ -194,6 +194,17 @@ export class Ext4FuseFs implements FileSystem {
     return list.map((e) => ({ name: e.name, node: toNode(e.ino), type: e.type, next: e.next }));
   }
 
+  async releaseAll(): Promise<void> {
+    for (const [fh, f] of [...this.files]) {
+      this.files.delete(fh);
+      await this.ext4.release(f.ino);
+    }
+    for (const [fh, d] of [...this.dirs]) {
+      this.dirs.delete(fh);
+      await this.ext4.releasedir(d.ino, d.handle);
+    }
+  }
+
   async releasedir(_ctx: RequestContext, _node: number, fh: number): Promise<void> {
     const d = this.dirs.get(fh);
     if (!d) return;

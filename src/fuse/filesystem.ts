@@ -95,4 +95,10 @@ export interface FileSystem {
   syncfs?(ctx: RequestContext): Promise<void>;
   /** Unmount or connection end: make everything durable. */
   destroy(): Promise<void>;
+  /**
+   * The client went away without releasing what it held (a VM's front-end disconnected): drop
+   * every open file and directory handle, as if each had been released (unlinked files that
+   * were still open are freed).
+   */
+  releaseAll?(): Promise<void>;
 }

@@ -552,6 +552,11 @@ export class PassthroughFs implements FileSystem {
     host(() => H.syncfs(this.rootSyncFd));
   }
 
+  /** The front-end disconnected without DESTROY: the same as DESTROY. */
+  releaseAll(): Promise<void> {
+    return this.destroy();
+  }
+
   /** The client is gone (DESTROY, or the daemon stops): drop its nodes and handles, flush. The root stays for a reconnect. */
   async destroy(): Promise<void> {
     for (const h of this.handles.values()) {

@@ -41,6 +41,11 @@ export interface VirtioDevice {
 }
 
 const UV_READABLE = 1;
+/** Requests answered with a reply of their own (never with REPLY_ACK). */
+const HAS_OWN_REPLY = new Set<number>([
+  R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_QUEUE_NUM, R.GET_VRING_BASE, R.GET_MAX_MEM_SLOTS,
+  R.GET_CONFIG, R.GET_INFLIGHT_FD, R.GET_STATUS, R.GET_SHMEM_CONFIG,
+]);
 const TRANSPORT_FEATURES = VirtioFeature.VERSION_1 | VirtioFeature.RING_INDIRECT_DESC | VirtioFeature.RING_EVENT_IDX | VirtioFeature.PROTOCOL_FEATURES;
 
 export class VhostUserBackend {
@@ -90,6 +95,12 @@ export class VhostUserBackend {
     } catch (e) {
       ok = false;
       log.warn(`vhost-user ${name}: ${(e as Error).message}`);
+      if (HAS_OWN_REPLY.has(m.request)) {
+        // The front-end is waiting for this reply and has no way to learn of a failure: end
+        // the connection rather than leave it waiting forever.
+        this.channel.close(`${name} failed`);
+        ackable = false;
+      }
     } finally {
       for (const fd of m.fds) closeQuietly(fd);
     }

@@ -1,0 +1,309 @@
+/**
+ * Load generator for virtio-fs back-ends, side by side in one run: the test front-end
+ * (test/helpers/vhost-frontend.ts) plays QEMU and the guest kernel and drives the same FUSE
+ * workloads, N requests in flight, against
+ *   kfsd-image      kfsd --image A
+ *   virtiofsd-ext4  the C virtiofsd on a kernel ext4 loop mount of B, a sparse copy of A
+ *   kfsd-dir        kfsd --shared-dir on a fresh directory of the host filesystem
+ *   virtiofsd-dir   the C virtiofsd on a fresh directory of the same filesystem
+ *
+ *   node dist/test/bench/vhost.js [--quick] [--inflight N] [--queues Q] [--targets LIST]
+ *        [--dir DIR] [--size 2G] [--out bench-results/vhost.json] [--keep]
+ *
+ * Workloads (each target starts from an empty filesystem; setup steps are not timed):
+ *   getattr    GETATTR of one file
+ *   lookup     LOOKUP of random names in a directory of 1000 files
+ *   create     CREATE + 4 KiB WRITE + RELEASE of new files
+ *   randread   4 KiB READs at random offsets of a 64 MiB file
+ *   read128k   128 KiB READs at random offsets of it
+ *   seqwrite   1 MiB WRITEs filling a new file, then FSYNC
+ *   seqread    1 MiB READs of that file
+ * No drop_caches: every back-end serves from whatever it caches (kfsd its block cache,
+ * virtiofsd the host page cache), as it would for a guest whose own cache missed.
+ * Needs root (loop mount, virtiofsd).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawnKfsd, spawnVirtiofsd, VhostFrontend, type Backend, VIRTIOFSD } from '../helpers/vhost-frontend';
+import { kfsdPath } from '../helpers/vhost-frontend/backends';
+import { now } from './lib/proc';
+
+type TargetKind = 'kfsd-image' | 'virtiofsd-ext4' | 'kfsd-dir' | 'virtiofsd-dir';
+const ALL_TARGETS: TargetKind[] = ['kfsd-image', 'virtiofsd-ext4', 'kfsd-dir', 'virtiofsd-dir'];
+
+interface Config {
+  quick: boolean;
+  inflight: number;
+  queues: number;
+  targets: TargetKind[];
+  dir: string;
+  size: string;
+  out: string;
+  keep: boolean;
+  ops: number;
+  files: number;
+  seqMiB: number;
+}
+
+const USAGE = `usage: node dist/test/bench/vhost.js [--quick] [--inflight N] [--queues Q] [--targets LIST]
+       [--dir DIR] [--size 2G] [--out bench-results/vhost.json] [--keep]
+  --inflight N   requests in flight (default 16)
+  --queues Q     request queues to use where the back-end offers them (default 1)
+  --targets LIST default ${ALL_TARGETS.join(',')}
+`;
+
+function parseArgs(argv: string[]): Config {
+  const c: Config = { quick: false, inflight: 16, queues: 1, targets: ALL_TARGETS, dir: os.tmpdir(), size: '2G', out: path.join('bench-results', 'vhost.json'), keep: false, ops: 20000, files: 4000, seqMiB: 256 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const v = (): string => {
+      const x = argv[++i];
+      if (x === undefined) throw new Error(`${a} needs a value`);
+      return x;
+    };
+    if (a === '--quick') c.quick = true;
+    else if (a === '--inflight') c.inflight = Number(v());
+    else if (a === '--queues') c.queues = Number(v());
+    else if (a === '--targets') {
+      const t = v().split(',').filter(Boolean);
+      for (const k of t) if (!ALL_TARGETS.includes(k as TargetKind)) throw new Error(`unknown target ${k}`);
+      c.targets = t as TargetKind[];
+    } else if (a === '--dir') c.dir = v();
+    else if (a === '--size') c.size = v();
+    else if (a === '--out') c.out = v();
+    else if (a === '--keep') c.keep = true;
+    else if (a === '-h' || a === '--help') {
+      process.stdout.write(USAGE);
+      process.exit(0);
+    } else throw new Error(`unknown argument ${a}\n${USAGE}`);
+  }
+  if (!(c.inflight >= 1 && c.queues >= 1)) throw new Error('--inflight and --queues need positive integers');
+  if (c.quick) Object.assign(c, { ops: 2000, files: 500, seqMiB: 32 });
+  return c;
+}
+
+interface Workload {
+  key: string;
+  label: (c: Config) => string;
+  unit: string;
+}
+
+const WORKLOADS: Workload[] = [
+  { key: 'getattr', label: (c) => `getattr x ${c.ops}`, unit: 'ops/s' },
+  { key: 'lookup', label: (c) => `lookup x ${c.ops} (dir of 1000)`, unit: 'ops/s' },
+  { key: 'create', label: (c) => `create + 4 KiB write x ${c.files}`, unit: 'files/s' },
+  { key: 'randread', label: (c) => `randread 4 KiB x ${c.ops}`, unit: 'IOPS' },
+  { key: 'read128k', label: (c) => `read 128 KiB x ${Math.ceil(c.ops / 8)}`, unit: 'MiB/s' },
+  { key: 'seqwrite', label: (c) => `seq write ${c.seqMiB} MiB (1 MiB) + fsync`, unit: 'MiB/s' },
+  { key: 'seqread', label: (c) => `seq read ${c.seqMiB} MiB (1 MiB)`, unit: 'MiB/s' },
+];
+
+const log = (s: string): void => void process.stderr.write(`${s}\n`);
+
+/** Run fn(0..total-1) with at most n in flight. */
+async function pool(total: number, n: number, fn: (i: number) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < total) await fn(next++);
+  };
+  await Promise.all(Array.from({ length: Math.min(n, total) }, worker));
+}
+
+async function timed(fn: () => Promise<void>): Promise<number> {
+  const t0 = now();
+  await fn();
+  return now() - t0;
+}
+
+const ROOT = 1;
+
+/** The workloads against one started front-end; returns value per workload key. */
+async function runWorkloads(c: Config, fe: VhostFrontend): Promise<Record<string, number>> {
+  const fuse = fe.fuse;
+  const init = await fuse.init();
+  const chunk = Math.min(1 << 20, init.maxWrite);
+  const out: Record<string, number> = {};
+  const n = c.inflight;
+
+  const { entry: f, fh } = await fuse.create(ROOT, 'attr-target', 0o644);
+  // Warm-up (JIT on both sides, first-touch of guest memory), not timed.
+  await pool(2000, n, () => fuse.getattr(f.nodeid));
+  out.getattr = c.ops / (await timed(() => pool(c.ops, n, () => fuse.getattr(f.nodeid))));
+  await fuse.release(f.nodeid, fh);
+
+  const dir = await fuse.mkdir(ROOT, 'lookup-dir');
+  await pool(1000, n, async (i) => {
+    const r = await fuse.create(dir.nodeid, `f${i}`, 0o644);
+    await fuse.release(r.entry.nodeid, r.fh);
+  });
+  out.lookup = c.ops / (await timed(() => pool(c.ops, n, (i) => fuse.lookup(dir.nodeid, `f${(i * 7919) % 1000}`))));
+
+  const cdir = await fuse.mkdir(ROOT, 'create-dir');
+  const small = randomBytes(4096);
+  out.create = c.files / (await timed(() => pool(c.files, n, async (i) => {
+    const r = await fuse.create(cdir.nodeid, `n${i}`, 0o644);
+    await fuse.write(r.entry.nodeid, r.fh, 0, small);
+    await fuse.release(r.entry.nodeid, r.fh);
+  })));
+
+  const dataMiB = 64;
+  const d = await fuse.create(ROOT, 'data', 0o644);
+  const mib = randomBytes(chunk);
+  await pool((dataMiB << 20) / chunk, n, (i) => fuse.write(d.entry.nodeid, d.fh, i * chunk, mib));
+  await fuse.fsync(d.entry.nodeid, d.fh);
+  const blocks4k = (dataMiB << 20) / 4096;
+  out.randread = c.ops / (await timed(() => pool(c.ops, n, (i) => fuse.read(d.entry.nodeid, d.fh, ((i * 2654435761) % blocks4k) * 4096, 4096))));
+  const reads128 = Math.ceil(c.ops / 8);
+  const blocks128 = (dataMiB << 20) / (128 << 10);
+  out.read128k = (reads128 / 8) / (await timed(() => pool(reads128, n, (i) => fuse.read(d.entry.nodeid, d.fh, ((i * 2654435761) % blocks128) * (128 << 10), 128 << 10))));
+  await fuse.release(d.entry.nodeid, d.fh);
+
+  const s = await fuse.create(ROOT, 'seq', 0o644);
+  const count = (c.seqMiB << 20) / chunk;
+  out.seqwrite = c.seqMiB / (await timed(async () => {
+    await pool(count, n, (i) => fuse.write(s.entry.nodeid, s.fh, i * chunk, mib));
+    await fuse.fsync(s.entry.nodeid, s.fh);
+  }));
+  out.seqread = c.seqMiB / (await timed(() => pool(count, n, async (i) => {
+    const b = await fuse.read(s.entry.nodeid, s.fh, i * chunk, chunk);
+    if (b.length !== chunk) throw new Error(`short read at ${i * chunk}: ${b.length}`);
+  })));
+  await fuse.release(s.entry.nodeid, s.fh);
+  await fe.stop();
+  return out;
+}
+
+interface TargetReport {
+  kind: TargetKind;
+  command: string;
+  results: Record<string, number>;
+  exit?: string;
+  fsck?: string;
+  error?: string;
+  backendLogTail?: string;
+}
+
+function sh(cmd: string, args: string[]): { code: number; out: string } {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  return { code: r.status ?? 1, out: `${r.stdout ?? ''}${r.stderr ?? ''}`.trim() };
+}
+
+async function runTarget(c: Config, kind: TargetKind, work: string, imageA: string, imageB: string): Promise<TargetReport> {
+  const socket = path.join(work, `${kind}.sock`);
+  const mnt = path.join(work, 'ext4-mnt');
+  const shared = path.join(work, `shared-${kind}`);
+  let backend: Backend;
+  let mounted = false;
+  const report: TargetReport = { kind, command: '', results: {} };
+  if (kind === 'kfsd-image') backend = spawnKfsd(['--image', imageA], socket);
+  else if (kind === 'kfsd-dir') {
+    fs.mkdirSync(shared);
+    backend = spawnKfsd(['--shared-dir', shared], socket);
+  } else if (kind === 'virtiofsd-dir') {
+    fs.mkdirSync(shared);
+    backend = spawnVirtiofsd(shared, socket);
+  } else {
+    fs.mkdirSync(mnt, { recursive: true });
+    execFileSync('mount', ['-o', 'loop', imageB, mnt]);
+    mounted = true;
+    backend = spawnVirtiofsd(mnt, socket);
+  }
+  report.command = backend.proc.spawnargs.join(' ');
+  let fe: VhostFrontend | null = null;
+  try {
+    fe = await VhostFrontend.start({ socketPath: socket, queueSize: 256, requestQueues: c.queues });
+    report.results = await runWorkloads(c, fe);
+  } catch (e) {
+    report.error = (e as Error).message;
+    report.backendLogTail = backend.output.slice(-2000);
+  } finally {
+    fe?.close();
+    const exit = await backend.stop();
+    report.exit = JSON.stringify(exit);
+    if (mounted) execFileSync('umount', [mnt]);
+  }
+  if (kind === 'kfsd-image') report.fsck = sh('e2fsck', ['-fn', imageA]).code === 0 ? 'clean' : 'ERRORS';
+  if (kind === 'virtiofsd-ext4') report.fsck = sh('e2fsck', ['-fn', imageB]).code === 0 ? 'clean' : 'ERRORS';
+  return report;
+}
+
+function fmt(v: number | undefined): string {
+  if (v === undefined) return '-';
+  return v >= 100 ? Math.round(v).toLocaleString('en-US') : v.toFixed(1);
+}
+
+function table(c: Config, reports: TargetReport[]): string {
+  const kinds = reports.map((r) => r.kind);
+  const ratio = (a: TargetKind, b: TargetKind): string[] => (kinds.includes(a) && kinds.includes(b) ? [`${a.split('-')[1]}: kfsd/virtiofsd`] : []);
+  const head = ['workload', 'unit', ...kinds, ...ratio('kfsd-image', 'virtiofsd-ext4'), ...ratio('kfsd-dir', 'virtiofsd-dir')];
+  const val = (k: TargetKind, w: string): number | undefined => reports.find((r) => r.kind === k)?.results[w];
+  const x = (a: number | undefined, b: number | undefined): string => (a && b ? `${(a / b).toFixed(2)}x` : '-');
+  const body = WORKLOADS.map((w) => [
+    w.label(c),
+    w.unit,
+    ...kinds.map((k) => (reports.find((r) => r.kind === k)?.error ? 'FAIL' : fmt(val(k, w.key)))),
+    ...(ratio('kfsd-image', 'virtiofsd-ext4').length ? [x(val('kfsd-image', w.key), val('virtiofsd-ext4', w.key))] : []),
+    ...(ratio('kfsd-dir', 'virtiofsd-dir').length ? [x(val('kfsd-dir', w.key), val('virtiofsd-dir', w.key))] : []),
+  ]);
+  const wd = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells: string[]): string => cells.map((s, i) => (i < 2 ? s.padEnd(wd[i]) : s.padStart(wd[i]))).join(' | ');
+  return [line(head), wd.map((n) => '-'.repeat(n)).join('-|-'), ...body.map(line)].join('\n');
+}
+
+async function main(): Promise<number> {
+  const c = parseArgs(process.argv.slice(2));
+  if (process.getuid?.() !== 0) throw new Error('needs root (loop mount, virtiofsd)');
+  if (!fs.existsSync(kfsdPath())) throw new Error(`${kfsdPath()} is missing; build first (npx tsc -p .)`);
+  if (c.targets.some((t) => t.startsWith('virtiofsd')) && !fs.existsSync(VIRTIOFSD)) throw new Error(`${VIRTIOFSD} is missing (apt-get install qemu-system-x86)`);
+  const work = fs.mkdtempSync(path.join(c.dir, 'kfs-bench-vhost-'));
+  const reports: TargetReport[] = [];
+  const loadStart = os.loadavg();
+  try {
+    const imageA = path.join(work, 'a.img');
+    const imageB = path.join(work, 'b.img');
+    execFileSync(process.execPath, [path.join(path.dirname(kfsdPath()), 'kfs.js'), 'mkfs', '-q', '-F', '--size', c.size, imageA]);
+    execFileSync('cp', ['--sparse=always', imageA, imageB]);
+    for (const kind of c.targets) {
+      log(`${kind} ...`);
+      const r = await runTarget(c, kind, work, imageA, imageB);
+      if (r.error) log(`${kind} FAILED: ${r.error}\n${r.backendLogTail ?? ''}`);
+      reports.push(r);
+    }
+  } finally {
+    if (!c.keep) fs.rmSync(work, { recursive: true, force: true });
+  }
+  const result = {
+    benchmark: 'vhost',
+    machine: {
+      cpu: /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim(),
+      cores: os.cpus().length,
+      kernel: os.release(),
+      node: process.version,
+      date: new Date().toISOString(),
+      virtiofsd: sh(VIRTIOFSD, ['--version']).out.split('\n')[0],
+      git: sh('git', ['-C', path.join(__dirname, '..', '..', '..'), 'rev-parse', '--short', 'HEAD']).out,
+      loadAvgAtStart: loadStart.map((x) => Math.round(x * 100) / 100),
+      loadAvgAtEnd: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    },
+    config: { inflight: c.inflight, queues: c.queues, ops: c.ops, files: c.files, seqMiB: c.seqMiB, imageSize: c.size },
+    units: Object.fromEntries(WORKLOADS.map((w) => [w.key, w.unit])),
+    targets: reports,
+  };
+  process.stdout.write(`${table(c, reports)}\n\n`);
+  for (const r of reports) if (r.fsck) process.stdout.write(`${r.kind}: e2fsck -fn ${r.fsck}\n`);
+  fs.mkdirSync(path.dirname(c.out), { recursive: true });
+  fs.writeFileSync(c.out, `${JSON.stringify(result, null, 2)}\n`);
+  process.stdout.write(`JSON: ${c.out}\n`);
+  return reports.some((r) => r.error || r.fsck === 'ERRORS') ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: Error) => {
+    process.stderr.write(`bench vhost: ${e.message}\n`);
+    process.exit(2);
+  },
+);

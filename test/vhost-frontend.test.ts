@@ -1,0 +1,259 @@
+/**
+ * The vhost-user test front-end (test/helpers/vhost-frontend.ts) against real back-ends: the C
+ * virtiofsd QEMU 7.2 ships (on a temporary host directory), and kfsd with --image (a `kfs mkfs`
+ * image, checked afterwards with e2fsck and debugfs) and with --shared-dir. The same FUSE
+ * workload runs on each; the host side is the oracle for what was written.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { assertFsckClean, debugfs, makeImage, tempDir } from './helpers/image';
+import {
+  spawnKfsd,
+  spawnVirtiofsd,
+  VhostFrontend,
+  type Backend,
+  type FrontendOptions,
+  FuseReplyError,
+  ProtocolFeature,
+  VirtioFeature,
+} from './helpers/vhost-frontend';
+
+const ROOT = 1;
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+async function startBackend(t: ExecutionContext, kind: 'virtiofsd' | 'kfsd-image' | 'kfsd-dir', extra: string[] = []): Promise<{ backend: Backend; socket: string; dir: string; image?: string }> {
+  const work = tempDir(t, `vhost-${kind}`);
+  const socket = join(work, 'vhost.sock');
+  const dir = join(work, 'shared');
+  mkdirSync(dir);
+  let backend: Backend;
+  let image: string | undefined;
+  if (kind === 'virtiofsd') backend = spawnVirtiofsd(dir, socket, extra);
+  else if (kind === 'kfsd-dir') backend = spawnKfsd(['--shared-dir', dir], socket, extra);
+  else {
+    image = makeImage(t, { size: '256M', mkfs: 'kfs', dir: work });
+    backend = spawnKfsd(['--image', image], socket, extra);
+  }
+  t.teardown(() => backend.stop());
+  return { backend, socket, dir, image };
+}
+
+async function frontend(t: ExecutionContext, socket: string, backend: Backend, opts: Partial<FrontendOptions> = {}): Promise<VhostFrontend> {
+  let fe: VhostFrontend;
+  try {
+    fe = await VhostFrontend.start({ socketPath: socket, ...opts });
+  } catch (e) {
+    t.log(`${backend.name} output:\n${backend.output}`);
+    throw e;
+  }
+  t.teardown(() => fe.close());
+  return fe;
+}
+
+/**
+ * INIT, mkdir, create + write (small, 128 KiB across regions, and at an offset), read back,
+ * readdir, rename, getattr; leaves dir "d" with "kept" (content returned) and removes the rest.
+ */
+async function basicWorkload(t: ExecutionContext, fe: VhostFrontend): Promise<Buffer> {
+  const init = await fe.fuse.init();
+  t.is(init.major, 7);
+  t.true(init.minor >= 31, `negotiated minor ${init.minor}`);
+  t.true(init.maxWrite >= 4096);
+
+  const root = await fe.fuse.getattr(ROOT);
+  t.is(root.mode & 0o170000, 0o040000);
+
+  const d = await fe.fuse.mkdir(ROOT, 'd', 0o755);
+  t.is(d.attr.mode & 0o170000, 0o040000);
+  const again = await fe.fuse.lookup(ROOT, 'd');
+  t.is(again.nodeid, d.nodeid);
+
+  const { entry: f, fh } = await fe.fuse.create(d.nodeid, 'file', 0o644);
+  t.is(f.attr.mode & 0o777, 0o644);
+  const big = randomBytes(128 * 1024);
+  const wrote = await fe.fuse.write(f.nodeid, fh, 0, big);
+  t.is(wrote, big.length);
+  const tail = Buffer.from('the end\n');
+  t.is(await fe.fuse.write(f.nodeid, fh, 300_000, tail), tail.length);
+  await fe.fuse.fsync(f.nodeid, fh);
+  const expected = Buffer.alloc(300_000 + tail.length);
+  big.copy(expected, 0);
+  tail.copy(expected, 300_000);
+
+  const back = await fe.fuse.read(f.nodeid, fh, 0, expected.length + 4096);
+  t.is(back.length, expected.length, 'read stops at EOF');
+  t.is(sha(back), sha(expected));
+  t.is((await fe.fuse.getattr(f.nodeid)).size, expected.length);
+  await fe.fuse.release(f.nodeid, fh);
+
+  const { entry: g, fh: gfh } = await fe.fuse.create(d.nodeid, 'gone', 0o600);
+  await fe.fuse.write(g.nodeid, gfh, 0, Buffer.from('x'));
+  await fe.fuse.release(g.nodeid, gfh);
+
+  const names = (await fe.fuse.listDir(d.nodeid)).map((e) => e.name).sort();
+  t.deepEqual(names, ['.', '..', 'file', 'gone']);
+
+  await fe.fuse.rename(d.nodeid, 'file', d.nodeid, 'kept');
+  await fe.fuse.unlink(d.nodeid, 'gone');
+  const err = await t.throwsAsync(fe.fuse.lookup(d.nodeid, 'gone'), { instanceOf: FuseReplyError });
+  t.is(err?.code, 'ENOENT');
+  const sub = await fe.fuse.mkdir(d.nodeid, 'sub');
+  await fe.fuse.rmdir(d.nodeid, 'sub');
+  await fe.fuse.forget(sub.nodeid, 1);
+  t.deepEqual((await fe.fuse.listDir(d.nodeid)).map((e) => e.name).sort(), ['.', '..', 'kept']);
+  const st = await fe.fuse.statfs();
+  t.true(st.blocks > 0 && st.bsize > 0);
+  return expected;
+}
+
+/** N requests in flight: concurrent 4 KiB writes at distinct offsets, then concurrent reads. */
+async function inFlightWorkload(t: ExecutionContext, fe: VhostFrontend, n: number): Promise<void> {
+  const { entry, fh } = await fe.fuse.create(ROOT, `many-${n}`, 0o644);
+  const blocks = Array.from({ length: n }, () => randomBytes(4096));
+  const written = await Promise.all(blocks.map((b, i) => fe.fuse.write(entry.nodeid, fh, i * 4096, b)));
+  t.true(written.every((w) => w === 4096));
+  const reads = await Promise.all(blocks.map((_, i) => fe.fuse.read(entry.nodeid, fh, i * 4096, 4096)));
+  t.true(
+    reads.every((r, i) => r.equals(blocks[i])),
+    'every concurrent read returns its block',
+  );
+  const attrs = await Promise.all(Array.from({ length: n }, () => fe.fuse.getattr(entry.nodeid)));
+  t.true(attrs.every((a) => a.size === n * 4096));
+  await fe.fuse.release(entry.nodeid, fh);
+}
+
+/** Stop the device: every queue's base must be the avail index published (all consumed). */
+async function stopAndCheckBases(t: ExecutionContext, fe: VhostFrontend): Promise<void> {
+  const expected = fe.queues.map((q) => q.availIndex);
+  for (const q of fe.queues) t.is(q.inFlight, 0, `queue ${q.index} idle`);
+  t.deepEqual(await fe.stop(), expected);
+  for (const q of fe.queues) t.deepEqual(q.deviceErrors, []);
+}
+
+// ---------------------------------------------------------------- virtiofsd (reference peer)
+
+test.serial('virtiofsd: handshake, FUSE workload, host sees the files, GET_VRING_BASE', async (t) => {
+  const { backend, socket, dir } = await startBackend(t, 'virtiofsd');
+  const fe = await frontend(t, socket, backend);
+  t.not(fe.features & (1n << BigInt(VirtioFeature.VERSION_1)), 0n);
+  t.true(fe.hasFeature(VirtioFeature.RING_EVENT_IDX), 'EVENT_IDX negotiated');
+  const expected = await basicWorkload(t, fe);
+  t.is(sha(readFileSync(join(dir, 'd', 'kept'))), sha(expected));
+  t.deepEqual(readdirSync(join(dir, 'd')), ['kept']);
+  await stopAndCheckBases(t, fe);
+});
+
+test.serial('virtiofsd: 64 in flight through indirect descriptors, no EVENT_IDX, ring index wrapping past 65535', async (t) => {
+  const { backend, socket } = await startBackend(t, 'virtiofsd');
+  const fe = await frontend(t, socket, backend, { indirect: true, eventIdx: false, ringBase: 65500, queueSize: 32 });
+  t.false(fe.hasFeature(VirtioFeature.RING_EVENT_IDX));
+  await fe.fuse.init();
+  await inFlightWorkload(t, fe, 64);
+  t.true(fe.queues[1].availIndex < 65500, 'the request queue index wrapped');
+  await stopAndCheckBases(t, fe);
+});
+
+test.serial('virtiofsd: memory given by ADD_MEM_REG (CONFIGURE_MEM_SLOTS), 128 in flight with EVENT_IDX', async (t) => {
+  const { backend, socket } = await startBackend(t, 'virtiofsd');
+  const fe = await frontend(t, socket, backend, { memSlots: true, ackAll: true });
+  t.true(fe.hasProtocol(ProtocolFeature.CONFIGURE_MEM_SLOTS), 'virtiofsd offers CONFIGURE_MEM_SLOTS');
+  t.true(fe.maxMemSlots >= 2);
+  await fe.fuse.init();
+  await inFlightWorkload(t, fe, 128);
+  await stopAndCheckBases(t, fe);
+});
+
+// ---------------------------------------------------------------- kfsd
+
+test.serial('kfsd --image: handshake, FUSE workload, e2fsck clean, debugfs sees the file, GET_VRING_BASE', async (t) => {
+  const { backend, socket, image } = await startBackend(t, 'kfsd-image');
+  const fe = await frontend(t, socket, backend);
+  t.true(fe.hasFeature(VirtioFeature.RING_EVENT_IDX));
+  t.true(fe.hasFeature(VirtioFeature.RING_INDIRECT_DESC));
+  const expected = await basicWorkload(t, fe);
+  await stopAndCheckBases(t, fe);
+  fe.close();
+  const exit = await backend.stop();
+  t.is(exit.code, 0, `kfsd exit ${JSON.stringify(exit)}\n${backend.output}`);
+  assertFsckClean(t, image!);
+  const dump = join(tempDir(t, 'dump'), 'kept');
+  debugfs(image!, `dump /d/kept ${dump}`);
+  t.is(sha(readFileSync(dump)), sha(expected));
+});
+
+test.serial('kfsd --image: every request queue it offers, 64 in flight each, indirect, ADD_MEM_REG, ring wrap', async (t) => {
+  const { backend, socket, image } = await startBackend(t, 'kfsd-image');
+  const fe = await frontend(t, socket, backend, { requestQueues: 8, indirect: true, memSlots: true, ackAll: true, ringBase: 65530 });
+  t.true(fe.hasProtocol(ProtocolFeature.MQ), 'kfsd offers MQ');
+  t.true(fe.queues.length >= 3, `request queues: ${fe.queues.length - 1}`);
+  await fe.fuse.init();
+  await inFlightWorkload(t, fe, 64 * (fe.queues.length - 1));
+  for (const q of fe.queues.slice(1)) t.true(q.usedIndex !== 65530, `queue ${q.index} served requests`);
+  await stopAndCheckBases(t, fe);
+  fe.close();
+  await backend.stop();
+  assertFsckClean(t, image!);
+});
+
+test.serial('kfsd --shared-dir: handshake, FUSE workload, host sees the files', async (t) => {
+  const { backend, socket, dir } = await startBackend(t, 'kfsd-dir');
+  const fe = await frontend(t, socket, backend, { eventIdx: false });
+  const expected = await basicWorkload(t, fe);
+  t.is(sha(readFileSync(join(dir, 'd', 'kept'))), sha(expected));
+  t.false(existsSync(join(dir, 'd', 'gone')));
+  await inFlightWorkload(t, fe, 64);
+  await stopAndCheckBases(t, fe);
+});
+
+test.serial('kfsd --image --reconnect: a second front-end resumes the rings at the base GET_VRING_BASE gave', async (t) => {
+  const { backend, socket, image } = await startBackend(t, 'kfsd-image', ['--reconnect']);
+  const first = await frontend(t, socket, backend);
+  await first.fuse.init();
+  const { entry, fh } = await first.fuse.create(ROOT, 'across', 0o644);
+  await first.fuse.write(entry.nodeid, fh, 0, Buffer.from('first connection\n'));
+  await first.fuse.release(entry.nodeid, fh);
+  const bases = await first.stop();
+  first.close();
+  // As QEMU after a back-end reconnect: the same rings continue from where they stopped.
+  const base = bases[1];
+  t.true(base > 0);
+  let second: VhostFrontend | null = null;
+  for (let i = 0; i < 100 && !second; i++) {
+    // kfsd refuses a connection made before it has seen the previous one close.
+    second = await VhostFrontend.start({ socketPath: socket, ringBase: base }).catch(() => null);
+    if (!second) await new Promise((r) => setTimeout(r, 20));
+  }
+  t.truthy(second, backend.output);
+  t.teardown(() => second!.close());
+  await second!.fuse.init();
+  const e = await second!.fuse.lookup(ROOT, 'across');
+  const rfh = await second!.fuse.open(e.nodeid);
+  t.is((await second!.fuse.read(e.nodeid, rfh, 0, 4096)).toString(), 'first connection\n');
+  await second!.fuse.release(e.nodeid, rfh);
+  t.true(second!.queues[1].availIndex > base);
+  await stopAndCheckBases(t, second!);
+  second!.close();
+  t.is((await backend.stop()).code, 0);
+  assertFsckClean(t, image!);
+});
+
+test.serial('kfsd --image: SIGTERM while a front-end is connected exits 0 with the image flushed', async (t) => {
+  const { backend, socket, image } = await startBackend(t, 'kfsd-image');
+  const fe = await frontend(t, socket, backend);
+  await fe.fuse.init();
+  const d = await fe.fuse.mkdir(ROOT, 'tree');
+  const files = await Promise.all(Array.from({ length: 50 }, (_, i) => fe.fuse.create(d.nodeid, `f${i}`, 0o644)));
+  const data = randomBytes(20000);
+  await Promise.all(files.map((f) => fe.fuse.write(f.entry.nodeid, f.fh, 0, data)));
+  await Promise.all(files.map((f) => fe.fuse.release(f.entry.nodeid, f.fh)));
+  backend.proc.kill('SIGTERM');
+  const exit = await backend.exited;
+  t.deepEqual(exit, { code: 0, signal: null }, backend.output);
+  await fe.conn.whenClosed();
+  assertFsckClean(t, image!);
+  const dump = join(tempDir(t, 'dump'), 'f49');
+  debugfs(image!, `dump /tree/f49 ${dump}`);
+  t.true(readFileSync(dump).equals(data));
+});
