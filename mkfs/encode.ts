@@ -22,7 +22,7 @@
  *  - directory blocks: ext4_dir_entry_2 {inode u32, rec_len u16, name_len u8, file_type u8,
  *    name}; with metadata_csum the last 12 bytes are ext4_dir_entry_tail {0, rec_len 12, 0,
  *    0xDE, crc32c(inode csum seed, block up to the tail)}.
- *  - journal superblock (journal-superblock.ts), in the journal's first block.
+ *  - journal superblock (journal/superblock.ts), in the journal's first block.
  *
  * Checksum seeds: csum_seed = crc32c(~0, s_uuid) (no csum_seed feature); the per-inode seed is
  * crc32c(crc32c(csum_seed, le32 ino), le32 i_generation).
@@ -35,7 +35,7 @@ import {
 } from '../src/ext4/superblock';
 import { GroupDesc, encodeGroupDesc, groupDescChecksum, bitmapChecksum } from '../src/ext4/group-desc';
 import { Inode, setInodeChecksum, S_IFDIR, S_IFREG, INODE_FLAGS, JOURNAL_INO, ROOT_INO, Timespec } from '../src/ext4/inode';
-import { newJournalSuperblock, encodeJournalSuperblock } from '../src/ext4/journal-superblock';
+import { newJournalSuperblock, encodeJournalSuperblock } from '../src/ext4/journal/superblock';
 import { Layout, FileBlocks, EXTRA_ISIZE, FIRST_INO, LOST_FOUND_INO, INODE_EXTENT_SLOTS } from './layout';
 import { FeatureName } from './options';
 

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { formatImage } from '../mkfs/format';
 import { computeLayout } from '../mkfs/layout';
 import { resolveFeatures, mkfsOptionsFromCli, MkfsUsageError, parseSize } from '../mkfs/options';
-import { decodeJournalSuperblock, JBD2_MAGIC_NUMBER, JBD2_SUPERBLOCK_V2, journalSuperblockChecksum, encodeJournalSuperblock, newJournalSuperblock, setJournalSuperblockChecksum } from '../src/ext4/journal-superblock';
+import { decodeJournalSuperblock, JBD2_MAGIC_NUMBER, JBD2_SUPERBLOCK_V2, journalSuperblockChecksum, encodeJournalSuperblock, newJournalSuperblock, setJournalSuperblockChecksum } from '../src/ext4/journal/superblock';
 import { ByteCursor } from '../src/util/cursor';
 import { SuperblockLayout } from '../src/ext4/superblock';
 

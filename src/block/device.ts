@@ -5,6 +5,7 @@
  * - File data bypasses the cache with positioned reads/writes (readAt/writeAt), as the
  *   kernel's page cache would hold it, not ext4's buffer cache.
  * - Exclusive use: an advisory flock on the image; a second kfs process is refused.
+ * - A write log (crash tests): every write and every barrier (fdatasync), in order.
  */
 import fs from 'node:fs';
 import { native } from '../native';
@@ -16,11 +17,30 @@ export interface BlockDeviceOptions {
   cacheBytes?: number;
   /** Skip the exclusive lock (only for tools that read an image another kfs holds). */
   noLock?: boolean;
+  /** Record every write and barrier (crash tests build crash images from the record). */
+  writeLog?: WriteLogSink;
+}
+
+/**
+ * Receiver of the device's writes, in issue order. A write that has returned may still be in
+ * the host's page cache; only what precedes a barrier is known durable.
+ */
+export interface WriteLogSink {
+  write(pos: number, data: Buffer): void;
+  barrier(): void;
+  /** A labelled point (e.g. the journal's commit block was just written). */
+  mark(label: string): void;
 }
 
 interface CacheEntry {
   buf: Buffer;
+  /** Changed since the last journal commit (or since the last flush without a journal). */
   dirty: boolean;
+  /**
+   * Committed to the journal by a log-only commit but not yet written home: the copy on disk
+   * is stale, so the block may not be evicted; flush() writes it (after a durable commit).
+   */
+  pinned?: boolean;
   /** The block's checksum was verified since it was read from disk (or kfs wrote it). */
   verified?: boolean;
   /** Used since the eviction scan last passed it (second-chance LRU: hits touch no map). */
@@ -49,9 +69,17 @@ function pwrite(fd: number, buf: Buffer, off: number, len: number, pos: number):
 export class BlockDevice {
   blockSize = 1024;
   private cache = new Map<number, CacheEntry>(); // insertion order = LRU order
-  private dirtyCount = 0;
+  /** The dirty and pinned entries, so that a commit does not scan the whole cache. */
+  private dirtySet = new Map<number, CacheEntry>();
+  private pinnedSet = new Map<number, CacheEntry>();
   private maxBlocks: number;
   readonly stats: BlockDeviceStats = { hits: 0, misses: 0, reads: 0, writes: 0, cachedBlocks: 0, dirtyBlocks: 0 };
+  writeLog: WriteLogSink | null = null;
+  /**
+   * Blocks replayed from the journal of a read-only image: read() serves them instead of the
+   * stale copies on disk (the kernel replays even for ro mounts; we do it in memory).
+   */
+  overlay: Map<number, Buffer> | null = null;
 
   private constructor(readonly path: string, readonly fd: number, readonly size: number, readonly readOnly: boolean, private cacheBytes: number) {
     this.maxBlocks = Math.max(64, Math.floor(cacheBytes / this.blockSize));
@@ -79,7 +107,9 @@ export class BlockDevice {
           throw e;
         }
       }
-      return new BlockDevice(path, fd, size, readOnly, opts.cacheBytes ?? 64 << 20);
+      const dev = new BlockDevice(path, fd, size, readOnly, opts.cacheBytes ?? 64 << 20);
+      dev.writeLog = opts.writeLog ?? null;
+      return dev;
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -113,7 +143,9 @@ export class BlockDevice {
     this.stats.misses++;
     this.checkBlock(block);
     const buf = Buffer.allocUnsafe(this.blockSize);
-    await this.readAt(buf, block * this.blockSize);
+    const replayed = this.overlay?.get(block);
+    if (replayed) replayed.copy(buf);
+    else await this.readAt(buf, block * this.blockSize);
     // Another reader may have filled the slot while we awaited; keep the first copy.
     const again = this.cache.get(block);
     if (again) return again.buf;
@@ -163,7 +195,7 @@ export class BlockDevice {
     e.verified = true;
     if (!e.dirty) {
       e.dirty = true;
-      this.dirtyCount++;
+      this.dirtySet.set(block, e);
     }
   }
 
@@ -171,13 +203,47 @@ export class BlockDevice {
   forget(block: number): void {
     const e = this.cache.get(block);
     if (e) {
-      if (e.dirty) this.dirtyCount--;
+      this.dirtySet.delete(block);
+      this.pinnedSet.delete(block);
       this.cache.delete(block);
     }
   }
 
+  /** Blocks changed since the last commit. */
   get dirtyBlocks(): number {
-    return this.dirtyCount;
+    return this.dirtySet.size;
+  }
+
+  /** Blocks committed to the log only, waiting to go home. */
+  get pinnedBlocks(): number {
+    return this.pinnedSet.size;
+  }
+
+  /** How many blocks the cache holds before it evicts. */
+  get capacityBlocks(): number {
+    return this.maxBlocks;
+  }
+
+  /**
+   * A log-only commit has logged the dirty blocks: they are no longer dirty (the next commit
+   * logs only what changes again) but stay pinned until flush() writes them home.
+   */
+  pinDirty(): void {
+    for (const [b, e] of this.dirtySet) {
+      e.dirty = false;
+      e.pinned = true;
+      this.pinnedSet.set(b, e);
+    }
+    this.dirtySet.clear();
+  }
+
+  /**
+   * The pinned blocks' home copies were brought up to date another way (the journal replayed
+   * its log home): unpin them; those changed since stay dirty.
+   */
+  unpinAll(): void {
+    for (const e of this.pinnedSet.values()) e.pinned = false;
+    this.pinnedSet.clear();
   }
 
   /**
@@ -189,7 +255,7 @@ export class BlockDevice {
     let budget = this.cache.size * 2;
     for (const [b, e] of this.cache) {
       if (this.cache.size <= this.maxBlocks || budget-- <= 0) break;
-      if (e.dirty) continue;
+      if (e.dirty || e.pinned) continue;
       this.cache.delete(b);
       if (e.ref) {
         e.ref = false;
@@ -198,11 +264,18 @@ export class BlockDevice {
     }
   }
 
-  /** Write every dirty block, in block order, coalescing neighbours. */
+  /** The dirty blocks in block order (the buffers are the cache's own: do not keep them). */
+  dirtyEntries(): { block: number; buf: Buffer }[] {
+    const out: { block: number; buf: Buffer }[] = [];
+    for (const [block, e] of this.dirtySet) out.push({ block, buf: e.buf });
+    out.sort((a, b) => a.block - b.block);
+    return out;
+  }
+
+  /** Write every dirty and pinned block, in block order, coalescing neighbours. */
   async flush(): Promise<void> {
-    if (this.dirtyCount === 0) return;
-    const dirty: number[] = [];
-    for (const [b, e] of this.cache) if (e.dirty) dirty.push(b);
+    if (this.dirtySet.size === 0 && this.pinnedSet.size === 0) return;
+    const dirty = [...new Set([...this.dirtySet.keys(), ...this.pinnedSet.keys()])];
     dirty.sort((a, b) => a - b);
     let i = 0;
     while (i < dirty.length) {
@@ -211,10 +284,15 @@ export class BlockDevice {
       const bufs = dirty.slice(i, j).map((b) => this.cache.get(b)!.buf);
       const run = bufs.length === 1 ? bufs[0] : Buffer.concat(bufs);
       await this.writeAt(run, dirty[i] * this.blockSize);
-      for (let k = i; k < j; k++) this.cache.get(dirty[k])!.dirty = false;
+      for (let k = i; k < j; k++) {
+        const e = this.cache.get(dirty[k])!;
+        e.dirty = false;
+        e.pinned = false;
+      }
       i = j;
     }
-    this.dirtyCount = 0;
+    this.dirtySet.clear();
+    this.pinnedSet.clear();
     await this.evict();
   }
 
@@ -241,6 +319,7 @@ export class BlockDevice {
     this.assertWritable();
     if (pos + len > this.size) throw new FsError('EIO', `write at ${pos}+${len} beyond the image end ${this.size}`);
     this.stats.writes++;
+    if (this.writeLog) this.writeLog.write(pos, Buffer.from(buf.subarray(off, off + len)));
     let done = 0;
     const small = len <= SYNC_IO_MAX;
     while (done < len) {
@@ -260,7 +339,19 @@ export class BlockDevice {
 
   async sync(): Promise<void> {
     await this.flush();
-    if (!this.readOnly) await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(e) : res())));
+    await this.barrier();
+  }
+
+  /** fdatasync: every write issued before it is durable when it returns. */
+  async barrier(): Promise<void> {
+    if (this.readOnly) return;
+    await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(e) : res())));
+    this.writeLog?.barrier();
+  }
+
+  /** Label the current point of the write log (no I/O). */
+  mark(label: string): void {
+    this.writeLog?.mark(label);
   }
 
   private assertWritable(): void {

@@ -1,8 +1,14 @@
-/** `kfs fsck disk.img [-y]`: runs e2fsck, read-only (-n) unless asked to repair. */
+/**
+ * `kfs fsck disk.img [-y]`: replays the journal if the image needs recovery (what any mount
+ * would do first; kfs's replay, so e2fsck then checks the state a mount would see), then runs
+ * e2fsck, read-only (-n) unless asked to repair. --no-replay leaves the journal to e2fsck
+ * (which skips it under -n).
+ */
 import { Command } from 'commander';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { FsError } from '../util/errors';
+import { Volume } from '../ext4/volume';
 import { action } from './common';
 
 const E2FSCK_CANDIDATES = ['/usr/sbin/e2fsck', '/sbin/e2fsck', '/usr/bin/e2fsck'];
@@ -16,14 +22,18 @@ export function findE2fsck(): string | null {
 export function registerFsck(program: Command): void {
   program
     .command('fsck')
-    .description('check an image with e2fsck (read-only by default)')
+    .description('replay the journal if needed, then check an image with e2fsck (read-only by default)')
     .argument('<image>', 'image file')
     .option('-y, --yes', 'repair what e2fsck finds (e2fsck -fy)')
     .option('-v, --verbose', 'show e2fsck output even when clean')
-    .action(action('kfs fsck', async (image: string, opts: { yes?: boolean; verbose?: boolean }) => {
+    .option('--no-replay', 'do not replay the journal first (e2fsck -n then checks the image without it)')
+    .action(action('kfs fsck', async (image: string, opts: { yes?: boolean; verbose?: boolean; replay?: boolean }) => {
       if (!fs.existsSync(image)) throw new FsError('ENOENT', `image ${image} does not exist`);
       const e2fsck = findE2fsck();
       if (!e2fsck) throw new FsError('ENOENT', 'e2fsck not found; install e2fsprogs (apt-get install e2fsprogs)');
+      if (opts.replay !== false && (await Volume.recoverImage(image))) {
+        process.stderr.write(`kfs fsck: ${image}: journal replayed\n`);
+      }
       const args = ['-f', opts.yes ? '-y' : '-n', image];
       const r = spawnSync(e2fsck, args, { encoding: 'utf8' });
       if (r.error) throw r.error;

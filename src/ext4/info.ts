@@ -9,7 +9,7 @@ import { COMPAT, INCOMPAT, RO_COMPAT, featureNames, sbReservedBlocks } from './s
 import { JOURNAL_INO, INODE_FLAGS } from './inode';
 import { ExtentMap } from './extents';
 import { InodeStore } from './inode-store';
-import { decodeJournalSuperblock, JBD2_MAGIC_NUMBER } from './journal-superblock';
+import { decodeJournalSuperblock, JBD2_MAGIC_NUMBER } from './journal/superblock';
 import { GroupDesc, BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED } from './group-desc';
 
 export interface GroupInfo extends Pick<GroupDesc, 'blockBitmap' | 'inodeBitmap' | 'inodeTable' | 'freeBlocks' | 'freeInodes' | 'usedDirs' | 'itableUnused'> {

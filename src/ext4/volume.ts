@@ -7,29 +7,37 @@
  * recomputed when it is written. Allocation follows ext4's habits: blocks near a goal (the
  * block after a file's last block), inodes of new directories spread over groups (Orlov-like),
  * files' inodes in their parent's group.
+ *
+ * With a journal (journal/), sync() commits the dirty blocks as one jbd2 transaction before
+ * they are written home; opening an image replays its journal first (journal/open.ts).
  */
 import { randomBytes } from 'node:crypto';
-import { BlockDevice } from '../block/device';
+import { BlockDevice, WriteLogSink } from '../block/device';
 import { CorruptionError, FsError } from '../util/errors';
 import { log } from '../util/log';
 import { join64, lo32, hi32 } from '../util/cursor';
 import { ext4Crc } from './crc';
 import {
-  SuperblockLayout, SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, EXT4_MAGIC, COMPAT, INCOMPAT, RO_COMPAT,
-  SUPPORTED_INCOMPAT, SUPPORTED_RO_COMPAT, featureNames, superblockChecksum, sbBlocksCount, sbFreeBlocks,
-  groupHasSuperblock, FLAG_UNSIGNED_HASH, STATE_VALID,
+  SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, COMPAT, INCOMPAT, RO_COMPAT,
+  SUPPORTED_RO_COMPAT, featureNames, sbBlocksCount, sbFreeBlocks, groupHasSuperblock, FLAG_UNSIGNED_HASH, STATE_VALID,
 } from './superblock';
 import {
   GroupDesc, decodeGroupDesc, encodeGroupDesc, groupDescChecksum, bitmapChecksum,
   BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED,
 } from './group-desc';
 import { Inode, verifyInodeChecksum, setInodeChecksum } from './inode';
+import { Journal } from './journal/journal';
+import { readSuperblockAtOpen, recoverImage, encodeSuperblock } from './journal/open';
 
 export interface VolumeOptions {
   readOnly?: boolean;
   cacheBytes?: number;
   /** Read without taking the image lock (inspection of an image another process serves). */
   noLock?: boolean;
+  /** Write metadata in place without the journal (as before kfs had one; for measuring its cost). */
+  noJournal?: boolean;
+  /** Record every device write and barrier (crash tests). */
+  writeLog?: WriteLogSink;
 }
 
 export interface BlockRun {
@@ -57,6 +65,14 @@ export class Volume {
   private sbDirty = false;
   private freeBlocksTotal: number;
   private freeInodesTotal: number;
+  /** The running jbd2 journal (null: read-only, no journal, or -o nojournal). */
+  journal: Journal | null = null;
+  /**
+   * Blocks freed since the last commit, per group (a bitmap). They are not handed out again
+   * until the commit that frees them is durable: before it, a crash brings back the old owner,
+   * whose contents must still be there (ext4's busy extents, ext4_mb_free_metadata).
+   */
+  private busy = new Map<number, Buffer>();
 
   private constructor(readonly dev: BlockDevice, sb: SuperblockFields, readOnly: boolean, reason: string | null) {
     this.sb = sb;
@@ -78,39 +94,22 @@ export class Volume {
   }
 
   static async open(path: string, opts: VolumeOptions = {}): Promise<Volume> {
-    const dev = BlockDevice.open(path, { readOnly: opts.readOnly || opts.noLock, cacheBytes: opts.cacheBytes, noLock: opts.noLock });
+    const dev = BlockDevice.open(path, { readOnly: opts.readOnly || opts.noLock, cacheBytes: opts.cacheBytes, noLock: opts.noLock, writeLog: opts.writeLog });
     try {
-      return await Volume.fromDevice(dev, !!opts.readOnly || !!opts.noLock);
+      return await Volume.fromDevice(dev, !!opts.readOnly || !!opts.noLock, opts);
     } catch (e) {
       await dev.close().catch(() => undefined);
       throw e;
     }
   }
 
-  static async fromDevice(dev: BlockDevice, readOnly: boolean): Promise<Volume> {
+  static async fromDevice(dev: BlockDevice, readOnly: boolean, opts: VolumeOptions = {}): Promise<Volume> {
     if (dev.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new CorruptionError(`image is ${dev.size} bytes, too small to hold an ext4 superblock`);
-    const raw = Buffer.alloc(SUPERBLOCK_SIZE);
-    await dev.readAt(raw, SUPERBLOCK_OFFSET);
-    const sb = SuperblockLayout.decode(raw);
-    if (sb.s_magic !== EXT4_MAGIC) throw new FsError('EINVAL', `${dev.path} is not an ext2/3/4 filesystem (bad superblock magic 0x${sb.s_magic.toString(16)})`);
-    if (sb.s_log_block_size > 6 || sb.s_inodes_per_group === 0 || sb.s_blocks_per_group === 0 ||
-        sb.s_blocks_per_group > 8 * (1024 << sb.s_log_block_size) || sb.s_inodes_per_group > 8 * (1024 << sb.s_log_block_size)) {
-      throw new CorruptionError('superblock geometry is impossible (block size, blocks or inodes per group)');
-    }
-    if (sb.s_feature_ro_compat & RO_COMPAT.metadata_csum) {
-      if (sb.s_checksum_type !== 1) throw new CorruptionError(`unknown superblock checksum type ${sb.s_checksum_type}`);
-      if (superblockChecksum(raw) !== sb.s_checksum) throw new CorruptionError('superblock checksum mismatch (try e2fsck -b <backup> to recover)');
-    }
-    const badIncompat = sb.s_feature_incompat & ~SUPPORTED_INCOMPAT;
-    if (badIncompat) {
-      throw new FsError('EINVAL', `${dev.path} uses ext4 features kfs does not support: ${featureNames(INCOMPAT, badIncompat).join(', ')}`);
-    }
+    const sb = await readSuperblockAtOpen(dev, readOnly, !!opts.noLock);
+    readOnly = readOnly || dev.readOnly;
     let reason: string | null = null;
     const badRo = sb.s_feature_ro_compat & ~SUPPORTED_RO_COMPAT;
     if (badRo && !readOnly) reason = `read-only: unsupported ro_compat features ${featureNames(RO_COMPAT, badRo).join(', ')}`;
-    if (!readOnly && (sb.s_feature_incompat & INCOMPAT.recover)) {
-      reason = 'read-only: the journal needs recovery (run `kfs fsck -y` on the image)';
-    }
     if (!readOnly && !(sb.s_state & STATE_VALID)) {
       log.warn(`${dev.path}: filesystem was not cleanly unmounted or has errors; run kfs fsck`);
     }
@@ -123,7 +122,24 @@ export class Volume {
     if (reason) log.warn(`${dev.path}: ${reason}`);
     const vol = new Volume(dev, sb, ro, reason);
     await vol.loadGroupDescs();
+    if (!ro && vol.hasJournal() && !opts.noJournal) {
+      vol.journal = await Journal.start(dev, sb);
+      // needs_recovery travels in the first transaction (the superblock is in every one) rather
+      // than in an in-place write as ext4_setup_super does: a torn in-place write of the primary
+      // superblock is then always repaired by a replay. Before the first commit's home writes
+      // are durable, a crash loses only that commit (the mount-time changes); from the second
+      // commit on, its first barrier has put the flag on disk.
+      sb.s_feature_incompat |= INCOMPAT.recover;
+    }
     return vol;
+  }
+
+  /**
+   * Replay an image's journal if it needs recovery (for offline tools: kfs fsck), changing
+   * nothing else. Returns whether a replay happened.
+   */
+  static recoverImage(path: string): Promise<boolean> {
+    return recoverImage(path);
   }
 
   // ---- group descriptors ----
@@ -294,13 +310,31 @@ export class Volume {
     this.assertWritable();
     if (this.freeBlocksTotal <= 0) throw new FsError('ENOSPC', 'no free blocks left in the filesystem');
     if (!(goal >= this.firstDataBlock && goal < this.blocksCount)) goal = this.firstDataBlock;
+    const run = await this.tryAllocBlocks(goal, count, false);
+    if (run) return run;
+    // Only blocks freed by the uncommitted transaction are left. Taking one breaks the
+    // guarantee that a crash brings the freeing back intact; a full disk leaves no better choice.
+    if (this.busy.size) {
+      log.debug('allocating blocks freed by the running transaction (filesystem nearly full)');
+      const r = await this.tryAllocBlocks(goal, count, true);
+      if (r) return r;
+    }
+    throw new FsError('ENOSPC', 'no free blocks left in the filesystem');
+  }
+
+  private async tryAllocBlocks(goal: number, count: number, ignoreBusy: boolean): Promise<BlockRun | null> {
     const g0 = this.groupOfBlock(goal);
     for (let i = 0; i <= this.groupCount; i++) {
       const g = (g0 + i) % this.groupCount;
       const gd = this.gds[g];
       if (gd.freeBlocks === 0) continue;
       const start = i === 0 ? goal - this.groupFirstBlock(g) : 0;
-      const bm = await this.blockBitmap(g, false);
+      let bm = await this.blockBitmap(g, false);
+      const busy = ignoreBusy ? undefined : this.busy.get(g);
+      if (busy) {
+        bm = Buffer.from(bm);
+        for (let k = 0; k < bm.length; k++) bm[k] |= busy[k];
+      }
       const limit = this.blocksInGroup(g);
       let bit = findZero(bm, start, limit);
       if (bit < 0 && i === 0 && start > 0) bit = findZero(bm, 0, limit);
@@ -319,7 +353,7 @@ export class Volume {
       this.dev.forgetRange(startBlock, len);
       return { start: startBlock, len };
     }
-    throw new FsError('ENOSPC', 'no free blocks left in the filesystem');
+    return null;
   }
 
   /** Allocate exactly `count` blocks as one or more runs. */
@@ -344,6 +378,7 @@ export class Volume {
     this.assertWritable();
     if (len <= 0) return;
     if (start < this.firstDataBlock || start + len > this.blocksCount) throw new CorruptionError(`freeing blocks ${start}+${len} outside the filesystem`);
+    this.journal?.revokeRange(start, len);
     let b = start;
     const end = start + len;
     while (b < end) {
@@ -357,6 +392,11 @@ export class Volume {
         if (!testBit(bm, bit)) throw new CorruptionError(`block ${x} freed twice (bitmap of group ${g} already shows it free)`);
         clearBit(bm, bit);
         freed++;
+      }
+      if (this.journal) {
+        let busy = this.busy.get(g);
+        if (!busy) this.busy.set(g, (busy = Buffer.alloc(this.blockSize)));
+        for (let x = b; x < gEnd; x++) setBit(busy, x - this.groupFirstBlock(g));
       }
       gd.freeBlocks += freed;
       this.freeBlocksTotal += freed;
@@ -497,12 +537,41 @@ export class Volume {
 
   // ---- sync ----
 
-  async sync(opts: { fsync?: boolean; clean?: boolean } = {}): Promise<void> {
+  /**
+   * Commit the changes. `soft`: a log-only journal commit (no barrier; survives the death of
+   * this process, not a power loss; see Journal.commit), or without a journal the dirty blocks
+   * written in place with no barrier.
+   */
+  async sync(opts: { fsync?: boolean; clean?: boolean; soft?: boolean } = {}): Promise<void> {
     if (this.readOnly) return;
+    if (this.journal && !this.isDirty && opts.clean === undefined && (opts.soft || !this.journal.softPending)) {
+      // Nothing to commit (an idle periodic commit, or fsync after data-only overwrites):
+      // no transaction, only the barrier that makes file data durable.
+      if (opts.fsync !== false && !opts.soft) await this.dev.barrier();
+      return;
+    }
     if (this.dirtyGroups.size) await this.writeGroupDescs();
     await this.writeSuperblock(opts.clean);
-    if (opts.fsync === false) await this.dev.flush();
+    if (this.journal) {
+      // Blocks freed stay busy until the freeing is durable (a soft commit may be lost).
+      if (await this.journal.commit(!!opts.soft && opts.clean === undefined)) this.busy.clear();
+    } else if (opts.fsync === false || opts.soft) await this.dev.flush();
     else await this.dev.sync();
+  }
+
+  /**
+   * Dirty blocks at which the filesystem layer should sync: a transaction must fit the journal
+   * (Infinity without one).
+   */
+  get maxDirtyBlocks(): number {
+    return this.journal ? this.journal.maxTransactionBlocks : Infinity;
+  }
+
+  /** Write the superblock straight to the image (outside any transaction) and make it durable. */
+  private async writeSuperblockInPlace(): Promise<void> {
+    await this.dev.writeAt(encodeSuperblock(this.sb), SUPERBLOCK_OFFSET);
+    this.dev.forget(Math.floor(SUPERBLOCK_OFFSET / this.blockSize));
+    await this.dev.barrier();
   }
 
   private async writeSuperblock(clean?: boolean): Promise<void> {
@@ -514,12 +583,7 @@ export class Volume {
     sb.s_wtime = lo32(now);
     sb.s_wtime_hi = hi32(now) & 0xff;
     if (clean !== undefined) sb.s_state = clean ? sb.s_state | STATE_VALID : sb.s_state & ~STATE_VALID;
-    const raw = Buffer.alloc(SUPERBLOCK_SIZE);
-    SuperblockLayout.encode(sb, raw);
-    if (this.metadataCsum) {
-      sb.s_checksum = superblockChecksum(raw);
-      raw.writeUInt32LE(sb.s_checksum, SuperblockLayout.offsetOf('s_checksum'));
-    }
+    const raw = encodeSuperblock(sb);
     // Byte 1024: block 1 with 1 KiB blocks, inside block 0 otherwise.
     const block = Math.floor(SUPERBLOCK_OFFSET / this.blockSize);
     const buf = await this.dev.read(block);
@@ -535,7 +599,10 @@ export class Volume {
     this.sb.s_mtime = lo32(now);
     this.sb.s_mtime_hi = hi32(now) & 0xff;
     this.sb.s_mnt_count = (this.sb.s_mnt_count + 1) & 0xffff;
-    await this.sync({ clean: false });
+    this.sbDirty = true;
+    // With a journal the state stays valid while mounted (needs_recovery covers a crash), as
+    // the kernel leaves it; without one, "not clean" until a clean close.
+    await this.sync({ clean: this.journal ? undefined : false });
   }
 
   get isDirty(): boolean {
@@ -543,7 +610,19 @@ export class Volume {
   }
 
   async close(): Promise<void> {
-    if (!this.readOnly) await this.sync({ clean: true });
+    if (!this.readOnly) {
+      await this.sync({ clean: true });
+      if (this.journal) {
+        // needs_recovery is cleared before the log is marked empty (ext4_put_super does it
+        // after): a torn superblock write is then still repaired from the log. A crash between
+        // the two leaves a log of transactions already home and no flag: it is wiped at open,
+        // as ext4_load_journal does.
+        this.sb.s_feature_incompat &= ~INCOMPAT.recover;
+        await this.writeSuperblockInPlace();
+        await this.journal.close();
+        this.journal = null;
+      }
+    }
     await this.dev.close();
   }
 

@@ -21,9 +21,9 @@
  * journal replay/commit code can describe its other block types (descriptor, commit, revoke) the
  * same way.
  */
-import { ByteCursor } from '../util/cursor';
-import { Struct, Decoded } from '../util/struct';
-import { ext4Crc } from './crc';
+import { ByteCursor } from '../../util/cursor';
+import { Struct, Decoded } from '../../util/struct';
+import { ext4Crc } from '../crc';
 
 export const JBD2_MAGIC_NUMBER = 0xc03b3998;
 

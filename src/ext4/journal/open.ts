@@ -1,0 +1,148 @@
+/**
+ * Reading the superblock when an image is opened, with journal recovery (ext4_load_journal):
+ *  - an image whose superblock says needs_recovery gets its journal replayed: in place when it
+ *    is opened for writing (then the flag is cleared), into an in-memory overlay of the block
+ *    device when it is read-only (the kernel replays even for ro mounts; the image stays as is);
+ *  - a primary superblock that fails its checks may be an in-place write torn by a crash: its
+ *    last good copy is then in the journal, which the first backup superblock locates.
+ */
+import { BlockDevice } from '../../block/device';
+import { CorruptionError, FsError } from '../../util/errors';
+import { log } from '../../util/log';
+import {
+  SuperblockLayout, SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, EXT4_MAGIC, COMPAT, INCOMPAT, RO_COMPAT,
+  SUPPORTED_INCOMPAT, featureNames, superblockChecksum,
+} from '../superblock';
+import { needsRecovery, recoverInPlace, recoverInMemory } from './recovery';
+
+/** Decode and validate a raw superblock (magic, geometry, checksum, incompat features). */
+export function checkSuperblock(dev: BlockDevice, raw: Buffer): SuperblockFields {
+  const sb = SuperblockLayout.decode(raw);
+  if (sb.s_magic !== EXT4_MAGIC) throw new FsError('EINVAL', `${dev.path} is not an ext2/3/4 filesystem (bad superblock magic 0x${sb.s_magic.toString(16)})`);
+  if (sb.s_log_block_size > 6 || sb.s_inodes_per_group === 0 || sb.s_blocks_per_group === 0 ||
+      sb.s_blocks_per_group > 8 * (1024 << sb.s_log_block_size) || sb.s_inodes_per_group > 8 * (1024 << sb.s_log_block_size)) {
+    throw new CorruptionError('superblock geometry is impossible (block size, blocks or inodes per group)');
+  }
+  if (sb.s_feature_ro_compat & RO_COMPAT.metadata_csum) {
+    if (sb.s_checksum_type !== 1) throw new CorruptionError(`unknown superblock checksum type ${sb.s_checksum_type}`);
+    if (superblockChecksum(raw) !== sb.s_checksum) throw new CorruptionError('superblock checksum mismatch (try e2fsck -b <backup> to recover)');
+  }
+  const badIncompat = sb.s_feature_incompat & ~SUPPORTED_INCOMPAT;
+  if (badIncompat) {
+    throw new FsError('EINVAL', `${dev.path} uses ext4 features kfs does not support: ${featureNames(INCOMPAT, badIncompat).join(', ')}`);
+  }
+  return sb;
+}
+
+/** The superblock's bytes, with its checksum when metadata_csum is on (sets sb.s_checksum). */
+export function encodeSuperblock(sb: SuperblockFields): Buffer {
+  const raw = Buffer.alloc(SUPERBLOCK_SIZE);
+  SuperblockLayout.encode(sb, raw);
+  if (sb.s_feature_ro_compat & RO_COMPAT.metadata_csum) {
+    sb.s_checksum = superblockChecksum(raw);
+    raw.writeUInt32LE(sb.s_checksum, SuperblockLayout.offsetOf('s_checksum'));
+  }
+  return raw;
+}
+
+/** A superblock whose checksum failed but whose magic and geometry are sane, or null. */
+function geometryOnly(raw: Buffer): SuperblockFields | null {
+  const sb = SuperblockLayout.decode(raw);
+  const bs = 1024 << sb.s_log_block_size;
+  const sane = sb.s_magic === EXT4_MAGIC && sb.s_log_block_size <= 6 && sb.s_inodes_per_group > 0 && sb.s_blocks_per_group > 0 &&
+    sb.s_blocks_per_group <= 8 * bs && sb.s_inodes_per_group <= 8 * bs && sb.s_journal_inum > 0 && !sb.s_journal_dev;
+  return sane ? sb : null;
+}
+
+/**
+ * The first backup superblock (group 1) that decodes with a good magic and checksum, trying
+ * each block size as e2fsck does for -b: at block 8 * blockSize (+1 with 1 KiB blocks).
+ */
+async function findBackupSuperblock(dev: BlockDevice): Promise<SuperblockFields | null> {
+  for (let bs = 1024; bs <= 65536; bs *= 2) {
+    const pos = (bs * 8 + (bs === 1024 ? 1 : 0)) * bs;
+    if (pos + SUPERBLOCK_SIZE > dev.size) break;
+    const raw = Buffer.alloc(SUPERBLOCK_SIZE);
+    await dev.readAt(raw, pos);
+    const sb = SuperblockLayout.decode(raw);
+    if (sb.s_magic !== EXT4_MAGIC || 1024 << sb.s_log_block_size !== bs || sb.s_block_group_nr !== 1) continue;
+    if (sb.s_feature_ro_compat & RO_COMPAT.metadata_csum && superblockChecksum(raw) !== sb.s_checksum) continue;
+    return sb;
+  }
+  return null;
+}
+
+/**
+ * Replay the journal: in place for a writable image (then needs_recovery is cleared), into
+ * the device's overlay for a read-only one. Returns the superblock as replayed.
+ */
+async function replay(dev: BlockDevice, sb: SuperblockFields, readOnly: boolean, primaryDamage?: Error): Promise<SuperblockFields> {
+  dev.setBlockSize(1024 << sb.s_log_block_size);
+  const bs = dev.blockSize;
+  if (readOnly) {
+    const blocks = await recoverInMemory(dev, sb);
+    dev.overlay = blocks;
+    const b = blocks.get(Math.floor(SUPERBLOCK_OFFSET / bs));
+    log.info(`${dev.path}: journal replayed in memory (${blocks.size} blocks; the image is read-only)`);
+    if (!b && primaryDamage) throw primaryDamage;
+    const off = SUPERBLOCK_OFFSET % bs;
+    return b ? checkSuperblock(dev, b.subarray(off, off + SUPERBLOCK_SIZE)) : sb;
+  }
+  const r = await recoverInPlace(dev, sb);
+  if (r.transactions) log.info(`${dev.path}: journal replayed: ${r.transactions} transaction(s) (${r.softTransactions} log-only), ${r.blocks} block(s)`);
+  const raw = Buffer.alloc(SUPERBLOCK_SIZE);
+  await dev.readAt(raw, SUPERBLOCK_OFFSET);
+  const replayed = checkSuperblock(dev, raw);
+  replayed.s_feature_incompat &= ~INCOMPAT.recover;
+  await dev.writeAt(encodeSuperblock(replayed), SUPERBLOCK_OFFSET);
+  await dev.barrier();
+  return replayed;
+}
+
+/**
+ * The superblock of an image being opened, after journal recovery. `noLock` (inspecting an
+ * image another process may be writing) never replays.
+ */
+export async function readSuperblockAtOpen(dev: BlockDevice, readOnly: boolean, noLock: boolean): Promise<SuperblockFields> {
+  if (dev.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new CorruptionError(`image is ${dev.size} bytes, too small to hold an ext4 superblock`);
+  const raw = Buffer.alloc(SUPERBLOCK_SIZE);
+  await dev.readAt(raw, SUPERBLOCK_OFFSET);
+  let sb: SuperblockFields;
+  try {
+    sb = checkSuperblock(dev, raw);
+  } catch (e) {
+    // A torn write mixes sectors of two versions of the superblock, which agree on the
+    // geometry and the journal's location: the damaged primary still locates the journal
+    // (a filesystem of one group has no backup). Failing that, the first backup does.
+    const locator = e instanceof CorruptionError && !noLock ? (geometryOnly(raw) ?? (await findBackupSuperblock(dev))) : null;
+    if (!locator || !(locator.s_feature_compat & COMPAT.has_journal)) throw e;
+    log.warn(`${dev.path}: primary superblock damaged (${(e as Error).message}); replaying the journal to repair it`);
+    return replay(dev, locator, readOnly, e as Error);
+  }
+  if (!needsRecovery(sb)) return sb;
+  if (noLock) {
+    log.info(`${dev.path}: journal not replayed (inspecting an image another process may be writing)`);
+    return sb;
+  }
+  return replay(dev, sb, readOnly);
+}
+
+/** Replay an image's journal if it needs recovery, changing nothing else (kfs fsck). */
+export async function recoverImage(path: string): Promise<boolean> {
+  const dev = BlockDevice.open(path, {});
+  try {
+    const raw = Buffer.alloc(SUPERBLOCK_SIZE);
+    await dev.readAt(raw, SUPERBLOCK_OFFSET);
+    let needed = true; // a damaged primary superblock: let the journal repair it
+    try {
+      needed = needsRecovery(checkSuperblock(dev, raw));
+    } catch (e) {
+      if (!(e instanceof CorruptionError)) throw e;
+    }
+    if (!needed) return false;
+    await readSuperblockAtOpen(dev, false, false);
+    return true;
+  } finally {
+    await dev.closeNoSync();
+  }
+}
