@@ -55,6 +55,12 @@ export interface FoundEntry extends DirEntryInfo {
 }
 
 export class Directory {
+  /**
+   * Bumped by every change to the entries (add, remove, replace, ".."): a listing taken at
+   * `changes` = n still maps each name to the same inode while it stays n.
+   */
+  changes = 0;
+
   constructor(private io: DirIO) {}
 
   private get csum(): boolean {
@@ -186,10 +192,11 @@ export class Directory {
 
   /** Add an entry (the caller checked that the name is absent). */
   async add(name: Buffer, inode: number, fileType: number): Promise<void> {
+    this.changes++;
     if (this.io.indexed && this.io.dirIndex) return this.dxAdd(name, inode, fileType);
     const n = this.io.blockCount();
     for (let lblk = 0; lblk < n; lblk++) {
-      const { buf } = await this.leaf(lblk);
+      const buf = await this.leafBuf(lblk);
       if (insertDirent(buf, this.end, this.where(lblk), inode, name, fileType)) {
         sealDirBlock(buf, this.io.csumSeed);
         this.io.dirty(lblk, buf);
@@ -207,10 +214,11 @@ export class Directory {
   }
 
   async remove(name: Buffer): Promise<FoundEntry | null> {
+    this.changes++;
     const found = await this.lookup(name);
     if (!found) return null;
     const lblk = found.lblk;
-    const { buf } = await this.leaf(lblk);
+    const buf = await this.leafBuf(lblk);
     const d = removeDirent(buf, this.end, this.where(lblk), name);
     if (!d) return null;
     sealDirBlock(buf, this.io.csumSeed);
@@ -220,6 +228,7 @@ export class Directory {
 
   /** Point an existing entry at another inode (rename over an existing name). */
   async replace(name: Buffer, inode: number, fileType: number): Promise<number> {
+    this.changes++;
     const found = await this.lookup(name);
     if (!found) throw new FsError('ENOENT', `no entry ${name.toString()} to replace`);
     const { buf, entries } = await this.leaf(found.lblk);
@@ -233,6 +242,7 @@ export class Directory {
 
   /** Change the ".." entry (rename of a directory to a new parent). */
   async setDotDot(parent: number): Promise<void> {
+    this.changes++;
     const buf = await this.io.read(0);
     if (this.io.indexed && this.io.dirIndex) {
       const root = DxNode.parse(buf, true, this.io.csumSeed, this.where(0));
@@ -322,7 +332,8 @@ export class Directory {
       const path = await this.dxPath(h.major);
       const last = path.nodes[path.nodes.length - 1];
       const leafLblk = path.leaf;
-      const { buf } = await this.leaf(leafLblk);
+      // insertDirent validates what it walks: no entry objects for the ~200 names of a leaf.
+      const buf = await this.leafBuf(leafLblk);
       if (insertDirent(buf, this.end, this.where(leafLblk), inode, name, fileType)) {
         sealDirBlock(buf, this.io.csumSeed);
         this.io.dirty(leafLblk, buf);

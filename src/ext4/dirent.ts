@@ -88,10 +88,20 @@ export function findDirent(buf: Buffer, end: number, where: string, name: Buffer
     if (recLen < DIRENT_HEADER || recLen % 4 || off + recLen > end || DIRENT_HEADER + nameLen > recLen) {
       throw new CorruptionError(`${where}: directory entry at ${off} has bad rec_len ${recLen} (name_len ${nameLen})`);
     }
-    if (nameLen === n && buf.readUInt32LE(off) !== 0 && buf.compare(name, 0, n, off + DIRENT_HEADER, off + DIRENT_HEADER + n) === 0) return off;
+    if (nameLen === n && sameName(buf, off + DIRENT_HEADER, name, n) && buf.readUInt32LE(off) !== 0) return off;
     off += recLen;
   }
   return -1;
+}
+
+/**
+ * name == buf[at, at+n). Compared in JS from the last byte: a leaf holds ~200 names of one
+ * length that often share a prefix (f000123, f000124...), and a native Buffer.compare call per
+ * candidate costs more than the bytes it looks at.
+ */
+function sameName(buf: Buffer, at: number, name: Buffer, n: number): boolean {
+  for (let i = n - 1; i >= 0; i--) if (buf[at + i] !== name[i]) return false;
+  return true;
 }
 
 /** Lay entries out compactly from offset 0; the last one stretches to `end`. */
@@ -167,15 +177,13 @@ export function insertDirent(buf: Buffer, end: number, where: string, inode: num
 
 /** Remove the live entry `name`; it merges into its predecessor (or is blanked if first). */
 export function removeDirent(buf: Buffer, end: number, where: string, name: Buffer): Dirent | null {
-  let prev: Dirent | null = null;
-  for (const d of parseDirBlock(buf, end, where)) {
-    if (d.inode !== 0 && d.name.equals(name)) {
-      const removed = { ...d, name: Buffer.from(d.name) };
-      if (prev) buf.writeUInt16LE(prev.recLen + d.recLen, prev.offset + 4);
-      else buf.writeUInt32LE(0, d.offset);
-      return removed;
-    }
-    prev = d;
-  }
-  return null;
+  const off = findDirent(buf, end, where, name);
+  if (off < 0) return null;
+  const removed = { offset: off, inode: buf.readUInt32LE(off), recLen: buf.readUInt16LE(off + 4), name: Buffer.from(name), fileType: buf[off + 7] };
+  // The predecessor: walk again up to `off` (findDirent validated every rec_len before it).
+  let prev = -1;
+  for (let p = 0; p < off; p += buf.readUInt16LE(p + 4)) prev = p;
+  if (prev >= 0) buf.writeUInt16LE(buf.readUInt16LE(prev + 4) + removed.recLen, prev + 4);
+  else buf.writeUInt32LE(0, off);
+  return removed;
 }

@@ -8,13 +8,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { FsError, CorruptionError } from '../util/errors';
-import { Mutex } from '../util/mutex';
 import { log } from '../util/log';
 import { Volume, VolumeOptions } from './volume';
 import { InodeStore, InodeState, now } from './inode-store';
 import { Directory, DirEntryInfo } from './directory';
 import { XattrStore } from './xattr-store';
 import { FileIO } from './file-io';
+import { daxRuns } from './dax-map';
+import type { DaxRun } from '../vhost/dax-window';
 import { fileTypeOfMode, FT, packDirBlock, sealDirBlock, entriesEnd } from './dirent';
 import {
   Timespec, ROOT_INO, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK, INODE_FLAGS,
@@ -88,10 +89,13 @@ const EOF_COOKIE = 2 ** 53 - 1;
 
 interface DirSnapshot {
   entries: DirEntry[];
+  /** The directory it lists and its change count then (see entryAttr). */
+  dir: Directory;
+  changes: number;
 }
 
 export class Ext4Fs {
-  private lock = new Mutex();
+  private lock = new OpLock();
   readonly store: InodeStore;
   readonly xattrs: XattrStore;
   readonly files: FileIO;
@@ -155,22 +159,24 @@ export class Ext4Fs {
    * filesystem goes on; damage found half-way through a change makes the filesystem read-only
    * (the in-memory change may be partial), as ext4's errors=remount-ro would.
    */
-  private run<T>(fn: () => Promise<T>, mutating = false): Promise<T> {
-    if (this.closed) return Promise.reject(new FsError('EIO', 'filesystem is closed'));
-    return this.lock.run(async () => {
-      try {
-        const r = await fn();
-        await this.store.trim();
-        if (this.vol.dev.dirtyBlocks > DIRTY_SYNC_BLOCKS) await this.syncLocked(false);
-        return r;
-      } catch (e) {
-        if (e instanceof CorruptionError) {
-          log.error(`${this.vol.dev.path}: ${e.message}`);
-          if (mutating) this.vol.fallBackToReadOnly(e.message);
-        }
-        throw e;
+  private async run<T>(fn: () => Promise<T>, mutating = false): Promise<T> {
+    if (this.closed) throw new FsError('EIO', 'filesystem is closed');
+    const wait = this.lock.acquire();
+    if (wait) await wait;
+    try {
+      const r = await fn();
+      if (this.store.trimDue) await this.store.trim();
+      if (this.vol.dev.dirtyBlocks > Math.min(DIRTY_SYNC_BLOCKS, this.vol.maxDirtyBlocks)) await this.syncLocked(false);
+      return r;
+    } catch (e) {
+      if (e instanceof CorruptionError) {
+        log.error(`${this.vol.dev.path}: ${e.message}`);
+        if (mutating) this.vol.fallBackToReadOnly(e.message);
       }
-    });
+      throw e;
+    } finally {
+      this.lock.release();
+    }
   }
 
   private writable(): void {
@@ -223,13 +229,8 @@ export class Ext4Fs {
 
   /** posix_acl_chmod: an access ACL follows a chmod. */
   private async chmodAcl(st: InodeState, mode: number): Promise<void> {
-    let acl: Buffer;
-    try {
-      acl = await this.xattrs.get(st, 'system.posix_acl_access');
-    } catch (e) {
-      if (e instanceof FsError && e.code === 'ENODATA') return;
-      throw e;
-    }
+    const acl = await this.xattrs.find(st, 'system.posix_acl_access');
+    if (!acl) return;
     const entries = parseVfsAcl(acl);
     if (entries.length) await this.xattrs.set(st, 'system.posix_acl_access', encodeVfsAcl(aclChmod(entries, mode)), XATTR_REPLACE);
   }
@@ -238,17 +239,25 @@ export class Ext4Fs {
 
   private dir(st: InodeState): Directory {
     if (!st.inode.isDir()) throw new FsError('ENOTDIR', `inode ${st.inode.ino} is not a directory`);
-    return new Directory(this.store.dirIO(st));
+    return (st.dir ??= new Directory(this.store.dirIO(st)));
   }
 
-  lookup(parent: number, name: Buffer): Promise<Attr> {
-    return this.run(async () => {
-      checkName(name, true);
-      const p = await this.store.get(parent);
-      const e = await this.dir(p).lookup(name);
-      if (!e) throw new FsError('ENOENT', `${name.toString()} not found`);
-      return this.toAttr(await this.store.get(e.inode));
-    });
+  async lookup(parent: number, name: Buffer): Promise<Attr> {
+    const a = await this.lookupOrNull(parent, name);
+    if (!a) throw new FsError('ENOENT', `${name.toString()} not found`);
+    return a;
+  }
+
+  /** lookup, with null for a missing name: the common miss (before every create) throws nothing. */
+  lookupOrNull(parent: number, name: Buffer): Promise<Attr | null> {
+    return this.run(() => this.lookupLocked(parent, name));
+  }
+
+  private async lookupLocked(parent: number, name: Buffer): Promise<Attr | null> {
+    checkName(name, true);
+    const p = await this.store.get(parent);
+    const e = await this.dir(p).lookup(name);
+    return e ? this.toAttr(await this.store.get(e.inode)) : null;
   }
 
   private async newNode(parent: number, name: Buffer, mode: number, uid: number, gid: number, init: (st: InodeState) => Promise<void>, umask = 0): Promise<Attr> {
@@ -293,13 +302,8 @@ export class Ext4Fs {
     // No xattr block and no in-inode xattr header: no default ACL, without parsing anything.
     const area = p.inode.xattrArea();
     if (!p.inode.fileAcl && !(area.length >= 4 && area.readUInt32LE(0) === XATTR_MAGIC)) return null;
-    let defaults: Buffer;
-    try {
-      defaults = await this.xattrs.get(p, 'system.posix_acl_default');
-    } catch (e) {
-      if (e instanceof FsError && e.code === 'ENODATA') return null;
-      throw e;
-    }
+    const defaults = await this.xattrs.find(p, 'system.posix_acl_default');
+    if (!defaults) return null;
     const entries = parseVfsAcl(defaults);
     if (entries.length === 0) return null;
     const m = aclCreateMasq(entries, mode);
@@ -343,8 +347,14 @@ export class Ext4Fs {
     }, umask), true);
   }
 
-  create(parent: number, name: Buffer, mode: number, uid: number, gid: number, umask = 0): Promise<Attr> {
-    return this.mknod(parent, name, (mode & 0o7777) | S_IFREG, 0, uid, gid, umask);
+  /** A regular file; with `open`, also opened (as open() would) under the same lock hold. */
+  create(parent: number, name: Buffer, mode: number, uid: number, gid: number, umask = 0, open = false): Promise<Attr> {
+    if (!open) return this.mknod(parent, name, (mode & 0o7777) | S_IFREG, 0, uid, gid, umask);
+    return this.run(async () => {
+      const a = await this.newNode(parent, name, (mode & 0o7777) | S_IFREG, uid, gid, async (st) => this.initExtentRoot(st), umask);
+      (await this.store.get(a.ino)).openCount++;
+      return a;
+    }, true);
   }
 
   private initExtentRoot(st: InodeState): void {
@@ -681,7 +691,8 @@ export class Ext4Fs {
       let snap = handle !== undefined ? this.dirHandles.get(handle) : undefined;
       if (!snap || offset === 0) {
         const st = await this.store.get(ino);
-        snap = { entries: this.cookieOrder(this.dir(st), await this.dir(st).list()) };
+        const d = this.dir(st);
+        snap = { entries: this.cookieOrder(d, await d.list()), dir: d, changes: d.changes };
         await this.touchAtime(st);
         if (handle !== undefined && this.dirHandles.has(handle)) this.dirHandles.set(handle, snap);
       }
@@ -694,6 +705,21 @@ export class Ext4Fs {
         else hi = mid;
       }
       return e.slice(lo);
+    });
+  }
+
+  /**
+   * Attributes of an entry that readdir (through `handle`) listed as `name` → `ino`: READDIRPLUS
+   * answers them for every entry. While the directory is unchanged since the listing, the
+   * inode is the entry's, without searching for the name again; otherwise a lookup by name
+   * (null when the name is gone).
+   */
+  entryAttr(dirIno: number, handle: number, name: Buffer, ino: number): Promise<Attr | null> {
+    return this.run(async () => {
+      const snap = this.dirHandles.get(handle);
+      const p = this.store.cached(dirIno);
+      if (snap && p && p.dir === snap.dir && snap.dir.changes === snap.changes) return this.toAttr(await this.store.get(ino));
+      return this.lookupLocked(dirIno, name);
     });
   }
 
@@ -722,6 +748,10 @@ export class Ext4Fs {
 
   getxattr(ino: number, name: string): Promise<Buffer> {
     return this.run(async () => this.xattrs.get(await this.store.get(ino), name));
+  }
+  /** getxattr, with null for an absent attribute (the kernel asks for security.capability on every write). */
+  getxattrOrNull(ino: number, name: string): Promise<Buffer | null> {
+    return this.run(async () => this.xattrs.find(await this.store.get(ino), name));
   }
   listxattr(ino: number): Promise<string[]> {
     return this.run(async () => this.xattrs.list(await this.store.get(ino)));
@@ -813,8 +843,45 @@ export class Ext4Fs {
     await this.vol.sync({ fsync });
   }
 
+  /**
+   * Commit the changes to the journal's log without barriers (Volume.sync soft): enough for a
+   * server process death to lose nothing; fsync, syncfs and the periodic commit make it durable.
+   */
+  commitToLog(): Promise<void> {
+    return this.lock.run(async () => {
+      if (this.vol.readOnly || this.closed) return;
+      await this.store.flushAll();
+      await this.vol.sync({ soft: true });
+    });
+  }
+
   fsync(_ino: number, _datasync = false): Promise<void> {
     return this.sync(true);
+  }
+
+  // ---- DAX (src/ext4/dax-map.ts, src/vhost/dax-window.ts) ----
+
+  /** The runs backing a file range, handed to use() while the operation lock is held. */
+  withDaxRuns(ino: number, foffset: number, len: number, writable: boolean, use: (runs: DaxRun[]) => Promise<void>): Promise<void> {
+    return this.run(async () => {
+      const st = await this.store.get(ino);
+      await use(await daxRuns(this.store, this.files, st, foffset, len, writable));
+    }, writable);
+  }
+
+  /** Run fn under the operation lock (DAX window changes that touch no file). */
+  exclusive(fn: () => Promise<void>): Promise<void> {
+    return this.run(fn);
+  }
+
+  /** Called under the lock before a file's blocks are freed; see InodeStore.beforeRelease. */
+  set beforeRelease(hook: ((ino: number, from: number, to: number) => Promise<void>) | null) {
+    this.store.beforeRelease = hook;
+  }
+
+  /** The image's file descriptor (DAX maps ranges of it into a guest). */
+  get imageFd(): number {
+    return this.vol.dev.fd;
   }
 
   /** Flush and release the image. The image is closed (and unlocked) even if the flush fails. */
@@ -912,6 +979,42 @@ function refuseKernelMounted(image: string): void {
     }
     if (backing === real && mounts.includes(` /dev/${l} `)) {
       throw new FsError('EBUSY', `image ${image} is mounted by the kernel through /dev/${l}; unmount it first`);
+    }
+  }
+}
+
+/**
+ * The operation lock: FIFO like util/mutex's Mutex, but taking it when it is free costs no
+ * promise. Requests mostly arrive one at a time, and each would otherwise pay several promise
+ * hops before doing any work.
+ */
+class OpLock {
+  private held = false;
+  private waiters: (() => void)[] = [];
+
+  /** null: the lock was free and is now the caller's; otherwise resolves when it is. */
+  acquire(): Promise<void> | null {
+    if (!this.held) {
+      this.held = true;
+      return null;
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Hand the lock to the next waiter (it stays held), or free it. */
+  release(): void {
+    const next = this.waiters.shift();
+    if (next) next();
+    else this.held = false;
+  }
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const wait = this.acquire();
+    if (wait) await wait;
+    try {
+      return await fn();
+    } finally {
+      this.release();
     }
   }
 }

@@ -10,9 +10,12 @@ import {
   FileSystem, RequestContext, EntryAttr, SetAttrRequest, OpenResult, DirEntryOut, StatfsResult,
 } from '../fuse/filesystem';
 import { FuseAttr } from '../fuse/structs';
+import type { DaxRun, DaxSource } from '../vhost/dax-window';
 
 const FUSE_ROOT = 1;
 const O_TRUNC = 0o1000;
+const O_ACCMODE = 0o3;
+const O_RDONLY = 0;
 
 export const toNode = (ino: number): number => (ino === ROOT_INO ? FUSE_ROOT : ino);
 export const toIno = (node: number): number => (node === FUSE_ROOT ? ROOT_INO : node === ROOT_INO ? 0 : node);
@@ -22,7 +25,11 @@ function fuseAttr(a: Attr): FuseAttr {
 }
 
 function entry(a: Attr): EntryAttr {
-  return { ...fuseAttr(a), ino: a.ino, generation: a.ino === ROOT_INO ? 0 : a.generation };
+  // Spelled out (not a spread of fuseAttr): one allocation on the lookup and READDIRPLUS path.
+  return {
+    ino: a.ino, size: a.size, blocks: a.blocks, atime: a.atime, mtime: a.mtime, ctime: a.ctime, mode: a.mode, nlink: a.nlink,
+    uid: a.uid, gid: a.gid, rdev: a.rdev, blksize: a.blksize, generation: a.ino === ROOT_INO ? 0 : a.generation,
+  };
 }
 
 /**
@@ -39,9 +46,11 @@ function killSuidgidBits(mode: number, fileGid: number, ctx: RequestContext): nu
 interface OpenFile {
   ino: number;
   flags: number;
+  /** Opened by a previous server (not counted by ext4.open). */
+  adopted?: boolean;
 }
 
-export class Ext4FuseFs implements FileSystem {
+export class Ext4FuseFs implements FileSystem, DaxSource {
   readonly posixAcl = true;
   private files = new Map<number, OpenFile>();
   private dirs = new Map<number, { ino: number; handle: number }>();
@@ -57,6 +66,12 @@ export class Ext4FuseFs implements FileSystem {
 
   async lookup(_ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr> {
     return entry(await this.ext4.lookup(this.ino(parent), name));
+  }
+
+  /** lookup with null for ENOENT (see MissPaths in the dispatcher). */
+  async lookupOrNull(_ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr | null> {
+    const a = await this.ext4.lookupOrNull(this.ino(parent), name);
+    return a && entry(a);
   }
 
   async getattr(_ctx: RequestContext, node: number): Promise<FuseAttr> {
@@ -136,8 +151,7 @@ export class Ext4FuseFs implements FileSystem {
   }
 
   async create(ctx: RequestContext, parent: number, name: Buffer, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult> {
-    const a = await this.ext4.create(this.ino(parent), name, mode, ctx.uid, ctx.gid, umask);
-    await this.ext4.open(a.ino);
+    const a = await this.ext4.create(this.ino(parent), name, mode, ctx.uid, ctx.gid, umask, true);
     return { ...entry(a), fh: this.addFile(a.ino, flags) };
   }
 
@@ -147,9 +161,27 @@ export class Ext4FuseFs implements FileSystem {
   }
 
   private file(fh: number, node: number): OpenFile {
-    const f = this.files.get(fh);
+    let f = this.files.get(fh);
+    if (!f && this.adoptUnknownHandles) {
+      // A handle a previous server of this mount opened (transport/supervisor.ts). It does not
+      // count as open (no ext4.open): an unlink of the file frees it as if it were closed.
+      f = { ino: this.ino(node), flags: 0, adopted: true };
+      this.files.set(fh, f);
+    }
     if (!f || f.ino !== this.ino(node)) throw new FsError('EBADF', `file handle ${fh} is not open on node ${node}`);
     return f;
+  }
+
+  private adoptUnknownHandles = false;
+
+  /**
+   * Server number `generation` of one mount (transport/supervisor.ts): its handles are numbered
+   * apart from those of earlier servers (2^36 per server), and a restarted one (generation > 0)
+   * serves handles it never opened: the kernel still holds those of the dead server.
+   */
+  handleGeneration(generation: number): void {
+    this.nextFh = generation * 2 ** 36 + 1;
+    this.adoptUnknownHandles = generation > 0;
   }
 
   read(_ctx: RequestContext, node: number, fh: number, offset: number, size: number): Promise<Buffer> {
@@ -171,7 +203,7 @@ export class Ext4FuseFs implements FileSystem {
     const f = this.files.get(fh);
     if (!f) return;
     this.files.delete(fh);
-    await this.ext4.release(f.ino);
+    if (!f.adopted) await this.ext4.release(f.ino);
     void node;
   }
 
@@ -192,6 +224,37 @@ export class Ext4FuseFs implements FileSystem {
     const ino = this.ino(node);
     const list = await this.ext4.readdir(ino, offset, d && d.ino === ino ? d.handle : undefined);
     return list.map((e) => ({ name: e.name, node: toNode(e.ino), type: e.type, next: e.next }));
+  }
+
+  /** READDIRPLUS's attributes for an entry this handle's readdir listed (see MissPaths in the dispatcher). */
+  async readdirplusEntry(_ctx: RequestContext, parent: number, fh: number, name: Buffer, node: number): Promise<EntryAttr | null> {
+    const d = this.dirs.get(fh);
+    const ino = this.ino(parent);
+    const a = d && d.ino === ino ? await this.ext4.entryAttr(ino, d.handle, name, toIno(node)) : await this.ext4.lookupOrNull(ino, name);
+    return a && entry(a);
+  }
+
+  // ---- DAX source (virtio-fs: src/vhost/dax-window.ts) ----
+
+  get imageFd(): number {
+    return this.ext4.imageFd;
+  }
+
+  withDaxRuns(node: number, fh: number, foffset: number, len: number, writable: boolean, use: (runs: DaxRun[]) => Promise<void>): Promise<void> {
+    const ino = this.ino(node);
+    const f = this.files.get(fh);
+    if (this.dirs.get(fh)?.ino === ino) throw new FsError('EINVAL', 'DAX maps regular files only');
+    if (!f || f.ino !== ino) throw new FsError('EBADF', `DAX mapping through handle ${fh}, which is not open on this file`);
+    if (writable && (f.flags & O_ACCMODE) === O_RDONLY) throw new FsError('EBADF', 'writable DAX mapping through a read-only handle');
+    return this.ext4.withDaxRuns(ino, foffset, len, writable, use);
+  }
+
+  exclusive(fn: () => Promise<void>): Promise<void> {
+    return this.ext4.exclusive(fn);
+  }
+
+  setReleaseHook(hook: ((node: number, from: number, to: number) => Promise<void>) | null): void {
+    this.ext4.beforeRelease = hook && ((ino, from, to) => hook(toNode(ino), from, to));
   }
 
   async releaseAll(): Promise<void> {
@@ -221,6 +284,9 @@ export class Ext4FuseFs implements FileSystem {
   }
   getxattr(_ctx: RequestContext, node: number, name: string): Promise<Buffer> {
     return this.ext4.getxattr(this.ino(node), name);
+  }
+  getxattrOrNull(_ctx: RequestContext, node: number, name: string): Promise<Buffer | null> {
+    return this.ext4.getxattrOrNull(this.ino(node), name);
   }
   async listxattr(ctx: RequestContext, node: number): Promise<string[]> {
     const names = await this.ext4.listxattr(this.ino(node));

@@ -7,7 +7,7 @@
  * checksum fields zeroed); low 16 bits in l_i_checksum_lo, high 16 in i_checksum_hi.
  */
 import { Struct, Decoded } from '../util/struct';
-import { join64, lo32, hi32 } from '../util/cursor';
+import { ByteCursor, join64, lo32, hi32 } from '../util/cursor';
 import { ext4Crc, ext4CrcU32 } from './crc';
 
 export const InodeLayout = new Struct('ext4_inode', {
@@ -74,22 +74,21 @@ export class Inode {
   constructor(readonly ino: number, public f: InodeFields, readonly raw: Buffer) {}
 
   static decode(ino: number, raw: Buffer): Inode {
-    return new Inode(ino, InodeLayout.decode(raw), Buffer.from(raw));
+    return new Inode(ino, decodeInodeFields(raw), Buffer.from(raw));
   }
 
   static fresh(ino: number, inodeSize: number, extraIsize: number): Inode {
     const raw = Buffer.alloc(inodeSize);
-    const f = InodeLayout.decode(raw);
+    const f = decodeInodeFields(raw);
     f.i_extra_isize = inodeSize > GOOD_OLD_INODE_SIZE ? extraIsize : 0;
     return new Inode(ino, f, raw);
   }
 
   /** Serialize the decoded fields into raw (only the extra fields i_extra_isize covers). */
   encode(): Buffer {
-    const full = Buffer.alloc(160);
-    InodeLayout.encode(this.f, full);
+    encodeInodeFields(this.f, encodeScratch);
     const fixedEnd = this.raw.length > GOOD_OLD_INODE_SIZE ? GOOD_OLD_INODE_SIZE + this.f.i_extra_isize : GOOD_OLD_INODE_SIZE;
-    full.copy(this.raw, 0, 0, Math.min(fixedEnd, 160));
+    encodeScratch.copy(this.raw, 0, 0, Math.min(fixedEnd, INODE_FIELDS_SIZE));
     return this.raw;
   }
 
@@ -126,7 +125,7 @@ export class Inode {
   }
 
   private hasExtra(field: 'i_ctime_extra' | 'i_mtime_extra' | 'i_atime_extra' | 'i_crtime' | 'i_crtime_extra'): boolean {
-    return this.raw.length > GOOD_OLD_INODE_SIZE && GOOD_OLD_INODE_SIZE + this.f.i_extra_isize >= InodeLayout.offsetOf(field) + 4;
+    return this.raw.length > GOOD_OLD_INODE_SIZE && GOOD_OLD_INODE_SIZE + this.f.i_extra_isize >= EXTRA_END[field];
   }
   private getTime(base: 'i_atime' | 'i_mtime' | 'i_ctime', extra: 'i_atime_extra' | 'i_mtime_extra' | 'i_ctime_extra'): Timespec {
     return decodeExtraTime(this.f[base], this.hasExtra(extra) ? this.f[extra] : undefined);
@@ -152,6 +151,49 @@ export class Inode {
     if (this.raw.length <= GOOD_OLD_INODE_SIZE) return this.raw.subarray(0, 0);
     return this.raw.subarray(GOOD_OLD_INODE_SIZE + this.f.i_extra_isize);
   }
+}
+
+const INODE_FIELDS_SIZE = InodeLayout.size;
+/** Where each optional extra field ends (the inode has it when i_extra_isize reaches there). */
+const EXTRA_END = {
+  i_ctime_extra: InodeLayout.offsetOf('i_ctime_extra') + 4, i_mtime_extra: InodeLayout.offsetOf('i_mtime_extra') + 4,
+  i_atime_extra: InodeLayout.offsetOf('i_atime_extra') + 4, i_crtime: InodeLayout.offsetOf('i_crtime') + 4,
+  i_crtime_extra: InodeLayout.offsetOf('i_crtime_extra') + 4,
+} as const;
+let encodeScratch = Buffer.alloc(INODE_FIELDS_SIZE);
+
+/**
+ * InodeLayout decoded as one object literal in layout order, the same reads Struct.decode makes.
+ * Inodes are decoded on every table read and encoded on every change: Struct's generic
+ * per-field loop (keyed stores into an object that grows field by field) cost more than the
+ * rest of a lookup.
+ */
+function decodeInodeFields(raw: Buffer): InodeFields {
+  const c = new ByteCursor(raw, 0, Math.min(raw.length, INODE_FIELDS_SIZE));
+  return {
+    i_mode: c.u16(), i_uid: c.u16(), i_size_lo: c.u32(), i_atime: c.u32(), i_ctime: c.u32(), i_mtime: c.u32(),
+    i_dtime: c.u32(), i_gid: c.u16(), i_links_count: c.u16(), i_blocks_lo: c.u32(), i_flags: c.u32(), i_version: c.u32(),
+    i_block: Buffer.from(c.bytes(60)), i_generation: c.u32(), i_file_acl_lo: c.u32(), i_size_high: c.u32(), i_faddr: c.u32(),
+    i_blocks_high: c.u16(), i_file_acl_high: c.u16(), i_uid_high: c.u16(), i_gid_high: c.u16(),
+    i_checksum_lo: c.u16(), i_reserved: c.u16(),
+    i_extra_isize: c.u16(), i_checksum_hi: c.u16(), i_ctime_extra: c.u32(), i_mtime_extra: c.u32(),
+    i_atime_extra: c.u32(), i_crtime: c.u32(), i_crtime_extra: c.u32(), i_version_hi: c.u32(), i_projid: c.u32(),
+  };
+}
+
+/** The inverse of decodeInodeFields, into a 160-byte buffer. */
+function encodeInodeFields(f: InodeFields, out: Buffer): void {
+  if (out.length !== INODE_FIELDS_SIZE) encodeScratch = out = Buffer.alloc(INODE_FIELDS_SIZE);
+  const c = new ByteCursor(out);
+  c.putU16(f.i_mode).putU16(f.i_uid).putU32(f.i_size_lo).putU32(f.i_atime).putU32(f.i_ctime).putU32(f.i_mtime)
+    .putU32(f.i_dtime).putU16(f.i_gid).putU16(f.i_links_count).putU32(f.i_blocks_lo).putU32(f.i_flags).putU32(f.i_version);
+  const n = Math.min(f.i_block.length, 60);
+  c.putBytes(f.i_block.subarray(0, n)).fill(60 - n);
+  c.putU32(f.i_generation).putU32(f.i_file_acl_lo).putU32(f.i_size_high).putU32(f.i_faddr)
+    .putU16(f.i_blocks_high).putU16(f.i_file_acl_high).putU16(f.i_uid_high).putU16(f.i_gid_high)
+    .putU16(f.i_checksum_lo).putU16(f.i_reserved)
+    .putU16(f.i_extra_isize).putU16(f.i_checksum_hi).putU32(f.i_ctime_extra).putU32(f.i_mtime_extra)
+    .putU32(f.i_atime_extra).putU32(f.i_crtime).putU32(f.i_crtime_extra).putU32(f.i_version_hi).putU32(f.i_projid);
 }
 
 /** Checksum of an encoded inode; the stored checksum bytes are skipped (taken as zero). */

@@ -11,6 +11,7 @@ import {
 } from './xattr';
 import { aclToDisk, aclFromDisk } from './acl';
 import { GOOD_OLD_INODE_SIZE } from './inode';
+import { XATTR_MAGIC } from './xattr';
 
 export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
@@ -55,9 +56,24 @@ export class XattrStore {
   }
 
   async get(st: InodeState, name: string): Promise<Buffer> {
+    const v = await this.find(st, name);
+    if (!v) throw new FsError('ENODATA', `no attribute ${name}`);
+    return v;
+  }
+
+  /** The value, or null when absent. An inode without xattrs answers without parsing anything. */
+  async find(st: InodeState, name: string): Promise<Buffer | null> {
+    if (!st.inode.fileAcl && !this.inodeAreaInUse(st)) return null;
     const e = (await this.all(st)).find((x) => x.name === name);
-    if (!e) throw new FsError('ENODATA', `no attribute ${name}`);
+    if (!e) return null;
     return ACL_NAMES.has(name) ? aclFromDisk(e.value) : e.value;
+  }
+
+  /** Does the in-inode xattr area start with the magic (ext4_xattr_ibody_header)? */
+  private inodeAreaInUse(st: InodeState): boolean {
+    if (this.areaSize(st) < 4) return false;
+    const raw = st.inode.raw;
+    return raw.readUInt32LE(GOOD_OLD_INODE_SIZE + st.inode.f.i_extra_isize) === XATTR_MAGIC;
   }
 
   async list(st: InodeState): Promise<string[]> {

@@ -9,15 +9,15 @@ import { log } from '../util/log';
 import { constants } from 'node:os';
 import {
   FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_ROOT_ID, InitFlag, FATTR, FOPEN,
-  FUSE_WRITE_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID, FUSE_FSYNC_FDATASYNC, opcodeName,
+  FUSE_WRITE_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID, FUSE_FSYNC_FDATASYNC, FUSE_SETUPMAPPING_FLAG_WRITE, opcodeName,
 } from './abi';
-import { decodeRequest, decodeOptionsFor, DecodeError, DecodeOptions, DEFAULT_DECODE_OPTIONS, FuseRequest, FuseRequestOf } from './request';
+import { decodeRequest, decodeOptionsFor, DecodeError, DecodeOptions, DEFAULT_DECODE_OPTIONS, FuseRequest, FuseRequestOf, FuseOpKind } from './request';
 import {
   replyError, replyEmpty, replyEntry, replyAttr, replyOpen, replyCreate, replyWrite, replyStatfs,
   replyXattrSize, replyInit, replyLseek, replyData, DirentPacker,
 } from './reply';
 import { EntryOut, FuseAttr } from './structs';
-import { FileSystem, RequestContext, EntryAttr, SetAttrRequest } from './filesystem';
+import { FileSystem, RequestContext, EntryAttr, SetAttrRequest, DaxMapper } from './filesystem';
 
 export interface SessionOptions {
   /** Seconds the kernel may cache names and attributes (an image kfs owns alone: long). */
@@ -42,6 +42,26 @@ export interface Negotiated {
 
 export type Reply = Buffer | Buffer[] | null;
 
+type Handler<K extends FuseOpKind> = (req: FuseRequestOf<K>, ctx: RequestContext) => Promise<Reply> | Reply;
+type Handlers = { [K in FuseOpKind]?: Handler<K> };
+
+/**
+ * Optional variants of FileSystem calls that answer a routine miss with null instead of an
+ * FsError: a negative lookup precedes every create, and the kernel asks for
+ * security.capability before every write; an exception (built, thrown through each async
+ * frame) costs more than the operation itself.
+ */
+interface MissPaths {
+  lookupOrNull?(ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr | null>;
+  getxattrOrNull?(ctx: RequestContext, node: number, name: string): Promise<Buffer | null>;
+  /**
+   * READDIRPLUS: the entry `name` that readdir on handle `fh` of `parent` listed as `node`,
+   * counted as a lookup; null when it is gone. Lets a filesystem skip the name search while
+   * the directory is unchanged since the listing.
+   */
+  readdirplusEntry?(ctx: RequestContext, parent: number, fh: number, name: Buffer, node: number): Promise<EntryAttr | null>;
+}
+
 const PAGE = 4096;
 const WANTED_FLAGS =
   InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.EXPORT_SUPPORT | InitFlag.BIG_WRITES |
@@ -61,6 +81,8 @@ export class FuseSession {
   private readonly maxWrite: number;
   readonly counts = new Map<string, number>();
   destroyed = false;
+  /** Set by a transport that has a DAX window (virtio-fs with SHMEM). */
+  dax: DaxMapper | null = null;
 
   constructor(readonly fs: FileSystem, private opts: SessionOptions = {}) {
     this.entryTimeout = opts.entryTimeout ?? 3600;
@@ -127,161 +149,213 @@ export class FuseSession {
     if (this.opts.readOnly) throw new FsError('EROFS', 'mounted read-only');
   }
 
-  private async dispatch(req: FuseRequest): Promise<Reply> {
-    const u = req.header.unique;
-    const ctx = this.ctx(req);
-    const fs = this.fs;
-    switch (req.kind) {
-      case 'init': return this.init(req);
-      case 'destroy':
-        this.destroyed = true;
-        await fs.destroy();
-        return replyEmpty(u);
-      case 'lookup': {
-        try {
-          return replyEntry(u, this.entry(await fs.lookup(ctx, this.node(req), req.name)), this.minor);
-        } catch (e) {
-          if (this.negativeTimeout > 0 && errnoOf(e) === constants.errno.ENOENT) {
-            return replyEntry(u, { nodeid: 0, generation: 0, entry_valid: this.negativeTimeout, attr_valid: 0, attr: ZERO_ATTR }, this.minor);
-          }
-          throw e;
-        }
+  private dispatch(req: FuseRequest): Promise<Reply> | Reply {
+    const h = this.handlers[req.kind] as Handler<FuseOpKind> | undefined;
+    // Locks stay in the kernel (no POSIX_LOCKS/FLOCK_LOCKS); ioctl, poll, bmap, statx, DAX
+    // mapping on this transport: not implemented.
+    if (!h) throw new FsError('ENOSYS', `${opcodeName(req.header.opcode)} is not implemented`);
+    return h(req as FuseRequestOf<FuseOpKind>, this.ctx(req));
+  }
+
+  /**
+   * One small function per opcode rather than one switch: each compiles (and deoptimizes) on its
+   * own, and a first request of a new kind does not throw away the code of all the others.
+   */
+  private readonly handlers: Handlers = {
+    init: (req) => this.init(req),
+    destroy: async (req) => {
+      this.destroyed = true;
+      await this.fs.destroy();
+      return replyEmpty(req.header.unique);
+    },
+    lookup: async (req, ctx) => {
+      const u = req.header.unique;
+      const a = await this.lookupOrNull(ctx, this.node(req), req.name);
+      if (a) return replyEntry(u, this.entry(a), this.minor);
+      if (this.negativeTimeout > 0) {
+        return replyEntry(u, { nodeid: 0, generation: 0, entry_valid: this.negativeTimeout, attr_valid: 0, attr: ZERO_ATTR }, this.minor);
       }
-      case 'forget':
-        fs.forget?.(this.node(req), req.nlookup);
-        return null;
-      case 'batch_forget':
-        for (const it of req.items) fs.forget?.(it.nodeid, it.nlookup);
-        return null;
-      case 'getattr': return this.attrReply(u, await fs.getattr(ctx, this.node(req)));
-      case 'setattr': return this.setattr(req, ctx);
-      case 'readlink': return replyData(u, await fs.readlink(ctx, this.node(req)));
-      case 'symlink':
-        this.writable();
-        return replyEntry(u, this.entry(await fs.symlink(ctx, this.node(req), req.name, req.target)), this.minor);
-      case 'mknod':
-        this.writable();
-        return replyEntry(u, this.entry(await fs.mknod(ctx, this.node(req), req.name, req.mode, req.rdev, req.umask)), this.minor);
-      case 'mkdir':
-        this.writable();
-        return replyEntry(u, this.entry(await fs.mkdir(ctx, this.node(req), req.name, req.mode, req.umask)), this.minor);
-      case 'unlink':
-        this.writable();
-        await fs.unlink(ctx, this.node(req), req.name);
-        return replyEmpty(u);
-      case 'rmdir':
-        this.writable();
-        await fs.rmdir(ctx, this.node(req), req.name);
-        return replyEmpty(u);
-      case 'rename':
-        this.writable();
-        await fs.rename(ctx, this.node(req), req.name, req.newdir, req.newname, 0);
-        return replyEmpty(u);
-      case 'rename2':
-        this.writable();
-        await fs.rename(ctx, this.node(req), req.name, req.newdir, req.newname, req.flags);
-        return replyEmpty(u);
-      case 'link':
-        this.writable();
-        return replyEntry(u, this.entry(await fs.link(ctx, req.oldnodeid, this.node(req), req.name)), this.minor);
-      case 'open': {
-        if (this.opts.readOnly && (req.flags & 3) !== 0 /* O_RDONLY */) throw new FsError('EROFS', 'mounted read-only');
-        const r = await fs.open(ctx, this.node(req), req.flags, (req.open_flags & FUSE_OPEN_KILL_SUIDGID) !== 0);
-        return replyOpen(u, r.fh, (r.openFlags ?? 0) | FOPEN.KEEP_CACHE);
-      }
-      case 'create': {
-        this.writable();
-        const r = await fs.create(ctx, this.node(req), req.name, req.mode, req.flags, req.umask);
-        return replyCreate(u, this.entry(r), { fh: r.fh, open_flags: (r.openFlags ?? 0) | FOPEN.KEEP_CACHE });
-      }
-      case 'tmpfile': {
-        this.writable();
-        if (!fs.tmpfile) throw new FsError('ENOSYS', 'tmpfile');
-        const r = await fs.tmpfile(ctx, this.node(req), req.mode, req.flags, req.umask);
-        return replyCreate(u, this.entry(r), { fh: r.fh, open_flags: r.openFlags ?? 0 });
-      }
-      case 'read': {
-        const size = Math.min(req.size, this.negotiated!.maxWrite);
-        return replyData(u, await fs.read(ctx, this.node(req), req.fh, req.offset, size));
-      }
-      case 'write':
-        this.writable();
-        return replyWrite(u, await fs.write(ctx, this.node(req), req.fh, req.offset, req.data, (req.write_flags & FUSE_WRITE_KILL_SUIDGID) !== 0));
-      case 'statfs': return replyStatfs(u, await fs.statfs(ctx, this.node(req)), this.minor);
-      case 'release':
-        await fs.release(ctx, this.node(req), req.fh);
-        return replyEmpty(u);
-      case 'flush':
-        // Nothing to do at close(2): ENOSYS makes the kernel stop sending FLUSH (fc->no_flush).
-        if (!fs.flush) throw new FsError('ENOSYS', 'flush');
-        await fs.flush(ctx, this.node(req), req.fh);
-        return replyEmpty(u);
-      case 'fsync':
-        await fs.fsync(ctx, this.node(req), req.fh, (req.fsync_flags & FUSE_FSYNC_FDATASYNC) !== 0);
-        return replyEmpty(u);
-      case 'fsyncdir':
-        if (fs.fsyncdir) await fs.fsyncdir(ctx, this.node(req), req.fh, (req.fsync_flags & FUSE_FSYNC_FDATASYNC) !== 0);
-        else await fs.fsync(ctx, this.node(req), req.fh, false);
-        return replyEmpty(u);
-      case 'syncfs':
-        if (fs.syncfs) await fs.syncfs(ctx);
-        return replyEmpty(u);
-      case 'opendir': {
-        const r = await fs.opendir(ctx, this.node(req));
-        return replyOpen(u, r.fh, (r.openFlags ?? 0) | FOPEN.CACHE_DIR | FOPEN.KEEP_CACHE);
-      }
-      case 'readdir':
-      case 'readdirplus': return this.readdir(req, ctx);
-      case 'releasedir':
-        await fs.releasedir(ctx, this.node(req), req.fh);
-        return replyEmpty(u);
-      case 'setxattr': {
-        this.writable();
-        await fs.setxattr(ctx, this.node(req), xattrName(req.name), Buffer.from(req.value), req.flags);
-        return replyEmpty(u);
-      }
-      case 'getxattr': {
-        const v = await fs.getxattr(ctx, this.node(req), xattrName(req.name));
-        if (req.size === 0) return replyXattrSize(u, v.length);
-        if (v.length > req.size) throw new FsError('ERANGE', 'xattr value larger than the buffer');
-        return replyData(u, v);
-      }
-      case 'listxattr': {
-        const names = await fs.listxattr(ctx, this.node(req));
-        const list = Buffer.concat(names.map((n) => Buffer.from(n + '\0', 'utf8')));
-        if (req.size === 0) return replyXattrSize(u, list.length);
-        if (list.length > req.size) throw new FsError('ERANGE', 'xattr list larger than the buffer');
-        return replyData(u, list);
-      }
-      case 'removexattr':
-        this.writable();
-        await fs.removexattr(ctx, this.node(req), xattrName(req.name));
-        return replyEmpty(u);
-      case 'access':
-        if (fs.access) await fs.access(ctx, this.node(req), req.mask);
-        else await fs.getattr(ctx, this.node(req));
-        return replyEmpty(u);
-      case 'fallocate':
-        this.writable();
-        if (!fs.fallocate) throw new FsError('EOPNOTSUPP', 'fallocate');
-        await fs.fallocate(ctx, this.node(req), req.fh, req.offset, req.length, req.mode);
-        return replyEmpty(u);
-      case 'lseek':
-        if (!fs.lseek) throw new FsError('ENOSYS', 'lseek');
-        return replyLseek(u, await fs.lseek(ctx, this.node(req), req.fh, req.offset, req.whence));
-      case 'copy_file_range': {
-        this.writable();
-        if (!fs.copyFileRange) throw new FsError('ENOSYS', 'copy_file_range');
-        const len = Math.min(req.len, 0xffffffff);
-        return replyWrite(u, await fs.copyFileRange(ctx, this.node(req), req.fh_in, req.off_in, req.nodeid_out, req.fh_out, req.off_out, len));
-      }
-      case 'interrupt':
-        // Requests here finish quickly; the kernel gets their normal replies.
-        return null;
-      default:
-        // Locks stay in the kernel (no POSIX_LOCKS/FLOCK_LOCKS); ioctl, poll, bmap, statx, DAX
-        // mapping on this transport: not implemented.
-        throw new FsError('ENOSYS', `${opcodeName(req.header.opcode)} is not implemented`);
+      return replyError(u, constants.errno.ENOENT);
+    },
+    forget: (req) => {
+      this.fs.forget?.(this.node(req), req.nlookup);
+      return null;
+    },
+    batch_forget: (req) => {
+      for (const it of req.items) this.fs.forget?.(it.nodeid, it.nlookup);
+      return null;
+    },
+    getattr: async (req, ctx) => this.attrReply(req.header.unique, await this.fs.getattr(ctx, this.node(req))),
+    setattr: (req, ctx) => this.setattr(req, ctx),
+    readlink: async (req, ctx) => replyData(req.header.unique, await this.fs.readlink(ctx, this.node(req))),
+    symlink: async (req, ctx) => {
+      this.writable();
+      return replyEntry(req.header.unique, this.entry(await this.fs.symlink(ctx, this.node(req), req.name, req.target)), this.minor);
+    },
+    mknod: async (req, ctx) => {
+      this.writable();
+      return replyEntry(req.header.unique, this.entry(await this.fs.mknod(ctx, this.node(req), req.name, req.mode, req.rdev, req.umask)), this.minor);
+    },
+    mkdir: async (req, ctx) => {
+      this.writable();
+      return replyEntry(req.header.unique, this.entry(await this.fs.mkdir(ctx, this.node(req), req.name, req.mode, req.umask)), this.minor);
+    },
+    unlink: async (req, ctx) => {
+      this.writable();
+      await this.fs.unlink(ctx, this.node(req), req.name);
+      return replyEmpty(req.header.unique);
+    },
+    rmdir: async (req, ctx) => {
+      this.writable();
+      await this.fs.rmdir(ctx, this.node(req), req.name);
+      return replyEmpty(req.header.unique);
+    },
+    rename: async (req, ctx) => {
+      this.writable();
+      await this.fs.rename(ctx, this.node(req), req.name, req.newdir, req.newname, 0);
+      return replyEmpty(req.header.unique);
+    },
+    rename2: async (req, ctx) => {
+      this.writable();
+      await this.fs.rename(ctx, this.node(req), req.name, req.newdir, req.newname, req.flags);
+      return replyEmpty(req.header.unique);
+    },
+    link: async (req, ctx) => {
+      this.writable();
+      return replyEntry(req.header.unique, this.entry(await this.fs.link(ctx, req.oldnodeid, this.node(req), req.name)), this.minor);
+    },
+    open: async (req, ctx) => {
+      if (this.opts.readOnly && (req.flags & 3) !== 0 /* O_RDONLY */) throw new FsError('EROFS', 'mounted read-only');
+      const r = await this.fs.open(ctx, this.node(req), req.flags, (req.open_flags & FUSE_OPEN_KILL_SUIDGID) !== 0);
+      return replyOpen(req.header.unique, r.fh, (r.openFlags ?? 0) | FOPEN.KEEP_CACHE);
+    },
+    create: async (req, ctx) => {
+      this.writable();
+      const r = await this.fs.create(ctx, this.node(req), req.name, req.mode, req.flags, req.umask);
+      return replyCreate(req.header.unique, this.entry(r), { fh: r.fh, open_flags: (r.openFlags ?? 0) | FOPEN.KEEP_CACHE });
+    },
+    tmpfile: async (req, ctx) => {
+      this.writable();
+      if (!this.fs.tmpfile) throw new FsError('ENOSYS', 'tmpfile');
+      const r = await this.fs.tmpfile(ctx, this.node(req), req.mode, req.flags, req.umask);
+      return replyCreate(req.header.unique, this.entry(r), { fh: r.fh, open_flags: r.openFlags ?? 0 });
+    },
+    read: async (req, ctx) => {
+      const size = Math.min(req.size, this.negotiated!.maxWrite);
+      return replyData(req.header.unique, await this.fs.read(ctx, this.node(req), req.fh, req.offset, size));
+    },
+    write: async (req, ctx) => {
+      this.writable();
+      const n = await this.fs.write(ctx, this.node(req), req.fh, req.offset, req.data, (req.write_flags & FUSE_WRITE_KILL_SUIDGID) !== 0);
+      return replyWrite(req.header.unique, n);
+    },
+    statfs: async (req, ctx) => replyStatfs(req.header.unique, await this.fs.statfs(ctx, this.node(req)), this.minor),
+    release: async (req, ctx) => {
+      await this.fs.release(ctx, this.node(req), req.fh);
+      return replyEmpty(req.header.unique);
+    },
+    flush: async (req, ctx) => {
+      // Nothing to do at close(2): ENOSYS makes the kernel stop sending FLUSH (fc->no_flush).
+      if (!this.fs.flush) throw new FsError('ENOSYS', 'flush');
+      await this.fs.flush(ctx, this.node(req), req.fh);
+      return replyEmpty(req.header.unique);
+    },
+    fsync: async (req, ctx) => {
+      await this.fs.fsync(ctx, this.node(req), req.fh, (req.fsync_flags & FUSE_FSYNC_FDATASYNC) !== 0);
+      return replyEmpty(req.header.unique);
+    },
+    fsyncdir: async (req, ctx) => {
+      if (this.fs.fsyncdir) await this.fs.fsyncdir(ctx, this.node(req), req.fh, (req.fsync_flags & FUSE_FSYNC_FDATASYNC) !== 0);
+      else await this.fs.fsync(ctx, this.node(req), req.fh, false);
+      return replyEmpty(req.header.unique);
+    },
+    syncfs: async (req, ctx) => {
+      if (this.fs.syncfs) await this.fs.syncfs(ctx);
+      return replyEmpty(req.header.unique);
+    },
+    opendir: async (req, ctx) => {
+      const r = await this.fs.opendir(ctx, this.node(req));
+      return replyOpen(req.header.unique, r.fh, (r.openFlags ?? 0) | FOPEN.CACHE_DIR | FOPEN.KEEP_CACHE);
+    },
+    readdir: (req, ctx) => this.readdir(req, ctx),
+    readdirplus: (req, ctx) => this.readdir(req, ctx),
+    releasedir: async (req, ctx) => {
+      await this.fs.releasedir(ctx, this.node(req), req.fh);
+      return replyEmpty(req.header.unique);
+    },
+    setxattr: async (req, ctx) => {
+      this.writable();
+      await this.fs.setxattr(ctx, this.node(req), xattrName(req.name), Buffer.from(req.value), req.flags);
+      return replyEmpty(req.header.unique);
+    },
+    getxattr: async (req, ctx) => {
+      const u = req.header.unique;
+      const f = this.fs as FileSystem & MissPaths;
+      const name = xattrName(req.name);
+      const v = f.getxattrOrNull ? await f.getxattrOrNull(ctx, this.node(req), name) : await f.getxattr(ctx, this.node(req), name);
+      if (!v) return replyError(u, constants.errno.ENODATA);
+      if (req.size === 0) return replyXattrSize(u, v.length);
+      if (v.length > req.size) throw new FsError('ERANGE', 'xattr value larger than the buffer');
+      return replyData(u, v);
+    },
+    listxattr: async (req, ctx) => {
+      const u = req.header.unique;
+      const names = await this.fs.listxattr(ctx, this.node(req));
+      const list = Buffer.concat(names.map((n) => Buffer.from(n + '\0', 'utf8')));
+      if (req.size === 0) return replyXattrSize(u, list.length);
+      if (list.length > req.size) throw new FsError('ERANGE', 'xattr list larger than the buffer');
+      return replyData(u, list);
+    },
+    removexattr: async (req, ctx) => {
+      this.writable();
+      await this.fs.removexattr(ctx, this.node(req), xattrName(req.name));
+      return replyEmpty(req.header.unique);
+    },
+    access: async (req, ctx) => {
+      if (this.fs.access) await this.fs.access(ctx, this.node(req), req.mask);
+      else await this.fs.getattr(ctx, this.node(req));
+      return replyEmpty(req.header.unique);
+    },
+    fallocate: async (req, ctx) => {
+      this.writable();
+      if (!this.fs.fallocate) throw new FsError('EOPNOTSUPP', 'fallocate');
+      await this.fs.fallocate(ctx, this.node(req), req.fh, req.offset, req.length, req.mode);
+      return replyEmpty(req.header.unique);
+    },
+    lseek: async (req, ctx) => {
+      if (!this.fs.lseek) throw new FsError('ENOSYS', 'lseek');
+      return replyLseek(req.header.unique, await this.fs.lseek(ctx, this.node(req), req.fh, req.offset, req.whence));
+    },
+    copy_file_range: async (req, ctx) => {
+      this.writable();
+      if (!this.fs.copyFileRange) throw new FsError('ENOSYS', 'copy_file_range');
+      const len = Math.min(req.len, 0xffffffff);
+      return replyWrite(req.header.unique, await this.fs.copyFileRange(ctx, this.node(req), req.fh_in, req.off_in, req.nodeid_out, req.fh_out, req.off_out, len));
+    },
+    // Requests here finish quickly; the kernel gets their normal replies.
+    interrupt: () => null,
+    // DAX (virtio-fs only): without a window from the transport, ENOSYS (the guest then reads and writes through requests).
+    setupmapping: async (req) => {
+      if (!this.dax) throw new FsError('ENOSYS', 'no DAX window');
+      if (req.flags & FUSE_SETUPMAPPING_FLAG_WRITE) this.writable();
+      await this.dax.setup(this.node(req), req.fh, req.foffset, req.len, req.moffset, (req.flags & FUSE_SETUPMAPPING_FLAG_WRITE) !== 0);
+      return replyEmpty(req.header.unique);
+    },
+    removemapping: async (req) => {
+      if (!this.dax) throw new FsError('ENOSYS', 'no DAX window');
+      await this.dax.remove(req.items);
+      return replyEmpty(req.header.unique);
+    },
+  };
+
+  private async lookupOrNull(ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr | null> {
+    const f = this.fs as FileSystem & MissPaths;
+    if (f.lookupOrNull) return f.lookupOrNull(ctx, parent, name);
+    try {
+      return await f.lookup(ctx, parent, name);
+    } catch (e) {
+      if (errnoOf(e) === constants.errno.ENOENT) return null;
+      throw e;
     }
   }
 
@@ -331,6 +405,7 @@ export class FuseSession {
     const parent = this.node(req);
     const entries = await this.fs.readdir(ctx, parent, req.fh, req.offset);
     const packer = new DirentPacker(size, plus);
+    const f = this.fs as FileSystem & MissPaths;
     for (const e of entries) {
       if (!plus) {
         if (!packer.add({ ino: e.node, off: e.next, type: e.type, name: e.name })) break;
@@ -341,13 +416,8 @@ export class FuseSession {
       if (dot) {
         entry = { nodeid: 0, generation: 0, entry_valid: 0, attr_valid: 0, attr: { ...ZERO_ATTR, ino: e.node, mode: e.type << 12 } };
       } else {
-        let a: EntryAttr;
-        try {
-          a = await this.fs.lookup(ctx, parent, e.name);
-        } catch (err) {
-          if (errnoOf(err) === constants.errno.ENOENT) continue; // removed meanwhile
-          throw err;
-        }
+        const a = f.readdirplusEntry ? await f.readdirplusEntry(ctx, parent, req.fh, e.name, e.node) : await this.lookupOrNull(ctx, parent, e.name);
+        if (!a) continue; // removed meanwhile
         entry = this.entry(a);
       }
       if (!packer.addPlus(entry, { ino: e.node, off: e.next, type: e.type, name: e.name })) {

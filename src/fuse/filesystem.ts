@@ -102,3 +102,9 @@ export interface FileSystem {
    */
   releaseAll?(): Promise<void>;
 }
+
+/** DAX (virtio-fs): file ranges mapped into the guest's cache window; provided by the transport. */
+export interface DaxMapper {
+  setup(node: number, fh: number, foffset: number, len: number, moffset: number, writable: boolean): Promise<void>;
+  remove(items: { moffset: number; len: number }[]): Promise<void>;
+}

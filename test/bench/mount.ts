@@ -5,7 +5,7 @@
  *   node dist/test/bench/mount.js [--out bench-results/mount.json] [--quick]
  *        [--dir /tmp] [--size 4G] [--targets kfs,fuse2fs,kernel] [--mkfs kfs|mke2fs]
  *        [--no-remount] [--kfs-opts writeback_cache,...] [--kfs-log-level info] [--keep]
- *        [--no-snapshot] [--repeat N]
+ *        [--no-snapshot] [--repeat N] [--only create,ls,...]
  *
  * One image is made with `kfs mkfs IMG --size 4G -q` (mke2fs defaults; --mkfs mke2fs uses
  * mkfs.ext4 instead) and copied (sparse) to a fresh image per filesystem, so all three start from
@@ -64,6 +64,8 @@ interface Config {
   keep: boolean;
   snapshot: boolean;
   repeat: number;
+  /** workloads to measure (null: all); the ones they need still run, unmeasured */
+  only: Set<string> | null;
   /** the kfs CLI used (the snapshot's, or this checkout's) */
   kfsCli: string;
 }
@@ -74,6 +76,7 @@ const QUICK_TAR = ['/usr/include/linux', '/usr/share/perl5'];
 const USAGE = `usage: node dist/test/bench/mount.js [--out FILE.json] [--quick] [--dir DIR] [--size 4G]
        [--targets kfs,fuse2fs,kernel] [--mkfs kfs|mke2fs] [--no-remount]
        [--kfs-opts OPT,...] [--kfs-log-level LEVEL] [--keep] [--no-snapshot] [--repeat N]
+       [--only create,ls,read,untar,seqwrite,seqread,randread,randwrite,rm]
   --out FILE         JSON report (default bench-results/mount.json)
   --quick            small sizes, a smoke run of a minute or two
   --dir DIR          where the images, mount points and tarball go (default ${os.tmpdir()})
@@ -87,6 +90,8 @@ const USAGE = `usage: node dist/test/bench/mount.js [--out FILE.json] [--quick] 
   --no-snapshot      run dist/ in place instead of a private copy taken at the start
   --repeat N         N rounds (kfs, fuse2fs, kernel, kfs, ...), each on fresh images; the table
                      shows each filesystem's median (a full round takes ~5 minutes on 2 cores)
+  --only LIST        measure only these workloads; what they need (the files ls and read use,
+                     the tree rm removes...) is still made, unmeasured
 `;
 
 function parseArgs(argv: string[]): Config {
@@ -94,7 +99,7 @@ function parseArgs(argv: string[]): Config {
     quick: false, out: path.join('bench-results', 'mount.json'), dir: os.tmpdir(), imageSize: '4G', mkfs: 'kfs',
     targets: ['kfs', 'fuse2fs', 'kernel'], files: 8000, dirs: 8, fileBytes: 4096, tarSources: FULL_TAR,
     seqMiB: 512, fioMiB: 256, fioRuntimeSec: 15, remount: true, timeoutSec: 300, kfsOptions: [], keep: false,
-    snapshot: true, repeat: 1, kfsCli: KFS_CLI,
+    snapshot: true, repeat: 1, only: null, kfsCli: KFS_CLI,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -121,6 +126,11 @@ function parseArgs(argv: string[]): Config {
     else if (a === '--keep') c.keep = true;
     else if (a === '--no-snapshot') c.snapshot = false;
     else if (a === '--repeat') c.repeat = Number(v());
+    else if (a === '--only') {
+      const keys = v().split(',').filter(Boolean);
+      for (const k of keys) if (!WORKLOADS.some((w) => w.key === k)) throw new Error(`unknown workload ${k} (one of ${WORKLOADS.map((w) => w.key).join(',')})`);
+      c.only = new Set(keys);
+    }
     else if (a === '-h' || a === '--help') {
       process.stdout.write(USAGE);
       process.exit(0);
@@ -311,9 +321,16 @@ async function benchTarget(kind: Kind, c: Config, work: string, template: string
   const T0 = now();
   const to = c.timeoutSec;
 
+  const measured = (key: string): boolean => !c.only || c.only.has(key);
+  const needed = (...keys: string[]): boolean => keys.some(measured);
   const step = async (key: string, fn: () => Promise<Measurement>): Promise<void> => {
     checkInterrupt();
     const def = WORKLOADS.find((w) => w.key === key)!;
+    if (!measured(key)) {
+      await fn();
+      log(`  [${kind}] ${key}: done, not measured (a measured workload needs it)`);
+      return;
+    }
     try {
       const cpu0 = t.serverCpu();
       const m = await fn();
@@ -348,15 +365,19 @@ async function benchTarget(kind: Kind, c: Config, work: string, template: string
 
   try {
     await t.mount();
-    await step('create', () => smallFiles('create'));
-    await cold('create');
-    await step('ls', async () => {
-      const r = await runOk('ls', ['-lR', small], { timeoutSec: to, captureStdout: false });
-      return { value: r.seconds, seconds: r.seconds };
-    });
-    await cold('ls');
-    await step('read', () => smallFiles('read'));
-    await step('untar', async () => {
+    if (needed('create', 'ls', 'read')) await step('create', () => smallFiles('create'));
+    if (needed('ls')) {
+      await cold('create');
+      await step('ls', async () => {
+        const r = await runOk('ls', ['-lR', small], { timeoutSec: to, captureStdout: false });
+        return { value: r.seconds, seconds: r.seconds };
+      });
+    }
+    if (needed('read')) {
+      await cold('ls');
+      await step('read', () => smallFiles('read'));
+    }
+    if (needed('untar', 'rm')) await step('untar', async () => {
       await runOk('cat', [tarball], { captureStdout: false }); // into the host page cache
       fs.mkdirSync(tree);
       const t0 = now();
@@ -365,12 +386,12 @@ async function benchTarget(kind: Kind, c: Config, work: string, template: string
       const s = now() - t0;
       return { value: s, seconds: s };
     });
-    await step('seqwrite', async () => {
+    if (needed('seqwrite', 'seqread')) await step('seqwrite', async () => {
       const r = await runOk('dd', ['if=/dev/zero', `of=${seq}`, 'bs=1M', `count=${c.seqMiB}`, 'conv=fsync'], { timeoutSec: to });
       return { value: c.seqMiB / r.seconds, seconds: r.seconds };
     });
-    await cold('seqwrite');
-    await step('seqread', async () => {
+    if (needed('seqread')) await cold('seqwrite');
+    if (needed('seqread')) await step('seqread', async () => {
       const r = await runOk('dd', [`if=${seq}`, 'of=/dev/null', 'bs=1M'], { timeoutSec: to });
       const bytes = Number(/(\d+) bytes/.exec(r.stderr)?.[1] ?? NaN);
       if (bytes !== c.seqMiB * 2 ** 20) throw new Error(`read ${bytes} bytes, expected ${c.seqMiB * 2 ** 20}`);
@@ -378,26 +399,28 @@ async function benchTarget(kind: Kind, c: Config, work: string, template: string
     });
     // fio lays its file out (random data, 1 MiB writes) before the cold random reads.
     let layoutSeconds: number | undefined;
-    try {
-      const t0 = now();
-      await runOk('fio', fioJob({ name: 'layout', filename: fioFile, size: `${c.fioMiB}M`, bs: '1M', rw: 'randread', create_only: 1 }), { timeoutSec: to });
-      await syncfs();
-      layoutSeconds = now() - t0;
-      if (fs.statSync(fioFile).size !== c.fioMiB * 2 ** 20) throw new Error(`fio laid out ${fs.statSync(fioFile).size} bytes`);
-      log(`  [${kind}] fio layout of ${c.fioMiB} MiB: ${layoutSeconds.toFixed(2)} s`);
-    } catch (e) {
-      if (e instanceof Interrupted) throw e;
-      log(`  [${kind}] fio layout FAILED: ${(e as Error).message}`);
+    if (needed('randread', 'randwrite')) {
+      try {
+        const t0 = now();
+        await runOk('fio', fioJob({ name: 'layout', filename: fioFile, size: `${c.fioMiB}M`, bs: '1M', rw: 'randread', create_only: 1 }), { timeoutSec: to });
+        await syncfs();
+        layoutSeconds = now() - t0;
+        if (fs.statSync(fioFile).size !== c.fioMiB * 2 ** 20) throw new Error(`fio laid out ${fs.statSync(fioFile).size} bytes`);
+        log(`  [${kind}] fio layout of ${c.fioMiB} MiB: ${layoutSeconds.toFixed(2)} s`);
+      } catch (e) {
+        if (e instanceof Interrupted) throw e;
+        log(`  [${kind}] fio layout FAILED: ${(e as Error).message}`);
+      }
+      await cold('fio-layout');
     }
-    await cold('fio-layout');
     for (const rw of ['randread', 'randwrite'] as const) {
-      await step(rw, async () => {
+      if (needed(rw)) await step(rw, async () => {
         const r = await runOk('fio', fioJob({ name: rw, rw, ...fioCommon }), { timeoutSec: c.fioRuntimeSec + to });
         const f = parseFio(r.stdout, rw === 'randread' ? 'read' : 'write');
         return { value: f.iops, seconds: r.seconds, detail: { clatMeanUs: f.clatMeanUs, bwKiB: f.bwKiB, layoutSeconds } };
       });
     }
-    await step('rm', async () => {
+    if (needed('rm')) await step('rm', async () => {
       const t0 = now();
       await runOk('rm', ['-rf', tree], { timeoutSec: to });
       await syncfs();
@@ -638,7 +661,7 @@ async function main(): Promise<number> {
     config: {
       quick: c.quick, imageSize: c.imageSize, mkfs: c.mkfs === 'kfs' ? `kfs mkfs IMG --size ${c.imageSize} -q` : `mkfs.ext4 -q -F IMG ${c.imageSize}`, features,
       files: c.files, dirs: c.dirs, fileBytes: c.fileBytes, tar, seqMiB: c.seqMiB, fioMiB: c.fioMiB, fioRuntimeSec: c.fioRuntimeSec,
-      repeat: c.repeat,
+      repeat: c.repeat, workloads: c.only ? [...c.only] : 'all',
       cold: c.remount ? 'remount+drop_caches' : 'drop_caches', timeoutSec: c.timeoutSec, kfsOptions: c.kfsOptions,
       mountCommands: Object.fromEntries(reports.map((r) => [r.kind, r.mountCommand])),
     },
