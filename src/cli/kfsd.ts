@@ -16,6 +16,7 @@ import { FuseSession, SessionOptions } from '../fuse/dispatcher';
 import { FileSystem } from '../fuse/filesystem';
 import { VhostUserServer } from '../vhost/server';
 import { VirtioFsDevice } from '../vhost/virtio-fs';
+import { startControlServer } from '../control';
 import { action, UsageError } from './common';
 
 /** Request queues offered (GET_QUEUE_NUM answers this + hiprio); QEMU's num-request-queues may not exceed it. */
@@ -34,17 +35,18 @@ const KfsdOptionsSchema = z.object({
   socketGroup: z.string().min(1).optional(),
   reconnect: z.boolean().default(false),
   cacheSize: z.coerce.number().int().positive().default(256 << 20),
+  daxWindow: z.string().regex(/^\d+[KMG]?$/, 'a size such as 1G, 512M or 0').optional(),
 }).strict();
 type KfsdOptions = z.infer<typeof KfsdOptionsSchema>;
 
 /** Seconds the guest may cache names and attributes: 'always' suits an image kfsd owns alone. */
 const TIMEOUTS = { always: 3600, auto: 1, never: 0 } as const;
 
-async function openFileSystem(o: KfsdOptions): Promise<{ fs: FileSystem; close: () => Promise<void>; readOnly: boolean }> {
+async function openFileSystem(o: KfsdOptions): Promise<{ fs: FileSystem; close: () => Promise<void>; readOnly: boolean; ext4?: Ext4Fs }> {
   if (o.image) {
     if (!fs.existsSync(o.image)) throw new FsError('ENOENT', `image ${o.image} does not exist; create one with: kfs mkfs ${o.image} --size 1G`);
     const ext4 = await Ext4Fs.open(o.image, { readOnly: o.readonly, cacheBytes: o.cacheSize });
-    return { fs: new Ext4FuseFs(ext4), close: () => ext4.close(), readOnly: ext4.readOnly };
+    return { fs: new Ext4FuseFs(ext4), close: () => ext4.close(), readOnly: ext4.readOnly, ext4 };
   }
   const dir = o.sharedDir!;
   const st = fs.statSync(dir, { throwIfNoEntry: false });
@@ -67,6 +69,9 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   // libuv sizes its thread pool (image and host-file I/O) on first use: set it before any I/O.
   if (o.threadPoolSize) process.env.UV_THREADPOOL_SIZE = String(o.threadPoolSize);
 
+  const daxWindowSize = parseSize(o.daxWindow ?? (o.image ? '1G' : '0'));
+  if (daxWindowSize % (2 << 20)) throw new UsageError('--dax-window must be a multiple of 2M (the guest maps 2 MiB ranges)');
+  if (daxWindowSize && o.sharedDir) throw new UsageError('--dax-window works with --image only');
   const served = await openFileSystem(o);
   const timeout = TIMEOUTS[o.cache ?? (o.image ? 'always' : 'auto')];
   const sessionOpts: SessionOptions = {
@@ -79,6 +84,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
     await served.close();
     throw e;
   }
+  const control = await startControlServer({ kind: 'kfsd', image: o.image ?? null, fs: served.ext4 ?? null, vhostSocket: o.socketPath, frontEndConnected: () => server.connected });
   let stopping = false;
   const stop = (sig: string) => {
     log.info(`${sig}: stopping`);
@@ -89,8 +95,8 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   try {
     do {
-      const reason = await server.serveOne(() => new VirtioFsDevice(new FuseSession(served.fs, sessionOpts), {
-        numRequestQueues: MAX_REQUEST_QUEUES, tag: o.tag ?? null,
+      const reason = await server.serveOne(() => new VirtioFsDevice(control.track(new FuseSession(served.fs, sessionOpts)), {
+        numRequestQueues: MAX_REQUEST_QUEUES, tag: o.tag ?? null, daxWindowSize, daxSource: served.ext4 ? (served.fs as Ext4FuseFs) : null,
       }));
       log.info(`front-end gone: ${reason}`);
       // A guest that is gone cannot release what it held; its unlinked-but-open files are freed now.
@@ -98,10 +104,16 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
     } while (o.reconnect && !stopping);
   } finally {
     server.close('exit');
+    control.close();
     await served.close();
   }
   log.info('image flushed; exiting');
   return 0;
+}
+
+function parseSize(v: string): number {
+  const m = /^(\d+)([KMG]?)$/.exec(v)!;
+  return Number(m[1]) * { '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30 }[m[2] as '' | 'K' | 'M' | 'G'];
 }
 
 const program = new Command('kfsd')
@@ -116,6 +128,7 @@ const program = new Command('kfsd')
   .option('--readonly', 'refuse every change')
   .option('--reconnect', 'after the front-end disconnects, wait for a new connection instead of exiting')
   .option('--cache-size <bytes>', 'metadata cache size for --image')
+  .option('--dax-window <size>', 'DAX cache window to ask the front-end for (default 1G with --image; 0 = no DAX); used only by front-ends that negotiate SHMEM')
   .addOption(new Option('--log-level <level>', 'error, warn (default), info, debug').choices(['error', 'warn', 'info', 'debug']))
   .option('--log-file <file>', 'write the log here')
   .action(action('kfsd', (values: Record<string, unknown>) => kfsdAction(values)));

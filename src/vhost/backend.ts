@@ -5,7 +5,8 @@
  * ring kicks are served meanwhile.
  *
  * Offered: VERSION_1, INDIRECT_DESC, EVENT_IDX, PROTOCOL_FEATURES; protocol features MQ,
- * REPLY_ACK, BACKEND_REQ, BACKEND_SEND_FD, CONFIGURE_MEM_SLOTS, and CONFIG only when the
+ * REPLY_ACK, BACKEND_REQ, BACKEND_SEND_FD, CONFIGURE_MEM_SLOTS, SHMEM when the device wants a
+ * shared-memory region (the virtio-fs DAX window), and CONFIG only when the
  * device has a config space to give (QEMU 7.x must never see CONFIG for vhost-user-fs: it
  * would then ask the back-end for the tag).
  *
@@ -22,7 +23,7 @@ import { SplitVirtqueue } from './virtqueue';
 import {
   FrontendRequest as R, FLAG_NEED_REPLY, VirtioFeature, ProtocolFeature, VringState, VringAddr,
   MemoryRegionDesc, MemoryTableHead, MAX_TABLE_REGIONS, MAX_MEM_SLOTS, VRING_IDX_MASK, VRING_NOFD_MASK,
-  requestName,
+  MAX_SHMEM_REGIONS, requestName,
 } from './protocol';
 
 export interface VirtioDevice {
@@ -36,8 +37,12 @@ export interface VirtioDevice {
   process(q: SplitVirtqueue, mem: GuestMemory): void;
   /** Resolves once no request taken from q is still being served. */
   drain(q: SplitVirtqueue): Promise<void>;
-  /** The backend channel (SET_BACKEND_REQ_FD) arrived or went away. */
-  setBackendChannel?(fd: number | null): void;
+  /** The backend channel (SET_BACKEND_REQ_FD) arrived (replyAck: requests on it get replies) or went away. */
+  setBackendChannel?(fd: number | null, replyAck: boolean): void;
+  /** Sizes of the shared-memory regions the device wants (virtio-fs: [DAX window]); empty for none. */
+  shmemSizes?(): number[];
+  /** Whether the front-end will provide those regions (SHMEM negotiated). */
+  setShmemAvailable?(available: boolean): void;
 }
 
 const UV_READABLE = 1;
@@ -56,6 +61,7 @@ export class VhostUserBackend {
   private ackedFeatures = 0n;
   private ackedProtocol = 0n;
   private owned = false;
+  /** The backend channel's fd when the device does not take it (it then owns and closes it). */
   private backendFd = -1;
   private work: Promise<void> = Promise.resolve();
   private channel: MessageChannel;
@@ -69,6 +75,7 @@ export class VhostUserBackend {
     this.offeredProtocol = ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.BACKEND_REQ |
       ProtocolFeature.BACKEND_SEND_FD | ProtocolFeature.CONFIGURE_MEM_SLOTS;
     if (device.config() !== null) this.offeredProtocol |= ProtocolFeature.CONFIG;
+    if ((device.shmemSizes?.() ?? []).length > 0) this.offeredProtocol |= ProtocolFeature.SHMEM;
     this.done = new Promise((r) => (this.resolveDone = r));
     this.channel = new MessageChannel(fd, (m) => this.enqueue(m), (reason) => void this.teardown(reason));
   }
@@ -134,6 +141,7 @@ export class VhostUserBackend {
         const f = c.u64n();
         if (f & ~this.offeredProtocol) throw new FsError('EINVAL', `front-end acked protocol features 0x${f.toString(16)} not offered`);
         this.ackedProtocol = f;
+        this.device.setShmemAvailable?.((f & ProtocolFeature.SHMEM) !== 0n);
         return true;
       }
       case R.GET_QUEUE_NUM:
@@ -225,9 +233,20 @@ export class VhostUserBackend {
       case R.SET_BACKEND_REQ_FD: {
         if (!(this.ackedProtocol & ProtocolFeature.BACKEND_REQ)) throw new FsError('EINVAL', 'SET_BACKEND_REQ_FD without BACKEND_REQ');
         closeQuietly(this.backendFd);
-        this.backendFd = takeFd(m, 0);
-        this.device.setBackendChannel?.(this.backendFd);
+        this.backendFd = -1;
+        const fd = takeFd(m, 0);
+        if (this.device.setBackendChannel) this.device.setBackendChannel(fd, (this.ackedProtocol & ProtocolFeature.REPLY_ACK) !== 0n);
+        else this.backendFd = fd;
         return true;
+      }
+      case R.GET_SHMEM_CONFIG: {
+        // VhostUserShMemConfig {u32 nregions; u32 padding; u64 memory_sizes[256]}
+        const sizes = this.device.shmemSizes?.() ?? [];
+        const out = Buffer.alloc(8 + 8 * MAX_SHMEM_REGIONS);
+        out.writeUInt32LE(sizes.length, 0);
+        sizes.forEach((sz, i) => out.writeBigUInt64LE(BigInt(sz), 8 + 8 * i));
+        this.channel.reply(m.request, out);
+        return false;
       }
       case R.GET_CONFIG: {
         // VhostUserConfig {u32 offset; u32 size; u32 flags; u8 region[size]}: answer in the same shape.
@@ -351,11 +370,9 @@ export class VhostUserBackend {
     this.mem.clear();
     this.ackedFeatures = 0n;
     this.ackedProtocol = 0n;
-    if (this.backendFd >= 0) {
-      this.device.setBackendChannel?.(null);
-      closeQuietly(this.backendFd);
-      this.backendFd = -1;
-    }
+    this.device.setBackendChannel?.(null, false);
+    closeQuietly(this.backendFd);
+    this.backendFd = -1;
   }
 
   private async teardown(reason: string): Promise<void> {

@@ -39,13 +39,16 @@ export interface DaxSource {
   /** The image file descriptor the runs point into. */
   readonly imageFd: number;
   /**
-   * Under the lock: the runs covering [foffset, foffset+len) clipped to the file's size rounded
+   * Under the lock: for an open handle fh of node (writable: open for writing; EBADF otherwise),
+   * the runs covering [foffset, foffset+len) clipped to the file's size rounded
    * up to a page (writable: holes and unwritten extents allocated and zeroed first; foffset at
    * or past the end of the file is EINVAL), then use(runs) before the lock is released.
    */
-  withDaxRuns(node: number, foffset: number, len: number, writable: boolean, use: (runs: DaxRun[]) => Promise<void>): Promise<void>;
+  withDaxRuns(node: number, fh: number, foffset: number, len: number, writable: boolean, use: (runs: DaxRun[]) => Promise<void>): Promise<void>;
   /** Run fn under the lock. */
   exclusive(fn: () => Promise<void>): Promise<void>;
+  /** Install (or with null remove) the hook the filesystem calls, under its lock, before it frees bytes [from, to) of node. */
+  setReleaseHook(hook: ((node: number, from: number, to: number) => Promise<void>) | null): void;
 }
 
 interface WindowMapping {
@@ -62,12 +65,14 @@ export class DaxWindow {
   private zeroFd = -1;
   readonly stats = { maps: 0, unmaps: 0, invalidations: 0 };
 
-  constructor(readonly size: number, private channel: BackendChannel, private source: DaxSource) {}
+  constructor(readonly size: number, private channel: BackendChannel, private source: DaxSource) {
+    source.setReleaseHook((node, from, to) => this.invalidate(node, from, to));
+  }
 
-  async setup(node: number, foffset: number, len: number, moffset: number, writable: boolean): Promise<void> {
+  async setup(node: number, fh: number, foffset: number, len: number, moffset: number, writable: boolean): Promise<void> {
     this.checkRange(moffset, len);
     if (foffset % PAGE) throw new FsError('EINVAL', `DAX mapping of file offset ${foffset}: not page aligned`);
-    await this.source.withDaxRuns(node, foffset, len, writable, async (runs) => {
+    await this.source.withDaxRuns(node, fh, foffset, len, writable, async (runs) => {
       await this.unmapOverlapping(moffset, len);
       const m: WindowMapping = { moffset, len, node, foffset, mapped: [] };
       this.mappings.push(m);
@@ -105,6 +110,7 @@ export class DaxWindow {
   }
 
   close(): void {
+    this.source.setReleaseHook(null);
     if (this.zeroFd >= 0) fs.closeSync(this.zeroFd);
     this.zeroFd = -1;
     this.mappings = [];

@@ -14,6 +14,8 @@ import { FuseSession, Reply } from '../fuse/dispatcher';
 import { VirtioDevice } from './backend';
 import { GuestMemory } from './guest-memory';
 import { SplitVirtqueue, DescriptorChain } from './virtqueue';
+import { BackendChannel } from './backend-channel';
+import { DaxWindow, DaxSource } from './dax-window';
 
 const TAG_SIZE = 36;
 const OUT_HEADER_SIZE = 16;
@@ -24,6 +26,9 @@ export interface VirtioFsOptions {
   numRequestQueues: number;
   /** Offer a config space with this tag (needs a front-end that reads it: not QEMU 7.x). */
   tag: string | null;
+  /** DAX: the cache window to ask the front-end for (bytes, 0 = none) and what maps into it. */
+  daxWindowSize?: number;
+  daxSource?: DaxSource | null;
 }
 
 export class VirtioFsDevice implements VirtioDevice {
@@ -35,6 +40,35 @@ export class VirtioFsDevice implements VirtioDevice {
 
   constructor(private session: FuseSession, private opts: VirtioFsOptions) {
     this.numQueues = 1 + opts.numRequestQueues;
+  }
+
+  /** The DAX window, once the front-end has provided one and the backend channel. */
+  dax: DaxWindow | null = null;
+  private shmemAvailable = false;
+  private backendChannel: BackendChannel | null = null;
+
+  shmemSizes(): number[] {
+    return this.opts.daxSource && this.opts.daxWindowSize ? [this.opts.daxWindowSize] : [];
+  }
+
+  setShmemAvailable(available: boolean): void {
+    this.shmemAvailable = available;
+    if (!available && this.shmemSizes().length > 0) log.info('virtio-fs: the front-end provides no shared-memory window (SHMEM not negotiated): DAX is off');
+  }
+
+  setBackendChannel(fd: number | null, replyAck: boolean): void {
+    this.dax?.close();
+    this.dax = null;
+    this.backendChannel?.close();
+    this.backendChannel = null;
+    this.session.dax = null;
+    if (fd === null) return;
+    this.backendChannel = new BackendChannel(fd, replyAck);
+    if (this.shmemAvailable && this.opts.daxSource && this.opts.daxWindowSize) {
+      this.dax = new DaxWindow(this.opts.daxWindowSize, this.backendChannel, this.opts.daxSource);
+      this.session.dax = this.dax;
+      log.info(`virtio-fs: DAX window of ${this.opts.daxWindowSize} bytes`);
+    }
   }
 
   config(): Buffer | null {

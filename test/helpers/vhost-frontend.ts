@@ -12,8 +12,15 @@
  *   SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_CALL, and
  *   SET_VRING_ENABLE when protocol features were negotiated. GET_VRING_BASE stops a queue.
  *
- * Pieces: ./vhost-frontend/{protocol,connection,memory,virtqueue,fuse-client,backends}.ts.
+ * DAX (the "VIRTIO Shared Memory Regions" series, not in a QEMU release yet): when the back-end
+ *   offers SHMEM, also BACKEND_REQ and BACKEND_SEND_FD; SET_BACKEND_REQ_FD (one end of a socket
+ *   pair) before SET_OWNER, as QEMU sets up the backend channel at backend init; then
+ *   GET_SHMEM_CONFIG sizes the cache window (region 0), served by ./vhost-frontend/cache-window.ts.
+ *
+ * Pieces: ./vhost-frontend/{protocol,connection,memory,virtqueue,fuse-client,cache-window,backends}.ts.
  */
+import { closeSync } from 'node:fs';
+import { BackendChannelServer, CacheWindow } from './vhost-frontend/cache-window';
 import { ConnectionClosedError, VhostUserConnection } from './vhost-frontend/connection';
 import { FuseClient } from './vhost-frontend/fuse-client';
 import { DEFAULT_REGIONS, GuestMemory, type RegionSpec } from './vhost-frontend/memory';
@@ -22,6 +29,7 @@ import {
   memRegMsg,
   memTable,
   ProtocolFeature,
+  readShmemConfig,
   readU64Payload,
   readVringState,
   u64Payload,
@@ -38,6 +46,8 @@ export { GuestMemory, DEFAULT_REGIONS, type RegionSpec } from './vhost-frontend/
 export * from './vhost-frontend/protocol';
 export { SplitVirtqueue, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, DESC_SIZE, writeDesc, type RawDesc } from './vhost-frontend/virtqueue';
 export * from './vhost-frontend/backends';
+export { vn } from './vhost-frontend/native';
+export { BackendChannelServer, CacheWindow, DAX_SHMID, type ShmemEvent, type WindowMapping } from './vhost-frontend/cache-window';
 
 export interface FrontendOptions {
   socketPath: string;
@@ -58,6 +68,13 @@ export interface FrontendOptions {
   ringBase?: number;
   /** Protocol features to ask for (masked with the offer). Default MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS. */
   wantProtocol?: bigint;
+  /**
+   * Provide a cache window (DAX) when the back-end offers SHMEM: negotiate SHMEM, BACKEND_REQ and
+   * BACKEND_SEND_FD on top of wantProtocol. Default true; false plays a front-end without the feature.
+   */
+  dax?: boolean;
+  /** Set up the backend channel even without DAX (as QEMU 7.2 does whenever BACKEND_REQ is offered). Default false. */
+  backendChannel?: boolean;
 }
 
 const DEFAULT_PROTOCOL = bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) | bit(ProtocolFeature.STATUS);
@@ -78,6 +95,12 @@ export class VhostFrontend {
   /** GET_QUEUE_NUM's answer (0 without MQ). */
   queueNum = 0;
   maxMemSlots = 0;
+  /** GET_SHMEM_CONFIG's answer (region sizes; empty without SHMEM). */
+  shmemSizes: number[] = [];
+  /** The cache window (shmid 0), when SHMEM was negotiated and the back-end asked for one. */
+  window: CacheWindow | null = null;
+  /** Our end of the backend channel, when BACKEND_REQ was negotiated. */
+  backendChannel: BackendChannelServer | null = null;
 
   private constructor(readonly conn: VhostUserConnection, readonly opts: FrontendOptions) {
     this.mem = new GuestMemory(opts.regions ?? DEFAULT_REGIONS);
@@ -136,12 +159,46 @@ export class VhostFrontend {
     this.features = await this.getU64(R.GET_FEATURES);
     if ((this.features & bit(VirtioFeature.PROTOCOL_FEATURES)) !== 0n) {
       this.protocolFeatures = await this.getU64(R.GET_PROTOCOL_FEATURES);
-      this.ackedProtocol = this.protocolFeatures & (this.opts.wantProtocol ?? DEFAULT_PROTOCOL);
+      let want = this.opts.wantProtocol ?? DEFAULT_PROTOCOL;
+      const channel = bit(ProtocolFeature.BACKEND_REQ) | bit(ProtocolFeature.BACKEND_SEND_FD);
+      if ((this.opts.dax ?? true) && (this.protocolFeatures & bit(ProtocolFeature.SHMEM)) !== 0n) want |= bit(ProtocolFeature.SHMEM) | channel;
+      if (this.opts.backendChannel) want |= channel;
+      this.ackedProtocol = this.protocolFeatures & want;
       this.conn.send(R.SET_PROTOCOL_FEATURES, u64Payload(this.ackedProtocol));
       if (this.hasProtocol(ProtocolFeature.MQ)) this.queueNum = Number(await this.getU64(R.GET_QUEUE_NUM));
       if (this.hasProtocol(ProtocolFeature.CONFIGURE_MEM_SLOTS)) this.maxMemSlots = Number(await this.getU64(R.GET_MAX_MEM_SLOTS));
+      if (this.hasProtocol(ProtocolFeature.BACKEND_REQ)) await this.setupBackendChannel();
     }
     await this.must(R.SET_OWNER, Buffer.alloc(0));
+    if (this.hasProtocol(ProtocolFeature.SHMEM)) {
+      this.shmemSizes = readShmemConfig(await this.conn.call(R.GET_SHMEM_CONFIG, Buffer.alloc(0)));
+      // Region 0 of virtio-fs is the DAX cache window (virtio 1.2 §5.11.5).
+      if (this.shmemSizes.length > 0 && this.shmemSizes[0] > 0) this.window = new CacheWindow(this.shmemSizes[0]);
+    }
+  }
+
+  /** SET_BACKEND_REQ_FD with one end of a socket pair; the other end serves the back-end's requests. */
+  private async setupBackendChannel(): Promise<void> {
+    const [ours, theirs] = BackendChannelServer.socketPair();
+    this.backendChannel = new BackendChannelServer(ours, () => this.window);
+    try {
+      // QEMU asks for an ack here when REPLY_ACK is negotiated (vhost_setup_backend_channel).
+      await this.must(R.SET_BACKEND_REQ_FD, Buffer.alloc(0), [theirs], true);
+    } finally {
+      closeSync(theirs);
+    }
+  }
+
+  /** What the guest reads at [off, off+len) of the cache window. */
+  windowRead(off: number, len: number): Buffer {
+    if (!this.window) throw new Error('no cache window (SHMEM not negotiated)');
+    return this.window.read(off, len);
+  }
+
+  /** A guest store into the cache window. */
+  windowWrite(off: number, data: Buffer): void {
+    if (!this.window) throw new Error('no cache window (SHMEM not negotiated)');
+    this.window.write(off, data);
   }
 
   private async startDevice(): Promise<void> {
@@ -216,6 +273,10 @@ export class VhostFrontend {
     for (const q of this.queues) q.close();
     this.queues.length = 0;
     this.mem.close();
+    this.backendChannel?.close();
+    this.backendChannel = null;
+    this.window?.close();
+    this.window = null;
   }
 }
 

@@ -70,6 +70,6 @@ export function kfsdPath(): string {
 
 /** kfsd with the given source arguments (['--image', img] or ['--shared-dir', dir]). */
 export function spawnKfsd(source: string[], socketPath: string, extra: string[] = []): Backend {
-  const args = [kfsdPath(), ...source, '--socket-path', socketPath, ...extra];
+  const args = [...(process.env.KFS_NODE_ARGS ? process.env.KFS_NODE_ARGS.split(" ") : []), kfsdPath(), ...source, "--socket-path", socketPath, ...extra];
   return new Backend('kfsd', socketPath, spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KFS_LOG_LEVEL: process.env.KFS_LOG_LEVEL ?? 'info' } }));
 }

@@ -4,13 +4,14 @@
  * that never answers leaves the test waiting on a promise, not blocked in a syscall.
  *
  * Replies come only to requests that ask for one (GET_*, or need_reply with REPLY_ACK), in
- * order, so waiters form a FIFO.
+ * order, so waiters form a FIFO. The same class serves the other direction, the backend channel
+ * (SET_BACKEND_REQ_FD): there the back-end sends requests, which go to a handler, and we reply.
  */
 import { closeSync, existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FdPollerHandle } from '../../../src/native';
 import { vn } from './native';
-import { encodeMessage, parseMessages, VHOST_USER_FLAG_REPLY, type VhostUserMessage } from './protocol';
+import { encodeHeader, encodeMessage, parseMessages, VHOST_USER_FLAG_REPLY, VHOST_USER_VERSION, type VhostUserMessage } from './protocol';
 
 export class ConnectionClosedError extends Error {
   constructor(reason: string) {
@@ -29,7 +30,8 @@ export class VhostUserConnection {
   private closedReason: string | null = null;
   private readonly closeWaiters: (() => void)[] = [];
 
-  private constructor(readonly fd: number) {
+  /** handler: take every incoming message (backend channel) instead of queueing it for recv(). */
+  private constructor(readonly fd: number, private readonly handler?: (m: VhostUserMessage) => void) {
     this.poller = new vn.FdPoller(fd, (_events, status) => this.onReadable(status));
     this.poller.start(1);
   }
@@ -50,6 +52,11 @@ export class VhostUserConnection {
     throw new Error(`cannot connect to vhost-user socket ${path}: ${String(last ?? 'it never appeared')}`);
   }
 
+  /** Wrap a connected socket we already hold (the front-end's end of the backend channel). */
+  static fromFd(fd: number, handler?: (m: VhostUserMessage) => void): VhostUserConnection {
+    return new VhostUserConnection(fd, handler);
+  }
+
   get closed(): boolean {
     return this.closedReason !== null;
   }
@@ -63,6 +70,11 @@ export class VhostUserConnection {
   /** Send one request; the payload is sent as is (its length is the header's size). */
   send(request: number, payload: Buffer, fds: number[] = [], needReply = false): void {
     this.sendRaw(encodeMessage(request, payload, needReply), fds);
+  }
+
+  /** Answer a request of the peer's (flags: version | REPLY). */
+  reply(request: number, payload: Buffer): void {
+    this.sendRaw(Buffer.concat([encodeHeader(request, VHOST_USER_VERSION | VHOST_USER_FLAG_REPLY, payload.length), payload]));
   }
 
   /** Send arbitrary bytes (fuzzing: lying headers, truncated messages). */
@@ -124,6 +136,10 @@ export class VhostUserConnection {
     for (const m of messages) {
       const msg: VhostUserMessage = { ...m, fds: this.pendingFds };
       this.pendingFds = [];
+      if (this.handler) {
+        this.handler(msg);
+        continue;
+      }
       const w = this.waiters.shift();
       if (w) w.resolve(msg);
       else this.inbox.push(msg);

@@ -11,7 +11,7 @@
  */
 import { constants as fsConstants } from 'node:fs';
 import { constants } from 'node:os';
-import { FuseOpcode, InitFlag, SIZE, opcodeName } from '../../../src/fuse/abi';
+import { FATTR, FuseOpcode, InitFlag, SIZE, opcodeName } from '../../../src/fuse/abi';
 import { ByteCursor } from '../../../src/util/cursor';
 import { FsError, type ErrnoName } from '../../../src/util/errors';
 import type { GuestMemory } from './memory';
@@ -350,6 +350,37 @@ export class FuseClient {
   /** FORGET on the hiprio queue: no reply; resolves when the device returns the chain. */
   async forget(nodeid: number, nlookup: number): Promise<void> {
     await this.call(FuseOpcode.FORGET, nodeid, [struct(SIZE.FORGET_IN, (c) => c.putU64(nlookup))], { queue: 0, noReply: true });
+  }
+
+  /** SETATTR of the size only (truncate or extend), with the file handle when one is given. */
+  async truncate(nodeid: number, size: number, fh?: number): Promise<FuseAttrReply> {
+    const valid = FATTR.SIZE | (fh !== undefined ? FATTR.FH : 0);
+    // fuse_setattr_in {u32 valid, padding; u64 fh, size, lock_owner, atime, mtime, ctime; u32 atimensec, mtimensec, ctimensec, mode, unused4, uid, gid, unused5}
+    const arg = struct(SIZE.SETATTR_IN, (c) => c.putU32(valid).putU32(0).putU64(fh ?? 0).putU64(size));
+    const b = await this.ok(FuseOpcode.SETATTR, nodeid, [arg], { replySize: SIZE.ATTR_OUT });
+    return readAttr(new ByteCursor(b).skip(16));
+  }
+
+  /** FALLOCATE: fuse_fallocate_in {u64 fh, offset, length; u32 mode, padding}; mode as fallocate(2) (FALLOC_FL_*). */
+  async fallocate(nodeid: number, fh: number, offset: number, length: number, mode = 0): Promise<void> {
+    await this.ok(FuseOpcode.FALLOCATE, nodeid, [struct(SIZE.FALLOCATE_IN, (c) => c.putU64(fh).putU64(offset).putU64(length).putU32(mode).putU32(0))]);
+  }
+
+  /**
+   * SETUPMAPPING (virtio-fs DAX, linux fs/fuse/dax.c): map [foffset, +len) of the open file fh at
+   * moffset of the cache window. fuse_setupmapping_in {u64 fh, foffset, len, flags, moffset};
+   * flags FUSE_SETUPMAPPING_FLAG_WRITE 1, _READ 2.
+   */
+  async setupmapping(nodeid: number, fh: number | bigint, foffset: number | bigint, len: number | bigint, moffset: number | bigint, flags: number): Promise<void> {
+    const arg = struct(SIZE.SETUPMAPPING_IN, (c) => c.putU64(fh).putU64(foffset).putU64(len).putU64(flags).putU64(moffset));
+    await this.ok(FuseOpcode.SETUPMAPPING, nodeid, [arg]);
+  }
+
+  /** REMOVEMAPPING: fuse_removemapping_in {u32 count} then count x fuse_removemapping_one {u64 moffset, len}. */
+  async removemapping(items: { moffset: number | bigint; len: number | bigint }[], nodeid = 0): Promise<void> {
+    const head = struct(SIZE.REMOVEMAPPING_IN, (c) => c.putU32(items.length));
+    const ones = items.map((it) => struct(SIZE.REMOVEMAPPING_ONE, (c) => c.putU64(it.moffset).putU64(it.len)));
+    await this.ok(FuseOpcode.REMOVEMAPPING, nodeid, [head, ...ones]);
   }
 
   async destroy(): Promise<void> {

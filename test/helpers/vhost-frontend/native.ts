@@ -16,6 +16,12 @@ export interface MappedRegion {
 
 export interface VhostNative {
   unixConnect(path: string): number;
+  /** socket + bind + chmod + listen (the backend channel's socket pair is made with these: the addon has no socketpair). */
+  unixListen(path: string, backlog: number, mode: number): number;
+  /** accept4; -1 when no connection is pending. */
+  accept(listenFd: number): number;
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  FALLOC_FL: { KEEP_SIZE: number; PUNCH_HOLE: number; ZERO_RANGE: number };
   /** One recvmsg(2): null when it would block; bytes 0 at end of stream. */
   recvMsg(fd: number, buf: Buffer, off: number, len: number): { bytes: number; fds: number[] } | null;
   sendMsg(fd: number, buf: Buffer, fds: number[]): number;

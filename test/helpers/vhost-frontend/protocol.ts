@@ -53,6 +53,18 @@ export const VhostUserRequest = {
   REM_MEM_REG: 38,
   SET_STATUS: 39,
   GET_STATUS: 40,
+  /** VIRTIO shared-memory regions series (protocol feature SHMEM): the regions the device wants. */
+  GET_SHMEM_CONFIG: 44,
+} as const;
+
+/** Back-end → front-end requests on the backend channel (SET_BACKEND_REQ_FD). */
+export const BackendRequest = {
+  IOTLB_MSG: 1,
+  CONFIG_CHANGE_MSG: 2,
+  VRING_HOST_NOTIFIER_MSG: 3,
+  /** Map [fd_offset, +len) of the passed fd at shm_offset of shared-memory region shmid. */
+  SHMEM_MAP: 9,
+  SHMEM_UNMAP: 10,
 } as const;
 
 /** Protocol feature bits (GET/SET_PROTOCOL_FEATURES). */
@@ -74,6 +86,8 @@ export const ProtocolFeature = {
   INBAND_NOTIFICATIONS: 14,
   CONFIGURE_MEM_SLOTS: 15,
   STATUS: 16,
+  /** VIRTIO shared-memory regions (GET_SHMEM_CONFIG, BACKEND_SHMEM_MAP/UNMAP); not in a QEMU release yet. */
+  SHMEM: 20,
 } as const;
 
 /** Virtio feature bits relevant to virtio-fs over vhost-user. */
@@ -202,4 +216,33 @@ export function parseMessages(buf: Buffer): { messages: Omit<VhostUserMessage, '
     off += VHOST_USER_HDR_SIZE + size;
   }
   return { messages, consumed: off };
+}
+
+/** VhostUserShMemConfig: {u32 nregions; u32 padding; u64 memory_sizes[VIRTIO_MAX_SHMEM_REGIONS = 256]}. */
+export const MAX_SHMEM_REGIONS = 256;
+export function readShmemConfig(m: VhostUserMessage): number[] {
+  const c = new ByteCursor(m.payload);
+  const nregions = c.u32();
+  c.skip(4);
+  if (nregions > MAX_SHMEM_REGIONS) throw new Error(`GET_SHMEM_CONFIG answered ${nregions} regions (at most ${MAX_SHMEM_REGIONS})`);
+  return Array.from({ length: nregions }, () => c.u64());
+}
+
+/** VhostUserMMap {u8 shmid; u8 padding[7]; u64 fd_offset; u64 shm_offset; u64 len; u64 flags} (SHMEM_MAP/UNMAP). */
+export interface ShmemMapMsg {
+  shmid: number;
+  fdOffset: bigint;
+  shmOffset: bigint;
+  len: bigint;
+  flags: bigint;
+}
+export const SHMEM_MAP_SIZE = 40;
+/** VhostUserMMap.flags bit 0: map read-write (VHOST_USER_FLAG_MAP_RW). */
+export const SHMEM_MAP_FLAG_RW = 1n;
+
+export function readShmemMap(payload: Buffer): ShmemMapMsg {
+  const c = new ByteCursor(payload);
+  const shmid = c.u8();
+  c.skip(7);
+  return { shmid, fdOffset: c.u64n(), shmOffset: c.u64n(), len: c.u64n(), flags: c.u64n() };
 }
