@@ -1,0 +1,186 @@
+/**
+ * The control protocol between kfsctl and a serving kfs process (kfs mount, kfsd), over a
+ * unix stream socket: one JSON object per line (UTF-8, '\n'-terminated), at most
+ * MAX_REQUEST_BYTES per request line.
+ *
+ *   request   {version, id, command, args}
+ *   replies   {version, id, type: "progress", phase, done, total}     zero or more, then one of
+ *             {version, id, type: "result", result}
+ *             {version, id, type: "error", error: {code, message}}  (id null when unreadable)
+ *
+ * Both sides validate with these schemas: the server every request (a bad one gets an error
+ * reply, the connection stays usable), the client every reply and each command's result.
+ * `version` changes when a message's meaning changes; a server answers a version it does not
+ * speak with an error naming the one it does.
+ */
+import { z } from 'zod';
+import { BLOCK_CLASSES } from '../ext4/block-map';
+
+export const PROTOCOL_VERSION = 1;
+export const MAX_REQUEST_BYTES = 64 * 1024;
+
+export const COMMANDS = ['hello', 'status', 'defrag-check', 'map'] as const;
+export type CommandName = (typeof COMMANDS)[number];
+
+/** The envelope, checked before the command's own arguments. */
+export const RequestEnvelopeSchema = z.object({
+  version: z.number().int(),
+  id: z.number().int().nonnegative().max(2 ** 31),
+  command: z.string().max(64),
+  args: z.record(z.string(), z.unknown()).default({}),
+}).strict();
+
+export const ArgsSchemas = {
+  hello: z.object({}).strict(),
+  status: z.object({}).strict(),
+  'defrag-check': z.object({
+    path: z.string().min(1).max(4096).default('/'),
+    top: z.number().int().min(1).max(10000).default(10),
+  }).strict(),
+  map: z.object({
+    maxCells: z.number().int().min(1).max(65536).default(4096),
+  }).strict(),
+} as const;
+export type ArgsOf<C extends CommandName> = z.input<(typeof ArgsSchemas)[C]>;
+
+// ---- results ----
+
+export const HelloSchema = z.object({
+  server: z.literal('kfs'),
+  protocol: z.number().int(),
+  pid: z.number().int(),
+  kind: z.enum(['mount', 'kfsd']),
+  image: z.string().nullable(),
+  mountpoint: z.string().nullable(),
+  vhostSocket: z.string().nullable(),
+});
+export type Hello = z.infer<typeof HelloSchema>;
+
+const LatencySchema = z.object({
+  opcode: z.string(),
+  count: z.number().int(),
+  errors: z.number().int(),
+  p50Us: z.number().nullable(),
+  p99Us: z.number().nullable(),
+  maxUs: z.number().nullable(),
+});
+export type OpcodeStats = z.infer<typeof LatencySchema>;
+
+export const StatusSchema = z.object({
+  kind: z.enum(['mount', 'kfsd', 'offline']),
+  pid: z.number().int().nullable(),
+  image: z.string().nullable(),
+  mountpoint: z.string().nullable(),
+  readOnly: z.boolean(),
+  uptimeSec: z.number().nullable(),
+  fs: z.object({
+    label: z.string(),
+    uuid: z.string(),
+    features: z.array(z.string()),
+    state: z.string(),
+    blockSize: z.number().int(),
+    blocks: z.number().int(),
+    freeBlocks: z.number().int(),
+    reservedBlocks: z.number().int(),
+    availableBlocks: z.number().int(),
+    inodes: z.number().int(),
+    freeInodes: z.number().int(),
+    groups: z.number().int(),
+  }).nullable(),
+  journal: z.object({
+    present: z.boolean(),
+    inode: z.number().int().nullable(),
+    blocks: z.number().int().nullable(),
+    bytes: z.number().int().nullable(),
+    /** needs_recovery (INCOMPAT_RECOVER) as the superblock on disk has it. */
+    needsRecovery: z.boolean(),
+    /** A serving process keeps needs_recovery set while it runs (ext4 does the same). */
+    active: z.boolean(),
+    sequence: z.number().int().nullable(),
+    start: z.number().int().nullable(),
+  }).nullable(),
+  snapshots: z.object({ supported: z.literal(false), note: z.string() }),
+  cache: z.object({
+    hits: z.number().int(),
+    misses: z.number().int(),
+    hitRate: z.number().nullable(),
+    dirtyBlocks: z.number().int(),
+  }).nullable(),
+  requests: z.object({
+    total: z.number().int(),
+    opcodes: z.array(LatencySchema),
+  }).nullable(),
+  clients: z.object({
+    mountpoint: z.string().nullable(),
+    frontEndConnected: z.boolean().nullable(),
+    controlConnections: z.number().int(),
+  }).nullable(),
+});
+export type Status = z.infer<typeof StatusSchema>;
+
+const FileFragSchema = z.object({
+  ino: z.number().int(),
+  path: z.string().nullable(),
+  size: z.number(),
+  blocks: z.number().int(),
+  extents: z.number().int(),
+  fragments: z.number().int(),
+  ideal: z.number().int(),
+  kibPerExtent: z.number(),
+  ratio: z.number(),
+  score: z.number(),
+});
+
+export const DefragReportSchema = z.object({
+  path: z.string(),
+  files: z.number().int(),
+  fragmentedFiles: z.number().int(),
+  blocks: z.number().int(),
+  extents: z.number().int(),
+  idealExtents: z.number().int(),
+  kibPerExtent: z.number(),
+  score: z.number(),
+  verdict: z.enum(['no problem', 'a little fragmented', 'needs defragmentation']),
+  worst: z.array(FileFragSchema),
+  errors: z.array(z.object({ path: z.string(), error: z.string() })),
+});
+export type DefragReport = z.infer<typeof DefragReportSchema>;
+
+export const BlockMapSchema = z.object({
+  blockSize: z.number().int(),
+  blocks: z.number().int(),
+  blocksPerCell: z.number().int().positive(),
+  classes: z.array(z.enum(BLOCK_CLASSES)),
+  counts: z.array(z.array(z.number().int().nonnegative())),
+  fileScore: z.array(z.number()),
+  totals: z.record(z.enum(BLOCK_CLASSES), z.number().int()),
+  inconsistent: z.number().int(),
+  inodesScanned: z.number().int(),
+  damaged: z.array(z.object({ ino: z.number().int(), error: z.string() })),
+});
+export type BlockMap = z.infer<typeof BlockMapSchema>;
+
+export const ResultSchemas = {
+  hello: HelloSchema,
+  status: StatusSchema,
+  'defrag-check': DefragReportSchema,
+  map: BlockMapSchema,
+} as const;
+export type ResultOf<C extends CommandName> = z.infer<(typeof ResultSchemas)[C]>;
+
+// ---- replies ----
+
+export const ReplySchema = z.discriminatedUnion('type', [
+  z.object({ version: z.number().int(), id: z.number().int().nullable(), type: z.literal('progress'), phase: z.string(), done: z.number(), total: z.number() }),
+  z.object({ version: z.number().int(), id: z.number().int().nullable(), type: z.literal('result'), result: z.unknown() }),
+  z.object({ version: z.number().int(), id: z.number().int().nullable(), type: z.literal('error'), error: z.object({ code: z.string(), message: z.string() }) }),
+]);
+export type Reply = z.infer<typeof ReplySchema>;
+
+/** Errors carried in replies: an errno name (ENOENT...) or a protocol code. */
+export class ControlError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+    this.name = 'ControlError';
+  }
+}
