@@ -11,6 +11,8 @@ import { native, FdPollerHandle } from '../native';
 import { log } from '../util/log';
 import { FsError } from '../util/errors';
 import { FuseSession, Reply } from '../fuse/dispatcher';
+import { notifyResend } from '../fuse/reply';
+import { ReplyGate, isMutating } from './reply-gate';
 
 export interface MountOptions {
   readOnly?: boolean;
@@ -41,13 +43,14 @@ export class FuseDevice {
     this.done = new Promise((r) => (this.endResolve = r));
   }
 
-  static mount(mountpoint: string, session: FuseSession, opts: MountOptions = {}): FuseDevice {
+  /** `devFd`: an already open /dev/fuse (a supervisor's, inherited); otherwise one is opened here. */
+  static mount(mountpoint: string, session: FuseSession, opts: MountOptions = {}, devFd?: number): FuseDevice {
     const st = fs.statSync(mountpoint, { throwIfNoEntry: false });
     if (!st) throw new FsError('ENOENT', `mount point ${mountpoint} does not exist; create it first (mkdir -p ${mountpoint})`);
     if (!st.isDirectory()) throw new FsError('ENOTDIR', `mount point ${mountpoint} is not a directory`);
     let fd: number;
     try {
-      fd = fs.openSync('/dev/fuse', fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+      fd = devFd ?? FuseDevice.openDevice();
     } catch (e) {
       throw new FsError('ENODEV', `cannot open /dev/fuse (${(e as Error).message}); load the fuse module (modprobe fuse)`);
     }
@@ -69,6 +72,30 @@ export class FuseDevice {
       throw new FsError('EIO', `mount(2) of ${mountpoint} failed: ${(e as Error).message}`);
     }
     return new FuseDevice(fd, mountpoint, session);
+  }
+
+  static openDevice(): number {
+    return fs.openSync('/dev/fuse', fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+  }
+
+  /**
+   * Serve a connection that is already mounted (a restarted server on its supervisor's fd). The
+   * kernel sends no INIT again: the caller adopts what was negotiated (FuseSession.adopt) and
+   * then calls resend() so requests the previous server read but never answered come again.
+   */
+  static adopt(fd: number, mountpoint: string, session: FuseSession): FuseDevice {
+    return new FuseDevice(fd, mountpoint, session);
+  }
+
+  /** FUSE_NOTIFY_RESEND (7.40); false when the kernel refused it (no such notification). */
+  resend(): boolean {
+    try {
+      fs.writeSync(this.fd, notifyResend());
+      return true;
+    } catch (e) {
+      log.warn(`fuse: FUSE_NOTIFY_RESEND refused: ${(e as Error).message}`);
+      return false;
+    }
   }
 
   start(): void {
@@ -105,11 +132,40 @@ export class FuseDevice {
     // Copy out: the read buffer is reused while this request is served.
     const req = Buffer.from(this.buf.subarray(0, n));
     this.inflight++;
-    this.session.handle(req).then((reply) => this.send(reply), (e) => log.error(`fuse: handler crashed: ${(e as Error).stack}`))
-      .finally(() => {
-        this.inflight--;
-      });
+    const handled = this.intercept?.(req) ?? this.session.handle(req);
+    if (this.gate && n >= 8 && isMutating(req.readUInt32LE(4))) {
+      this.gate.started();
+      handled.then(this.gate.onMutationReply, this.gate.onMutationCrash);
+    } else handled.then(this.onReply, this.onCrash);
   }
+
+  /**
+   * Set by a supervised server: sees each request first (INIT parameters, resent requests) and
+   * may answer it instead of the session (undefined: the session handles it).
+   */
+  intercept: ((req: Buffer) => Promise<Reply> | undefined) | null = null;
+  /** Commit-before-reply (see reply-gate.ts); null: replies go out as soon as they are made. */
+  private gate: ReplyGate | null = null;
+
+  /** Hold replies until `commit` has put the changes behind them into the image. */
+  commitBeforeReply(commit: () => Promise<void>): void {
+    this.gate = new ReplyGate(commit, (r) => {
+      this.inflight--;
+      this.send(r);
+    });
+  }
+
+  // Bound once: a closure and a .finally() promise per request are measurable at ~10k requests/s.
+  private readonly onReply = (reply: Reply): void => {
+    if (this.gate?.hold(reply)) return;
+    this.inflight--;
+    this.send(reply);
+  };
+
+  private readonly onCrash = (e: unknown): void => {
+    this.inflight--;
+    log.error(`fuse: handler crashed: ${(e as Error).stack}`);
+  };
 
   private send(reply: Reply): void {
     if (!reply || this.ended) return;
@@ -134,6 +190,8 @@ export class FuseDevice {
     this.poller?.stop();
     this.poller?.close();
     this.poller = null;
+    const served = [...this.session.counts].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ${n}`).join(', ');
+    log.info(`fuse: requests served: ${served || 'none'}`);
     this.endResolve();
   }
 

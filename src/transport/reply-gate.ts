@@ -1,0 +1,98 @@
+/**
+ * Commit before reply: nothing the kernel has been told may be lost when the server process
+ * dies. The host's page cache outlives the process, so it is enough that every change behind a
+ * reply has been written to the image file (pwrite; no fsync: a process death is not a power
+ * loss) before the reply is written to /dev/fuse. With the jbd2 journal that write is a
+ * transaction commit, so what a dead server leaves is a consistent image plus a journal to
+ * replay.
+ *
+ * Group commit: replies of changing requests completed in one event-loop turn wait for one
+ * commit. Replies of other requests go out at once, unless a change is in flight or waiting
+ * for its commit: then they wait too, so that no reply can show the kernel a state (a name, a
+ * size) that a death could still take back.
+ */
+import { log } from '../util/log';
+import { FuseOpcode as Op } from '../fuse/abi';
+import { Reply } from '../fuse/dispatcher';
+
+const MUTATING = new Set<number>([
+  Op.SETATTR, Op.SYMLINK, Op.MKNOD, Op.MKDIR, Op.UNLINK, Op.RMDIR, Op.RENAME, Op.LINK,
+  Op.OPEN, // O_TRUNC
+  Op.WRITE, Op.SETXATTR, Op.REMOVEXATTR, Op.CREATE, Op.FALLOCATE, Op.RENAME2, Op.COPY_FILE_RANGE,
+  Op.COPY_FILE_RANGE_64, Op.TMPFILE,
+]);
+
+/** Can a request with this opcode change what is on the image? */
+export function isMutating(opcode: number): boolean {
+  return MUTATING.has(opcode);
+}
+
+export interface ReplyGateStats {
+  commits: number;
+  /** Replies released after a commit. */
+  released: number;
+  commitMs: number;
+}
+
+export class ReplyGate {
+  /** Changing requests read and not yet answered by the session. */
+  private mutations = 0;
+  private held: Reply[] = [];
+  private scheduled = false;
+  private committing = false;
+  readonly stats: ReplyGateStats = { commits: 0, released: 0, commitMs: 0 };
+
+  constructor(private readonly commit: () => Promise<void>, private readonly release: (r: Reply) => void) {}
+
+  started(): void {
+    this.mutations++;
+  }
+
+  /** A reply of a request that changes nothing: true if it must wait (it is then the gate's). */
+  hold(reply: Reply): boolean {
+    if (this.mutations === 0 && !this.committing && !this.scheduled && this.held.length === 0) return false;
+    this.held.push(reply);
+    return true;
+  }
+
+  readonly onMutationReply = (reply: Reply): void => {
+    this.mutations--;
+    this.held.push(reply);
+    this.schedule();
+  };
+
+  readonly onMutationCrash = (e: unknown): void => {
+    this.mutations--;
+    log.error(`fuse: handler crashed: ${(e as Error).stack}`);
+    this.held.push(null);
+    this.schedule();
+  };
+
+  private schedule(): void {
+    if (this.scheduled || this.committing) return;
+    this.scheduled = true;
+    // setImmediate: replies completed in this turn (and the I/O callbacks already due) join.
+    setImmediate(this.run);
+  }
+
+  private readonly run = async (): Promise<void> => {
+    this.scheduled = false;
+    this.committing = true;
+    const out = this.held;
+    this.held = [];
+    const t0 = performance.now();
+    try {
+      await this.commit();
+    } catch (e) {
+      // The filesystem has turned read-only (damage) or the image failed: the changes are lost
+      // whatever we do; the replies still go, as they would have without the gate.
+      log.error(`fuse: commit before reply failed: ${(e as Error).message}`);
+    }
+    this.stats.commits++;
+    this.stats.commitMs += performance.now() - t0;
+    this.committing = false;
+    this.stats.released += out.length;
+    for (const r of out) this.release(r);
+    if (this.held.length) this.schedule();
+  };
+}

@@ -1,0 +1,291 @@
+/**
+ * The host mount that survives its server (src/transport/supervisor.ts), against the real
+ * kernel (FUSE_NOTIFY_RESEND, Linux >= 6.9): `kfs mount --foreground -o commit_before_reply` is
+ * the supervisor; the server it starts is named by --pid-file and killed here with SIGKILL.
+ *
+ *  - tar -x of a tree of ~1500 entries (some files of several MiB, hard links, symlinks) into
+ *    the mount while the server is killed several times at random moments: tar succeeds, the
+ *    tree is identical to the source, the mount is the same mount throughout (same mount id,
+ *    never ENOTCONN), e2fsck -fn is clean after the unmount; the time from a kill to the next
+ *    request served is reported.
+ *  - Resent requests whose effect was committed before the death (the server is made to die
+ *    between commit and reply): mkdir, create, unlink, rename, link, symlink come out as if
+ *    nothing had happened.
+ *  - A server killed while INIT is read and unanswered: the next one answers the resent INIT.
+ *  - Normal unmount ends server and supervisor with exit 0; SIGTERM to the supervisor
+ *    unmounts cleanly.
+ *
+ * KFS_SEED=n replays the kill schedule. Needs root, /dev/fuse, tar, e2fsprogs.
+ */
+import test, { ExecutionContext } from 'ava';
+import { spawn, ChildProcess, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { makeImage, tempDir, kfsCliPath, assertFsckClean, mustRun } from './helpers/image';
+import { isMountPoint } from './helpers/mount';
+import { snapshotHost, diffSnapshots } from './helpers/tree';
+import { sleep, waitFor } from './posix/util';
+
+const MiB = 1 << 20;
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Supervised {
+  proc: ChildProcess;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  dir: string;
+  logFile: string;
+  pidFile: string;
+  serverPid(): number;
+  log(): string;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    return !/^\d+ \(.*\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** mountinfo's mount id of what is mounted at dir (null: nothing). */
+function mountId(dir: string): string | null {
+  for (const l of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = l.split(' ');
+    if (f[4] === dir) return f[0];
+  }
+  return null;
+}
+
+/** `kfs mount --foreground` as a child of this test: its exit status is the supervisor's. */
+async function startSupervised(t: ExecutionContext, image: string, dir: string, env: Record<string, string> = {}, options: string[] = ['commit_before_reply']): Promise<Supervised> {
+  fs.mkdirSync(dir, { recursive: true });
+  const base = path.join(path.dirname(image), `sv-${path.basename(dir)}`);
+  const logFile = `${base}.log`;
+  const pidFile = `${base}.pid`;
+  const args = [kfsCliPath()!, 'mount', image, dir, '--foreground', '--log-file', logFile, '--log-level', 'info', '--pid-file', pidFile];
+  for (const o of options) args.push('-o', o);
+  const proc = spawn(process.execPath, args, {
+    stdio: 'ignore', env: { ...process.env, ...env },
+  });
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  const s: Supervised = {
+    proc, exit, dir, logFile, pidFile,
+    serverPid: () => Number(fs.readFileSync(pidFile, 'utf8').trim()),
+    log: () => (fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '(no log)'),
+  };
+  t.teardown(async () => {
+    if (isMountPoint(dir)) spawnSync('umount', ['-l', dir]);
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    if (!t.passed) t.log(`--- log ---\n${s.log().split('\n').slice(-60).join('\n')}`);
+  });
+  const ok = await waitFor(() => isMountPoint(dir) && fs.existsSync(pidFile), 30_000);
+  if (!ok) throw new Error(`mount did not come up\n${s.log()}`);
+  return s;
+}
+
+/** Unmount with `kfs umount` (retried while busy) and wait for the supervisor's exit. */
+async function unmount(s: Supervised): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  const server = s.serverPid();
+  for (let i = 0; i < 40 && isMountPoint(s.dir); i++) {
+    const u = spawnSync(process.execPath, [kfsCliPath()!, 'umount', s.dir], { encoding: 'utf8' });
+    if (u.status === 0) break;
+    await sleep(250);
+  }
+  const r = await s.exit;
+  await waitFor(() => !pidAlive(server), 30_000);
+  return r;
+}
+
+/** Kill the current server; resolve with the time until a request is served again (ms) and the new pid. */
+async function killServer(s: Supervised, probe: string): Promise<{ ms: number; pid: number }> {
+  const pid = s.serverPid();
+  const t0 = performance.now();
+  process.kill(pid, 'SIGKILL');
+  // An uncached name: the LOOKUP must reach a server (and waits in the kernel meanwhile).
+  const code = await fs.promises.stat(probe).then(() => 'exists', (e: NodeJS.ErrnoException) => e.code);
+  const ms = performance.now() - t0;
+  if (code !== 'ENOENT') throw new Error(`probe ${probe} after killing ${pid}: ${code}`);
+  await waitFor(() => s.serverPid() !== pid, 10_000, 10);
+  return { ms, pid: s.serverPid() };
+}
+
+/** A source tree: `files` small files in nested dirs, a few large ones, links and symlinks. */
+function makeTree(root: string, seed: number, files: number, large: number[]): void {
+  const r = rng(seed);
+  for (let d = 0; d < 24; d++) fs.mkdirSync(path.join(root, `d${d}`), { recursive: true });
+  for (let i = 0; i < files; i++) {
+    const d = path.join(root, `d${i % 24}`, i % 5 === 0 ? `sub${i % 3}` : '');
+    fs.mkdirSync(d, { recursive: true });
+    const size = Math.floor(r() * r() * 40000);
+    const buf = Buffer.alloc(size, (i * 7 + 1) & 0xff);
+    for (let j = 0; j + 8 <= size; j += 4096) buf.writeDoubleLE(i * 1e6 + j, j);
+    const p = path.join(d, `f${i}`);
+    fs.writeFileSync(p, buf);
+    if (i % 7 === 0) fs.chmodSync(p, 0o600 + (i % 8));
+    if (i % 97 === 0) fs.symlinkSync(`../d${(i + 1) % 24}/f${i + 1}`, path.join(d, `s${i}`));
+    if (i % 101 === 0) fs.linkSync(p, path.join(root, `d${(i + 3) % 24}`, `h${i}`));
+  }
+  for (const [i, mb] of large.entries()) {
+    const fd = fs.openSync(path.join(root, `big${i}`), 'w');
+    const chunk = Buffer.alloc(MiB);
+    for (let m = 0; m < mb; m++) {
+      chunk.fill((m * 31 + i) & 0xff);
+      chunk.writeUInt32LE(m, 0);
+      fs.writeSync(fd, chunk);
+    }
+    fs.closeSync(fd);
+  }
+  fs.mkdirSync(path.join(root, 'empty', 'deeper'), { recursive: true });
+}
+
+test.serial('tar -x into the mount survives repeated SIGKILLs of the server: identical tree, same mount, e2fsck clean', async (t) => {
+  t.timeout(20 * 60_000);
+  const seed = Number(process.env.KFS_SEED ?? Math.floor(Math.random() * 1e9));
+  t.log(`KFS_SEED=${seed}`);
+  const r = rng(seed);
+  const work = tempDir(t, 'sv-tar');
+  const src = path.join(work, 'src');
+  makeTree(src, seed, 1500, [12, 6, 20]);
+  const tarball = path.join(work, 'src.tar');
+  mustRun('tar', ['--format=posix', '-C', src, '-cf', tarball, '.']);
+  const image = makeImage(t, { size: '1G', mkfs: 'kfs' });
+  const dir = path.join(work, 'mnt');
+  const s = await startSupervised(t, image, dir);
+  const id = mountId(dir);
+  t.truthy(id);
+  const dst = path.join(dir, 'x');
+  fs.mkdirSync(dst);
+
+  const tar = spawn('tar', ['-C', dst, '-xpf', tarball, '--numeric-owner'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let tarErr = '';
+  tar.stderr!.on('data', (d: Buffer) => (tarErr += d.toString()));
+  const tarDone = new Promise<number | null>((resolve) => tar.on('exit', (code) => resolve(code)));
+  let finished = false;
+  void tarDone.then(() => (finished = true));
+
+  const recoveries: number[] = [];
+  for (let k = 0; k < 6 && !finished; k++) {
+    await sleep(300 + Math.floor(r() * 2500));
+    if (finished) break;
+    const { ms } = await killServer(s, path.join(dir, `probe-${k}`));
+    recoveries.push(ms);
+    t.is(mountId(dir), id, 'the mount is still the same mount');
+  }
+  const code = await tarDone;
+  t.is(tarErr, '', 'tar wrote no error');
+  t.is(code, 0);
+  t.true(recoveries.length >= 3, `the server was killed ${recoveries.length} times while tar ran (at least 3 wanted)`);
+  t.log(`killed ${recoveries.length} times; kill -> next request served: ${recoveries.map((m) => m.toFixed(0)).join(', ')} ms`);
+  t.is(mountId(dir), id);
+
+  const want = snapshotHost(src, { xattrs: false });
+  const got = snapshotHost(dst, { xattrs: false });
+  const diffs = diffSnapshots(want, got, { only: ['type', 'mode', 'uid', 'gid', 'nlink', 'size', 'digest', 'target', 'mtimeNs', 'linkGroup'] });
+  t.deepEqual(diffs, [], 'the extracted tree is identical to the source');
+
+  const exit = await unmount(s);
+  t.deepEqual(exit, { code: 0, signal: null }, 'the supervisor exits 0 after the unmount');
+  assertFsckClean(t, image);
+  t.regex(s.log(), / closed$/m);
+});
+
+test.serial('resent requests whose effect was committed before the death get the reply they would have got', async (t) => {
+  t.timeout(5 * 60_000);
+  const image = makeImage(t, { size: '256M', mkfs: 'kfs' });
+  const dir = path.join(path.dirname(image), 'mnt');
+  // Every server dies after committing the first (not resent) request of the opcode, before
+  // its reply: the kernel resends it to the next server.
+  const cases: { name: string; opcode: number; check: () => void }[] = [
+    { name: 'mkdir', opcode: 9, check: () => t.true(fs.statSync(path.join(dir, 'd')).isDirectory()) },
+    { name: 'create', opcode: 35, check: () => t.is(fs.readFileSync(path.join(dir, 'f'), 'utf8'), 'after the restart') },
+    { name: 'symlink', opcode: 6, check: () => t.is(fs.readlinkSync(path.join(dir, 'sl')), 'f') },
+    { name: 'link', opcode: 13, check: () => t.is(fs.statSync(path.join(dir, 'f')).nlink, 2) },
+    { name: 'rename', opcode: 12, check: () => t.false(fs.existsSync(path.join(dir, 'hl'))) },
+    { name: 'unlink', opcode: 10, check: () => t.is(fs.statSync(path.join(dir, 'f')).nlink, 1) },
+    { name: 'rmdir', opcode: 11, check: () => t.false(fs.existsSync(path.join(dir, 'd'))) },
+  ];
+  for (const c of cases) {
+    const s = await startSupervised(t, image, dir, { KFS_TEST_FAULT: `kill-before-reply:${c.opcode}` });
+    const before = s.serverPid();
+    // Run the call in a child (it blocks in the kernel across the restart; this process keeps polling).
+    const errno = await runInChild(c.name, dir);
+    t.is(errno, 'ok', `${c.name}: the resent request succeeded`);
+    t.not(s.serverPid(), before, `${c.name}: the server was restarted`);
+    c.check();
+    t.regex(s.log(), new RegExp(`resent ${c.name} \\(unique \\d+\\) had taken effect`), `${c.name}: answered from the image`);
+    t.deepEqual(await unmount(s), { code: 0, signal: null });
+  }
+  assertFsckClean(t, image);
+});
+
+/** The operations of the resend test, run by a child node process (errno name or 'ok'). */
+async function runInChild(op: string, dir: string): Promise<string> {
+  const script = `
+const fs = require('fs'), p = require('path'), d = ${JSON.stringify(dir)};
+const ops = {
+  mkdir: () => fs.mkdirSync(p.join(d, 'd')),
+  create: () => { const fd = fs.openSync(p.join(d, 'f'), fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY, 0o640); fs.writeSync(fd, 'after the restart'); fs.closeSync(fd); },
+  symlink: () => fs.symlinkSync('f', p.join(d, 'sl')),
+  link: () => fs.linkSync(p.join(d, 'f'), p.join(d, 'hl')),
+  rename: () => fs.renameSync(p.join(d, 'hl'), p.join(d, 'd', 'moved')),
+  unlink: () => fs.unlinkSync(p.join(d, 'd', 'moved')),
+  rmdir: () => fs.rmdirSync(p.join(d, 'd')),
+};
+try { ops[${JSON.stringify(op)}](); process.stdout.write('ok'); } catch (e) { process.stdout.write(e.code || String(e)); }`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  await new Promise((resolve) => child.on('exit', resolve));
+  return out;
+}
+
+test.serial('a server killed with INIT read and unanswered: the next one answers the resent INIT', async (t) => {
+  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
+  const dir = path.join(path.dirname(image), 'mnt');
+  const s = await startSupervised(t, image, dir, { KFS_TEST_FAULT: 'kill-at-init' });
+  fs.writeFileSync(path.join(dir, 'hello'), 'world');
+  t.is(fs.readFileSync(path.join(dir, 'hello'), 'utf8'), 'world');
+  t.regex(s.log(), /killed by SIGKILL without an unmount/);
+  t.regex(s.log(), /fuse: INIT 7\.\d+ → /);
+  t.deepEqual(await unmount(s), { code: 0, signal: null });
+  assertFsckClean(t, image);
+});
+
+test.serial('normal unmount: server and supervisor exit 0; SIGTERM to the supervisor unmounts cleanly', async (t) => {
+  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
+  const dir = path.join(path.dirname(image), 'mnt');
+  let s = await startSupervised(t, image, dir);
+  fs.writeFileSync(path.join(dir, 'a'), 'one');
+  const server = s.serverPid();
+  t.deepEqual(await unmount(s), { code: 0, signal: null });
+  t.false(pidAlive(server));
+  t.false(isMountPoint(dir));
+  t.regex(s.log(), /supervisor: .* unmounted; server \d+ exited/);
+  t.false(fs.existsSync(s.pidFile), 'the server removed its pid file');
+
+  s = await startSupervised(t, image, dir);
+  t.is(fs.readFileSync(path.join(dir, 'a'), 'utf8'), 'one');
+  fs.writeFileSync(path.join(dir, 'b'), 'two');
+  const server2 = s.serverPid();
+  s.proc.kill('SIGTERM');
+  t.deepEqual(await s.exit, { code: 0, signal: null });
+  await waitFor(() => !pidAlive(server2), 30_000);
+  t.false(isMountPoint(dir));
+  t.regex(s.log(), /supervisor: SIGTERM: unmounting/);
+  assertFsckClean(t, image);
+});
