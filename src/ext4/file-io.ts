@@ -17,6 +17,12 @@ export const FALLOC_FL_INSERT_RANGE = 0x20;
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
 
+/** A read resolved to image offsets: `len` bytes at `disk` go to out[at..]. */
+export interface ReadPlan {
+  out: Buffer;
+  segments: { disk: number; at: number; len: number }[];
+}
+
 export class FileIO {
   constructor(private store: InodeStore) {}
 
@@ -29,25 +35,34 @@ export class FileIO {
   }
 
   async read(st: InodeState, offset: number, length: number): Promise<Buffer> {
+    return this.readPlanned(await this.planRead(st, offset, length));
+  }
+
+  /** Where the bytes of a read are in the image (under the filesystem lock); see readPlanned. */
+  async planRead(st: InodeState, offset: number, length: number): Promise<ReadPlan> {
     const size = st.inode.size;
-    if (offset >= size || length <= 0) return Buffer.alloc(0);
+    if (offset >= size || length <= 0) return { out: Buffer.alloc(0), segments: [] };
     length = Math.min(length, size - offset);
     const out = Buffer.alloc(length);
     const bs = this.bs;
     const map = await this.store.extents(st);
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
-    const dev = this.store.vol.dev;
-    const reads: Promise<void>[] = [];
+    const segments: ReadPlan['segments'] = [];
     for (const m of map.map(first, last - first + 1)) {
       if (m.hole || m.unwritten) continue;
       const segStart = Math.max(offset, m.lblk * bs);
       const segEnd = Math.min(offset + length, (m.lblk + m.len) * bs);
-      const disk = m.pblk * bs + (segStart - m.lblk * bs);
-      reads.push(dev.readAt(out, disk, segStart - offset, segEnd - segStart));
+      segments.push({ disk: m.pblk * bs + (segStart - m.lblk * bs), at: segStart - offset, len: segEnd - segStart });
     }
-    await Promise.all(reads);
-    return out;
+    return { out, segments };
+  }
+
+  /** Read a plan's segments (holes and unwritten extents stay zero). */
+  async readPlanned(plan: ReadPlan): Promise<Buffer> {
+    const dev = this.store.vol.dev;
+    await Promise.all(plan.segments.map((g) => dev.readAt(plan.out, g.disk, g.at, g.len)));
+    return plan.out;
   }
 
   /**

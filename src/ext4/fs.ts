@@ -607,15 +607,35 @@ export class Ext4Fs {
     }, true);
   }
 
-  read(ino: number, offset: number, length: number): Promise<Buffer> {
-    return this.run(async () => {
+  /**
+   * The extents are looked up under the lock; the image is read after it is released, so
+   * large reads run in parallel (on the thread pool) instead of one after another. Safe because
+   * blocks freed meanwhile (truncate, unlink) stay busy, not reusable, until the transaction
+   * commits, and a commit first waits for the reads in flight (syncLocked). Without the journal
+   * freed blocks are reusable at once, so the read stays under the lock.
+   */
+  async read(ino: number, offset: number, length: number): Promise<Buffer> {
+    const outside = this.vol.journal !== null;
+    const plan = await this.run(async () => {
       const st = await this.store.get(ino);
       if (st.inode.isDir()) throw new FsError('EISDIR', 'is a directory');
-      const data = await this.files.read(st, offset, length);
+      const p = await this.files.planRead(st, offset, length);
+      if (!outside) await this.files.readPlanned(p);
       await this.touchAtime(st);
-      return data;
+      return p;
     });
+    if (!outside || plan.segments.length === 0) return plan.out;
+    const io = this.files.readPlanned(plan);
+    this.readsInFlight.add(io);
+    try {
+      return await io;
+    } finally {
+      this.readsInFlight.delete(io);
+    }
   }
+
+  /** Reads running outside the lock (see read()). */
+  private readsInFlight = new Set<Promise<Buffer>>();
 
   /**
    * relatime (the kernel's default): update atime when it is not newer than mtime or ctime,
@@ -839,6 +859,8 @@ export class Ext4Fs {
 
   private async syncLocked(fsync: boolean): Promise<void> {
     if (this.vol.readOnly || this.closed) return;
+    // A commit makes freed blocks reusable: reads still using them must end first (see read()).
+    if (this.readsInFlight.size) await Promise.allSettled([...this.readsInFlight]);
     await this.store.flushAll();
     await this.vol.sync({ fsync });
   }
@@ -890,6 +912,7 @@ export class Ext4Fs {
     if (this.commitTimer) clearInterval(this.commitTimer);
     await this.lock.run(async () => {
       this.closed = true;
+      await Promise.allSettled([...this.readsInFlight]);
       try {
         if (!this.vol.readOnly) await this.store.flushAll();
         await this.vol.close();
