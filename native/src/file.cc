@@ -14,7 +14,7 @@ namespace kfs {
 // flock(fd, exclusive, nonblocking): an advisory whole-file lock; EWOULDBLOCK when held.
 static Napi::Value Flock(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd;
+  int fd = -1;
   if (!ArgFd(info, 0, &fd)) return env.Undefined();
   if (info.Length() < 3 || !info[1].IsBoolean() || !info[2].IsBoolean()) {
     ThrowType(env, "flock(fd, exclusive: boolean, nonblock: boolean)");
@@ -29,7 +29,7 @@ static Napi::Value Flock(const Napi::CallbackInfo& info) {
 // fallocate(fd, mode, offset, length) with the raw FALLOC_FL_* mode bits.
 static Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd;
+  int fd = -1;
   int64_t mode, off, len;
   if (!ArgFd(info, 0, &fd) || !ArgInt64(info, 1, &mode, "mode must be an integer") ||
       !ArgInt64(info, 2, &off, "offset must be a non-negative integer") ||
@@ -46,7 +46,7 @@ static Napi::Value Fallocate(const Napi::CallbackInfo& info) {
 // Size in bytes of a block device (regular files: use fstat from Node).
 static Napi::Value BlockDeviceSize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd;
+  int fd = -1;
   if (!ArgFd(info, 0, &fd)) return env.Undefined();
   uint64_t size = 0;
   if (ioctl(fd, BLKGETSIZE64, &size) != 0) {
@@ -61,7 +61,7 @@ static Napi::Value BlockDeviceSize(const Napi::CallbackInfo& info) {
 // case when draining /dev/fuse).
 static Napi::Value ReadInto(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd;
+  int fd = -1;
   if (!ArgFd(info, 0, &fd)) return env.Undefined();
   if (info.Length() < 2 || !info[1].IsBuffer()) {
     ThrowType(env, "readInto(fd, buffer)");

@@ -107,7 +107,7 @@ class MappedRegion : public Napi::ObjectWrap<MappedRegion> {
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "mmap";
-  int fd;
+  int fd = -1;
   int64_t offset, length;
   bool writable;
   if (!Fd(info, 0, fn, &fd) || !Int(info, 1, fn, "offset", 0, kMaxSafeInteger, &offset) ||
@@ -193,7 +193,7 @@ Napi::Value Eventfd(const Napi::CallbackInfo& info) {
 // non-blocking eventfd. Values above 2^53 lose precision; kick/call counters never get there.
 Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd;
+  int fd = -1;
   if (!Fd(info, 0, "eventfdRead", &fd)) return env.Undefined();
   uint64_t value = 0;
   ssize_t n;
@@ -210,7 +210,7 @@ Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
 Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "eventfdWrite";
-  int fd;
+  int fd = -1;
   int64_t v;
   if (!Fd(info, 0, fn, &fd) || !Int(info, 1, fn, "value", 1, kMaxSafeInteger, &v)) return env.Undefined();
   uint64_t value = static_cast<uint64_t>(v);

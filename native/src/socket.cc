@@ -149,7 +149,7 @@ Napi::Value Accept(const Napi::CallbackInfo& info) {
 
 Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd;
+  int fd = -1;
   if (!Fd(info, 0, "peerCred", &fd)) return env.Undefined();
   ucred cred{};
   socklen_t len = sizeof(cred);
@@ -174,7 +174,7 @@ union FdControl {
 Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "recvMsg";
-  int fd;
+  int fd = -1;
   Napi::Buffer<uint8_t> buf;
   int64_t offset, length;
   if (!Fd(info, 0, fn, &fd) || !Buf(info, 1, fn, &buf)) return env.Undefined();
@@ -250,7 +250,7 @@ bool WaitWritable(int fd) {
 Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "sendMsg";
-  int fd;
+  int fd = -1;
   Napi::Buffer<uint8_t> buf;
   if (!Fd(info, 0, fn, &fd) || !Buf(info, 1, fn, &buf)) return env.Undefined();
   if (info.Length() < 3 || !info[2].IsArray()) {
