@@ -68,15 +68,26 @@ export class RequestStats {
     marked.kfsRequestStats = this;
     const handle = session.handle.bind(session);
     session.handle = (buf: Buffer): Promise<Reply> => {
-      const t0 = process.hrtime.bigint();
-      const name = buf.length >= 8 ? opcodeName(buf.readUInt32LE(4)).toLowerCase() : 'malformed';
+      const t0 = performance.now();
+      const name = buf.length >= 8 ? lowerOpcodeName(buf.readUInt32LE(4)) : 'malformed';
       const p = handle(buf);
       // Observe the promise without adding a step to the one the transport awaits.
-      p.then((reply) => this.record(name, Number(process.hrtime.bigint() - t0) / 1000, failedReply(reply)), () => this.record(name, Number(process.hrtime.bigint() - t0) / 1000, true));
+      p.then((reply) => this.record(name, (performance.now() - t0) * 1000, failedReply(reply)), () => this.record(name, (performance.now() - t0) * 1000, true));
       return p;
     };
     return session;
   }
+}
+
+/** Opcode names as status shows them, computed once per opcode (this runs for every request). */
+const lowerNames = new Map<number, string>();
+function lowerOpcodeName(opcode: number): string {
+  let n = lowerNames.get(opcode);
+  if (n === undefined) {
+    n = opcodeName(opcode).toLowerCase();
+    if (lowerNames.size < 256) lowerNames.set(opcode, n);
+  }
+  return n;
 }
 
 function failedReply(reply: Reply): boolean {
