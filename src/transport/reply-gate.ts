@@ -3,8 +3,9 @@
  * dies. The host's page cache outlives the process, so it is enough that every change behind a
  * reply has been written to the image file (pwrite; no fsync: a process death is not a power
  * loss) before the reply is written to /dev/fuse. With the jbd2 journal that write is a
- * transaction commit, so what a dead server leaves is a consistent image plus a journal to
- * replay.
+ * log-only transaction commit (Ext4Fs.commitToLog, Journal.commit soft): what a dead server
+ * leaves is a consistent image plus a journal that kfs replays in full; the durable commits
+ * (fsync, syncfs, every 5 s) are unchanged.
  *
  * Group commit: replies of changing requests completed in one event-loop turn wait for one
  * commit. Replies of other requests go out at once, unless a change is in flight or waiting

@@ -219,7 +219,8 @@ export function encodeCommit(f: LogFormat, sequence: number, sec: number, nsec: 
  * does not know, so the kernel's and e2fsck's replay end the log there ("Unrecognised magic,
  * end of scan") and never apply a transaction whose blocks may not all be on disk. kfs replays
  * it only when the crc32c of the transaction's log blocks (descriptors, copies, revokes, in log
- * order), stored at byte 60, matches what it reads. A later durable commit rewrites it as a
+ * order; with csum v3 the descriptors and revokes only, see softCrcCoversTagsOnly), stored at
+ * byte 60, matches what it reads. A later durable commit rewrites it as a
  * real commit block. Bytes 64..67: crc32c of bytes 0..63 (the record's own check, needed
  * without csum v2/v3).
  */
@@ -241,6 +242,14 @@ export function softCommitCrc(f: LogFormat, buf: Buffer): number | null {
   if (buf.readUInt32BE(SOFT_SELF_CRC) !== ext4Crc(f.csumSeed, buf.subarray(0, SOFT_SELF_CRC))) return null;
   return buf.readUInt32BE(SOFT_TXN_CRC);
 }
+
+/**
+ * Does the soft commit crc cover only a transaction's descriptor and revoke blocks? With csum
+ * v3 each logged copy has its own 32-bit checksum in a descriptor tag (over the sequence and
+ * the copy), so the descriptors vouch for the copies and replay checks each copy against its
+ * tag; without csum v3 (none, or v2's 16-bit tags) the crc covers every block.
+ */
+export const softCrcCoversTagsOnly = (f: LogFormat): boolean => hasCsumV3(f);
 
 /** crc32c over a transaction's log blocks, continued block by block. */
 export function txnCrc(f: LogFormat, crc: number, block: Buffer): number {

@@ -10,6 +10,21 @@
  *      previous transactions' home writes all become durable;
  *   3. commit block; barrier: the transaction is durable;
  *   4. the blocks are written home (no barrier: the next commit's step 2 makes them durable).
+ *
+ * Log-only ("soft") commits, for commit-before-reply under the supervisor: a process death
+ * keeps the host's page cache, so writing the transaction is enough there; only power loss
+ * needs the barriers. A soft commit writes step 1 plus a soft commit record (blocks.ts) in one
+ * write, no barrier, no home writes: the blocks stay pinned in the cache. The next durable
+ * commit (fsync, syncfs, the periodic commit, close, or a full log) makes them durable at its
+ * first barrier, rewrites their records as real commit blocks next to its own, and writes
+ * everything home. Replay: the kernel and e2fsck end the log at a soft record (unknown block
+ * type), so they never apply a transaction a power loss may have torn (their replay applies
+ * a committed transaction with a bad block checksum in part: fs/jbd2/recovery.c skips just that
+ * block); kfs applies one only if the crc of all its log blocks matches, and stops at the
+ * first that does not. Blocks freed stay busy until a durable commit (Volume), since a soft
+ * freeing may be lost. File data is not ordered before a soft commit (no barrier): after a
+ * power loss, a replayed soft transaction may show stale bytes in a file written just before
+ * it, as data=writeback would; fsync'd data is never affected.
  * The journal superblock's tail (s_start/s_sequence) is advanced lazily, as jbd2 does: only
  * when the log needs the space (then every committed transaction is already home after one
  * barrier, so the tail jumps to the head) and at close (s_start 0: empty). Replaying
@@ -34,7 +49,7 @@ import {
   JBD2_FEATURE_INCOMPAT_CSUM_V3, JBD2_FEATURE_COMPAT_CHECKSUM, JBD2_CRC32C_CHKSUM, JBD2_SUPERBLOCK_V2,
 } from './superblock';
 import {
-  LogFormat, tagsPerDescriptor, revokesPerBlock, encodeDescriptor, encodeRevoke, encodeCommit, encodeSoftCommit, txnCrc, logCopy, BlockTag,
+  LogFormat, tagsPerDescriptor, revokesPerBlock, encodeDescriptor, encodeRevoke, encodeCommit, encodeSoftCommit, txnCrc, softCrcCoversTagsOnly, logCopy, BlockTag,
 } from './blocks';
 import { JournalFile, locateJournal, readJournalSuperblock, writeJournalSuperblock, logFormatOf, scanAndReplay } from './recovery';
 
@@ -181,7 +196,10 @@ export class Journal {
     const seq = this.nextSeq;
     const start = this.head;
     const blocks: Buffer[] = [];
+    /** Descriptor and revoke blocks (what a soft commit's crc covers with csum v3). */
+    const meta: Buffer[] = [];
     for (let i = 0; i < revokes.length; i += perRevoke) blocks.push(encodeRevoke(this.fmt, seq, revokes.slice(i, i + perRevoke)));
+    meta.push(...blocks);
     for (let i = 0; i < dirty.length; i += perDesc) {
       const chunk = dirty.slice(i, i + perDesc);
       const tags: BlockTag[] = [];
@@ -191,7 +209,9 @@ export class Journal {
         tags.push(tag);
         copies.push(logged);
       }
-      blocks.push(encodeDescriptor(this.fmt, seq, tags), ...copies);
+      const desc = encodeDescriptor(this.fmt, seq, tags);
+      meta.push(desc);
+      blocks.push(desc, ...copies);
     }
     if (size && this.used === 0) {
       // The log was empty: the tail must name this transaction before its commit is durable.
@@ -204,7 +224,7 @@ export class Journal {
     this.lastCommitSec = sec;
     if (soft) {
       let crc = 0;
-      for (const b of blocks) crc = txnCrc(this.fmt, crc, b);
+      for (const b of softCrcCoversTagsOnly(this.fmt) ? meta : blocks) crc = txnCrc(this.fmt, crc, b);
       const at = this.wrap(start + blocks.length);
       // One write with its record: nothing orders them anyway (the crc does the checking).
       await this.writeLog(start, [...blocks, encodeSoftCommit(this.fmt, seq, sec, nsec, crc)]);

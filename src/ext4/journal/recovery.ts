@@ -24,7 +24,7 @@ import {
 } from './superblock';
 import {
   LogFormat, journalCsumSeed, readHeader, readTags, verifyTail, verifyCommit, commitTime, readRevoke, tagChecksum,
-  hasCsum, JBD2_FLAG_ESCAPE, BlockTag, KFS_SOFT_COMMIT_BLOCK, softCommitCrc, txnCrc,
+  hasCsum, JBD2_FLAG_ESCAPE, BlockTag, KFS_SOFT_COMMIT_BLOCK, softCommitCrc, txnCrc, softCrcCoversTagsOnly,
 } from './blocks';
 
 const EXT3_JNL_BACKUP_BLOCKS = 1;
@@ -136,6 +136,8 @@ interface ScannedTransaction {
   revokes: number[];
   /** Every log block of the transaction before its commit record, in log order. */
   logBlocks: number[];
+  /** Its descriptor and revoke blocks, in log order. */
+  metaBlocks: number[];
 }
 
 export interface ReplayResult {
@@ -166,7 +168,7 @@ export async function scanAndReplay(dev: BlockDevice, file: JournalFile, jsb: Jo
   let seq = jsb.s_sequence;
   let next = jsb.s_start;
   let lastCommitSec = 0;
-  let cur: ScannedTransaction = { sequence: seq, blocks: [], revokes: [], logBlocks: [] };
+  let cur: ScannedTransaction = { sequence: seq, blocks: [], revokes: [], logBlocks: [], metaBlocks: [] };
   let soft = 0;
   // Bounded by the log length: a valid log never holds more blocks than that.
   for (let guard = 0; guard <= last - first; guard++) {
@@ -176,6 +178,7 @@ export async function scanAndReplay(dev: BlockDevice, file: JournalFile, jsb: Jo
     if (h.blockType === JBD2_DESCRIPTOR_BLOCK) {
       if (!verifyTail(f, buf)) break; // a torn descriptor: that transaction never committed
       cur.logBlocks.push(next);
+      cur.metaBlocks.push(next);
       next = wrap(next + 1);
       for (const tag of readTags(f, buf)) {
         cur.blocks.push({ tag, logBlock: next });
@@ -189,6 +192,7 @@ export async function scanAndReplay(dev: BlockDevice, file: JournalFile, jsb: Jo
       if (!r) break;
       cur.revokes.push(...r);
       cur.logBlocks.push(next);
+      cur.metaBlocks.push(next);
       next = wrap(next + 1);
       continue;
     }
@@ -199,13 +203,24 @@ export async function scanAndReplay(dev: BlockDevice, file: JournalFile, jsb: Jo
       const t = commitTime(buf);
       if (want === null || t < lastCommitSec) break;
       let crc = 0;
-      for (const n of cur.logBlocks) crc = txnCrc(f, crc, await readLog(n));
+      const tagsOnly = softCrcCoversTagsOnly(f);
+      for (const n of tagsOnly ? cur.metaBlocks : cur.logBlocks) crc = txnCrc(f, crc, await readLog(n));
       if (crc !== want) break;
+      let copiesOk = true;
+      if (tagsOnly) {
+        for (const { tag, logBlock } of cur.blocks) {
+          if (tagChecksum(f, seq, await readLog(logBlock)) !== tag.checksum) {
+            copiesOk = false;
+            break;
+          }
+        }
+      }
+      if (!copiesOk) break;
       lastCommitSec = t;
       txns.push(cur);
       soft++;
       seq = (seq + 1) >>> 0;
-      cur = { sequence: seq, blocks: [], revokes: [], logBlocks: [] };
+      cur = { sequence: seq, blocks: [], revokes: [], logBlocks: [], metaBlocks: [] };
       next = wrap(next + 1);
       continue;
     }
@@ -215,7 +230,7 @@ export async function scanAndReplay(dev: BlockDevice, file: JournalFile, jsb: Jo
       lastCommitSec = t;
       txns.push(cur);
       seq = (seq + 1) >>> 0;
-      cur = { sequence: seq, blocks: [], revokes: [], logBlocks: [] };
+      cur = { sequence: seq, blocks: [], revokes: [], logBlocks: [], metaBlocks: [] };
       next = wrap(next + 1);
       continue;
     }
