@@ -16,14 +16,13 @@ import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { SingleBar, Presets } from 'cli-progress';
 import { setLogLevel } from '../src/util/log';
-import { FsError } from '../src/util/errors';
+import { action, oneLine, UsageError } from '../src/cli/common';
 import { normalizeFsPath } from '../src/ext4/fragmentation';
 import { canonical } from '../src/control/registry';
 import { Backend, openBackend, resolveTarget } from './target';
 import { renderDefrag, renderStatus } from './render';
 import { renderBlockMapSvg } from './svg';
 
-class UsageError extends Error {}
 
 interface GlobalOpts {
   target?: string;
@@ -139,30 +138,13 @@ async function mapAction(program: Command, o: { svg?: string; cells?: string; js
   });
 }
 
-function notYet(what: string): () => number {
-  return () => {
+function notYet(what: string): () => Promise<number> {
+  return async () => {
     process.stderr.write(`kfsctl ${what}: snapshots are not available yet (they need the journal for crash safety); nothing was changed\n`);
     return 1;
   };
 }
 
-function oneLine(e: unknown): string {
-  if (e instanceof FsError) return e.message.replace(/^E[A-Z]+: /, '');
-  if (e instanceof Error) return e.message.split('\n')[0];
-  return String(e);
-}
-
-function run<A extends unknown[]>(fn: (...args: A) => Promise<number | void> | number | void): (...args: A) => Promise<void> {
-  return async (...args: A) => {
-    try {
-      const code = await fn(...args);
-      process.exitCode = typeof code === 'number' ? code : 0;
-    } catch (e) {
-      process.exitCode = e instanceof UsageError ? 2 : 1;
-      process.stderr.write(`kfsctl: ${oneLine(e)}\n`);
-    }
-  };
-}
 
 export function buildProgram(): Command {
   const program = new Command('kfsctl')
@@ -173,25 +155,25 @@ export function buildProgram(): Command {
     .description('image, space, journal, cache, FUSE requests and clients')
     .option('--watch', 'refresh every second (on a terminal)')
     .option('--json', 'machine-readable output')
-    .action(run((o: { watch?: boolean; json?: boolean }) => statusAction(program, o)));
+    .action(action('kfsctl', (o: { watch?: boolean; json?: boolean }) => statusAction(program, o)));
   program.command('defrag')
     .description('measure fragmentation (--check) like e4defrag -c; moving data is not available yet')
     .argument('[path]', 'file or directory (default: the whole filesystem)')
     .option('--check', 'only report fragmentation')
     .option('--top <n>', 'how many of the worst files to name (default 10)')
     .option('--json', 'machine-readable output')
-    .action(run((p: string | undefined, o: { check?: boolean; json?: boolean; top?: string }) => defragAction(program, p, o)));
+    .action(action('kfsctl', (p: string | undefined, o: { check?: boolean; json?: boolean; top?: string }) => defragAction(program, p, o)));
   program.command('map')
     .description("draw the image's block map")
     .option('--svg <file>', 'write the map as SVG here')
     .option('--cells <n>', 'at most this many cells (default 4096)')
     .option('--json', 'print the totals as JSON')
-    .action(run((o: { svg?: string; cells?: string; json?: boolean }) => mapAction(program, o)));
+    .action(action('kfsctl', (o: { svg?: string; cells?: string; json?: boolean }) => mapAction(program, o)));
   const snap = program.command('snapshot').description('snapshots (not available yet)');
   for (const sub of ['create', 'list', 'delete', 'restore']) {
-    snap.command(sub).allowUnknownOption().allowExcessArguments().option('--json').action(run(notYet(`snapshot ${sub}`)));
+    snap.command(sub).allowUnknownOption().allowExcessArguments().option('--json').action(action('kfsctl', notYet(`snapshot ${sub}`)));
   }
-  snap.action(run(notYet('snapshot')));
+  snap.action(action('kfsctl', notYet('snapshot')));
   snap.allowExcessArguments();
   for (const cmd of [program, ...program.commands, ...snap.commands]) {
     const name = cmd === program ? 'kfsctl' : `kfsctl ${cmd.parent && cmd.parent !== program ? `${cmd.parent.name()} ` : ''}${cmd.name()}`;

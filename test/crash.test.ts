@@ -25,7 +25,8 @@ import test, { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import { join } from 'node:path';
 import { makeImage, tempDir, fsck } from './helpers/image';
-import { CrashImageBuilder, CutPoint, rng, sectorsOf, sparseCopy, epochStart } from './helpers/write-log';
+import { CrashImageBuilder, CutPoint, sectorsOf, sparseCopy, epochStart } from './helpers/write-log';
+import { rng } from './helpers/rng';
 import { runWorkload, openAndRead, diffTrees, WorkloadRecord, ModelState } from './helpers/crash-workload';
 
 const CUTS = Number(process.env.KFS_CRASH_CUTS ?? 150);

@@ -23,7 +23,8 @@ import {
   JBD2_MAGIC_NUMBER, JBD2_FEATURE_INCOMPAT_64BIT, JBD2_FEATURE_INCOMPAT_CSUM_V3, JBD2_FEATURE_INCOMPAT_REVOKE,
 } from '../src/ext4/journal/superblock';
 import { makeImage, tempDir, fsck, mustRun, loopMount, superblockInfo, kfsCliPath, runCmd, bash } from './helpers/image';
-import { WriteLog, CrashImageBuilder, rng } from './helpers/write-log';
+import { WriteLog, CrashImageBuilder } from './helpers/write-log';
+import { rng } from './helpers/rng';
 import { readTree, diffTrees, ModelState, openAndRead } from './helpers/crash-workload';
 
 // ---------- log block layouts ----------

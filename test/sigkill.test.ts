@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { makeImage, tempDir, assertFsckClean } from './helpers/image';
 import { mountKfs, isMountPoint } from './helpers/mount';
-import { rng } from './helpers/write-log';
+import { rng } from './helpers/rng';
 import { spawnKfsd, VhostFrontend, Backend, FuseReplyError } from './helpers/vhost-frontend';
 
 const ROUNDS = Number(process.env.KFS_SIGKILL_ROUNDS ?? 4);
@@ -125,7 +125,7 @@ test.serial('kfs mount -o nosupervisor: SIGKILL of the server during writes, rep
     if (isMountPoint(dir)) spawnSync('umount', ['-l', dir]);
   });
   // The workload child takes the PRNG from the compiled helper.
-  const helper = require.resolve('./helpers/write-log');
+  const helper = require.resolve('./helpers/rng');
   const durable: Durable[] = [];
   for (let round = 0; round < ROUNDS; round++) {
     const seed = SEED + round;

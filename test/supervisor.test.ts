@@ -25,19 +25,10 @@ import { makeImage, tempDir, kfsCliPath, assertFsckClean, mustRun } from './help
 import { isMountPoint } from './helpers/mount';
 import { snapshotHost, diffSnapshots } from './helpers/tree';
 import { sleep, waitFor } from './posix/util';
+import { rng } from './helpers/rng';
 
 const MiB = 1 << 20;
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Supervised {
   proc: ChildProcess;

@@ -48,6 +48,7 @@ import {
   type Backend,
   type RawDesc,
 } from './helpers/vhost-frontend';
+import { rng } from './helpers/rng';
 
 const ROOT = 1;
 const GUARD = 64;
@@ -59,17 +60,6 @@ type Outcome = 'answered' | 'broken' | 'dropped';
 /** KFS_FUZZ_VERBOSE=1 names each case on stderr as it starts (to find the one that hangs). */
 const trace = (name: string): void => void (process.env.KFS_FUZZ_VERBOSE && process.stderr.write(`fuzz case: ${name}\n`));
 
-/** A small deterministic PRNG (mulberry32) so a failing run can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 class Target {
   backend!: Backend;

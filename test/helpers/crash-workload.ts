@@ -11,7 +11,8 @@
  */
 import fs from 'node:fs';
 import { Ext4Fs } from '../../src/ext4/fs';
-import { WriteLog, rng } from './write-log';
+import { WriteLog } from './write-log';
+import { rng } from './rng';
 import { CommitStats } from '../../src/ext4/journal/journal';
 
 export type ModelNode = { kind: 'dir' } | { kind: 'file'; data: Buffer };

@@ -10,6 +10,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { WriteLogSink } from '../../src/block/device';
+import { rng } from './rng';
 
 export const SECTOR = 512;
 
@@ -139,14 +140,3 @@ export function sectorsOf(e: LogEvent): number {
   return e.kind === 'write' ? Math.ceil(e.data.length / SECTOR) : 0;
 }
 
-/** A small deterministic PRNG (mulberry32) so a failing seed replays exactly. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
