@@ -100,12 +100,12 @@ interface Run {
 async function runWorkload(t: ExecutionContext, backend: Backend): Promise<Run> {
   try {
     const r = await runGuest({ socketPath: backend.socketPath, script: WORKLOAD, files: { '/data/seed.bin': seed() }, memMiB: 512, timeoutMs: 8 * 60_000 });
-    t.is(r.exit, '0', `guest workload on ${backend.name} failed:\n${r.console.slice(-4000)}\n--- backend:\n${backend.output().slice(-3000)}`);
+    t.is(r.exit, '0', `guest workload on ${backend.name} failed:\n${r.console.slice(-4000)}\n--- backend:\n${backend.output.slice(-3000)}`);
     t.true(r.console.includes('xattr blue'), 'getxattr in the guest sees the value');
     return { manifest: manifest(t, r.console) };
   } finally {
-    const code = await backend.stop();
-    if (backend.name.startsWith('kfsd')) t.is(code, 0, `kfsd exit status (output:\n${backend.output().slice(-2000)})`);
+    const { code } = await backend.stop();
+    if (backend.name.startsWith('kfsd')) t.is(code, 0, `kfsd exit status (output:\n${backend.output.slice(-2000)})`);
   }
 }
 

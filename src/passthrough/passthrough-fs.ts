@@ -382,6 +382,11 @@ export class PassthroughFs implements FileSystem {
     // Never follow: a symlink put at this name by a racing host process makes this fail ELOOP.
     const hostFlags = this.hostOpenFlags(flags) | O.O_CREAT | (flags & O.O_EXCL) | O.O_NOFOLLOW;
     const fd = host(() => H.openat2(p.fd, name, hostFlags, mode & 0o7777, ctx.uid, ctx.gid, umask & 0o777));
+    return this.adoptOpened(fd);
+  }
+
+  /** A node and a handle for a file just created open (create, O_TMPFILE); fd is closed on failure. */
+  private adoptOpened(fd: number): EntryAttr & OpenResult {
     try {
       const e = this.adopt(host(() => H.reopen(fd, H.constants.O_PATH)));
       return { ...e, fh: this.addHandle(e.ino, fd, false) };
@@ -395,13 +400,7 @@ export class PassthroughFs implements FileSystem {
     const p = this.node(parent);
     const hostFlags = (this.hostOpenFlags(flags) & ~O.O_TRUNC) | H.constants.O_TMPFILE;
     const fd = host(() => H.openat2(p.fd, DOT, hostFlags, mode & 0o7777, ctx.uid, ctx.gid, umask & 0o777));
-    try {
-      const e = this.adopt(host(() => H.reopen(fd, H.constants.O_PATH)));
-      return { ...e, fh: this.addHandle(e.ino, fd, false) };
-    } catch (e) {
-      fs.closeSync(fd);
-      throw e;
-    }
+    return this.adoptOpened(fd);
   }
 
   private handle(fh: number, node: number, dir: boolean): Handle {

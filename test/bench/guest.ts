@@ -117,7 +117,7 @@ async function runOne(kind: string, c: Config, work: string): Promise<Result> {
       socketPath: backend?.socketPath, mount: !disk, disk, script: pre + script(c, root),
       memMiB: 1024, timeoutMs: 20 * 60_000,
     });
-    if (r.exit !== '0') throw new Error(`${kind}: guest exit ${r.exit}\n${r.console.slice(-2000)}\n${backend?.output().slice(-2000) ?? ''}`);
+    if (r.exit !== '0') throw new Error(`${kind}: guest exit ${r.exit}\n${r.console.slice(-2000)}\n${backend?.output.slice(-2000) ?? ''}`);
     return parseResults(r.console);
   } finally {
     await backend?.stop();
