@@ -59,7 +59,21 @@ export class ExtentMap {
   extents: Extent[];
   /** Blocks the on-disk tree uses now (index and leaf nodes). */
   treeBlocks: number[];
-  dirty = false;
+  private changed = false;
+  /**
+   * Called when the map becomes dirty: the inode store keeps the set of dirty maps so that a
+   * commit visits only those, not every cached inode (a commit per request must be O(changes)).
+   */
+  onDirty: (() => void) | null = null;
+
+  /** Changed since it was loaded or last stored into its tree. */
+  get dirty(): boolean {
+    return this.changed;
+  }
+  set dirty(v: boolean) {
+    if (v && !this.changed) this.onDirty?.();
+    this.changed = v;
+  }
 
   constructor(extents: Extent[] = [], treeBlocks: number[] = []) {
     this.extents = extents;

@@ -38,6 +38,13 @@ export interface VolumeOptions {
   noJournal?: boolean;
   /** Record every device write and barrier (crash tests). */
   writeLog?: WriteLogSink;
+  /**
+   * Replay the journal as the kernel of this boot id would (default: the running one). Log-only
+   * commits of other boots are dropped; crash tests pass a foreign id to model a power loss.
+   */
+  replayBoot?: Buffer;
+  /** An already open device to use instead of opening the image (a snapshot's view: src/snapshot/view.ts). */
+  device?: BlockDevice;
 }
 
 export interface BlockRun {
@@ -62,7 +69,14 @@ export class Volume {
   readOnlyReason: string | null;
   readonly gds: GroupDesc[];
   private dirtyGroups = new Set<number>();
+  /** Superblock fields other than the free counts changed (orphan list, state, features). */
   private sbDirty = false;
+  /**
+   * The free block/inode counts changed. Like the kernel (which keeps them in percpu counters
+   * and writes them only with ext4_commit_super), log-only commits leave them out: they are
+   * recomputed from the group descriptors at open, and e2fsck fixes stale ones silently.
+   */
+  private countersDirty = false;
   private freeBlocksTotal: number;
   private freeInodesTotal: number;
   /** The running jbd2 journal (null: read-only, no journal, or -o nojournal). */
@@ -94,7 +108,7 @@ export class Volume {
   }
 
   static async open(path: string, opts: VolumeOptions = {}): Promise<Volume> {
-    const dev = BlockDevice.open(path, { readOnly: opts.readOnly || opts.noLock, cacheBytes: opts.cacheBytes, noLock: opts.noLock, writeLog: opts.writeLog });
+    const dev = opts.device ?? BlockDevice.open(path, { readOnly: opts.readOnly || opts.noLock, cacheBytes: opts.cacheBytes, noLock: opts.noLock, writeLog: opts.writeLog });
     try {
       return await Volume.fromDevice(dev, !!opts.readOnly || !!opts.noLock, opts);
     } catch (e) {
@@ -105,7 +119,7 @@ export class Volume {
 
   static async fromDevice(dev: BlockDevice, readOnly: boolean, opts: VolumeOptions = {}): Promise<Volume> {
     if (dev.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new CorruptionError(`image is ${dev.size} bytes, too small to hold an ext4 superblock`);
-    const sb = await readSuperblockAtOpen(dev, readOnly, !!opts.noLock);
+    const sb = await readSuperblockAtOpen(dev, readOnly, !!opts.noLock, opts.replayBoot);
     readOnly = readOnly || dev.readOnly;
     let reason: string | null = null;
     const badRo = sb.s_feature_ro_compat & ~SUPPORTED_RO_COMPAT;
@@ -122,6 +136,10 @@ export class Volume {
     if (reason) log.warn(`${dev.path}: ${reason}`);
     const vol = new Volume(dev, sb, ro, reason);
     await vol.loadGroupDescs();
+    // The free counts are the group descriptors' sums (ext4_fill_super does the same): log-only
+    // commits leave the superblock's copies behind (see countersDirty).
+    vol.freeBlocksTotal = vol.gds.reduce((n, gd) => n + gd.freeBlocks, 0);
+    vol.freeInodesTotal = vol.gds.reduce((n, gd) => n + gd.freeInodes, 0);
     if (!ro && vol.hasJournal() && !opts.noJournal) {
       vol.journal = await Journal.start(dev, sb);
       // needs_recovery travels in the first transaction (the superblock is in every one) rather
@@ -348,7 +366,7 @@ export class Volume {
       this.freeBlocksTotal -= len;
       this.dev.markDirty(gd.blockBitmap, wbm);
       this.updateBitmapChecksums(g, wbm);
-      this.sbDirty = true;
+      this.countersDirty = true;
       const startBlock = this.groupFirstBlock(g) + bit;
       this.dev.forgetRange(startBlock, len);
       return { start: startBlock, len };
@@ -405,7 +423,7 @@ export class Volume {
       this.dev.forgetRange(b, gEnd - b);
       b = gEnd;
     }
-    this.sbDirty = true;
+    this.countersDirty = true;
   }
 
   // ---- inode allocation ----
@@ -432,7 +450,7 @@ export class Volume {
       if (gd.flags & BG_BLOCK_UNINIT) await this.blockBitmap(g, true);
       this.dev.markDirty(gd.inodeBitmap, bm);
       this.updateBitmapChecksums(g, undefined, bm);
-      this.sbDirty = true;
+      this.countersDirty = true;
       return g * this.inodesPerGroup + bit + 1;
     }
     throw new FsError('ENOSPC', 'no free inodes left in the filesystem');
@@ -471,7 +489,7 @@ export class Volume {
     if (isDir) gd.usedDirs = Math.max(0, gd.usedDirs - 1);
     this.dev.markDirty(gd.inodeBitmap, bm);
     this.updateBitmapChecksums(g, undefined, bm);
-    this.sbDirty = true;
+    this.countersDirty = true;
   }
 
   // ---- inode table ----
@@ -551,7 +569,7 @@ export class Volume {
       return;
     }
     if (this.dirtyGroups.size) await this.writeGroupDescs();
-    await this.writeSuperblock(opts.clean);
+    if (this.sbDirty || opts.clean !== undefined || (this.countersDirty && !opts.soft)) await this.writeSuperblock(opts.clean);
     if (this.journal) {
       // Blocks freed stay busy until the freeing is durable (a soft commit may be lost).
       if (await this.journal.commit(!!opts.soft && opts.clean === undefined)) this.busy.clear();
@@ -590,6 +608,12 @@ export class Volume {
     raw.copy(buf, SUPERBLOCK_OFFSET % this.blockSize);
     this.dev.markDirty(block, buf);
     this.sbDirty = false;
+    this.countersDirty = false;
+  }
+
+  /** A superblock field other than the free counts was changed (e.g. s_last_orphan). */
+  superblockChanged(): void {
+    this.sbDirty = true;
   }
 
   /** Mark the filesystem mounted (state not clean) and count the mount, as the kernel does. */
@@ -603,6 +627,34 @@ export class Volume {
     // With a journal the state stays valid while mounted (needs_recovery covers a crash), as
     // the kernel leaves it; without one, "not clean" until a clean close.
     await this.sync({ clean: this.journal ? undefined : false });
+  }
+
+  /**
+   * Run fn at a clean point of the image (a snapshot is taken there): everything committed and
+   * written home, the journal checkpointed and marked empty (s_start 0), the superblock written
+   * without needs_recovery: what a clean unmount leaves. Then the journal restarts and
+   * needs_recovery travels in its first transaction again (as at mount). The caller holds off
+   * every other change meanwhile (Ext4Fs.atCleanPoint).
+   */
+  async atCleanPoint<T>(fn: () => Promise<T>): Promise<T> {
+    this.assertWritable();
+    await this.sync({ clean: true });
+    const hadJournal = this.journal !== null;
+    if (this.journal) {
+      this.sb.s_feature_incompat &= ~INCOMPAT.recover;
+      await this.writeSuperblockInPlace();
+      await this.journal.close();
+      this.journal = null;
+    } else await this.dev.sync();
+    try {
+      return await fn();
+    } finally {
+      if (hadJournal) {
+        this.journal = await Journal.start(this.dev, this.sb);
+        this.sb.s_feature_incompat |= INCOMPAT.recover;
+        this.sbDirty = true;
+      } else await this.sync({ clean: false });
+    }
   }
 
   get isDirty(): boolean {

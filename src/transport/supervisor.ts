@@ -92,7 +92,9 @@ export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => 
     for (let generation = 0; ; generation++) {
       const extra = ['--server-fds', `${SERVER_DEV_FD},${SERVER_STATUS_FD}`, '--server-generation', String(generation)];
       if (mounted) extra.push('--adopt', negotiated ? JSON.stringify(negotiated) : 'none');
-      const child = spawn(process.execPath, [process.argv[1], ...a.serverArgs, ...extra], {
+      // KFS_SERVER_NODE_ARGS: node flags for the server process only (e.g. --cpu-prof for profiling).
+      const nodeArgs = (process.env.KFS_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+      const child = spawn(process.execPath, [...nodeArgs, process.argv[1], ...a.serverArgs, ...extra], {
         stdio: ['ignore', 'inherit', 'inherit', devFd, 'pipe'],
       });
       current = child;

@@ -255,8 +255,9 @@ export function diffTrees(got: ModelState, want: ModelState, limit = 8): string[
 }
 
 /** Open a crash image with kfs (replaying the journal), read the tree, close. */
-export async function openAndRead(image: string): Promise<ModelState> {
-  const f = await Ext4Fs.open(image, { commitIntervalMs: 0 });
+/** `replayBoot`: replay as after a reboot into that boot (see VolumeOptions.replayBoot). */
+export async function openAndRead(image: string, replayBoot?: Buffer): Promise<ModelState> {
+  const f = await Ext4Fs.open(image, { commitIntervalMs: 0, replayBoot });
   try {
     return await readTree(f);
   } finally {

@@ -24,6 +24,7 @@
  * metadata_buffer); replay puts the magic back.
  */
 import { Struct } from '../../util/struct';
+import fs from 'node:fs';
 import { ext4Crc } from '../crc';
 import {
   JBD2_MAGIC_NUMBER, JBD2_FEATURE_INCOMPAT_64BIT, JBD2_FEATURE_INCOMPAT_CSUM_V2, JBD2_FEATURE_INCOMPAT_CSUM_V3,
@@ -202,6 +203,13 @@ export function logCopy(f: LogFormat, sequence: number, block: number, data: Buf
 // ---- commit blocks ----
 
 export function encodeCommit(f: LogFormat, sequence: number, sec: number, nsec: number): Buffer {
+  const buf = commitHeader(f, sequence, sec, nsec);
+  if (hasCsum(f)) buf.writeUInt32BE(ext4Crc(f.csumSeed, buf), CommitHeaderLayout.offsetOf('h_chksum'));
+  return buf;
+}
+
+/** A commit block's header fields, h_chksum left 0. */
+function commitHeader(f: LogFormat, sequence: number, sec: number, nsec: number): Buffer {
   const buf = Buffer.alloc(f.blockSize);
   const h = CommitHeaderLayout.zero();
   h.h_magic = JBD2_MAGIC_NUMBER;
@@ -210,7 +218,6 @@ export function encodeCommit(f: LogFormat, sequence: number, sec: number, nsec: 
   h.h_commit_sec = sec;
   h.h_commit_nsec = nsec;
   CommitHeaderLayout.encode(h, buf);
-  if (hasCsum(f)) buf.writeUInt32BE(ext4Crc(f.csumSeed, buf), CommitHeaderLayout.offsetOf('h_chksum'));
   return buf;
 }
 
@@ -221,26 +228,50 @@ export function encodeCommit(f: LogFormat, sequence: number, sec: number, nsec: 
  * it only when the crc32c of the transaction's log blocks (descriptors, copies, revokes, in log
  * order; with csum v3 the descriptors and revokes only, see softCrcCoversTagsOnly), stored at
  * byte 60, matches what it reads. A later durable commit rewrites it as a
- * real commit block. Bytes 64..67: crc32c of bytes 0..63 (the record's own check, needed
- * without csum v2/v3).
+ * real commit block. Bytes 68..83: the boot_id of the kernel that ran the writer
+ * (/proc/sys/kernel/random/boot_id): the record counts only in that same boot. A soft commit has
+ * no barrier, so its log blocks may survive a power loss while the file data it points at
+ * (ordered mode: written before it, but not flushed) does not; after a reboot it is dropped, as
+ * an unflushed transaction would be. Within the boot (a server process death) the host's page
+ * cache holds all of it. Bytes 64..67: crc32c of bytes 0..63 and 68..83 (the record's own
+ * check, needed without csum v2/v3).
  */
 export const KFS_SOFT_COMMIT_BLOCK = 0x4b465343; // "KFSC"
 const SOFT_TXN_CRC = 60;
 const SOFT_SELF_CRC = 64;
+const SOFT_BOOT_ID = 68;
+const BOOT_ID_SIZE = 16;
 
-export function encodeSoftCommit(f: LogFormat, sequence: number, sec: number, nsec: number, txnCrc: number): Buffer {
-  const buf = encodeCommit(f, sequence, sec, nsec);
+let bootId: Buffer | null = null;
+/** This boot's id (16 bytes), or zeros where the kernel does not tell. */
+export function currentBootId(): Buffer {
+  if (bootId) return bootId;
+  try {
+    const hex = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim().replace(/-/g, '');
+    bootId = /^[0-9a-f]{32}$/i.test(hex) ? Buffer.from(hex, 'hex') : Buffer.alloc(BOOT_ID_SIZE);
+  } catch {
+    bootId = Buffer.alloc(BOOT_ID_SIZE);
+  }
+  return bootId;
+}
+
+function softSelfCrc(f: LogFormat, buf: Buffer): number {
+  return ext4Crc(ext4Crc(f.csumSeed, buf.subarray(0, SOFT_SELF_CRC)), buf.subarray(SOFT_BOOT_ID, SOFT_BOOT_ID + BOOT_ID_SIZE));
+}
+
+export function encodeSoftCommit(f: LogFormat, sequence: number, sec: number, nsec: number, txnCrc: number, boot = currentBootId()): Buffer {
+  const buf = commitHeader(f, sequence, sec, nsec);
   buf.writeUInt32BE(KFS_SOFT_COMMIT_BLOCK, 4);
-  buf.writeUInt32BE(0, CommitHeaderLayout.offsetOf('h_chksum'));
   buf.writeUInt32BE(txnCrc >>> 0, SOFT_TXN_CRC);
-  buf.writeUInt32BE(ext4Crc(f.csumSeed, buf.subarray(0, SOFT_SELF_CRC)), SOFT_SELF_CRC);
+  boot.copy(buf, SOFT_BOOT_ID, 0, BOOT_ID_SIZE);
+  buf.writeUInt32BE(softSelfCrc(f, buf), SOFT_SELF_CRC);
   return buf;
 }
 
-/** The transaction crc a soft commit record carries, or null when the record itself is damaged. */
-export function softCommitCrc(f: LogFormat, buf: Buffer): number | null {
-  if (buf.readUInt32BE(SOFT_SELF_CRC) !== ext4Crc(f.csumSeed, buf.subarray(0, SOFT_SELF_CRC))) return null;
-  return buf.readUInt32BE(SOFT_TXN_CRC);
+/** A soft commit record's transaction crc and boot, or null when the record itself is damaged. */
+export function decodeSoftCommit(f: LogFormat, buf: Buffer): { txnCrc: number; boot: Buffer } | null {
+  if (buf.readUInt32BE(SOFT_SELF_CRC) !== softSelfCrc(f, buf)) return null;
+  return { txnCrc: buf.readUInt32BE(SOFT_TXN_CRC), boot: buf.subarray(SOFT_BOOT_ID, SOFT_BOOT_ID + BOOT_ID_SIZE) };
 }
 
 /**

@@ -76,11 +76,11 @@ async function findBackupSuperblock(dev: BlockDevice): Promise<SuperblockFields 
  * Replay the journal: in place for a writable image (then needs_recovery is cleared), into
  * the device's overlay for a read-only one. Returns the superblock as replayed.
  */
-async function replay(dev: BlockDevice, sb: SuperblockFields, readOnly: boolean, primaryDamage?: Error): Promise<SuperblockFields> {
+async function replay(dev: BlockDevice, sb: SuperblockFields, readOnly: boolean, primaryDamage?: Error, boot?: Buffer): Promise<SuperblockFields> {
   dev.setBlockSize(1024 << sb.s_log_block_size);
   const bs = dev.blockSize;
   if (readOnly) {
-    const blocks = await recoverInMemory(dev, sb);
+    const blocks = await recoverInMemory(dev, sb, boot);
     dev.overlay = blocks;
     const b = blocks.get(Math.floor(SUPERBLOCK_OFFSET / bs));
     log.info(`${dev.path}: journal replayed in memory (${blocks.size} blocks; the image is read-only)`);
@@ -88,7 +88,7 @@ async function replay(dev: BlockDevice, sb: SuperblockFields, readOnly: boolean,
     const off = SUPERBLOCK_OFFSET % bs;
     return b ? checkSuperblock(dev, b.subarray(off, off + SUPERBLOCK_SIZE)) : sb;
   }
-  const r = await recoverInPlace(dev, sb);
+  const r = await recoverInPlace(dev, sb, boot);
   if (r.transactions) log.info(`${dev.path}: journal replayed: ${r.transactions} transaction(s) (${r.softTransactions} log-only), ${r.blocks} block(s)`);
   const raw = Buffer.alloc(SUPERBLOCK_SIZE);
   await dev.readAt(raw, SUPERBLOCK_OFFSET);
@@ -101,9 +101,9 @@ async function replay(dev: BlockDevice, sb: SuperblockFields, readOnly: boolean,
 
 /**
  * The superblock of an image being opened, after journal recovery. `noLock` (inspecting an
- * image another process may be writing) never replays.
+ * image another process may be writing) never replays. `boot`: see scanAndReplay.
  */
-export async function readSuperblockAtOpen(dev: BlockDevice, readOnly: boolean, noLock: boolean): Promise<SuperblockFields> {
+export async function readSuperblockAtOpen(dev: BlockDevice, readOnly: boolean, noLock: boolean, boot?: Buffer): Promise<SuperblockFields> {
   if (dev.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new CorruptionError(`image is ${dev.size} bytes, too small to hold an ext4 superblock`);
   const raw = Buffer.alloc(SUPERBLOCK_SIZE);
   await dev.readAt(raw, SUPERBLOCK_OFFSET);
@@ -117,14 +117,14 @@ export async function readSuperblockAtOpen(dev: BlockDevice, readOnly: boolean, 
     const locator = e instanceof CorruptionError && !noLock ? (geometryOnly(raw) ?? (await findBackupSuperblock(dev))) : null;
     if (!locator || !(locator.s_feature_compat & COMPAT.has_journal)) throw e;
     log.warn(`${dev.path}: primary superblock damaged (${(e as Error).message}); replaying the journal to repair it`);
-    return replay(dev, locator, readOnly, e as Error);
+    return replay(dev, locator, readOnly, e as Error, boot);
   }
   if (!needsRecovery(sb)) return sb;
   if (noLock) {
     log.info(`${dev.path}: journal not replayed (inspecting an image another process may be writing)`);
     return sb;
   }
-  return replay(dev, sb, readOnly);
+  return replay(dev, sb, readOnly, undefined, boot);
 }
 
 /** Replay an image's journal if it needs recovery, changing nothing else (kfs fsck). */

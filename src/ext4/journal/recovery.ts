@@ -24,7 +24,7 @@ import {
 } from './superblock';
 import {
   LogFormat, journalCsumSeed, readHeader, readTags, verifyTail, verifyCommit, commitTime, readRevoke, tagChecksum,
-  hasCsum, JBD2_FLAG_ESCAPE, BlockTag, KFS_SOFT_COMMIT_BLOCK, softCommitCrc, txnCrc, softCrcCoversTagsOnly,
+  hasCsum, JBD2_FLAG_ESCAPE, BlockTag, KFS_SOFT_COMMIT_BLOCK, decodeSoftCommit, currentBootId, txnCrc, softCrcCoversTagsOnly,
 } from './blocks';
 
 const EXT3_JNL_BACKUP_BLOCKS = 1;
@@ -153,7 +153,11 @@ export interface ReplayResult {
 }
 
 /** Scan and replay into memory (nothing is written). */
-export async function scanAndReplay(dev: BlockDevice, file: JournalFile, jsb: JournalSuperblock): Promise<ReplayResult> {
+/**
+ * `boot`: whose soft commits count (this boot's unless a caller replays an image as it would be
+ * after a reboot: crash tests simulating a power loss).
+ */
+export async function scanAndReplay(dev: BlockDevice, file: JournalFile, jsb: JournalSuperblock, boot = currentBootId()): Promise<ReplayResult> {
   const f = logFormatOf(jsb);
   const first = jsb.s_first;
   const last = jsb.s_maxlen - (jsb.s_feature_incompat & JBD2_FEATURE_INCOMPAT_FAST_COMMIT ? jsb.s_num_fc_blks : 0);
@@ -199,9 +203,11 @@ export async function scanAndReplay(dev: BlockDevice, file: JournalFile, jsb: Jo
     if (h.blockType === KFS_SOFT_COMMIT_BLOCK) {
       // A log-only commit (journal.ts): it counts only if every block it covers is the one
       // written with it; otherwise a power loss kept part of it, and the log ends here.
-      const want = softCommitCrc(f, buf);
+      const rec = decodeSoftCommit(f, buf);
       const t = commitTime(buf);
-      if (want === null || t < lastCommitSec) break;
+      // Another boot's soft commit: a power loss may have kept it without its file data.
+      if (rec === null || t < lastCommitSec || !rec.boot.equals(boot)) break;
+      const want = rec.txnCrc;
       let crc = 0;
       const tagsOnly = softCrcCoversTagsOnly(f);
       for (const n of tagsOnly ? cur.metaBlocks : cur.logBlocks) crc = txnCrc(f, crc, await readLog(n));
@@ -278,11 +284,11 @@ export interface RecoveryOutcome {
  * marked empty (s_start 0, s_sequence past the last transaction) and another barrier. Clearing
  * the ext4 needs_recovery flag is the caller's (it re-reads the replayed superblock).
  */
-export async function recoverInPlace(dev: BlockDevice, sb: SuperblockFields): Promise<RecoveryOutcome> {
+export async function recoverInPlace(dev: BlockDevice, sb: SuperblockFields, boot?: Buffer): Promise<RecoveryOutcome> {
   const file = await locateJournal(dev, sb);
   const { jsb } = await readJournalSuperblock(dev, file);
   if (jsb.s_start === 0) return { transactions: 0, softTransactions: 0, blocks: 0 };
-  const r = await scanAndReplay(dev, file, jsb);
+  const r = await scanAndReplay(dev, file, jsb, boot);
   const bs = dev.blockSize;
   const sorted = [...r.blocks.keys()].sort((a, b) => a - b);
   for (const b of sorted) {
@@ -300,11 +306,11 @@ export async function recoverInPlace(dev: BlockDevice, sb: SuperblockFields): Pr
 }
 
 /** Replay for a read-only open: the replayed blocks, to serve from memory. */
-export async function recoverInMemory(dev: BlockDevice, sb: SuperblockFields): Promise<Map<number, Buffer>> {
+export async function recoverInMemory(dev: BlockDevice, sb: SuperblockFields, boot?: Buffer): Promise<Map<number, Buffer>> {
   const file = await locateJournal(dev, sb);
   const { jsb } = await readJournalSuperblock(dev, file);
   if (jsb.s_start === 0) return new Map();
-  return (await scanAndReplay(dev, file, jsb)).blocks;
+  return (await scanAndReplay(dev, file, jsb, boot)).blocks;
 }
 
 export function needsRecovery(sb: SuperblockFields): boolean {
