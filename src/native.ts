@@ -7,6 +7,11 @@ export interface KfsNative {
   blockDeviceSize(fd: number): number;
   /** One read(2) filling at most buf.length bytes: the byte count, or -errno (no exception). */
   readInto(fd: number, buf: Buffer): number;
+  /** One preadv2(RWF_NOWAIT) into buffers (1..IOV_MAX) from position: bytes read (short when only part is in the
+   *  page cache, or at end of file), or -errno (-EAGAIN: nothing cached; read on the thread pool instead). */
+  preadNowait(fd: number, buffers: readonly Buffer[], position: number): number;
+  /** preadNowait into buf[offset, offset + length) (checked against buf's size). */
+  preadNowaitAt(fd: number, buf: Buffer, offset: number, length: number, position: number): number;
   FALLOC_FL: { KEEP_SIZE: number; PUNCH_HOLE: number; ZERO_RANGE: number };
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   umount2(target: string, flags: number): void;
@@ -25,6 +30,10 @@ export interface KfsNative {
   accept(listenFd: number): number;
   /** SO_PEERCRED of a connected unix socket. */
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** A connected AF_UNIX stream socket pair, both ends close-on-exec. */
+  socketPair(): [number, number];
+  /** Set O_NONBLOCK on an fd. */
+  setNonBlocking(fd: number): void;
   /** One recvmsg(MSG_CMSG_CLOEXEC) into buf[offset, offset+length) (length >= 1). null on EAGAIN; bytes 0 = peer closed.
    *  fds arrive from SCM_RIGHTS (at most 32); truncated control data closes them all and throws EPROTO. */
   recvMsg(fd: number, buf: Buffer, offset: number, length: number): { bytes: number; fds: number[] } | null;

@@ -1,6 +1,6 @@
 /**
  * The host mount that survives its server (src/transport/supervisor.ts), against the real
- * kernel (FUSE_NOTIFY_RESEND, Linux >= 6.9): `kfs mount --foreground -o commit_before_reply` is
+ * kernel (FUSE_NOTIFY_RESEND, Linux >= 6.9): `kfs mount --foreground` (commit_before_reply is the default) is
  * the supervisor; the server it starts is named by --pid-file and killed here with SIGKILL.
  *
  *  - tar -x of a tree of ~1500 entries (some files of several MiB, hard links, symlinks) into
@@ -63,7 +63,7 @@ function mountId(dir: string): string | null {
 }
 
 /** `kfs mount --foreground` as a child of this test: its exit status is the supervisor's. */
-async function startSupervised(t: ExecutionContext, image: string, dir: string, env: Record<string, string> = {}, options: string[] = ['commit_before_reply']): Promise<Supervised> {
+async function startSupervised(t: ExecutionContext, image: string, dir: string, env: Record<string, string> = {}, options: string[] = []): Promise<Supervised> {
   fs.mkdirSync(dir, { recursive: true });
   const base = path.join(path.dirname(image), `sv-${path.basename(dir)}`);
   const logFile = `${base}.log`;

@@ -306,7 +306,35 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+// socketPair(): a connected AF_UNIX stream pair, both ends O_CLOEXEC (a child gets one by
+// dup2 in spawn's stdio, which clears the flag on the copy). fusermount3 hands the mounted
+// /dev/fuse fd back over one (libfuse's _FUSE_COMMFD protocol).
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+    ThrowErrno(env, "socketpair", errno);
+    return env.Undefined();
+  }
+  Napi::Array arr = Napi::Array::New(env, 2);
+  arr.Set(0u, Napi::Number::New(env, sv[0]));
+  arr.Set(1u, Napi::Number::New(env, sv[1]));
+  return arr;
+}
+
+// setNonBlocking(fd): O_NONBLOCK on an fd received from elsewhere (FdPoller readers drain to EAGAIN).
+Napi::Value SetNonBlocking(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!Fd(info, 0, "setNonBlocking", &fd)) return env.Undefined();
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) ThrowErrno(env, "fcntl", errno);
+  return env.Undefined();
+}
+
 void InitSocket(Napi::Env env, Napi::Object exports) {
+  exports.Set("socketPair", Napi::Function::New(env, SocketPair));
+  exports.Set("setNonBlocking", Napi::Function::New(env, SetNonBlocking));
   exports.Set("unixListen", Napi::Function::New(env, UnixListen));
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect));
   exports.Set("accept", Napi::Function::New(env, Accept));

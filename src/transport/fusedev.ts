@@ -5,6 +5,7 @@
  * writev. ENODEV from read means the filesystem was unmounted (umount, fusermount3 -u, or
  * abort): the session ends.
  */
+import { canMountDirectly, fusermountMount, unmountFuse } from './fusermount';
 import fs from 'node:fs';
 import { constants } from 'node:os';
 import { native, FdPollerHandle } from '../native';
@@ -48,6 +49,13 @@ export class FuseDevice {
     const st = fs.statSync(mountpoint, { throwIfNoEntry: false });
     if (!st) throw new FsError('ENOENT', `mount point ${mountpoint} does not exist; create it first (mkdir -p ${mountpoint})`);
     if (!st.isDirectory()) throw new FsError('ENOTDIR', `mount point ${mountpoint} is not a directory`);
+    if (devFd === undefined && !canMountDirectly()) {
+      const fd = fusermountMount(mountpoint, {
+        readOnly: opts.readOnly, allowOther: opts.allowOther, defaultPermissions: opts.defaultPermissions, noAtime: opts.noAtime,
+        source: opts.source, subtype: opts.subtype,
+      });
+      return new FuseDevice(fd, mountpoint, session);
+    }
     let fd: number;
     try {
       fd = devFd ?? FuseDevice.openDevice();
@@ -203,11 +211,9 @@ export class FuseDevice {
   /** Unmount (lazily when busy) and end the session. */
   unmount(): void {
     try {
-      native.umount2(this.mountpoint, 0);
+      unmountFuse(this.mountpoint);
     } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code === 'EBUSY') native.umount2(this.mountpoint, native.MS.MNT_DETACH);
-      else if (code !== 'EINVAL') throw e; // EINVAL: not mounted any more
+      if ((e as { code?: string }).code !== 'EINVAL') throw e; // EINVAL: not mounted any more
     }
   }
 

@@ -31,6 +31,7 @@ import { FuseSession, Negotiated, Reply } from '../fuse/dispatcher';
 import { readInitIn } from '../fuse/structs';
 import { ByteCursor } from '../util/cursor';
 import { FuseDevice } from './fusedev';
+import { unmountFuse, fusermountUnmount } from './fusermount';
 import { ResendGuard } from './resend-guard';
 
 /** fd numbers in the server (stdio slots 3 and 4). */
@@ -53,14 +54,20 @@ export interface SuperviseArgs {
   mountpoint: string;
   /** The server's command line after `kfs`, without the hidden server options. */
   serverArgs: string[];
+  /**
+   * Without root the supervisor mounts first (fusermount3) and returns the /dev/fuse fd it got;
+   * the first server then finds the connection mounted and answers the kernel's INIT.
+   */
+  premount?: () => number;
 }
 
 // ------------------------------------------------------------------------------ supervisor
 
 export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => void): Promise<number> {
-  const devFd = FuseDevice.openDevice();
+  const premounted = !!a.premount;
+  const devFd = a.premount ? a.premount() : FuseDevice.openDevice();
   let negotiated: Extract<StatusMessage, { t: 'init' }> | null = null;
-  let mounted = false;
+  let mounted = premounted;
   let readySent = false;
   let stopping = false;
   let failedStarts = 0;
@@ -76,11 +83,9 @@ export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => 
       return;
     }
     try {
-      native.umount2(a.mountpoint, 0);
+      unmountFuse(a.mountpoint);
     } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code === 'EBUSY') native.umount2(a.mountpoint, native.MS.MNT_DETACH);
-      else if (code !== 'EINVAL') log.error(`supervisor: unmount failed: ${(e as Error).message}`);
+      if ((e as { code?: string }).code !== 'EINVAL') log.error(`supervisor: unmount failed: ${(e as Error).message}`);
     }
   };
   const onInt = () => stop('SIGINT');
@@ -143,6 +148,11 @@ export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => 
         return 0;
       }
       const how = exit.signal ? `killed by ${exit.signal}` : `exited with code ${exit.code}`;
+      if (premounted && generation === 0 && !serving) {
+        // The first server could not start (a bad image...): the mount made for it goes too.
+        detach(a.mountpoint);
+        throw new FsError('EIO', startError || `the server ${how} before serving`);
+      }
       if (!mounted) {
         // Nothing is mounted: there is nothing to keep alive.
         // The caller reports it (ready) and exits 1.
@@ -197,7 +207,8 @@ function isMounted(dir: string): boolean {
 
 function detach(dir: string): void {
   try {
-    native.umount2(dir, native.MS.MNT_DETACH);
+    if (process.geteuid?.() !== 0) fusermountUnmount(dir, true);
+    else native.umount2(dir, native.MS.MNT_DETACH);
   } catch (e) {
     log.error(`supervisor: detaching ${dir} failed: ${(e as Error).message}`);
   }
@@ -275,9 +286,11 @@ export function serveSupervised(link: ServerLink, dev: FuseDevice, session: Fuse
     }
     return guard.check(req);
   };
-  if (link.restart) {
+  // Generation 0 on a connection the supervisor mounted (fusermount3): nothing was lost or
+  // left unanswered; the kernel's INIT is still to come.
+  if (link.restart && link.generation > 0) {
     if (!commitBeforeReply) {
-      log.warn('fuse: restarted without -o commit_before_reply: changes the previous server acknowledged after its last commit are lost, ' +
+      log.warn('fuse: restarted after a server mounted with -o nocommit_before_reply: changes the previous server acknowledged after its last commit are lost, ' +
         'and the kernel may still hold names and handles of inodes that no longer exist');
     }
     if (link.negotiated) session.adopt(link.negotiated);
