@@ -4,11 +4,13 @@
  * offline (the image file, opened read-only here). See ctl/target.ts for -t.
  *
  *   kfsctl [-t TARGET] status [--watch] [--json]
- *   kfsctl [-t TARGET] defrag [PATH] --check [--top N] [--json]
+ *   kfsctl [-t TARGET] defrag [PATH] [--check] [--top N] [--json]
  *   kfsctl [-t TARGET] map --svg FILE [--cells N] [--json]
  *
- * Snapshots, restore and moving data (defrag without --check) need the journal's crash
- * safety and are not available yet: they say so and exit 1, changing nothing.
+ * defrag without --check moves data (src/ext4/defrag.ts), online through the serving process
+ * or offline on the image opened read-write; it prints a before/after table.
+ *   kfsctl [-t TARGET] snapshot create NAME | list | delete NAME | restore NAME [--path P] --yes
+ * (ctl/snapshot.ts; a whole restore works offline only).
  * Exit codes: 0 ok, 1 error, 2 usage error; every error is one line on stderr.
  */
 import fs from 'node:fs';
@@ -20,8 +22,9 @@ import { action, oneLine, UsageError } from '../src/cli/common';
 import { normalizeFsPath } from '../src/ext4/fragmentation';
 import { canonical } from '../src/control/registry';
 import { Backend, openBackend, resolveTarget } from './target';
-import { renderDefrag, renderStatus } from './render';
+import { renderDefrag, renderDefragResult, renderStatus } from './render';
 import { renderBlockMapSvg } from './svg';
+import { registerSnapshot } from './snapshot';
 
 
 interface GlobalOpts {
@@ -30,9 +33,9 @@ interface GlobalOpts {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function withBackend<T>(program: Command, fn: (b: Backend) => Promise<T>): Promise<T> {
+async function withBackend<T>(program: Command, fn: (b: Backend) => Promise<T>, writable = false): Promise<T> {
   const g = program.opts<GlobalOpts>();
-  const b = await openBackend(resolveTarget(g.target));
+  const b = await openBackend(resolveTarget(g.target), { writable });
   try {
     return await fn(b);
   } finally {
@@ -93,12 +96,24 @@ function fsPathOf(arg: string | undefined, mountpoint: string | null): string {
 }
 
 async function defragAction(program: Command, p: string | undefined, o: { check?: boolean; json?: boolean; top?: string }): Promise<number> {
-  if (!o.check) {
-    process.stderr.write('kfsctl defrag: moving data is not available yet (it needs the journal for crash safety); nothing was changed; use --check to measure fragmentation\n');
-    return 1;
-  }
   const top = o.top === undefined ? 10 : Number(o.top);
   if (!Number.isInteger(top) || top < 1 || top > 10000) throw new UsageError(`--top needs a whole number from 1 to 10000, got ${o.top}`);
+  if (!o.check) {
+    // Moving data: offline, the image is opened read-write (exclusive lock).
+    return withBackend(program, async (b) => {
+      const fsPath = fsPathOf(p, b.mountpoint);
+      const bar = progressBar(!o.json);
+      let r;
+      try {
+        r = await b.run('defrag', { path: fsPath, top }, bar.update);
+      } finally {
+        bar.stop();
+      }
+      if (o.json) printJson(r);
+      else process.stdout.write(renderDefragResult(r, b.mountpoint));
+      return 0;
+    }, true);
+  }
   return withBackend(program, async (b) => {
     const fsPath = fsPathOf(p, b.mountpoint);
     const bar = progressBar(!o.json);
@@ -138,17 +153,11 @@ async function mapAction(program: Command, o: { svg?: string; cells?: string; js
   });
 }
 
-function notYet(what: string): () => Promise<number> {
-  return async () => {
-    process.stderr.write(`kfsctl ${what}: snapshots are not available yet (they need the journal for crash safety); nothing was changed\n`);
-    return 1;
-  };
-}
 
 
 export function buildProgram(): Command {
   const program = new Command('kfsctl')
-    .description('manage a kfs filesystem: status, fragmentation, block map (snapshots and defragmentation come later)')
+    .description('manage a kfs filesystem: status, snapshots, defragmentation, block map')
     .option('-t, --target <target>', 'mount point, control socket or image file (default: the kfs filesystem holding the current directory)')
     .showSuggestionAfterError(true);
   program.command('status')
@@ -157,10 +166,10 @@ export function buildProgram(): Command {
     .option('--json', 'machine-readable output')
     .action(action('kfsctl', (o: { watch?: boolean; json?: boolean }) => statusAction(program, o)));
   program.command('defrag')
-    .description('measure fragmentation (--check) like e4defrag -c; moving data is not available yet')
+    .description('move fragmented files into contiguous free space, or only measure fragmentation (--check) like e4defrag -c')
     .argument('[path]', 'file or directory (default: the whole filesystem)')
     .option('--check', 'only report fragmentation')
-    .option('--top <n>', 'how many of the worst files to name (default 10)')
+    .option('--top <n>', 'how many of the worst files to list (default 10)')
     .option('--json', 'machine-readable output')
     .action(action('kfsctl', (p: string | undefined, o: { check?: boolean; json?: boolean; top?: string }) => defragAction(program, p, o)));
   program.command('map')
@@ -169,12 +178,7 @@ export function buildProgram(): Command {
     .option('--cells <n>', 'at most this many cells (default 4096)')
     .option('--json', 'print the totals as JSON')
     .action(action('kfsctl', (o: { svg?: string; cells?: string; json?: boolean }) => mapAction(program, o)));
-  const snap = program.command('snapshot').description('snapshots (not available yet)');
-  for (const sub of ['create', 'list', 'delete', 'restore']) {
-    snap.command(sub).allowUnknownOption().allowExcessArguments().option('--json').action(action('kfsctl', notYet(`snapshot ${sub}`)));
-  }
-  snap.action(action('kfsctl', notYet('snapshot')));
-  snap.allowExcessArguments();
+  const snap = registerSnapshot(program, { withBackend, progressBar, printJson, fsPathOf });
   for (const cmd of [program, ...program.commands, ...snap.commands]) {
     const name = cmd === program ? 'kfsctl' : `kfsctl ${cmd.parent && cmd.parent !== program ? `${cmd.parent.name()} ` : ''}${cmd.name()}`;
     cmd.exitOverride();

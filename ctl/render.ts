@@ -1,5 +1,5 @@
 /** Human-readable output of kfsctl: status and the fragmentation report (e4defrag -c's layout). */
-import type { DefragReport, Status } from '../src/control/protocol';
+import type { DefragReport, DefragResult, Status } from '../src/control/protocol';
 
 const pct = (a: number, b: number) => (b ? `${((a / b) * 100).toFixed(1)}%` : '-');
 
@@ -95,5 +95,28 @@ export function renderDefrag(r: DefragReport, prefix: string | null): string {
   out.push(' [0-30 no problem: 31-55 a little bit fragmented: 56- needs defrag]');
   out.push(` ${where} ${r.verdict === 'needs defragmentation' ? 'needs defragmentation' : r.verdict === 'no problem' ? 'does not need defragmentation' : 'is a little fragmented'}.`);
   for (const e of r.errors) out.push(` could not read ${show(e.path)}: ${e.error}`);
+  return out.join('\n') + '\n';
+}
+
+/** What `kfsctl defrag` moved: per file extents before → after against the ideal, then totals. */
+export function renderDefragResult(r: DefragResult, prefix: string | null): string {
+  const show = (p: string | null) => (p === null ? '?' : prefix ? (p === '/' ? prefix : `${prefix.replace(/\/$/, '')}${p}`) : p);
+  const out: string[] = [];
+  const where = show(r.path);
+  if (r.files === 0) return ` In ${where}, no file with data blocks was found.\n`;
+  if (r.worst.length) {
+    out.push(`${'<Defragmented files>'.padEnd(40)}${'extents before -> after'.padStart(24)}${'best'.padStart(6)}`);
+    r.worst.forEach((f, i) => {
+      const name = `${i + 1}. ${show(f.path)}`;
+      const nums = `${String(f.extentsBefore).padStart(14)} -> ${String(f.extentsAfter).padEnd(6)}${String(f.ideal).padStart(6)}${f.note ? `  (${f.note})` : ''}`;
+      out.push(name.length > 40 ? `${name}\n${' '.repeat(40)}${nums}` : `${name.padEnd(40)}${nums}`);
+    });
+    out.push('');
+  }
+  out.push(` ${'Total extents before -> after (best)'.padEnd(44)}${r.extentsBefore} -> ${r.extentsAfter} (${r.idealExtents})`);
+  out.push(` ${'Fragmentation score before -> after'.padEnd(44)}${Math.round(r.scoreBefore)} -> ${Math.round(r.scoreAfter)}`);
+  out.push(` ${'Fragmented files before -> after (all)'.padEnd(44)}${r.fragmentedBefore} -> ${r.fragmentedAfter} (${r.files})`);
+  out.push(` ${'Blocks moved'.padEnd(44)}${r.movedBlocks}`);
+  for (const e of r.errors) out.push(` could not defragment ${show(e.path)}: ${e.error}`);
   return out.join('\n') + '\n';
 }

@@ -6,8 +6,9 @@
  *   (none)         the kfs filesystem holding the current directory
  * A serving process is found in the control registry (src/control/registry.ts); a host
  * mount's image comes from /proc/self/mountinfo (fstype fuse.kfs, source = the image).
- * Offline use opens the image read-only (taking a shared image lock): an image some process
- * holds exclusively but that is not in the registry is reported with that process's pid.
+ * Offline use opens the image read-only (taking a shared image lock), or read-write with the
+ * exclusive lock for commands that change it (defrag): an image some process holds but that is
+ * not in the registry is reported with that process's pid.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -72,7 +73,8 @@ export interface Backend {
   close(): Promise<void>;
 }
 
-export async function openBackend(r: Resolved): Promise<Backend> {
+/** `writable`: commands that change the image (defrag) open it read-write, taking the exclusive lock. */
+export async function openBackend(r: Resolved, opts: { writable?: boolean } = {}): Promise<Backend> {
   if (r.kind === 'socket') {
     const client = await ControlClient.connect(r.socket);
     return {
@@ -84,9 +86,9 @@ export async function openBackend(r: Resolved): Promise<Backend> {
   }
   let fsys: Ext4Fs;
   try {
-    fsys = await Ext4Fs.open(r.image, { readOnly: true, commitIntervalMs: 0 });
+    fsys = await Ext4Fs.open(r.image, { readOnly: !opts.writable, commitIntervalMs: 0 });
   } catch (e) {
-    if (e instanceof FsError && e.code === 'EBUSY') {
+    if (e instanceof FsError && e.code === 'EBUSY' && !/mounted by the kernel/.test(e.message)) {
       const pid = lockHolder(r.image);
       throw new TargetError(`image ${r.image} is served by ${pid ? `pid ${pid}` : 'another process'}; use its mount point or control socket (-t)`);
     }

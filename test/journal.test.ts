@@ -246,7 +246,7 @@ test.serial('kfs fsck replays our journal, then e2fsck finds the image clean', a
   t.deepEqual(diffTrees(await openAndRead(image), want), []);
 });
 
-test.serial('a transaction larger than the journal: fallocate 10 GiB with a 1 MiB journal', async (t) => {
+test.serial('fallocate 10 GiB, truncate and punch with a 1 MiB journal: split into transactions that fit the log', async (t) => {
   const dir = tempDir(t, 'big');
   const image = makeImage(t, { size: '12G', blockSize: 1024, mkfs: 'kfs', extraArgs: ['-J', 'size=1'], dir });
   const f = await Ext4Fs.open(image, { commitIntervalMs: 0 });
@@ -254,22 +254,33 @@ test.serial('a transaction larger than the journal: fallocate 10 GiB with a 1 Mi
   await f.fallocate(a.ino, 0, 0, 10 * 2 ** 30);
   await f.write(a.ino, 5 * 2 ** 30, Buffer.from('middle'));
   await f.fsync(a.ino);
+  const afterFallocate = { ...f.vol.journal!.stats };
+  // Punch 2 GiB around the written bytes' neighbourhood, then cut the file to 6 GiB.
+  await f.fallocate(a.ino, 0x01 | 0x02, 1 * 2 ** 30, 2 * 2 ** 30); // KEEP_SIZE | PUNCH_HOLE
+  await f.setattr(a.ino, { size: 6 * 2 ** 30 });
+  await f.fsync(a.ino);
   const stats = { ...f.vol.journal!.stats };
   await f.close();
-  t.log(stats);
-  t.is(stats.oversized, 1, 'the fallocate dirtied more blocks than the 1 MiB log holds');
+  t.log(afterFallocate, stats);
+  t.is(stats.oversized, 0, 'no transaction outgrew the 1 MiB log: every one was atomic');
+  t.true(afterFallocate.commits > 3, `the fallocate was committed in steps (${afterFallocate.commits} commits)`);
   const n = fsck(image);
   t.is(n.code, 0, n.output);
   const g = await Ext4Fs.open(image, { readOnly: true });
   const st = await g.lookup(2, Buffer.from('big'));
-  t.is(st.size, 10 * 2 ** 30);
+  t.is(st.size, 6 * 2 ** 30);
   t.is((await g.read(st.ino, 5 * 2 ** 30, 6)).toString(), 'middle');
+  // Unwritten (preallocated) and punched ranges are holes to SEEK_DATA: the next data is 'middle'.
+  t.is(await g.lseek(st.ino, 0, 3), 5 * 2 ** 30);
   await g.close();
 });
 
 test.serial('-o nojournal writes in place and leaves the journal untouched', async (t) => {
   t.true(parseMountOptions(['nojournal']).nojournal);
   t.false(parseMountOptions([]).nojournal);
+  // A server death loses nothing acknowledged unless the user trades that for speed.
+  t.true(parseMountOptions([]).commit_before_reply);
+  t.false(parseMountOptions(['nocommit_before_reply']).commit_before_reply);
   const dir = tempDir(t, 'nj');
   const image = makeImage(t, { size: '32M', mkfs: 'kfs', dir });
   const seqBefore = superblockInfo(image).get('Journal sequence');

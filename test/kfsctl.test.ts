@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { assertFsckClean, extentInfo, makeImage, mustRun, requireRoot, runCmd, superblockInfo, tempDir } from './helpers/image';
 import { mountKfs } from './helpers/mount';
+import { checkerboardFreeSpace } from './helpers/free-space';
 import { Ext4Fs } from '../src/ext4/fs';
 
 const KFSCTL = path.resolve(__dirname, '..', 'ctl', 'kfsctl.js');
@@ -111,12 +112,13 @@ test.serial('status offline agrees with dumpe2fs', (t) => {
   t.is(s.journal.sequence, Number(d.get('Journal sequence')));
   t.false(s.journal.needsRecovery);
   t.false(s.journal.active);
-  t.false(s.snapshots.supported);
+  t.true(s.snapshots.supported);
+  t.is(s.snapshots.note, 'none');
   t.is(s.requests, null);
   const text = kfsctl(['-t', img, 'status']);
   t.is(text.code, 0, text.stderr);
   t.regex(text.stdout, /^image +\S+fs\.img \(not served/m);
-  t.regex(text.stdout, /^snapshots +snapshots are not supported yet$/m);
+  t.regex(text.stdout, /^snapshots +none$/m);
 });
 
 test.serial('status online: statfs of the mount, request latencies, the mount point; the image of a mount resolves to its server', async (t) => {
@@ -173,21 +175,7 @@ test.serial('defrag --check names a file written into checkerboard free space, w
   requireRoot(t);
   const img = makeImage(t, { size: '64M', blockSize: 4096 });
   const m = await mountKfs(t, img, path.join(tempDir(t, 'ctl'), 'mnt'));
-  const d = path.join(m.dir, 'small');
-  fs.mkdirSync(d);
-  for (let i = 0; i < 400; i++) fs.writeFileSync(path.join(d, `f${i}`), Buffer.alloc(4096, i));
-  // Fill every remaining block, then free every other small file: only 1-block holes are left.
-  const fd = fs.openSync(path.join(m.dir, 'filler'), 'w');
-  const chunk = Buffer.alloc(1 << 20, 0x55);
-  try {
-    for (;;) fs.writeSync(fd, chunk);
-  } catch (e) {
-    t.is((e as NodeJS.ErrnoException).code, 'ENOSPC');
-  } finally {
-    fs.closeSync(fd);
-  }
-  for (let i = 0; i < 400; i += 2) fs.unlinkSync(path.join(d, `f${i}`));
-  mustRun('sync', ['-f', m.dir]);
+  checkerboardFreeSpace(t, m.dir, 400, 4096);
   const big = Buffer.alloc(150 * 4096);
   for (let i = 0; i < big.length; i += 4096) big.fill(i / 4096, i, i + 4096);
   fs.writeFileSync(path.join(m.dir, 'big'), big);
@@ -271,10 +259,11 @@ test('CLI mistakes get one line on stderr and a non-zero exit', (t) => {
     { args: ['-t', img, 'map', '--svg', '/no/such/dir/x.svg'], code: 2, msg: /does not exist/ },
     { args: ['-t', img, 'defrag', '/no/such/file', '--check'], code: 1, msg: /no\/such|not found|No such/i },
     { args: ['-t', img, 'defrag', '--check', '--top', 'many'], code: 2, msg: /--top needs a whole number/ },
-    { args: ['-t', img, 'defrag'], code: 1, msg: /not available yet/ },
-    { args: ['-t', img, 'snapshot', 'create', 's1'], code: 1, msg: /snapshots are not available yet/ },
-    { args: ['-t', img, 'snapshot', 'restore', 's1', '--yes'], code: 1, msg: /snapshots are not available yet/ },
-    { args: ['-t', img, 'snapshot', 'list', '--json'], code: 1, msg: /snapshots are not available yet/ },
+    { args: ['-t', img, 'defrag', '/no/such/file'], code: 1, msg: /no\/such|not found|No such/i },
+    { args: ['-t', img, 'snapshot', 'create', 'a/b'], code: 1, msg: /bad snapshot name/ },
+    { args: ['-t', img, 'snapshot', 'restore', 's1'], code: 2, msg: /add --yes to confirm/ },
+    { args: ['-t', img, 'snapshot', 'restore', 's1', '--yes'], code: 1, msg: /has no snapshot s1/ },
+    { args: ['-t', img, 'snapshot', 'delete', 's1', '--json'], code: 1, msg: /snapshot s1 does not exist/ },
     { args: ['-t', plain, 'status'], code: 1, msg: /is not on a kfs filesystem/ },
   ];
   for (const c of cases) {

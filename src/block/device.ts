@@ -10,6 +10,7 @@
 import fs from 'node:fs';
 import { native } from '../native';
 import { FsError } from '../util/errors';
+import { SnapshotStore } from '../snapshot/store';
 
 export interface BlockDeviceOptions {
   readOnly?: boolean;
@@ -80,6 +81,17 @@ export class BlockDevice {
    * stale copies on disk (the kernel replays even for ro mounts; we do it in memory).
    */
   overlay: Map<number, Buffer> | null = null;
+  /**
+   * The image's snapshot store (src/snapshot/store.ts), attached at open: every in-place
+   * overwrite of a block a snapshot still needs is preceded by its copy (prepare). Null when
+   * the image has no snapshots (or the device was opened without the lock).
+   */
+  snapshots: SnapshotStore | null = null;
+  /**
+   * Reads served by someone else (a snapshot's view: src/snapshot/view.ts): readAt and the
+   * cache's misses come from it instead of the file.
+   */
+  reader: ((buf: Buffer, pos: number, off: number, len: number) => void) | null = null;
 
   private constructor(readonly path: string, readonly fd: number, readonly size: number, readonly readOnly: boolean, private cacheBytes: number) {
     this.maxBlocks = Math.max(64, Math.floor(cacheBytes / this.blockSize));
@@ -109,6 +121,10 @@ export class BlockDevice {
       }
       const dev = new BlockDevice(path, fd, size, readOnly, opts.cacheBytes ?? 64 << 20);
       dev.writeLog = opts.writeLog ?? null;
+      // Before anything is read or written: an interrupted whole restore is finished here, and
+      // journal recovery's home writes already go through copy-on-write.
+      if (!opts.noLock) dev.snapshots = SnapshotStore.open(dev);
+      if (dev.snapshots) dev.setBlockSize(dev.snapshots.blockSize);
       return dev;
     } catch (e) {
       fs.closeSync(fd);
@@ -117,6 +133,7 @@ export class BlockDevice {
   }
 
   setBlockSize(bs: number): void {
+    if (bs === this.blockSize) return;
     if (this.cache.size) throw new Error('block size changed with blocks cached');
     this.blockSize = bs;
     this.maxBlocks = Math.max(64, Math.floor(this.cacheBytes / bs));
@@ -277,13 +294,15 @@ export class BlockDevice {
     if (this.dirtySet.size === 0 && this.pinnedSet.size === 0) return;
     const dirty = [...new Set([...this.dirtySet.keys(), ...this.pinnedSet.keys()])];
     dirty.sort((a, b) => a - b);
+    // All of the flush's copy-on-write in one step (one store barrier, not one per block).
+    if (this.snapshots?.hasSnapshots) await this.snapshots.prepare(dirty);
     let i = 0;
     while (i < dirty.length) {
       let j = i + 1;
       while (j < dirty.length && dirty[j] === dirty[j - 1] + 1 && j - i < 256) j++;
       const bufs = dirty.slice(i, j).map((b) => this.cache.get(b)!.buf);
       const run = bufs.length === 1 ? bufs[0] : Buffer.concat(bufs);
-      await this.writeAt(run, dirty[i] * this.blockSize);
+      await this.writeInPlace(run, dirty[i] * this.blockSize);
       for (let k = i; k < j; k++) {
         const e = this.cache.get(dirty[k])!;
         e.dirty = false;
@@ -303,6 +322,7 @@ export class BlockDevice {
    */
   async readAt(buf: Buffer, pos: number, off = 0, len = buf.length - off): Promise<void> {
     this.stats.reads++;
+    if (this.reader) return this.reader(buf, pos, off, len);
     let done = 0;
     const small = len <= SYNC_IO_MAX;
     while (done < len) {
@@ -316,6 +336,23 @@ export class BlockDevice {
   }
 
   async writeAt(buf: Buffer, pos: number, off = 0, len = buf.length - off): Promise<void> {
+    this.assertWritable();
+    if (len > 0 && this.snapshots?.hasSnapshots) await this.prepareInPlaceWrite(Math.floor(pos / this.blockSize), Math.ceil((pos + len) / this.blockSize) - Math.floor(pos / this.blockSize));
+    await this.writeInPlace(buf, pos, off, len);
+  }
+
+  /**
+   * Blocks [block, block+count) are about to be overwritten in place by a writer that does
+   * not go through writeAt (a writable DAX mapping): copy what snapshots still need first.
+   */
+  async prepareInPlaceWrite(block: number, count: number): Promise<void> {
+    if (!this.snapshots?.hasSnapshots || count <= 0) return;
+    const blocks: number[] = [];
+    for (let b = block; b < block + count; b++) blocks.push(b);
+    await this.snapshots.prepare(blocks);
+  }
+
+  private async writeInPlace(buf: Buffer, pos: number, off = 0, len = buf.length - off): Promise<void> {
     this.assertWritable();
     if (pos + len > this.size) throw new FsError('EIO', `write at ${pos}+${len} beyond the image end ${this.size}`);
     this.stats.writes++;

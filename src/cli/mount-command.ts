@@ -14,9 +14,12 @@ import { FsError } from '../util/errors';
 import { log, setLogLevel, logToFile } from '../util/log';
 import { native } from '../native';
 import { Ext4Fs } from '../ext4/fs';
-import { Ext4FuseFs } from '../ext4/fuse-adapter';
+import { Ext4FuseFs, toNode } from '../ext4/fuse-adapter';
+import { notifyInvalEntry } from '../fuse/reply';
+import { openSnapshotFs } from '../snapshot/view';
 import { FuseSession } from '../fuse/dispatcher';
 import { FuseDevice } from '../transport/fusedev';
+import { canMountDirectly, fusermountMount, fusermountUnmount } from '../transport/fusermount';
 import { superviseMount, parseServerLink, serveSupervised, report } from '../transport/supervisor';
 import { startControlServer } from '../control';
 import { action, UsageError } from './common';
@@ -39,13 +42,13 @@ const MountOptionsSchema = z.object({
   // Serve without a supervisor: the mount dies with its serving process (see transport/supervisor.ts).
   nosupervisor: z.boolean().default(false),
   // Under the supervisor: hold each reply until the changes behind it are committed to the
-  // journal's log, so a server death loses nothing acknowledged (transport/reply-gate.ts). The
-  // commit is log-only (no barrier: a process death is not a power loss; Journal.commit), which
-  // costs an untar of 3000 entries ~2x (11.4 s vs 5.7 s; with durable commits it was ~14x), but
-  // each commit still walks every cached inode (InodeStore.flushAll), so large trees get much
-  // slower (an untar of 24k entries passed 300 s against 43 s): off by default until commits
-  // cost O(changes). Without it a server death loses what was acknowledged since the last commit.
-  commit_before_reply: z.boolean().default(false),
+  // journal's log, so a server death loses nothing acknowledged and the kernel's view (names,
+  // sizes, handles) never runs ahead of the image (transport/reply-gate.ts). The commit is
+  // log-only (no barrier: a process death is not a power loss; Journal.commit) and costs
+  // O(changes); it makes a metadata-heavy workload about 2x slower (an untar of 10k entries:
+  // 24.6 s vs 11.6 s), which nocommit_before_reply buys back at the price of losing what was
+  // acknowledged since the last commit (<= 5 s) when the server dies.
+  commit_before_reply: z.boolean().default(true),
 }).strict();
 type MountOpts = z.infer<typeof MountOptionsSchema>;
 
@@ -61,11 +64,14 @@ export function parseMountOptions(list: string[]): MountOpts {
     else if (/^\d+(\.\d+)?[KMG]?$/.test(v)) raw[k] = parseNumber(v);
     else throw new UsageError(`mount option ${k} needs a number, got ${v}`);
   }
+  // allow_other is the default for root; a user gets it only by asking (fusermount3 then
+  // requires user_allow_other in /etc/fuse.conf).
+  if (raw.allow_other === undefined && !canMountDirectly()) raw.allow_other = false;
   const r = MountOptionsSchema.safeParse(raw);
   if (!r.success) {
     const issue = r.error.issues[0];
     const key = issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : issue.path.join('.');
-    throw new UsageError(`unknown or bad mount option: ${key}; known: ro, rw, noatime, relatime, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply, nocommit_before_reply (default)`);
+    throw new UsageError(`unknown or bad mount option: ${key}; known: ro, rw, noatime, relatime, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply`);
   }
   return r.data;
 }
@@ -86,11 +92,16 @@ interface MountCliValues {
   serverFds?: string;
   serverGeneration?: string;
   adopt?: string;
+  /** Mount this snapshot's read-only view instead of the live filesystem. */
+  snapshot?: string;
 }
 
 /** Serve the mount in this process until it is unmounted or signalled. */
 export async function serveMount(image: string, mountpoint: string, o: MountOpts, values: MountCliValues, ready: (err?: string) => void): Promise<number> {
-  const ext4 = await Ext4Fs.open(image, { readOnly: o.ro, cacheBytes: o.cache_size, noJournal: o.nojournal });
+  if (values.snapshot) o = { ...o, ro: true };
+  const ext4 = values.snapshot
+    ? (await openSnapshotFs(image, values.snapshot, { cacheBytes: o.cache_size })).fs
+    : await Ext4Fs.open(image, { readOnly: o.ro, cacheBytes: o.cache_size, noJournal: o.nojournal });
   ext4.noAtime = o.noatime;
   const session = new FuseSession(new Ext4FuseFs(ext4), {
     entryTimeout: o.entry_timeout, attrTimeout: o.attr_timeout, negativeTimeout: o.negative_timeout,
@@ -111,7 +122,19 @@ export async function serveMount(image: string, mountpoint: string, o: MountOpts
   if (link) (session.fs as Ext4FuseFs).handleGeneration(link.generation);
   dev.start();
   if (link) serveSupervised(link, dev, session, () => ext4.commitToLog(), o.commit_before_reply && !ext4.readOnly);
-  const control = await startControlServer({ kind: 'mount', image, fs: ext4, mountpoint, session });
+  // Snapshot views get no control socket: kfsctl's target is the live filesystem.
+  const control = values.snapshot ? null : await startControlServer({
+    kind: 'mount', image, fs: ext4, mountpoint, session,
+    // Written from the thread pool, not with a blocking write: the kernel takes the parent's
+    // lock for the invalidation, and a request it holds that lock for must still be answered
+    // by this event loop. ENOENT: the name was not cached.
+    invalidateEntry: (parentIno, name) => new Promise<void>((resolve) => {
+      fs.write(dev.fd, notifyInvalEntry(toNode(parentIno), name), (e) => {
+        if (e && e.code !== 'ENOENT') log.warn(`fuse: invalidating ${name.toString()} failed: ${e.message}`);
+        resolve();
+      });
+    }),
+  });
   if (values.pidFile) fs.writeFileSync(values.pidFile, `${process.pid}\n`);
   const stop = (sig: string) => {
     log.info(`${sig}: unmounting ${mountpoint}`);
@@ -130,7 +153,7 @@ export async function serveMount(image: string, mountpoint: string, o: MountOpts
   // Let requests already read finish before the image is closed.
   for (let i = 0; i < 200 && dev.pending > 0; i++) await new Promise((r) => setTimeout(r, 10));
   dev.close();
-  control.close();
+  control?.close();
   await ext4.close();
   if (values.pidFile) fs.rmSync(values.pidFile, { force: true });
   log.info(`${image} closed`);
@@ -144,6 +167,7 @@ function serverArgs(image: string, mountpoint: string, values: MountCliValues): 
   if (values.logFile) args.push('--log-file', values.logFile);
   if (values.logLevel) args.push('--log-level', values.logLevel);
   if (values.pidFile) args.push('--pid-file', values.pidFile);
+  if (values.snapshot) args.push('--snapshot', values.snapshot);
   return args;
 }
 
@@ -173,7 +197,15 @@ async function mountAction(image: string, mountpoint: string, values: MountCliVa
       }
     };
     try {
-      if (!o.nosupervisor) return await superviseMount({ image, mountpoint: path.resolve(mountpoint), serverArgs: serverArgs(image, mountpoint, values) }, ready);
+      if (!o.nosupervisor) {
+        const mp = path.resolve(mountpoint);
+        // Without root, mount(2) is fusermount3's: the supervisor mounts before its first server.
+        const premount = canMountDirectly() ? undefined : () => fusermountMount(mp, {
+          readOnly: o.ro || !!values.snapshot, allowOther: o.allow_other, defaultPermissions: o.default_permissions,
+          noAtime: o.noatime, source: path.resolve(image),
+        });
+        return await superviseMount({ image, mountpoint: mp, serverArgs: serverArgs(image, mountpoint, values), premount }, ready);
+      }
       return await serveMount(image, mountpoint, o, values, ready);
     } catch (e) {
       ready((e as Error).message.replace(/^E[A-Z]+: /, ''));
@@ -186,6 +218,7 @@ async function mountAction(image: string, mountpoint: string, values: MountCliVa
   if (values.logFile) args.push('--log-file', values.logFile);
   if (values.logLevel) args.push('--log-level', values.logLevel);
   if (values.pidFile) args.push('--pid-file', values.pidFile);
+  if (values.snapshot) args.push('--snapshot', values.snapshot);
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
   const word = await new Promise<string>((resolve) => {
@@ -208,14 +241,15 @@ export function registerMount(program: Command): void {
   const collect = (v: string, prev: string[] = []) => [...prev, v];
   program
     .command('mount')
-    .description('mount an image on the host through FUSE (as root)')
+    .description('mount an image on the host through FUSE (as root, or as a user through fusermount3)')
     .argument('<image>', 'image file')
     .argument('<dir>', 'mount point (an existing directory)')
-    .option('-o, --options <list>', 'mount options: ro, rw, noatime, relatime (default), allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply, nocommit_before_reply (default) (repeatable)', collect)
+    .option('-o, --options <list>', 'mount options: ro, rw, noatime, relatime (default), allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply (repeatable)', collect)
     .option('-f, --foreground', 'serve in this process instead of returning once mounted')
     .option('--log-file <file>', 'write the log here')
     .option('--log-level <level>', 'error, warn, info or debug (default warn)')
     .option('--pid-file <file>', 'write the serving process id here (the current server: a restarted one rewrites it)')
+    .option('--snapshot <name>', 'mount this snapshot of the image, read-only (kfsctl snapshot list names them)')
     .addOption(new Option('--ready-fd <fd>').hideHelp())
     .addOption(new Option('--server-fds <dev,status>').hideHelp())
     .addOption(new Option('--server-generation <n>').hideHelp())
@@ -228,12 +262,13 @@ export function registerMount(program: Command): void {
     .option('-l, --lazy', 'detach now even if busy')
     .action(action('kfs umount', async (dir: string, opts: { lazy?: boolean }) => {
       try {
-        native.umount2(path.resolve(dir), opts.lazy ? native.MS.MNT_DETACH : 0);
+        if (canMountDirectly()) native.umount2(path.resolve(dir), opts.lazy ? native.MS.MNT_DETACH : 0);
+        else fusermountUnmount(path.resolve(dir), !!opts.lazy);
       } catch (e) {
         const code = (e as { code?: string }).code;
         if (code === 'EINVAL') throw new FsError('EINVAL', `${dir} is not a mount point`);
         if (code === 'EBUSY') throw new FsError('EBUSY', `${dir} is busy; close files using it or use --lazy`);
-        if (code === 'EPERM') throw new FsError('EPERM', `unmounting ${dir} needs root`);
+        if (code === 'EPERM') throw new FsError('EPERM', `unmounting ${dir} needs root or the user who mounted it`);
         throw e;
       }
     }));

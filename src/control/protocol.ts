@@ -19,7 +19,7 @@ import { BLOCK_CLASSES } from '../ext4/block-map';
 export const PROTOCOL_VERSION = 1;
 export const MAX_REQUEST_BYTES = 64 * 1024;
 
-export const COMMANDS = ['hello', 'status', 'defrag-check', 'map'] as const;
+export const COMMANDS = ['hello', 'status', 'defrag-check', 'defrag', 'map', 'snapshot-create', 'snapshot-list', 'snapshot-delete', 'snapshot-restore'] as const;
 export type CommandName = (typeof COMMANDS)[number];
 
 /** The envelope, checked before the command's own arguments. */
@@ -37,9 +37,19 @@ export const ArgsSchemas = {
     path: z.string().min(1).max(4096).default('/'),
     top: z.number().int().min(1).max(10000).default(10),
   }).strict(),
+  defrag: z.object({
+    path: z.string().min(1).max(4096).default('/'),
+    top: z.number().int().min(1).max(10000).default(10),
+  }).strict(),
   map: z.object({
     maxCells: z.number().int().min(1).max(65536).default(4096),
   }).strict(),
+  // Snapshot names: 1..64 bytes of UTF-8 (src/snapshot/format.ts checks the rest).
+  'snapshot-create': z.object({ name: z.string().min(1).max(64) }).strict(),
+  'snapshot-list': z.object({}).strict(),
+  'snapshot-delete': z.object({ name: z.string().min(1).max(64) }).strict(),
+  /** Without path: the whole filesystem (offline only: a server refuses it). */
+  'snapshot-restore': z.object({ name: z.string().min(1).max(64), path: z.string().min(1).max(4096).optional() }).strict(),
 } as const;
 export type ArgsOf<C extends CommandName> = z.input<(typeof ArgsSchemas)[C]>;
 
@@ -99,7 +109,14 @@ export const StatusSchema = z.object({
     sequence: z.number().int().nullable(),
     start: z.number().int().nullable(),
   }).nullable(),
-  snapshots: z.object({ supported: z.literal(false), note: z.string() }),
+  snapshots: z.object({
+    supported: z.boolean(),
+    /** One line for people: count and space, or why there are none. */
+    note: z.string(),
+    count: z.number().int(),
+    storeBytes: z.number().int(),
+    list: z.array(z.lazy(() => SnapshotInfoSchema)),
+  }),
   cache: z.object({
     hits: z.number().int(),
     misses: z.number().int(),
@@ -146,6 +163,39 @@ export const DefragReportSchema = z.object({
 });
 export type DefragReport = z.infer<typeof DefragReportSchema>;
 
+const DefragFileSchema = z.object({
+  ino: z.number().int(),
+  path: z.string().nullable(),
+  blocks: z.number().int(),
+  extentsBefore: z.number().int(),
+  extentsAfter: z.number().int(),
+  fragmentsBefore: z.number().int(),
+  fragmentsAfter: z.number().int(),
+  ideal: z.number().int(),
+  movedBlocks: z.number().int(),
+  pieces: z.number().int(),
+  retries: z.number().int(),
+  note: z.string().nullable(),
+});
+
+/** Result of `defrag` (moving data); see src/ext4/defrag.ts. */
+export const DefragResultSchema = z.object({
+  path: z.string(),
+  files: z.number().int(),
+  fragmentedBefore: z.number().int(),
+  fragmentedAfter: z.number().int(),
+  improved: z.number().int(),
+  movedBlocks: z.number().int(),
+  extentsBefore: z.number().int(),
+  extentsAfter: z.number().int(),
+  idealExtents: z.number().int(),
+  scoreBefore: z.number(),
+  scoreAfter: z.number(),
+  worst: z.array(DefragFileSchema),
+  errors: z.array(z.object({ path: z.string(), error: z.string() })),
+});
+export type DefragResult = z.infer<typeof DefragResultSchema>;
+
 export const BlockMapSchema = z.object({
   blockSize: z.number().int(),
   blocks: z.number().int(),
@@ -160,11 +210,45 @@ export const BlockMapSchema = z.object({
 });
 export type BlockMap = z.infer<typeof BlockMapSchema>;
 
+export const SnapshotInfoSchema = z.object({
+  id: z.number().int(),
+  name: z.string(),
+  createdMs: z.number().int(),
+  /** Store slots (blocks) held: the snapshot's space. */
+  slots: z.number().int(),
+  bytes: z.number().int(),
+});
+export type SnapshotInfoResult = z.infer<typeof SnapshotInfoSchema>;
+
+export const SnapshotListSchema = z.object({
+  snapshots: z.array(SnapshotInfoSchema),
+  /** Bytes of the image file past the filesystem taken by the store (incl. free slots). */
+  storeBytes: z.number().int(),
+  freeSlots: z.number().int(),
+  blockSize: z.number().int(),
+});
+
+export const SnapshotDeleteSchema = z.object({ name: z.string(), freedBytes: z.number().int() });
+
+export const SnapshotRestoreSchema = z.object({
+  name: z.string(),
+  /** null: the whole filesystem. */
+  path: z.string().nullable(),
+  entries: z.number().int(),
+  bytes: z.number().int(),
+  blocks: z.number().int(),
+});
+
 export const ResultSchemas = {
   hello: HelloSchema,
   status: StatusSchema,
   'defrag-check': DefragReportSchema,
+  defrag: DefragResultSchema,
   map: BlockMapSchema,
+  'snapshot-create': SnapshotInfoSchema,
+  'snapshot-list': SnapshotListSchema,
+  'snapshot-delete': SnapshotDeleteSchema,
+  'snapshot-restore': SnapshotRestoreSchema,
 } as const;
 export type ResultOf<C extends CommandName> = z.infer<(typeof ResultSchemas)[C]>;
 

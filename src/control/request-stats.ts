@@ -67,14 +67,16 @@ export class RequestStats {
     if (marked.kfsRequestStats) return session;
     marked.kfsRequestStats = this;
     const handle = session.handle.bind(session);
-    session.handle = (buf: Buffer): Promise<Reply> => {
+    session.handle = (buf: Buffer, dest?: readonly Buffer[]): Promise<Reply> => {
       const t0 = performance.now();
       const name = buf.length >= 8 ? lowerOpcodeName(buf.readUInt32LE(4)) : 'malformed';
-      const p = handle(buf);
+      const p = handle(buf, dest);
       // Observe the promise without adding a step to the one the transport awaits.
       p.then((reply) => this.record(name, (performance.now() - t0) * 1000, failedReply(reply)), () => this.record(name, (performance.now() - t0) * 1000, true));
       return p;
     };
+    // Requests the session answers synchronously (handleSync) do not go through handle().
+    session.observeSync = (opcode, us, failed) => this.record(lowerOpcodeName(opcode), us, failed);
     return session;
   }
 }

@@ -35,6 +35,8 @@ export interface ControlServerOptions {
   /** A session to measure now (host mounts); kfsd passes each new one to track(). */
   session?: FuseSession | null;
   frontEndConnected?: () => boolean;
+  /** A host mount: tell the kernel a name changed (snapshot restore of a path; ServedFs.invalidateEntry). */
+  invalidateEntry?: ((parentIno: number, name: Buffer) => Promise<void>) | null;
   /** Default: <control dir>/<hash>-<pid>.sock. */
   socketPath?: string;
   /** Socket file mode (default 0600). */
@@ -54,6 +56,7 @@ export class ControlServer {
       kind: o.kind, image: o.image ? path.resolve(o.image) : null, fs: o.fs, mountpoint: o.mountpoint ? path.resolve(o.mountpoint) : null,
       vhostSocket: o.vhostSocket ? path.resolve(o.vhostSocket) : null, startedAt: Date.now(), stats: this.stats,
       frontEndConnected: o.frontEndConnected ?? null, controlConnections: () => this.sockets.size,
+      invalidateEntry: o.invalidateEntry ?? null,
     };
     if (o.session) this.stats.track(o.session);
   }

@@ -1,7 +1,7 @@
 /**
  * What the control commands do, over one open filesystem: the server runs them on the Ext4Fs
- * it serves, kfsctl runs them itself on an image nobody serves (opened read-only). All of them
- * only read; results follow the schemas in protocol.ts.
+ * it serves, kfsctl runs them itself on an image nobody serves (opened read-only, or read-write
+ * for the commands that change it: defrag). Results follow the schemas in protocol.ts.
  */
 import type { Ext4Fs } from '../ext4/fs';
 import { ByteCursor } from '../util/cursor';
@@ -10,6 +10,8 @@ import { COMPAT, INCOMPAT, RO_COMPAT, SUPERBLOCK_OFFSET, SuperblockLayout, featu
 import { JOURNAL_INO } from '../ext4/inode';
 import { readFileExtents, readInodeView, checkFragmentation } from '../ext4/fragmentation';
 import { buildBlockMap } from '../ext4/block-map';
+import { defragment } from '../ext4/defrag';
+import { createSnapshot, deleteSnapshot, listSnapshots, restorePath } from '../snapshot';
 import type { RequestStats } from './request-stats';
 import { ArgsSchemas, BlockMap, CommandName, DefragReport, Hello, PROTOCOL_VERSION, Status, ControlError } from './protocol';
 
@@ -28,6 +30,12 @@ export interface ServedFs {
   /** kfsd: is a vhost-user front-end connected? */
   frontEndConnected: (() => boolean) | null;
   controlConnections: () => number;
+  /**
+   * Tell the kernel a name changed behind its back (a host mount: FUSE_NOTIFY_INVAL_ENTRY for
+   * name in the directory with inode number parentIno). kfsd has no such channel: the guest
+   * sees the change when its cache times out (--cache).
+   */
+  invalidateEntry?: ((parentIno: number, name: Buffer) => Promise<void>) | null;
 }
 
 export type Progress = (phase: string, done: number, total: number) => void;
@@ -44,9 +52,28 @@ export async function runCommand(served: ServedFs, command: CommandName, rawArgs
       const a = ArgsSchemas['defrag-check'].parse(rawArgs);
       return defragCheck(needFs(served), a.path, a.top, progress);
     }
+    case 'defrag': {
+      const a = ArgsSchemas.defrag.parse(rawArgs);
+      return defragment(needFs(served), { path: a.path, top: a.top, progress });
+    }
     case 'map': {
       const a = ArgsSchemas.map.parse(rawArgs);
       return blockMap(needFs(served), a.maxCells, progress);
+    }
+    case 'snapshot-create': {
+      const a = ArgsSchemas['snapshot-create'].parse(rawArgs);
+      return createSnapshot(needFs(served), a.name);
+    }
+    case 'snapshot-list':
+      ArgsSchemas['snapshot-list'].parse(rawArgs);
+      return listSnapshots(needFs(served));
+    case 'snapshot-delete': {
+      const a = ArgsSchemas['snapshot-delete'].parse(rawArgs);
+      return deleteSnapshot(needFs(served), a.name);
+    }
+    case 'snapshot-restore': {
+      const a = ArgsSchemas['snapshot-restore'].parse(rawArgs);
+      return snapshotRestore(served, a.name, a.path, progress);
     }
   }
 }
@@ -54,6 +81,32 @@ export async function runCommand(served: ServedFs, command: CommandName, rawArgs
 function needFs(served: ServedFs): Ext4Fs {
   if (!served.fs) throw new ControlError('EOPNOTSUPP', 'this server shares a host directory, not a kfs image; the command needs an image');
   return served.fs;
+}
+
+/**
+ * Restore of one path (a whole restore needs the image closed: the kernel's and the guest's
+ * caches would keep showing the old tree, and this process's cache the old blocks).
+ */
+async function snapshotRestore(served: ServedFs, name: string, path: string | undefined, progress: Progress): Promise<unknown> {
+  const fs = needFs(served);
+  if (path === undefined) throw new ControlError('EBUSY', 'a whole-filesystem restore works offline only: unmount first');
+  if (!served.image) throw new ControlError('EINVAL', 'this server has no image');
+  const r = await restorePath(fs, served.image, name, path, progress);
+  if (served.invalidateEntry) {
+    await served.invalidateEntry(r.parentIno, Buffer.from(r.name));
+    await served.invalidateEntry(r.parentIno, Buffer.from(r.tempName));
+  }
+  return { name, path: r.path, entries: r.entries, bytes: r.bytes, blocks: 0 };
+}
+
+function snapshotStatus(fs: Ext4Fs | null): Status['snapshots'] {
+  if (!fs) return { supported: false, note: 'no image served', count: 0, storeBytes: 0, list: [] };
+  const l = listSnapshots(fs);
+  const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
+  const note = l.snapshots.length
+    ? `${l.snapshots.length} (store ${mib(l.storeBytes)}): ${l.snapshots.map((s) => `${s.name} ${mib(s.bytes)}`).join(', ')}`
+    : 'none';
+  return { supported: true, note, count: l.snapshots.length, storeBytes: l.storeBytes, list: l.snapshots };
 }
 
 export function hello(served: ServedFs): Hello {
@@ -83,7 +136,7 @@ export async function status(served: ServedFs): Promise<Status> {
     uptimeSec: served.startedAt ? Math.round((Date.now() - served.startedAt) / 100) / 10 : null,
     fs: null,
     journal: null,
-    snapshots: { supported: false, note: 'snapshots are not supported yet' },
+    snapshots: snapshotStatus(fs),
     cache: null,
     requests: served.stats ? { total: served.stats.total, opcodes: served.stats.snapshot() } : null,
     clients: online ? {

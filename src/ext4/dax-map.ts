@@ -56,5 +56,11 @@ export async function daxRuns(store: InodeStore, files: FileIO, st: InodeState, 
     if (contiguous) last.len += to - from;
     else runs.push({ fileOffset: from, imageOffset, len: to - from });
   }
+  // Stores through a writable mapping land in place with no write call to intercept: blocks a
+  // snapshot still needs are copied now (src/snapshot/store.ts). New snapshots first drop every
+  // mapping (Ext4Fs.beforeSnapshot), so a mapping never outlives the copy it relies on.
+  if (writable) {
+    for (const r of runs) if (r.imageOffset !== null) await store.vol.dev.prepareInPlaceWrite(Math.floor(r.imageOffset / bs), Math.ceil(r.len / bs));
+  }
   return runs;
 }

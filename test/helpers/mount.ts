@@ -24,6 +24,8 @@ import { kfsCliPath } from './image';
 export interface MountKfsOptions {
   /** `-o` options (e.g. ['ro'], ['writeback_cache', 'attr_timeout=0']). */
   options?: string[];
+  /** More `kfs mount` arguments (e.g. ['--snapshot', 's1']). */
+  args?: string[];
   /** --log-level (default info: the log then records INIT, the unmount and the image's close). */
   logLevel?: 'error' | 'warn' | 'info' | 'debug';
   /** Where the log and pid files go (default: next to the image). */
@@ -124,6 +126,7 @@ export async function mountKfs(t: ExecutionContext, image: string, dir: string, 
   const pidFile = `${base}.pid`;
   const args = [cli, 'mount', image, dir, '--log-file', logFile, '--log-level', opts.logLevel ?? 'info', '--pid-file', pidFile];
   for (const o of opts.options ?? []) args.push('-o', o);
+  args.push(...(opts.args ?? []));
   const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 60_000 });
   const failed = (why: string) => new Error(`kfs mount ${image} ${dir} ${why}\n--- log tail ---\n${readTail(logFile, 40)}`);
   if (r.error) throw failed(`could not run: ${r.error.message}`);
