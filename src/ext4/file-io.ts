@@ -6,6 +6,33 @@
  */
 import { FsError } from '../util/errors';
 import { InodeStore, InodeState } from './inode-store';
+import type { ExtentMap } from './extents';
+import { native } from '../native';
+
+/** Views of bytes [from, to) of the consecutive buffers `dest`, appended to out. */
+function rangeViews(dest: readonly Buffer[], from: number, to: number, out: Buffer[]): void {
+  let base = 0;
+  for (const b of dest) {
+    const end = base + b.length;
+    if (end > from && base < to) {
+      const s = Math.max(from, base) - base;
+      const e = Math.min(to, end) - base;
+      out.push(s === 0 && e === b.length ? b : b.subarray(s, e));
+    }
+    if (end >= to) break;
+    base = end;
+  }
+}
+
+function zeroRange(dest: readonly Buffer[], from: number, to: number): void {
+  let base = 0;
+  for (const b of dest) {
+    const end = base + b.length;
+    if (end > from && base < to) b.fill(0, Math.max(from, base) - base, Math.min(to, end) - base);
+    if (end >= to) break;
+    base = end;
+  }
+}
 
 /** ext4 with extents: logical block numbers are 32-bit. */
 export const MAX_LBLK = 0xffffffff;
@@ -19,11 +46,28 @@ export const SEEK_HOLE = 4;
 
 /** A read resolved to image offsets: `len` bytes at `disk` go to out[at..]. */
 export interface ReadPlan {
+  /** Zero-filled, `length` bytes; empty when planned with `alloc` false (readPlannedInto). */
   out: Buffer;
+  /** Bytes the read returns (clipped at the end of the file). */
+  length: number;
   segments: { disk: number; at: number; len: number }[];
 }
 
+/**
+ * Blocks allocated or freed between two chances to commit in one large fallocate, truncate or
+ * punch: a single operation must not outgrow the journal (a transaction larger than the log
+ * cannot be atomic), so it is split into steps that each leave a consistent file, as ext4
+ * splits them into transactions (ext4_alloc_file_blocks, ext4_ext_remove_space).
+ */
+const STEP_BLOCKS = 2048;
+
 export class FileIO {
+  /**
+   * Called between the steps of a large operation, with the file consistent on its own: the
+   * filesystem commits there when the running transaction is getting large (Ext4Fs).
+   */
+  step: (() => Promise<void>) | null = null;
+
   constructor(private store: InodeStore) {}
 
   private get bs(): number {
@@ -39,13 +83,22 @@ export class FileIO {
   }
 
   /** Where the bytes of a read are in the image (under the filesystem lock); see readPlanned. */
-  async planRead(st: InodeState, offset: number, length: number): Promise<ReadPlan> {
-    const size = st.inode.size;
-    if (offset >= size || length <= 0) return { out: Buffer.alloc(0), segments: [] };
-    length = Math.min(length, size - offset);
-    const out = Buffer.alloc(length);
+  async planRead(st: InodeState, offset: number, length: number, alloc = true): Promise<ReadPlan> {
+    if (offset >= st.inode.size || length <= 0) return { out: Buffer.alloc(0), length: 0, segments: [] };
+    return this.planMapped(st, await this.store.extents(st), offset, length, alloc);
+  }
+
+  /** planRead of a file whose extent map is loaded (st.extents), without waiting; no buffer. */
+  planReadLoaded(st: InodeState, offset: number, length: number): ReadPlan | null {
+    if (!st.extents) return null;
+    if (offset >= st.inode.size || length <= 0) return { out: Buffer.alloc(0), length: 0, segments: [] };
+    return this.planMapped(st, st.extents, offset, length, false);
+  }
+
+  private planMapped(st: InodeState, map: ExtentMap, offset: number, length: number, alloc: boolean): ReadPlan {
+    length = Math.min(length, st.inode.size - offset);
+    const out = alloc ? Buffer.alloc(length) : Buffer.alloc(0);
     const bs = this.bs;
-    const map = await this.store.extents(st);
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
     const segments: ReadPlan['segments'] = [];
@@ -55,7 +108,65 @@ export class FileIO {
       const segEnd = Math.min(offset + length, (m.lblk + m.len) * bs);
       segments.push({ disk: m.pblk * bs + (segStart - m.lblk * bs), at: segStart - offset, len: segEnd - segStart });
     }
-    return { out, segments };
+    return { out, length, segments };
+  }
+
+  /**
+   * readPlannedInto without waiting: every segment must come from the host's page cache in one
+   * preadv2(RWF_NOWAIT) (true), or nothing is promised and the caller reads the ordinary way
+   * (false; dest may hold part of the data by then). Not for images read through a snapshot view.
+   */
+  readPlannedNowait(plan: ReadPlan, dest: readonly Buffer[]): boolean {
+    const dev = this.store.vol.dev;
+    if (dev.reader) return false;
+    let covered = 0;
+    const views: Buffer[] = [];
+    for (const g of plan.segments) {
+      if (g.at > covered) zeroRange(dest, covered, g.at);
+      const one = dest.length === 1 ? dest[0] : null;
+      if (one) {
+        if (native.preadNowaitAt(dev.fd, one, g.at, g.len, g.disk) !== g.len) return false;
+      } else {
+        views.length = 0;
+        rangeViews(dest, g.at, g.at + g.len, views);
+        if (native.preadNowait(dev.fd, views, g.disk) !== g.len) return false;
+      }
+      covered = g.at + g.len;
+    }
+    if (covered < plan.length) zeroRange(dest, covered, plan.length);
+    dev.stats.reads += plan.segments.length;
+    return true;
+  }
+
+  /**
+   * Read a plan into `dest` (consecutive views of at least plan.length bytes, e.g. a guest's
+   * buffers) instead of plan.out: segments straight from the image, zeros for holes and
+   * unwritten extents. Returns plan.length.
+   */
+  async readPlannedInto(plan: ReadPlan, dest: readonly Buffer[]): Promise<number> {
+    const dev = this.store.vol.dev;
+    const io: Promise<void>[] = [];
+    let covered = 0; // plan bytes [0, covered) are read or zeroed
+    const each = (from: number, to: number, fn: (b: Buffer, off: number, len: number, at: number) => void): void => {
+      let base = 0;
+      for (const b of dest) {
+        const end = base + b.length;
+        if (end > from && base < to) {
+          const s = Math.max(from, base);
+          fn(b, s - base, Math.min(to, end) - s, s);
+        }
+        if (end >= to) break;
+        base = end;
+      }
+    };
+    for (const g of plan.segments) {
+      if (g.at > covered) each(covered, g.at, (b, off, len) => void b.fill(0, off, off + len));
+      each(g.at, g.at + g.len, (b, off, len, at) => void io.push(dev.readAt(b, g.disk + (at - g.at), off, len)));
+      covered = g.at + g.len;
+    }
+    if (covered < plan.length) each(covered, plan.length, (b, off, len) => void b.fill(0, off, off + len));
+    await Promise.all(io);
+    return plan.length;
   }
 
   /** Read a plan's segments (holes and unwritten extents stay zero). */
@@ -132,10 +243,34 @@ export class FileIO {
       const bs = this.bs;
       const keep = Math.ceil(size / bs);
       const map = await this.store.extents(st);
-      if (map.endLblk > keep) await this.store.release(st, keep, map.endLblk - keep);
+      // From the end down, the size following: each step leaves a shorter, whole file.
+      for (let end = map.endLblk; end > keep; ) {
+        const from = Math.max(keep, end - STEP_BLOCKS);
+        await this.store.release(st, from, end - from);
+        end = from;
+        if (end > keep) await this.stepped(st, Math.min(old, end * bs));
+      }
       if (size % bs) await this.zeroRange(st, size, keep * bs);
     }
     st.inode.size = size;
+  }
+
+  /** Between two steps of a large change: the file as it stands (size `size`), then a chance to commit. */
+  private async stepped(st: InodeState, size = st.inode.size): Promise<void> {
+    if (!this.step) return;
+    st.inode.size = size;
+    await this.store.write(st);
+    await this.step();
+  }
+
+  /** release() in steps (see STEP_BLOCKS): a punched range grows from its start. */
+  private async releaseInSteps(st: InodeState, lblk: number, count: number): Promise<void> {
+    for (let done = 0; done < count; ) {
+      const n = Math.min(STEP_BLOCKS, count - done);
+      await this.store.release(st, lblk + done, n);
+      done += n;
+      if (done < count) await this.stepped(st);
+    }
   }
 
   /** Write zeros over [from, to) where blocks are mapped and written (within one block or more). */
@@ -172,7 +307,7 @@ export class FileIO {
       const pLast = Math.floor(stop / bs);
       if (pLast > pFirst) {
         await this.zeroRange(st, offset, pFirst * bs);
-        await this.store.release(st, pFirst, pLast - pFirst);
+        await this.releaseInSteps(st, pFirst, pLast - pFirst);
         await this.zeroRange(st, pLast * bs, stop);
       } else {
         await this.zeroRange(st, offset, stop);
@@ -183,7 +318,7 @@ export class FileIO {
     if (mode & FALLOC_FL_ZERO_RANGE) {
       if (lastFull > firstFull) {
         await this.zeroRange(st, offset, Math.min(end, firstFull * bs));
-        await this.store.release(st, firstFull, lastFull - firstFull);
+        await this.releaseInSteps(st, firstFull, lastFull - firstFull);
         await this.zeroRange(st, Math.max(offset, lastFull * bs), end);
       } else {
         await this.zeroRange(st, offset, end);
@@ -192,10 +327,17 @@ export class FileIO {
     // Allocate unwritten extents over the holes of the range.
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
+    // Unwritten extents past the size are valid ext4 (what KEEP_SIZE leaves), so the size
+    // moves only at the end and each step in between is a consistent file.
     for (const m of map.map(first, last - first + 1)) {
       if (!m.hole) continue;
-      const runs = await this.store.allocate(st, m.lblk, m.len, true);
-      if (runs.reduce((n, r) => n + r.len, 0) < m.len) throw new FsError('ENOSPC', 'no space left to allocate the whole range');
+      for (let done = 0; done < m.len; ) {
+        const n = Math.min(STEP_BLOCKS, m.len - done);
+        const runs = await this.store.allocate(st, m.lblk + done, n, true);
+        if (runs.reduce((k, r) => k + r.len, 0) < n) throw new FsError('ENOSPC', 'no space left to allocate the whole range');
+        done += n;
+        if (done < m.len) await this.stepped(st);
+      }
     }
     if (!(mode & FALLOC_FL_KEEP_SIZE) && end > st.inode.size) st.inode.size = end;
   }

@@ -111,6 +111,10 @@ export class Ext4Fs {
     this.store = new InodeStore(vol);
     this.xattrs = new XattrStore(this.store);
     this.files = new FileIO(this.store);
+    // Large fallocate/truncate/punch: commit between steps before the transaction outgrows the log.
+    this.files.step = async () => {
+      if (this.vol.dev.dirtyBlocks > Math.min(DIRTY_SYNC_BLOCKS, this.vol.maxDirtyBlocks) / 2) await this.syncLocked(false);
+    };
   }
 
   static async open(image: string, opts: Ext4FsOptions = {}): Promise<Ext4Fs> {
@@ -198,6 +202,19 @@ export class Ext4Fs {
 
   getattr(ino: number): Promise<Attr> {
     return this.run(async () => this.toAttr(await this.store.get(ino)));
+  }
+
+  /**
+   * An inode's in-memory state, or null when it is not cached or an operation holds the lock
+   * (its change may be half done): the FUSE fast path answers GETATTR and LOOKUP from it
+   * without waiting. For reading only.
+   */
+  peekCached(ino: number): InodeState | null {
+    if (this.closed || this.lock.busy) return null;
+    const st = this.store.cached(ino);
+    if (!st) return null;
+    st.ref = true;
+    return st;
   }
 
   setattr(ino: number, a: SetAttrIn): Promise<Attr> {
@@ -634,23 +651,59 @@ export class Ext4Fs {
     }
   }
 
+  /** read() into `dest` (consecutive views of at least `length` bytes): no buffer of its own, no copy. */
+  async readInto(ino: number, offset: number, length: number, dest: readonly Buffer[]): Promise<number> {
+    const outside = this.vol.journal !== null;
+    const plan = await this.run(async () => {
+      const st = await this.store.get(ino);
+      if (st.inode.isDir()) throw new FsError('EISDIR', 'is a directory');
+      const p = await this.files.planRead(st, offset, length, false);
+      if (!outside) await this.files.readPlannedInto(p, dest);
+      await this.touchAtime(st);
+      return p;
+    });
+    if (!outside) return plan.length;
+    const io = this.files.readPlannedInto(plan, dest);
+    this.readsInFlight.add(io);
+    try {
+      return await io;
+    } finally {
+      this.readsInFlight.delete(io);
+    }
+  }
+
   /** Reads running outside the lock (see read()). */
-  private readsInFlight = new Set<Promise<Buffer>>();
+  private readsInFlight = new Set<Promise<unknown>>();
 
   /**
    * relatime (the kernel's default): update atime when it is not newer than mtime or ctime,
    * or is more than a day old. Skipped on read-only images.
    */
   private async touchAtime(st: InodeState): Promise<void> {
-    if (this.vol.readOnly || this.noAtime) return;
-    const i = st.inode;
-    const a = i.atime;
-    const t = now();
-    const older = (x: Timespec, y: Timespec) => x.sec < y.sec || (x.sec === y.sec && x.nsec <= y.nsec);
-    if (older(a, i.mtime) || older(a, i.ctime) || t.sec - a.sec >= 24 * 3600) {
-      i.atime = t;
+    if (this.atimeDue(st)) {
+      st.inode.atime = now();
       await this.store.write(st);
     }
+  }
+
+  private atimeDue(st: InodeState): boolean {
+    if (this.vol.readOnly || this.noAtime) return false;
+    const i = st.inode;
+    const a = i.atime;
+    const older = (x: Timespec, y: Timespec) => x.sec < y.sec || (x.sec === y.sec && x.nsec <= y.nsec);
+    return older(a, i.mtime) || older(a, i.ctime) || Date.now() / 1000 - a.sec >= 24 * 3600;
+  }
+
+  /**
+   * readInto() answered without waiting, or undefined: the inode and its extent map in memory,
+   * no operation holding the lock, no atime to update, and the data in the host's page cache
+   * (FileIO.readPlannedNowait). The FUSE fast path tries this before the ordinary read.
+   */
+  readCached(ino: number, offset: number, length: number, dest: readonly Buffer[]): number | undefined {
+    const st = this.peekCached(ino);
+    if (!st || st.inode.isDir() || this.atimeDue(st)) return undefined;
+    const plan = this.files.planReadLoaded(st, offset, length);
+    return plan && this.files.readPlannedNowait(plan, dest) ? plan.length : undefined;
   }
 
   write(ino: number, offset: number, data: Buffer, opts: { killPriv?: boolean } = {}): Promise<number> {
@@ -896,9 +949,40 @@ export class Ext4Fs {
     return this.run(fn);
   }
 
+  /**
+   * Run fn under the operation lock as a journal transaction of its own: what is pending
+   * commits first (so the blocks it freed are reusable), fn's changes commit before the lock
+   * is released (defrag's extent switch, src/ext4/defrag.ts).
+   */
+  transaction<T>(fn: () => Promise<T>): Promise<T> {
+    return this.run(async () => {
+      this.writable();
+      await this.syncLocked(false);
+      const r = await fn();
+      // A journal commit has its own barriers; with nothing to commit none is needed.
+      await this.syncLocked(false);
+      return r;
+    }, true);
+  }
+
   /** Called under the lock before a file's blocks are freed; see InodeStore.beforeRelease. */
   set beforeRelease(hook: ((ino: number, from: number, to: number) => Promise<void>) | null) {
     this.store.beforeRelease = hook;
+  }
+
+  /** Run before a snapshot is taken, under the lock (kfsd: drop every DAX window mapping). */
+  beforeSnapshot: (() => Promise<void>) | null = null;
+
+  /** Run fn under the lock at a clean point of the image (snapshots; Volume.atCleanPoint). */
+  atCleanPoint<T>(fn: () => Promise<T>): Promise<T> {
+    return this.lock.run(async () => {
+      if (this.closed) throw new FsError('EIO', 'filesystem is closed');
+      this.writable();
+      if (this.beforeSnapshot) await this.beforeSnapshot();
+      if (this.readsInFlight.size) await Promise.allSettled([...this.readsInFlight]);
+      await this.store.flushAll();
+      return this.vol.atCleanPoint(fn);
+    });
   }
 
   /** The image's file descriptor (DAX maps ranges of it into a guest). */
@@ -1014,6 +1098,10 @@ function refuseKernelMounted(image: string): void {
 class OpLock {
   private held = false;
   private waiters: (() => void)[] = [];
+
+  get busy(): boolean {
+    return this.held;
+  }
 
   /** null: the lock was free and is now the caller's; otherwise resolves when it is. */
   acquire(): Promise<void> | null {

@@ -11,6 +11,7 @@ import {
 } from '../fuse/filesystem';
 import { FuseAttr } from '../fuse/structs';
 import type { DaxRun, DaxSource } from '../vhost/dax-window';
+import type { Directory } from './directory';
 
 const FUSE_ROOT = 1;
 const O_TRUNC = 0o1000;
@@ -43,6 +44,18 @@ function killSuidgidBits(mode: number, fileGid: number, ctx: RequestContext): nu
   return m;
 }
 
+/**
+ * Names LOOKUP found in one directory, valid while the directory's change count stays what it
+ * was when they were found (Directory.changes is bumped at the start of every change to its
+ * entries, so a name that maps to an inode at that count still does).
+ */
+interface KnownNames {
+  changes: number;
+  inos: Map<string, number>;
+}
+/** Names remembered per directory; past this the directory's set starts over. */
+const KNOWN_NAMES_MAX = 4096;
+
 interface OpenFile {
   ino: number;
   flags: number;
@@ -70,12 +83,51 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
 
   /** lookup with null for ENOENT (see MissPaths in the dispatcher). */
   async lookupOrNull(_ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr | null> {
-    const a = await this.ext4.lookupOrNull(this.ino(parent), name);
+    const pino = this.ino(parent);
+    // The change count before the lookup waits for the lock: a change under way now has bumped
+    // it already, one starting later bumps it again, so an unchanged count after the lookup
+    // means the answer still holds.
+    const dir = this.ext4.store.cached(pino)?.dir ?? null;
+    const changes = dir ? dir.changes : 0;
+    const a = await this.ext4.lookupOrNull(pino, name);
+    if (a && dir && dir.changes === changes) this.remember(dir, changes, name, a.ino);
     return a && entry(a);
+  }
+
+  private knownNames = new WeakMap<Directory, KnownNames>();
+
+  private remember(dir: Directory, changes: number, name: Buffer, ino: number): void {
+    let k = this.knownNames.get(dir);
+    if (!k || k.changes !== changes || k.inos.size >= KNOWN_NAMES_MAX) this.knownNames.set(dir, (k = { changes, inos: new Map() }));
+    k.inos.set(name.toString('latin1'), ino);
+  }
+
+  /** LOOKUP of a name found before in a directory unchanged since, with both inodes in memory. */
+  lookupSync(_ctx: RequestContext, parent: number, name: Buffer): EntryAttr | undefined {
+    const pino = toIno(parent);
+    if (!pino) return undefined;
+    const dir = this.ext4.peekCached(pino)?.dir;
+    if (!dir) return undefined;
+    const k = this.knownNames.get(dir);
+    if (!k || k.changes !== dir.changes) return undefined;
+    const ino = k.inos.get(name.toString('latin1'));
+    if (ino === undefined) return undefined;
+    const st = this.ext4.peekCached(ino);
+    if (!st) return undefined;
+    // ext4's Attr is an EntryAttr already, except that the root's generation must read 0.
+    const a = this.ext4.toAttr(st);
+    return a.ino === ROOT_INO ? entry(a) : a;
   }
 
   async getattr(_ctx: RequestContext, node: number): Promise<FuseAttr> {
     return fuseAttr(await this.ext4.getattr(this.ino(node)));
+  }
+
+  /** GETATTR of an inode in memory (ext4's Attr is a FuseAttr with more fields). */
+  getattrSync(_ctx: RequestContext, node: number): FuseAttr | undefined {
+    const ino = toIno(node);
+    const st = ino ? this.ext4.peekCached(ino) : null;
+    return st ? this.ext4.toAttr(st) : undefined;
   }
 
   async setattr(ctx: RequestContext, node: number, set: SetAttrRequest): Promise<FuseAttr> {
@@ -188,6 +240,14 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     return this.ext4.read(this.file(fh, node).ino, offset, size);
   }
 
+  readInto(_ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[]): Promise<number> {
+    return this.ext4.readInto(this.file(fh, node).ino, offset, size, dest);
+  }
+
+  readSync(_ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[]): number | undefined {
+    return this.ext4.readCached(this.file(fh, node).ino, offset, size, dest);
+  }
+
   async write(ctx: RequestContext, node: number, fh: number, offset: number, data: Buffer, killSuidgid: boolean): Promise<number> {
     const ino = this.file(fh, node).ino;
     const n = await this.ext4.write(ino, offset, data);
@@ -255,6 +315,10 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
 
   setReleaseHook(hook: ((node: number, from: number, to: number) => Promise<void>) | null): void {
     this.ext4.beforeRelease = hook && ((ino, from, to) => hook(toNode(ino), from, to));
+  }
+
+  setSnapshotHook(hook: (() => Promise<void>) | null): void {
+    this.ext4.beforeSnapshot = hook;
   }
 
   async releaseAll(): Promise<void> {

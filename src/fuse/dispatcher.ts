@@ -14,10 +14,11 @@ import {
 import { decodeRequest, decodeOptionsFor, DecodeError, DecodeOptions, DEFAULT_DECODE_OPTIONS, FuseRequest, FuseRequestOf, FuseOpKind } from './request';
 import {
   replyError, replyEmpty, replyEntry, replyAttr, replyOpen, replyCreate, replyWrite, replyStatfs,
-  replyXattrSize, replyInit, replyLseek, replyData, DirentPacker,
+  replyXattrSize, replyInit, replyLseek, replyData, replyDataInPlace, payloadViews, DirentPacker,
 } from './reply';
 import { EntryOut, FuseAttr } from './structs';
 import { FileSystem, RequestContext, EntryAttr, SetAttrRequest, DaxMapper } from './filesystem';
+import { FastPath, NOT_HANDLED } from './fast-path';
 
 export interface SessionOptions {
   /** Seconds the kernel may cache names and attributes (an image kfs owns alone: long). */
@@ -42,7 +43,7 @@ export interface Negotiated {
 
 export type Reply = Buffer | Buffer[] | null;
 
-type Handler<K extends FuseOpKind> = (req: FuseRequestOf<K>, ctx: RequestContext) => Promise<Reply> | Reply;
+type Handler<K extends FuseOpKind> = (req: FuseRequestOf<K>, ctx: RequestContext, dest?: readonly Buffer[]) => Promise<Reply> | Reply;
 type Handlers = { [K in FuseOpKind]?: Handler<K> };
 
 /**
@@ -100,9 +101,52 @@ export class FuseSession {
   adopt(n: Negotiated): void {
     this.negotiated = n;
     this.decodeOpts = decodeOptionsFor(n.minor, n.flags);
+    this.fast = new FastPath(this.fs, { entryTimeout: this.entryTimeout, attrTimeout: this.attrTimeout, minor: n.minor, maxWrite: n.maxWrite });
   }
 
-  async handle(buf: Buffer): Promise<Reply> {
+  /** Set up once INIT is agreed. */
+  private fast: FastPath | null = null;
+
+  /**
+   * Answer the request in buf[0, len) at once if it needs no I/O (fast-path.ts): returns the
+   * reply's length (0: no reply is due), or -1 when the request must go through handle(). The
+   * first `syncReplyHead` bytes of the reply are in `syncReply` until the next call; the rest
+   * (a READ's data) is already in `dest`, as handle() describes. `buf` may be reused by the
+   * caller as soon as this returns.
+   */
+  handleSync(buf: Buffer, len: number, dest?: readonly Buffer[]): number {
+    const fast = this.fast;
+    if (!fast) return NOT_HANDLED;
+    const observe = this.observeSync;
+    const t0 = observe ? performance.now() : 0;
+    const n = fast.answer(buf, len, dest);
+    if (n !== NOT_HANDLED) {
+      const name = FAST_NAMES[buf.readUInt32LE(4)] ?? 'unknown';
+      this.counts.set(name, (this.counts.get(name) ?? 0) + 1);
+      observe?.(buf.readUInt32LE(4), (performance.now() - t0) * 1000, n >= 16 && fast.reply.readInt32LE(4) < 0);
+    }
+    return n;
+  }
+
+  /** The buffer handleSync's replies are in. */
+  get syncReply(): Buffer {
+    return this.fast!.reply;
+  }
+
+  /** Bytes of handleSync's last reply that are in syncReply. */
+  get syncReplyHead(): number {
+    return this.fast!.replyHead;
+  }
+
+  /** Called for every request handleSync answered (request statistics; handle() is observed by wrapping it). */
+  observeSync: ((opcode: number, us: number, failed: boolean) => void) | null = null;
+
+  /**
+   * Decode and answer one request. `dest`, when the transport offers it, is where the reply will
+   * be written (a guest's writable descriptors): a READ may then put its data there directly,
+   * and its reply is the out header alone (replyDataInPlace), whose len counts that data.
+   */
+  async handle(buf: Buffer, dest?: readonly Buffer[]): Promise<Reply> {
     const req = decodeRequest(buf, this.decodeOpts);
     if (req instanceof DecodeError) {
       // ENAMETOOLONG is an ordinary answer (stat of a 256-byte name), not damage.
@@ -115,7 +159,7 @@ export class FuseSession {
     const unique = req.header.unique;
     try {
       if (!this.negotiated && req.kind !== 'init') throw new FsError('EIO', `${name} before INIT`);
-      return await this.dispatch(req);
+      return await this.dispatch(req, dest);
     } catch (e) {
       const errno = errnoOf(e);
       if (errno === constants.errno.EIO && !(e instanceof FsError)) log.error(`fuse ${name}: ${(e as Error).stack ?? String(e)}`);
@@ -149,12 +193,12 @@ export class FuseSession {
     if (this.opts.readOnly) throw new FsError('EROFS', 'mounted read-only');
   }
 
-  private dispatch(req: FuseRequest): Promise<Reply> | Reply {
+  private dispatch(req: FuseRequest, dest?: readonly Buffer[]): Promise<Reply> | Reply {
     const h = this.handlers[req.kind] as Handler<FuseOpKind> | undefined;
     // Locks stay in the kernel (no POSIX_LOCKS/FLOCK_LOCKS); ioctl, poll, bmap, statx, DAX
     // mapping on this transport: not implemented.
     if (!h) throw new FsError('ENOSYS', `${opcodeName(req.header.opcode)} is not implemented`);
-    return h(req as FuseRequestOf<FuseOpKind>, this.ctx(req));
+    return h(req as FuseRequestOf<FuseOpKind>, this.ctx(req), dest);
   }
 
   /**
@@ -240,8 +284,11 @@ export class FuseSession {
       const r = await this.fs.tmpfile(ctx, this.node(req), req.mode, req.flags, req.umask);
       return replyCreate(req.header.unique, this.entry(r), { fh: r.fh, open_flags: r.openFlags ?? 0 });
     },
-    read: async (req, ctx) => {
+    read: async (req, ctx, dest) => {
       const size = Math.min(req.size, this.negotiated!.maxWrite);
+      // Straight into the transport's buffers (no copy) when they hold the whole reply.
+      const into = dest && this.fs.readInto ? payloadViews(dest, size) : null;
+      if (into) return replyDataInPlace(req.header.unique, await this.fs.readInto!(ctx, this.node(req), req.fh, req.offset, size, into));
       return replyData(req.header.unique, await this.fs.read(ctx, this.node(req), req.fh, req.offset, size));
     },
     write: async (req, ctx) => {
@@ -375,8 +422,7 @@ export class FuseSession {
     const flags = req.flags & wanted;
     const maxPages = flags & InitFlag.MAX_PAGES ? Math.ceil(this.maxWrite / PAGE) : 32;
     const maxWrite = flags & InitFlag.MAX_PAGES ? this.maxWrite : Math.min(this.maxWrite, 32 * PAGE);
-    this.negotiated = { major: FUSE_KERNEL_VERSION, minor, flags, maxWrite, maxPages };
-    this.decodeOpts = decodeOptionsFor(minor, flags);
+    this.adopt({ major: FUSE_KERNEL_VERSION, minor, flags, maxWrite, maxPages });
     log.info(`fuse: INIT ${req.major}.${req.minor} → ${FUSE_KERNEL_VERSION}.${minor}, flags 0x${flags.toString(16)}, max_write ${maxWrite}`);
     return replyInit(u, initOut(FUSE_KERNEL_VERSION, minor, flags, req.max_readahead, maxWrite, maxPages));
   }
@@ -429,6 +475,9 @@ export class FuseSession {
     return replyData(req.header.unique, packer.finish());
   }
 }
+
+/** Counter names of the opcodes the fast path answers (the request kinds). */
+const FAST_NAMES: Record<number, string> = { 1: 'lookup', 2: 'forget', 3: 'getattr', 15: 'read', 42: 'batch_forget' };
 
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');

@@ -93,6 +93,24 @@ export interface FileSystem {
   copyFileRange?(ctx: RequestContext, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number>;
   tmpfile?(ctx: RequestContext, parent: number, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult>;
   syncfs?(ctx: RequestContext): Promise<void>;
+  /**
+   * Synchronous answers for the fast path (fast-path.ts): what the filesystem can tell from
+   * memory right now, or undefined when it would have to wait (I/O, a lock). A result must be
+   * the one the ordinary method would give at this moment. `name` and `ctx` are views of
+   * buffers the caller reuses: do not keep them past the call. Throwing means "use the
+   * ordinary method" too (it then reports the error).
+   */
+  getattrSync?(ctx: RequestContext, node: number): FuseAttr | undefined;
+  /** LOOKUP: the entry (counted as a lookup, as lookup() counts it), null for a miss, undefined: not now. */
+  lookupSync?(ctx: RequestContext, parent: number, name: Buffer): EntryAttr | null | undefined;
+  /**
+   * READ into the transport's buffers (a guest's writable descriptors) instead of a Buffer of
+   * its own: `dest` are consecutive views holding `size` bytes; returns the bytes read (short at
+   * the end of the file). Bytes past the returned count are left as they were.
+   */
+  readInto?(ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[]): Promise<number>;
+  /** readInto answered without waiting (data in memory or the page cache): bytes read, or undefined: not now. */
+  readSync?(ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[]): number | undefined;
   /** Unmount or connection end: make everything durable. */
   destroy(): Promise<void>;
   /**

@@ -130,6 +130,47 @@ export function replyData(unique: bigint, payload: Buffer | readonly Buffer[]): 
   return [header, ...parts];
 }
 
+/**
+ * The reply to a READ whose `size` bytes of data the filesystem already put into the
+ * transport's buffers right after the header's place (see payloadViews): the out header alone,
+ * its len counting the data. The transport writes it in front of the data and reports len.
+ */
+export function replyDataInPlace(unique: bigint, size: number): Buffer {
+  if (!(size >= 0 && size <= U32_MAX - SIZE.OUT_HEADER)) throw new RangeError(`in-place reply of ${size} bytes`);
+  const header = Buffer.alloc(SIZE.OUT_HEADER);
+  writeOutHeader(new ByteCursor(header), SIZE.OUT_HEADER + size, 0, unique);
+  return header;
+}
+
+/** Is `reply` an in-place data reply (replyDataInPlace), and how many bytes does it cover? 0 when not. */
+export function inPlaceLength(reply: Buffer | readonly Buffer[] | null): number {
+  if (reply === null || !Buffer.isBuffer(reply) || reply.length !== SIZE.OUT_HEADER) return 0;
+  const len = reply.readUInt32LE(0);
+  return len > SIZE.OUT_HEADER && reply.readInt32LE(4) === 0 ? len : 0;
+}
+
+/**
+ * Views of the `size` bytes that follow an out header in `dest` (a transport's reply buffers,
+ * in order), or null when dest holds less than header + size.
+ */
+export function payloadViews(dest: readonly Buffer[], size: number): Buffer[] | null {
+  let skip: number = SIZE.OUT_HEADER;
+  let left = size;
+  const out: Buffer[] = [];
+  for (const b of dest) {
+    if (left === 0) break;
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    const n = Math.min(left, b.length - skip);
+    out.push(skip === 0 && n === b.length ? b : b.subarray(skip, skip + n));
+    skip = 0;
+    left -= n;
+  }
+  return left === 0 ? out : null;
+}
+
 /** One buffer from an iovec (a copy: only for transports that cannot gather). */
 export function concatReply(iov: Buffer | readonly Buffer[]): Buffer {
   return Buffer.isBuffer(iov) ? iov : Buffer.concat(iov);

@@ -473,10 +473,21 @@ export interface FuseAttr {
   flags?: number;
 }
 
+/**
+ * A signed 64-bit tv_sec as two 32-bit halves (two's complement, exact below 2^53): the same
+ * bytes as putI64, without a BigInt per field on the path of every GETATTR and LOOKUP reply.
+ */
+function putTimeSec(c: ByteCursor, sec: number): void {
+  const hi = Math.floor(sec / 0x100000000);
+  c.putU32(sec - hi * 0x100000000).putI32(hi);
+}
+
 /** struct fuse_attr (88 bytes): the three u64 times first, then their three nsec fields. */
 export function writeAttr(c: ByteCursor, a: FuseAttr): void {
   c.putU64(a.ino).putU64(a.size).putU64(a.blocks);
-  c.putI64(a.atime.sec).putI64(a.mtime.sec).putI64(a.ctime.sec);
+  putTimeSec(c, a.atime.sec);
+  putTimeSec(c, a.mtime.sec);
+  putTimeSec(c, a.ctime.sec);
   c.putU32(a.atime.nsec).putU32(a.mtime.nsec).putU32(a.ctime.nsec);
   c.putU32(a.mode).putU32(a.nlink).putU32(a.uid).putU32(a.gid).putU32(a.rdev);
   c.putU32(a.blksize).putU32(a.flags ?? 0);
@@ -511,6 +522,63 @@ export interface AttrOut {
 export function writeAttrOut(c: ByteCursor, a: AttrOut): void {
   c.putU64(a.attr_valid).putU32(a.attr_valid_nsec ?? 0).putU32(0);
   writeAttr(c, a.attr);
+}
+
+/**
+ * writeAttr's bytes through a DataView at `at`, for the fast path (fast-path.ts), which encodes
+ * every GETATTR and LOOKUP reply into one buffer it owns: DataView stores compile to plain
+ * stores where the cursor's checked Buffer writes do not. The caller guarantees the room
+ * (SIZE.ATTR bytes); the layout is writeAttr's, which test/fuse-fast-path checks byte for byte.
+ */
+export function encodeAttrAt(v: DataView, at: number, a: FuseAttr): void {
+  setU64(v, at, a.ino);
+  setU64(v, at + 8, a.size);
+  setU64(v, at + 16, a.blocks);
+  setI64(v, at + 24, a.atime.sec);
+  setI64(v, at + 32, a.mtime.sec);
+  setI64(v, at + 40, a.ctime.sec);
+  v.setUint32(at + 48, a.atime.nsec, true);
+  v.setUint32(at + 52, a.mtime.nsec, true);
+  v.setUint32(at + 56, a.ctime.nsec, true);
+  v.setUint32(at + 60, a.mode, true);
+  v.setUint32(at + 64, a.nlink, true);
+  v.setUint32(at + 68, a.uid, true);
+  v.setUint32(at + 72, a.gid, true);
+  v.setUint32(at + 76, a.rdev, true);
+  v.setUint32(at + 80, a.blksize, true);
+  v.setUint32(at + 84, a.flags ?? 0, true);
+}
+
+/** u64 from a number below 2^53 (as putU64). */
+function setU64(v: DataView, at: number, x: number): void {
+  v.setUint32(at, x % 0x100000000, true);
+  v.setUint32(at + 4, Math.floor(x / 0x100000000), true);
+}
+
+/** i64 from a number, two's complement (as putTimeSec). */
+function setI64(v: DataView, at: number, x: number): void {
+  const hi = Math.floor(x / 0x100000000);
+  v.setUint32(at, x - hi * 0x100000000, true);
+  v.setInt32(at + 4, hi, true);
+}
+
+/** writeEntryOut's bytes through a DataView at `at` (see encodeAttrAt). */
+export function encodeEntryOutAt(v: DataView, at: number, nodeid: number, generation: number, entryValid: number, attrValid: number, a: FuseAttr): void {
+  setU64(v, at, nodeid);
+  setU64(v, at + 8, generation);
+  setU64(v, at + 16, entryValid);
+  setU64(v, at + 24, attrValid);
+  v.setUint32(at + 32, 0, true);
+  v.setUint32(at + 36, 0, true);
+  encodeAttrAt(v, at + 40, a);
+}
+
+/** writeAttrOut's bytes through a DataView at `at` (see encodeAttrAt). */
+export function encodeAttrOutAt(v: DataView, at: number, attrValid: number, a: FuseAttr): void {
+  setU64(v, at, attrValid);
+  v.setUint32(at + 8, 0, true);
+  v.setUint32(at + 12, 0, true);
+  encodeAttrAt(v, at + 16, a);
 }
 
 /** struct fuse_open_out: `backing_id` (7.40) is only read with FOPEN_PASSTHROUGH. */

@@ -58,16 +58,35 @@ export class CookieMap {
   }
 }
 
+/** Host inode numbers below this (inoHi < 2^20) on the share's own device are keyed by number. */
+const LOCAL_INO_HI_LIMIT = 2 ** 20;
+
 export class NodeTable {
   private byId = new Map<number, HostNode>();
   private byKey = new Map<string, HostNode>();
+  /**
+   * The same nodes as byKey for inodes of the share's own device (nearly all), by inode number:
+   * a LOOKUP of a known inode finds it without building and hashing the key string.
+   */
+  private byLocalIno = new Map<number, HostNode>();
   private nextSynthetic = SYNTHETIC_BASE;
+  private readonly rootDevHi: number;
+  private readonly rootDevLo: number;
   readonly root: HostNode;
 
   constructor(rootFd: number, rootKey: string, private readonly rootDev: string) {
+    [this.rootDevHi, this.rootDevLo] = rootDev.split(':').map(Number);
     this.root = { id: ROOT_ID, fd: rootFd, key: rootKey, type: 0o040000, refs: 1 };
     this.byId.set(ROOT_ID, this.root);
     this.byKey.set(rootKey, this.root);
+    const [, , inoHi, inoLo] = rootKey.split(':').map(Number);
+    const local = this.localIno(this.rootDevHi, this.rootDevLo, inoHi, inoLo);
+    if (local >= 0) this.byLocalIno.set(local, this.root);
+  }
+
+  /** The inode number as a byLocalIno key, or -1 for an inode keyed by string only. */
+  private localIno(devHi: number, devLo: number, inoHi: number, inoLo: number): number {
+    return devHi === this.rootDevHi && devLo === this.rootDevLo && inoHi < LOCAL_INO_HI_LIMIT ? inoHi * 2 ** 32 + inoLo : -1;
   }
 
   get size(): number {
@@ -92,8 +111,9 @@ export class NodeTable {
    * descriptor and `fd` is closed; otherwise `fd` becomes the node's.
    */
   adopt(fd: number, devHi: number, devLo: number, inoHi: number, inoLo: number, type: number): HostNode {
-    const key = `${devHi}:${devLo}:${inoHi}:${inoLo}`;
-    const known = this.byKey.get(key);
+    const local = this.localIno(devHi, devLo, inoHi, inoLo);
+    const key = local >= 0 ? null : `${devHi}:${devLo}:${inoHi}:${inoLo}`;
+    const known = key === null ? this.byLocalIno.get(local) : this.byKey.get(key);
     if (known) {
       fs.closeSync(fd);
       if (known !== this.root) known.refs++;
@@ -101,10 +121,17 @@ export class NodeTable {
     }
     let id = this.idFor(devHi, devLo, inoHi, inoLo);
     if (id === 0 || this.byId.has(id)) id = this.nextSynthetic++;
-    const node: HostNode = { id, fd, key, type, refs: 1 };
+    const node: HostNode = { id, fd, key: key ?? `${devHi}:${devLo}:${inoHi}:${inoLo}`, type, refs: 1 };
     this.byId.set(id, node);
-    this.byKey.set(key, node);
+    this.byKey.set(node.key, node);
+    if (local >= 0) this.byLocalIno.set(local, node);
     return node;
+  }
+
+  /** The node of an inode already in the table, if any. */
+  find(devHi: number, devLo: number, inoHi: number, inoLo: number): HostNode | undefined {
+    const local = this.localIno(devHi, devLo, inoHi, inoLo);
+    return local >= 0 ? this.byLocalIno.get(local) : this.byKey.get(`${devHi}:${devLo}:${inoHi}:${inoLo}`);
   }
 
   /** One more lookup reference to a node already held. */
@@ -120,6 +147,9 @@ export class NodeTable {
     if (node.refs > 0) return;
     this.byId.delete(id);
     this.byKey.delete(node.key);
+    const [devHi, devLo, inoHi, inoLo] = node.key.split(':').map(Number);
+    const local = this.localIno(devHi, devLo, inoHi, inoLo);
+    if (local >= 0) this.byLocalIno.delete(local);
     try {
       fs.closeSync(node.fd);
     } catch {

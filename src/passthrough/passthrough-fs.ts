@@ -166,7 +166,15 @@ export class PassthroughFs implements FileSystem {
   }
 
   private entryOf(node: HostNode, st: Float64Array): EntryAttr {
-    return { ...this.attr(node.id, st), generation: 0 };
+    // Spelled out, not a spread of attr(): this runs for every LOOKUP.
+    return {
+      ino: node.id, size: st[Stat.SIZE], blocks: st[Stat.BLOCKS],
+      atime: { sec: st[Stat.ATIME], nsec: st[Stat.ATIME_NS] },
+      mtime: { sec: st[Stat.MTIME], nsec: st[Stat.MTIME_NS] },
+      ctime: { sec: st[Stat.CTIME], nsec: st[Stat.CTIME_NS] },
+      mode: st[Stat.MODE], nlink: st[Stat.NLINK], uid: st[Stat.UID], gid: st[Stat.GID], rdev: st[Stat.RDEV], blksize: st[Stat.BLKSIZE],
+      generation: 0,
+    };
   }
 
   /** Make `fd` (O_PATH, ours to keep or close) a node with one more lookup reference. */
@@ -254,6 +262,31 @@ export class PassthroughFs implements FileSystem {
   async getattr(_ctx: RequestContext, node: number): Promise<FuseAttr> {
     const n = this.node(node);
     return this.attr(n.id, this.statFd(n.fd));
+  }
+
+  // Metadata calls are synchronous here anyway: the dispatcher's fast path takes them as they are.
+  getattrSync(_ctx: RequestContext, node: number): FuseAttr {
+    const n = this.node(node);
+    return this.attr(n.id, this.statFd(n.fd));
+  }
+
+  /**
+   * LOOKUP of a name whose inode the table already holds: one fstatat(AT_SYMLINK_NOFOLLOW) of
+   * the single component instead of open, fstat and close. The answer is the one lookupOrMiss
+   * gives (which would find the same (dev, ino) and close its new descriptor); a name that is
+   * missing, or whose inode is not held yet, goes the ordinary way.
+   */
+  lookupSync(_ctx: RequestContext, parent: number, name: Buffer): EntryAttr | undefined {
+    if (isDot(name) || isDotDot(name)) return undefined;
+    checkName(name, true);
+    const p = this.table.get(parent);
+    if (!p || p.type !== S_IFDIR) return undefined;
+    const st = this.st;
+    H.fstatat(p.fd, name, st);
+    const node = this.table.find(st[Stat.DEV_HI], st[Stat.DEV_LO], st[Stat.INO_HI], st[Stat.INO_LO]);
+    if (!node) return undefined;
+    this.table.ref(node);
+    return this.entryOf(node, st);
   }
 
   async setattr(ctx: RequestContext, node: number, set: SetAttrRequest): Promise<FuseAttr> {
@@ -416,6 +449,18 @@ export class PassthroughFs implements FileSystem {
     const n = await new Promise<number>((resolve, reject) =>
       fs.read(fd, buf, 0, size, offset, (e, got) => (e ? reject(hostError(e)) : resolve(got))));
     return buf.subarray(0, n);
+  }
+
+  /** readInto from the page cache without waiting (preadv2 RWF_NOWAIT); a short read (end of file, or partly cached) goes the ordinary way. */
+  readSync(_ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[]): number | undefined {
+    const fd = this.handle(fh, node, false).fd;
+    return native.preadNowait(fd, dest, offset) === size ? size : undefined;
+  }
+
+  /** One preadv into the transport's buffers (short only at the end of the file, as read()). */
+  async readInto(_ctx: RequestContext, node: number, fh: number, offset: number, _size: number, dest: Buffer[]): Promise<number> {
+    const fd = this.handle(fh, node, false).fd;
+    return new Promise<number>((resolve, reject) => fs.readv(fd, dest, offset, (e, got) => (e ? reject(hostError(e)) : resolve(got))));
   }
 
   async write(ctx: RequestContext, node: number, fh: number, offset: number, data: Buffer, killSuidgid: boolean): Promise<number> {

@@ -49,6 +49,8 @@ export interface DaxSource {
   exclusive(fn: () => Promise<void>): Promise<void>;
   /** Install (or with null remove) the hook the filesystem calls, under its lock, before it frees bytes [from, to) of node. */
   setReleaseHook(hook: ((node: number, from: number, to: number) => Promise<void>) | null): void;
+  /** Install the hook the filesystem calls, under its lock, before a snapshot is taken (the window then drops every mapping). */
+  setSnapshotHook?(hook: (() => Promise<void>) | null): void;
 }
 
 interface WindowMapping {
@@ -67,6 +69,14 @@ export class DaxWindow {
 
   constructor(readonly size: number, private channel: BackendChannel, private source: DaxSource) {
     source.setReleaseHook((node, from, to) => this.invalidate(node, from, to));
+    // A writable mapping relies on the copy-on-write done when it was set up, for the snapshots
+    // that existed then: a new snapshot needs every mapping set up again.
+    source.setSnapshotHook?.(() => this.dropAll());
+  }
+
+  /** Unmap every window range (before a snapshot is taken). */
+  async dropAll(): Promise<void> {
+    for (const m of [...this.mappings]) await this.drop(m);
   }
 
   async setup(node: number, fh: number, foffset: number, len: number, moffset: number, writable: boolean): Promise<void> {
@@ -111,6 +121,7 @@ export class DaxWindow {
 
   close(): void {
     this.source.setReleaseHook(null);
+    this.source.setSnapshotHook?.(null);
     if (this.zeroFd >= 0) fs.closeSync(this.zeroFd);
     this.zeroFd = -1;
     this.mappings = [];

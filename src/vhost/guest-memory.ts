@@ -21,13 +21,27 @@ export interface RegionDesc {
 
 interface Region extends RegionDesc {
   map: MappedRegion;
+  /** map.chunks and map.chunkSize, read once: properties of the addon's object load slowly. */
+  chunks: Buffer[];
+  chunkSize: number;
+  /** guestPhysAddr + memorySize. */
+  gpaEnd: number;
 }
 
 /** Above this, JS numbers stop being exact; no region may reach past it. */
 const ADDR_LIMIT = Number.MAX_SAFE_INTEGER;
 
+/** Views kept by guest address (see slices); the cache starts over when it reaches this. */
+const VIEW_CACHE_MAX = 4096;
+
 export class GuestMemory {
   private regions: Region[] = [];
+  /**
+   * Single-view translations already made, by guest address: a guest reuses the same buffers
+   * for its requests, and a Buffer view costs more to make than to look up. Dropped whenever
+   * the memory table changes.
+   */
+  private views = new Map<number, Buffer>();
 
   get size(): number {
     return this.regions.length;
@@ -48,7 +62,11 @@ export class GuestMemory {
       }
       // Map from file offset 0 and skip mmapOffset ourselves: the offset need not be page aligned.
       const map = native.mmap(fd, 0, off + size, true);
-      this.regions.push({ ...desc, map });
+      this.views.clear();
+      this.regions.push({
+        guestPhysAddr: gpa, memorySize: size, userspaceAddr: uva, mmapOffset: off, map,
+        chunks: map.chunks, chunkSize: map.chunkSize, gpaEnd: gpa + size,
+      });
       this.regions.sort((a, b) => a.guestPhysAddr - b.guestPhysAddr);
     } finally {
       fs.closeSync(fd);
@@ -59,6 +77,7 @@ export class GuestMemory {
   remove(desc: RegionDesc): boolean {
     const i = this.regions.findIndex((r) => r.guestPhysAddr === desc.guestPhysAddr && r.memorySize === desc.memorySize);
     if (i < 0) return false;
+    this.views.clear();
     this.regions[i].map.unmap();
     this.regions.splice(i, 1);
     return true;
@@ -67,11 +86,13 @@ export class GuestMemory {
   /** Take over other's regions (a complete new SET_MEM_TABLE), dropping ours. */
   replaceWith(other: GuestMemory): void {
     this.clear();
+    other.views.clear();
     this.regions = other.regions;
     other.regions = [];
   }
 
   clear(): void {
+    this.views.clear();
     for (const r of this.regions) r.map.unmap();
     this.regions = [];
   }
@@ -81,13 +102,24 @@ export class GuestMemory {
    * boundaries and adjacent regions; any byte outside every region is an error (EFAULT).
    */
   slices(addr: number, len: number, out: Buffer[]): void {
+    const known = this.views.get(addr);
+    if (known !== undefined && known.length === len) {
+      out.push(known);
+      return;
+    }
+    const first = out.length;
+    const start = addr;
     while (len > 0) {
       const r = this.findGpa(addr);
       if (!r) throw new FsError('EFAULT', `guest address ${addr.toString(16)} (+${len}) is outside guest memory`);
-      const inRegion = Math.min(len, r.guestPhysAddr + r.memorySize - addr);
+      const inRegion = Math.min(len, r.gpaEnd - addr);
       this.pushViews(r, r.mmapOffset + (addr - r.guestPhysAddr), inRegion, out);
       addr += inRegion;
       len -= inRegion;
+    }
+    if (out.length === first + 1) {
+      if (this.views.size >= VIEW_CACHE_MAX) this.views.clear();
+      this.views.set(start, out[first]);
     }
   }
 
@@ -105,14 +137,18 @@ export class GuestMemory {
   }
 
   private findGpa(addr: number): Region | undefined {
-    for (const r of this.regions) if (addr >= r.guestPhysAddr && addr < r.guestPhysAddr + r.memorySize) return r;
+    const regions = this.regions;
+    for (let i = 0; i < regions.length; i++) {
+      const r = regions[i];
+      if (addr >= r.guestPhysAddr && addr < r.gpaEnd) return r;
+    }
     return undefined;
   }
 
   private pushViews(r: Region, off: number, len: number, out: Buffer[]): void {
-    const cs = r.map.chunkSize;
+    const cs = r.chunkSize;
     while (len > 0) {
-      const chunk = r.map.chunks[Math.floor(off / cs)];
+      const chunk = r.chunks[Math.floor(off / cs)];
       const within = off % cs;
       const n = Math.min(len, chunk.length - within);
       out.push(chunk.subarray(within, within + n));

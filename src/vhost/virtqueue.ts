@@ -36,11 +36,16 @@ export interface DescriptorChain {
   writableBytes: number;
 }
 
+/** A DataView over a Buffer's bytes: its little-endian accessors inline where Buffer's methods validate. */
+function viewOf(b: Buffer): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.length);
+}
+
 export class SplitVirtqueue {
   num = 0;
-  private desc: Buffer | null = null;
-  private avail: Buffer | null = null;
-  private used: Buffer | null = null;
+  private desc: DataView | null = null;
+  private avail: DataView | null = null;
+  private used: DataView | null = null;
   addrs: { desc: number; avail: number; used: number } | null = null;
   lastAvail = 0;
   private usedIdx = 0;
@@ -77,10 +82,10 @@ export class SplitVirtqueue {
     if (this.num === 0) throw new FsError('EINVAL', `queue ${this.index}: ring address set before its size`);
     const { desc, avail, used } = this.addrs;
     if (desc % 16 || avail % 2 || used % 4) throw new FsError('EINVAL', `queue ${this.index}: misaligned ring addresses`);
-    this.desc = mem.uvaView(desc, this.num * DESC_SIZE);
-    this.avail = mem.uvaView(avail, 6 + 2 * this.num);
-    this.used = mem.uvaView(used, 6 + 8 * this.num);
-    this.usedIdx = this.used.readUInt16LE(2);
+    this.desc = viewOf(mem.uvaView(desc, this.num * DESC_SIZE));
+    this.avail = viewOf(mem.uvaView(avail, 6 + 2 * this.num));
+    this.used = viewOf(mem.uvaView(used, 6 + 8 * this.num));
+    this.usedIdx = this.used.getUint16(2, true);
     this.signalledValid = false;
   }
 
@@ -112,7 +117,7 @@ export class SplitVirtqueue {
 
   /** Guest has made buffers available that we have not taken. */
   hasAvail(): boolean {
-    return this.ready && this.avail!.readUInt16LE(2) !== this.lastAvail;
+    return this.ready && this.avail!.getUint16(2, true) !== this.lastAvail;
   }
 
   /**
@@ -124,13 +129,13 @@ export class SplitVirtqueue {
   pop(mem: GuestMemory): (DescriptorChain & { error?: string }) | null {
     if (!this.ready) return null;
     const avail = this.avail!;
-    const availIdx = avail.readUInt16LE(2);
+    const availIdx = avail.getUint16(2, true);
     if (availIdx === this.lastAvail) return null;
     if (((availIdx - this.lastAvail) & 0xffff) > this.num) {
       this.broken = `avail index ${availIdx} is more than ${this.num} ahead of ${this.lastAvail}`;
       return null;
     }
-    const head = avail.readUInt16LE(4 + 2 * (this.lastAvail % this.num));
+    const head = avail.getUint16(4 + 2 * (this.lastAvail % this.num), true);
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
     if (head >= this.num) {
       this.broken = `descriptor head ${head} is outside a queue of ${this.num}`;
@@ -158,10 +163,10 @@ export class SplitVirtqueue {
       if (i >= tableNum) throw new FsError('EINVAL', `descriptor ${i} is outside its table of ${tableNum}`);
       if (++seen > tableNum) throw new FsError('ELOOP', 'descriptor chain loops');
       const off = i * DESC_SIZE;
-      const addr = table.readUInt32LE(off) + table.readUInt32LE(off + 4) * 0x100000000;
-      const len = table.readUInt32LE(off + 8);
-      const flags = table.readUInt16LE(off + 12);
-      const next = table.readUInt16LE(off + 14);
+      const addr = table.getUint32(off, true) + table.getUint32(off + 4, true) * 0x100000000;
+      const len = table.getUint32(off + 8, true);
+      const flags = table.getUint16(off + 12, true);
+      const next = table.getUint16(off + 14, true);
       if (flags & F_INDIRECT) {
         // §2.7.5.3.1: no nesting, no NEXT together with INDIRECT, whole descriptors.
         if (indirect) throw new FsError('EINVAL', 'nested indirect descriptor table');
@@ -172,7 +177,7 @@ export class SplitVirtqueue {
         const parts: Buffer[] = [];
         mem.slices(addr, len, parts);
         // Copy: the guest may rewrite its table while we walk it; a copy gives one consistent view.
-        table = Buffer.concat(parts);
+        table = viewOf(Buffer.concat(parts));
         tableNum = len / DESC_SIZE;
         indirect = true;
         i = 0;
@@ -198,18 +203,18 @@ export class SplitVirtqueue {
   putUsed(head: number, len: number): void {
     if (!this.used) return; // ring was reset while the request ran: nothing to give back to
     const slot = 4 + 8 * (this.usedIdx % this.num);
-    this.used.writeUInt32LE(head, slot);
-    this.used.writeUInt32LE(len, slot + 4);
+    this.used.setUint32(slot, head, true);
+    this.used.setUint32(slot + 4, len, true);
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
-    this.used.writeUInt16LE(this.usedIdx, 2);
+    this.used.setUint16(2, this.usedIdx, true);
   }
 
   /** After used entries were published: should the guest be interrupted? */
   needsInterrupt(): boolean {
     if (!this.avail || !this.used) return false;
     native.fence();
-    if (!this.eventIdx) return (this.avail.readUInt16LE(0) & AVAIL_F_NO_INTERRUPT) === 0;
-    const usedEvent = this.avail.readUInt16LE(4 + 2 * this.num);
+    if (!this.eventIdx) return (this.avail.getUint16(0, true) & AVAIL_F_NO_INTERRUPT) === 0;
+    const usedEvent = this.avail.getUint16(4 + 2 * this.num, true);
     const old = this.signalledUsed;
     const valid = this.signalledValid;
     this.signalledUsed = this.usedIdx;
@@ -224,9 +229,9 @@ export class SplitVirtqueue {
    */
   rearmKick(): boolean {
     if (!this.eventIdx || !this.used || !this.ready) return false;
-    this.used.writeUInt16LE(this.lastAvail, 4 + 8 * this.num);
+    this.used.setUint16(4 + 8 * this.num, this.lastAvail, true);
     native.fence();
-    return this.avail!.readUInt16LE(2) !== this.lastAvail;
+    return this.avail!.getUint16(2, true) !== this.lastAvail;
   }
 
   interrupt(): void {

@@ -1,0 +1,172 @@
+/**
+ * The dispatcher's synchronous fast path: the requests a filesystem can answer from memory
+ * (GETATTR and LOOKUP of cached inodes) and those that need no answer (FORGET, BATCH_FORGET),
+ * decoded, answered and encoded in one call with no promise, no request object and no reply
+ * allocation. It is the bulk of what a guest sends once its working set is known, and the
+ * ordinary path's cost there is its promise chain, not the filesystem.
+ *
+ * It is an optimisation only: anything it does not handle exactly as decodeRequest + the
+ * handlers would (a header it does not expect, extensions, a short body, a name the decoder
+ * would refuse, a filesystem that cannot answer now) returns NOT_HANDLED and the request takes
+ * the ordinary path, which gives the error replies and logs. Layouts are fuse.h's, as in
+ * structs.ts: fuse_in_header {u32 len, u32 opcode, u64 unique, u64 nodeid, u32 uid, u32 gid,
+ * u32 pid, u16 total_extlen, u16 padding}; fuse_out_header {u32 len, i32 error, u64 unique}.
+ */
+import { ENTRY_NAME_MAX, FuseOpcode, SIZE, attrOutSize, entryOutSize, getattrInSize, readInSize } from './abi';
+import { payloadViews } from './reply';
+import { FileSystem, RequestContext } from './filesystem';
+import { encodeAttrOutAt, encodeEntryOutAt } from './structs';
+
+/** answer(): the request needs the ordinary path. */
+export const NOT_HANDLED = -1;
+
+const SLASH = 0x2f;
+const DOT = 0x2e;
+
+export interface FastPathSettings {
+  entryTimeout: number;
+  attrTimeout: number;
+  minor: number;
+  /** Negotiated max_write, also the largest READ. */
+  maxWrite: number;
+}
+
+export class FastPath {
+  /** The last reply, `answer()` bytes long; overwritten by the next call. */
+  readonly reply = Buffer.alloc(SIZE.OUT_HEADER + SIZE.ENTRY_OUT);
+  /**
+   * How much of the last reply is in `reply`: all of it, except after a READ, whose data went
+   * straight into `dest` after the header's place and whose header alone is here.
+   */
+  replyHead = 0;
+  private readonly out = new DataView(this.reply.buffer, this.reply.byteOffset, this.reply.length);
+  /** Reused for every request: the filesystem must not keep it (FileSystem.getattrSync). */
+  private readonly ctx: RequestContext = { uid: 0, gid: 0, pid: 0 };
+
+  constructor(private readonly fs: FileSystem, private readonly s: FastPathSettings) {}
+
+  /**
+   * Answer the request in buf[0, len): the reply's length in `reply` (0: no reply is due), or
+   * NOT_HANDLED.
+   */
+  answer(buf: Buffer, len: number, dest?: readonly Buffer[]): number {
+    if (len < SIZE.IN_HEADER) return NOT_HANDLED;
+    const msgLen = buf.readUInt32LE(0);
+    // Extensions (security contexts, supplementary groups) are for the ordinary decoder.
+    if (msgLen !== len || buf.readUInt16LE(36) !== 0) return NOT_HANDLED;
+    const opcode = buf.readUInt32LE(4);
+    const body = len - SIZE.IN_HEADER;
+    switch (opcode) {
+      case FuseOpcode.GETATTR:
+        return body === getattrInSize(this.s.minor) ? this.getattr(buf) : NOT_HANDLED;
+      case FuseOpcode.LOOKUP:
+        return this.lookup(buf, len);
+      case FuseOpcode.READ:
+        return dest && body === readInSize(this.s.minor) ? this.read(buf, dest) : NOT_HANDLED;
+      case FuseOpcode.FORGET:
+        // fuse_forget_in {u64 nlookup}; no reply.
+        if (body !== SIZE.FORGET_IN) return NOT_HANDLED;
+        this.fs.forget?.(u64(buf, 16), u64(buf, SIZE.IN_HEADER));
+        return 0;
+      case FuseOpcode.BATCH_FORGET: {
+        // fuse_batch_forget_in {u32 count, u32 dummy} then count x fuse_forget_one {u64 nodeid, u64 nlookup}.
+        if (body < SIZE.BATCH_FORGET_IN) return NOT_HANDLED;
+        const count = buf.readUInt32LE(SIZE.IN_HEADER);
+        if (count * SIZE.FORGET_ONE !== body - SIZE.BATCH_FORGET_IN) return NOT_HANDLED;
+        const fs = this.fs;
+        if (fs.forget) {
+          for (let i = 0, at = SIZE.IN_HEADER + SIZE.BATCH_FORGET_IN; i < count; i++, at += SIZE.FORGET_ONE) fs.forget(u64(buf, at), u64(buf, at + 8));
+        }
+        return 0;
+      }
+      default:
+        return NOT_HANDLED;
+    }
+  }
+
+  private context(buf: Buffer): RequestContext {
+    const ctx = this.ctx;
+    ctx.uid = buf.readUInt32LE(24);
+    ctx.gid = buf.readUInt32LE(28);
+    ctx.pid = buf.readUInt32LE(32);
+    return ctx;
+  }
+
+  private getattr(buf: Buffer): number {
+    if (!this.fs.getattrSync) return NOT_HANDLED;
+    let attr;
+    try {
+      attr = this.fs.getattrSync(this.context(buf), u64(buf, 16));
+    } catch {
+      return NOT_HANDLED;
+    }
+    if (!attr) return NOT_HANDLED;
+    // The full-size body is written and then cut, as replySized does for the FUSE_COMPAT sizes.
+    const size = attrOutSize(this.s.minor);
+    this.header(buf, size);
+    encodeAttrOutAt(this.out, SIZE.OUT_HEADER, this.s.attrTimeout, attr);
+    return this.finish(size);
+  }
+
+  private lookup(buf: Buffer, len: number): number {
+    if (!this.fs.lookupSync) return NOT_HANDLED;
+    // The name: NUL-terminated, 1..255 bytes, no '/' (decodeRequest's entryName for LOOKUP).
+    const start = SIZE.IN_HEADER;
+    const nul = buf.indexOf(0, start);
+    if (nul < 0 || nul >= len) return NOT_HANDLED;
+    const n = nul - start;
+    if (n === 0 || n > ENTRY_NAME_MAX) return NOT_HANDLED;
+    const name = buf.subarray(start, nul);
+    if (name.includes(SLASH) || (name[0] === DOT && (n === 1 || (n === 2 && name[1] === DOT)))) return NOT_HANDLED;
+    let found;
+    try {
+      found = this.fs.lookupSync(this.context(buf), u64(buf, 16), name);
+    } catch {
+      return NOT_HANDLED;
+    }
+    // A miss goes the ordinary way: it decides between ENOENT and a negative entry.
+    if (!found) return NOT_HANDLED;
+    const size = entryOutSize(this.s.minor);
+    this.header(buf, size);
+    encodeEntryOutAt(this.out, SIZE.OUT_HEADER, found.ino, found.generation, this.s.entryTimeout, this.s.attrTimeout, found);
+    return this.finish(size);
+  }
+
+  private read(buf: Buffer, dest: readonly Buffer[]): number {
+    if (!this.fs.readSync) return NOT_HANDLED;
+    // fuse_read_in {u64 fh, u64 offset, u32 size, u32 read_flags, ...}
+    const at = SIZE.IN_HEADER;
+    const size = Math.min(buf.readUInt32LE(at + 16), this.s.maxWrite);
+    if (size === 0) return NOT_HANDLED;
+    const views = payloadViews(dest, size);
+    if (!views) return NOT_HANDLED;
+    let n;
+    try {
+      n = this.fs.readSync(this.context(buf), u64(buf, 16), u64(buf, at), u64(buf, at + 8), size, views);
+    } catch {
+      return NOT_HANDLED;
+    }
+    if (n === undefined) return NOT_HANDLED;
+    this.header(buf, n);
+    this.replyHead = SIZE.OUT_HEADER;
+    return SIZE.OUT_HEADER + n;
+  }
+
+  /** fuse_out_header for a reply of `bodySize` (error 0, the request's unique copied as bytes). */
+  private header(req: Buffer, bodySize: number): void {
+    const out = this.out;
+    out.setUint32(0, SIZE.OUT_HEADER + bodySize, true);
+    out.setInt32(4, 0, true);
+    out.setUint32(8, req.readUInt32LE(8), true);
+    out.setUint32(12, req.readUInt32LE(12), true);
+  }
+
+  private finish(bodySize: number): number {
+    this.replyHead = SIZE.OUT_HEADER + bodySize;
+    return this.replyHead;
+  }
+}
+
+function u64(buf: Buffer, at: number): number {
+  return buf.readUInt32LE(at + 4) * 0x100000000 + buf.readUInt32LE(at);
+}

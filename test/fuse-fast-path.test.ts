@@ -1,0 +1,189 @@
+/**
+ * The dispatcher's synchronous fast path (src/fuse/fast-path.ts) against the ordinary one, on a
+ * real Ext4Fs image and a real host directory (PassthroughFs): every reply handleSync gives must
+ * be byte for byte the reply handle() gives for the same request at that moment, READ data
+ * included, and a name the fast path knew must stop answering from memory once its directory
+ * changes. Messages are built at fuse.h offsets (fuse_in_header 40 bytes, fuse_out_header 16).
+ */
+import test, { ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Ext4Fs } from '../src/ext4/fs';
+import { Ext4FuseFs } from '../src/ext4/fuse-adapter';
+import { PassthroughFs } from '../src/passthrough/passthrough-fs';
+import { FuseSession, Reply } from '../src/fuse/dispatcher';
+import { FileSystem } from '../src/fuse/filesystem';
+import { makeImage, tempDir } from './helpers/image';
+
+const OP = { LOOKUP: 1, FORGET: 2, GETATTR: 3, UNLINK: 10, RENAME: 12, OPEN: 14, READ: 15, WRITE: 16, RELEASE: 18, INIT: 26, CREATE: 35 };
+let unique = 100n;
+
+function msg(opcode: number, nodeid: number, body: Buffer): Buffer {
+  const h = Buffer.alloc(40);
+  h.writeUInt32LE(40 + body.length, 0);
+  h.writeUInt32LE(opcode, 4);
+  h.writeBigUInt64LE(unique++, 8);
+  h.writeBigUInt64LE(BigInt(nodeid), 16);
+  return Buffer.concat([h, body]);
+}
+
+function bytes(r: Reply): Buffer {
+  if (!r) throw new Error('no reply');
+  return Array.isArray(r) ? Buffer.concat(r) : r;
+}
+
+const name = (s: string): Buffer => Buffer.from(`${s}\0`);
+/** fuse_read_in {fh, offset, size, read_flags, lock_owner, flags, padding}. */
+function readIn(fh: number, offset: number, size: number): Buffer {
+  const b = Buffer.alloc(40);
+  b.writeBigUInt64LE(BigInt(fh), 0);
+  b.writeBigUInt64LE(BigInt(offset), 8);
+  b.writeUInt32LE(size, 16);
+  return b;
+}
+
+interface Served {
+  s: FuseSession;
+  /** Send through handle(); the reply's bytes. */
+  call(m: Buffer): Promise<Buffer>;
+  /** Send through handleSync with `dest` as the transport's buffers; null when not handled. */
+  sync(m: Buffer, dest?: Buffer[]): Buffer | null;
+}
+
+async function serve(t: ExecutionContext, fsys: FileSystem): Promise<Served> {
+  const s = new FuseSession(fsys);
+  const init = Buffer.alloc(64);
+  init.writeUInt32LE(7, 0);
+  init.writeUInt32LE(38, 4);
+  init.writeUInt32LE(1 << 20, 8);
+  init.writeUInt32LE(0xffffffff, 12);
+  const r = bytes(await s.handle(msg(OP.INIT, 0, init)));
+  t.is(r.readInt32LE(4), 0);
+  return {
+    s,
+    call: async (m) => bytes(await s.handle(m)),
+    sync: (m, dest) => {
+      const n = s.handleSync(m, m.length, dest);
+      if (n < 0) return null;
+      const head = Buffer.from(s.syncReply.subarray(0, s.syncReplyHead));
+      if (n === s.syncReplyHead) return head;
+      // A READ: the data went into dest after the header's place.
+      return Buffer.concat([head, Buffer.concat(dest!).subarray(16, n)]);
+    },
+  };
+}
+
+/** Create `file` with `data` in the root; its node id and an open read handle. */
+async function makeFile(v: Served, file: string, data: Buffer): Promise<{ node: number; fh: number }> {
+  const cr = Buffer.alloc(16);
+  cr.writeUInt32LE(2 /* O_RDWR */, 0);
+  cr.writeUInt32LE(0o100644, 4);
+  const c = await v.call(msg(OP.CREATE, 1, Buffer.concat([cr, name(file)])));
+  const node = Number(c.readBigUInt64LE(16));
+  const fh = Number(c.readBigUInt64LE(16 + 128));
+  const w = Buffer.alloc(40);
+  w.writeBigUInt64LE(BigInt(fh), 0);
+  w.writeUInt32LE(data.length, 16);
+  const wr = await v.call(msg(OP.WRITE, node, Buffer.concat([w, data])));
+  if (wr.readInt32LE(4) !== 0) throw new Error(`write failed ${wr.readInt32LE(4)}`);
+  return { node, fh };
+}
+
+/** The same request through both paths; the fast one must answer and agree. */
+async function same(t: ExecutionContext, v: Served, build: () => Buffer, dest?: () => Buffer[], what = ''): Promise<void> {
+  const m = build();
+  const fast = v.sync(m, dest?.());
+  t.truthy(fast, `${what}: answered on the fast path`);
+  const slow = await v.call(m);
+  t.deepEqual(fast, slow, what);
+}
+
+const backends: [string, (t: ExecutionContext) => Promise<FileSystem>][] = [
+  ['ext4 image', async (t) => {
+    const ext4 = await Ext4Fs.open(makeImage(t, { size: '32M', blockSize: 4096 }), { commitIntervalMs: 0 });
+    t.teardown(() => ext4.close());
+    return new Ext4FuseFs(ext4);
+  }],
+  ['host directory', async (t) => {
+    const p = await PassthroughFs.open(tempDir(t, 'fastpath'));
+    t.teardown(() => p.destroy());
+    return p;
+  }],
+];
+
+for (const [label, open] of backends) {
+  test(`${label}: GETATTR, LOOKUP and READ replies from the fast path equal handle()'s`, async (t) => {
+    const v = await serve(t, await open(t));
+    const data = Buffer.alloc(3 * 4096 + 123);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7 + 3) & 0xff;
+    const { node, fh } = await makeFile(v, 'f', data);
+    await same(t, v, () => msg(OP.GETATTR, node, Buffer.alloc(16)), undefined, 'getattr');
+    await same(t, v, () => msg(OP.GETATTR, 1, Buffer.alloc(16)), undefined, 'getattr of the root');
+    // The first LOOKUP of a name may need the ordinary path; after it, the fast one knows it.
+    const first = msg(OP.LOOKUP, 1, name('f'));
+    if (!v.sync(first)) await v.call(first);
+    await same(t, v, () => msg(OP.LOOKUP, 1, name('f')), undefined, 'lookup');
+    // Reads across the end of the file, into one buffer and into buffers split mid-header and mid-data.
+    const cases: [number, number, number[]][] = [[0, 4096, [16 + 4096]], [100, 8000, [7, 9 + 3000, 5000]], [4096, 1 << 20, [16 + (1 << 20)]]];
+    for (const [off, size, splits] of cases) {
+      const m = msg(OP.READ, node, readIn(fh, off, size));
+      const fast = v.sync(m, splits.map((n) => Buffer.alloc(n, 0xee)));
+      const slow = await v.call(m);
+      t.deepEqual(slow.subarray(16), data.subarray(off, off + size), `read ${off}+${size}: data`);
+      if (fast) t.deepEqual(fast, slow, `read ${off}+${size}: the fast reply equals the ordinary one`);
+    }
+    // A second pass is served from memory (ext4: extents loaded, atime done; host: page cache).
+    await same(t, v, () => msg(OP.READ, node, readIn(fh, 100, 8000)), () => [Buffer.alloc(7), Buffer.alloc(9 + 3000), Buffer.alloc(5000)], 'read, again');
+    // Transport buffers smaller than the reply: the ordinary path decides.
+    t.is(v.sync(msg(OP.READ, node, readIn(fh, 0, 4096)), [Buffer.alloc(100)]), null);
+  });
+
+  test(`${label}: a name stops being answered from memory when its directory changes`, async (t) => {
+    const v = await serve(t, await open(t));
+    const a = await makeFile(v, 'a', Buffer.from('first'));
+    const look = () => msg(OP.LOOKUP, 1, name('a'));
+    const l0 = await v.call(look());
+    t.is(Number(l0.readBigUInt64LE(16)), a.node);
+    // Replace "a" by another file under the same name.
+    const b = await makeFile(v, 'b', Buffer.from('second one'));
+    const rn = Buffer.alloc(8);
+    rn.writeBigUInt64LE(1n, 0);
+    t.is((await v.call(msg(OP.RENAME, 1, Buffer.concat([rn, name('b'), name('a')])))).readInt32LE(4), 0);
+    const fast = v.sync(look());
+    const slow = await v.call(look());
+    t.is(Number(slow.readBigUInt64LE(16)), b.node, 'the ordinary path sees the new file');
+    if (fast) t.is(Number(fast.readBigUInt64LE(16)), b.node, 'the fast path does not answer with the old one');
+    // After unlink, no fast answer at all, and the ordinary one is ENOENT.
+    t.is((await v.call(msg(OP.UNLINK, 1, name('a')))).readInt32LE(4), 0);
+    t.is(v.sync(look()), null);
+    t.is((await v.call(look())).readInt32LE(4), -2);
+    // GETATTR of the file still open shows the unlink (nlink 0 at fuse_attr_out 16 + 16 + 64).
+    const g = v.sync(msg(OP.GETATTR, b.node, Buffer.alloc(16)));
+    if (g) t.is(g.readUInt32LE(16 + 16 + 64), 0);
+  });
+}
+
+test('FORGET and BATCH_FORGET are taken on the fast path without a reply', async (t) => {
+  const dir = tempDir(t, 'fastpath');
+  fs.writeFileSync(path.join(dir, 'x'), 'x');
+  const p = await PassthroughFs.open(dir);
+  t.teardown(() => p.destroy());
+  const v = await serve(t, p);
+  const node = Number((await v.call(msg(OP.LOOKUP, 1, name('x')))).readBigUInt64LE(16));
+  const before = p.nodeCount;
+  const f = Buffer.alloc(8);
+  f.writeBigUInt64LE(1n, 0);
+  const m = msg(OP.FORGET, node, f);
+  t.is(v.s.handleSync(m, m.length), 0);
+  t.is(p.nodeCount, before - 1, 'the lookup reference is gone');
+  // BATCH_FORGET (42) of an unknown node: accepted, nothing happens.
+  const bf = Buffer.alloc(8 + 16);
+  bf.writeUInt32LE(1, 0);
+  bf.writeBigUInt64LE(999999n, 8);
+  bf.writeBigUInt64LE(1n, 16);
+  const bm = msg(42, 0, bf);
+  t.is(v.s.handleSync(bm, bm.length), 0);
+  // A truncated BATCH_FORGET is left to the ordinary decoder.
+  const short = msg(42, 0, bf.subarray(0, 20));
+  t.is(v.s.handleSync(short, short.length), -1);
+});
