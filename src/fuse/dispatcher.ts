@@ -80,7 +80,20 @@ export class FuseSession {
   private readonly attrTimeout: number;
   private readonly negativeTimeout: number;
   private readonly maxWrite: number;
-  readonly counts = new Map<string, number>();
+  private readonly countsByKind = new Map<string, number>();
+  /** handleSync's requests by opcode, added to `counts` when it is read (a Map update per request costs more than the answer). */
+  private readonly syncCounts = new Uint32Array(64);
+
+  /** Requests handled, by kind. */
+  get counts(): Map<string, number> {
+    for (const [op, name] of FAST_KINDS) {
+      const n = this.syncCounts[op];
+      if (n === 0) continue;
+      this.countsByKind.set(name, (this.countsByKind.get(name) ?? 0) + n);
+      this.syncCounts[op] = 0;
+    }
+    return this.countsByKind;
+  }
   destroyed = false;
   /** Set by a transport that has a DAX window (virtio-fs with SHMEM). */
   dax: DaxMapper | null = null;
@@ -121,9 +134,9 @@ export class FuseSession {
     const t0 = observe ? performance.now() : 0;
     const n = fast.answer(buf, len, dest);
     if (n !== NOT_HANDLED) {
-      const name = FAST_NAMES[buf.readUInt32LE(4)] ?? 'unknown';
-      this.counts.set(name, (this.counts.get(name) ?? 0) + 1);
-      observe?.(buf.readUInt32LE(4), (performance.now() - t0) * 1000, n >= 16 && fast.reply.readInt32LE(4) < 0);
+      const opcode = buf.readUInt32LE(4); // one of FAST_KINDS' (answer() took no other)
+      this.syncCounts[opcode]++;
+      observe?.(opcode, (performance.now() - t0) * 1000, n >= 16 && fast.reply.readInt32LE(4) < 0);
     }
     return n;
   }
@@ -155,7 +168,7 @@ export class FuseSession {
       return req.noReply ? null : replyError(req.unique, req.errno);
     }
     const name = req.kind;
-    this.counts.set(name, (this.counts.get(name) ?? 0) + 1);
+    this.countsByKind.set(name, (this.countsByKind.get(name) ?? 0) + 1);
     const unique = req.header.unique;
     try {
       if (!this.negotiated && req.kind !== 'init') throw new FsError('EIO', `${name} before INIT`);
@@ -476,8 +489,8 @@ export class FuseSession {
   }
 }
 
-/** Counter names of the opcodes the fast path answers (the request kinds). */
-const FAST_NAMES: Record<number, string> = { 1: 'lookup', 2: 'forget', 3: 'getattr', 15: 'read', 42: 'batch_forget' };
+/** The opcodes the fast path answers, with their request kinds (all below 64: syncCounts). */
+const FAST_KINDS: [number, string][] = [[1, 'lookup'], [2, 'forget'], [3, 'getattr'], [15, 'read'], [42, 'batch_forget']];
 
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');

@@ -41,6 +41,8 @@ export class FuseDevice {
 
   private constructor(readonly fd: number, readonly mountpoint: string, private session: FuseSession) {
     this.buf = Buffer.alloc(session.bufferSize);
+    this.syncReplyBuf = Buffer.alloc(session.bufferSize);
+    this.syncDest = [this.syncReplyBuf];
     this.done = new Promise((r) => (this.endResolve = r));
   }
 
@@ -137,6 +139,16 @@ export class FuseDevice {
       return;
     }
     if (n === 0) return;
+    // Requests answerable from memory (cached GETATTR/LOOKUP, READ of data in the host's page
+    // cache, FORGET) are answered here, with no copy of the request and no promise; not while
+    // a change waits for its commit (its reply must go first: reply-gate.ts).
+    if (!this.gate || this.gate.quiet) {
+      const len = this.session.handleSync(this.buf, n, this.syncDest);
+      if (len >= 0) {
+        if (len > 0) this.sendSync(len);
+        return;
+      }
+    }
     // Copy out: the read buffer is reused while this request is served.
     const req = Buffer.from(this.buf.subarray(0, n));
     this.inflight++;
@@ -185,6 +197,23 @@ export class FuseDevice {
       // ENOENT: the request was interrupted/aborted meanwhile; ENODEV: unmounted.
       if (code !== 'ENOENT' && code !== 'ENODEV') log.error(`fuse: writing a reply failed: ${(e as Error).message}`);
     }
+  }
+
+  /**
+   * Where handleSync puts a READ's data: one buffer for a whole reply, the data after the out
+   * header's place (payloadViews), so header and data go out in one write.
+   */
+  private readonly syncReplyBuf: Buffer;
+  private readonly syncDest: Buffer[];
+
+  /** Write handleSync's reply of `len` bytes. */
+  private sendSync(len: number): void {
+    const head = this.session.syncReplyHead;
+    const out = this.session.syncReply;
+    if (head === len) return this.send(out.subarray(0, len));
+    // A READ: the header is in syncReply, the data already in place in syncReplyBuf.
+    out.copy(this.syncReplyBuf, 0, 0, head);
+    this.send(this.syncReplyBuf.subarray(0, len));
   }
 
   /** Write a notification (inval_inode, inval_entry...). */

@@ -49,9 +49,14 @@ export class ReplyGate {
     this.mutations++;
   }
 
+  /** No change in flight or waiting for its commit: a reply of a request that changes nothing may go out now. */
+  get quiet(): boolean {
+    return this.mutations === 0 && !this.committing && !this.scheduled && this.held.length === 0;
+  }
+
   /** A reply of a request that changes nothing: true if it must wait (it is then the gate's). */
   hold(reply: Reply): boolean {
-    if (this.mutations === 0 && !this.committing && !this.scheduled && this.held.length === 0) return false;
+    if (this.quiet) return false;
     this.held.push(reply);
     return true;
   }

@@ -30,14 +30,13 @@ const SYNC_REQUEST_MAX = 4096;
 const LARGE_REQUEST = 64 << 10;
 const LARGE_REQUEST_POOL = 8;
 /**
- * Answered reply bytes, or requests, after which the guest is signalled before the rest of the
- * kick's requests are served: it can take the replies (copy large READ data, submit new
- * requests) while kfsd answers the next ones, instead of the two taking turns. EVENT_IDX keeps
- * this from costing an interrupt each time: a guest still busy with earlier replies has not
- * moved used_event on, and takes the new ones in the same pass.
+ * Reply bytes answered after which the guest is signalled before the rest of the kick's
+ * requests are served: it can copy large READ replies while kfsd reads the next ones, instead
+ * of the two taking turns (sequential 1 MiB reads: 1.2-2x). Small replies are signalled once
+ * per kick: signalling every few of them measured slower, the guest then waking more often for
+ * fewer replies.
  */
 const SIGNAL_EARLY_BYTES = 256 << 10;
-const SIGNAL_EARLY_REQUESTS = 4;
 
 export interface VirtioFsOptions {
   /** Request queues besides hiprio (QEMU's num-request-queues may be at most this). */
@@ -98,7 +97,8 @@ export class VirtioFsDevice implements VirtioDevice {
   }
 
   process(q: SplitVirtqueue, mem: GuestMemory): void {
-    let answered = 0; // replies not signalled yet, weighed in bytes (see SIGNAL_EARLY_BYTES)
+    let answered = false; // chains given back since the last interrupt
+    let bytes = 0; // and the reply bytes in them
     do {
       for (let chain = q.pop(mem); chain; chain = q.pop(mem)) {
         if (chain.error) {
@@ -109,11 +109,15 @@ export class VirtioFsDevice implements VirtioDevice {
           continue;
         }
         const written = this.serveSync(q, chain);
-        if (written < 0) this.serve(q, chain);
-        else if ((answered += written + SIGNAL_EARLY_BYTES / SIGNAL_EARLY_REQUESTS) >= SIGNAL_EARLY_BYTES) {
-          // Let the guest take these replies while the next requests are answered.
+        if (written < 0) {
+          this.serve(q, chain);
+        } else if ((bytes += written) >= SIGNAL_EARLY_BYTES) {
+          // Let the guest take these replies (READ data) while the next ones are read.
           if (q.needsInterrupt()) q.interrupt();
-          answered = 0;
+          answered = false;
+          bytes = 0;
+        } else {
+          answered = true;
         }
       }
       if (q.broken) {
@@ -122,7 +126,20 @@ export class VirtioFsDevice implements VirtioDevice {
       }
     } while (q.rearmKick());
     // One interrupt for everything answered during this kick, without waiting for the loop.
-    if (answered > 0 && q.needsInterrupt()) q.interrupt();
+    if (answered && q.needsInterrupt()) q.interrupt();
+  }
+
+  /** Views of the first n bytes of the session's syncReply, by n (a view per reply costs more than its copy). */
+  private prefixes: Uint8Array[] = [];
+  private prefixesOf: Buffer | null = null;
+
+  private replyPrefix(n: number): Uint8Array {
+    const reply = this.session.syncReply;
+    if (this.prefixesOf !== reply) {
+      this.prefixes = [];
+      this.prefixesOf = reply;
+    }
+    return (this.prefixes[n] ??= new Uint8Array(reply.buffer, reply.byteOffset, n));
   }
 
   /** Requests at most this large are tried on the session's synchronous path. */
@@ -152,7 +169,10 @@ export class VirtioFsDevice implements VirtioDevice {
         written = chain.writableBytes >= OUT_HEADER_SIZE ? scatter([errorHeader(req, EIO)], chain.writable) : 0;
       } else {
         // The head of the reply; a READ's data is in chain.writable already, after it.
-        scatterBytes(this.session.syncReply, this.session.syncReplyHead, chain.writable);
+        const head = this.session.syncReplyHead;
+        const first = chain.writable[0];
+        if (first.length >= head) first.set(this.replyPrefix(head));
+        else scatterBytes(this.session.syncReply, head, chain.writable);
         written = n;
       }
     }
