@@ -101,7 +101,15 @@ export class BlockDevice {
     const readOnly = !!opts.readOnly;
     let fd: number;
     try {
-      fd = fs.openSync(path, readOnly ? 'r' : 'r+');
+      // O_NOATIME: every read of the image would otherwise have the host check (and maybe write)
+      // its atime; it needs the file's owner or CAP_FOWNER, so without it the plain open.
+      const flags = readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
+      try {
+        fd = fs.openSync(path, flags | fs.constants.O_NOATIME);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EPERM') throw e;
+        fd = fs.openSync(path, flags);
+      }
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
       throw new FsError(code as 'ENOENT', `cannot open image ${path}: ${(e as Error).message}`);

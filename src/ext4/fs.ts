@@ -10,7 +10,7 @@ import path from 'node:path';
 import { FsError, CorruptionError } from '../util/errors';
 import { log } from '../util/log';
 import { Volume, VolumeOptions } from './volume';
-import { InodeStore, InodeState, now } from './inode-store';
+import { InodeStore, InodeState, now, writeTime } from './inode-store';
 import { Directory, DirEntryInfo } from './directory';
 import { XattrStore } from './xattr-store';
 import { FileIO } from './file-io';
@@ -711,12 +711,21 @@ export class Ext4Fs {
       this.writable();
       const st = await this.store.get(ino);
       if (!st.inode.isReg()) throw new FsError(st.inode.isDir() ? 'EISDIR' : 'EINVAL', 'not a regular file');
+      const i = st.inode;
+      const size = i.size;
+      const mode = i.f.i_mode;
       const n = await this.files.write(st, offset, data);
-      const t = now();
-      st.inode.mtime = t;
-      st.inode.ctime = t;
+      // Stamped only when the clock has moved a tick past the stamps (writeTime), as ext4 does.
+      const t = writeTime();
+      const later = (a: Timespec, b: Timespec) => a.sec > b.sec || (a.sec === b.sec && a.nsec > b.nsec);
+      const stamp = later(t, i.mtime) || later(t, i.ctime);
+      if (stamp) {
+        i.mtime = t;
+        i.ctime = t;
+      }
       if (opts.killPriv) clearSetId(st);
-      await this.store.write(st);
+      // New blocks reach the inode through the extent map's flush; size, times and mode here.
+      if (stamp || i.size !== size || i.f.i_mode !== mode) await this.store.write(st);
       return n;
     }, true);
   }

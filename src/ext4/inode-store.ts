@@ -37,6 +37,16 @@ export function now(): Timespec {
   return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1000000 + Number(ns) };
 }
 
+/**
+ * The time a data write stamps: the kernel's current_time() granularity (a jiffy, 4 ms at
+ * HZ=250), so that a run of writes to a file within one tick changes its inode once, not per
+ * write (with commit_before_reply each inode change is a log commit).
+ */
+export function writeTime(): Timespec {
+  const ms = Date.now() - (Date.now() % 4);
+  return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1000000 };
+}
+
 /** Without EXTENTS_FL, i_block of a symlink or device node holds its target or number, not blocks. */
 function iBlockHoldsNoBlocks(inode: Inode): boolean {
   return inode.isSymlink() || (inode.type !== S_IFDIR && !inode.isReg());
