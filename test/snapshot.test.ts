@@ -575,3 +575,20 @@ test.serial('kfsd with DAX: a snapshot drops the window mappings; stores through
     await raw.closeNoSync();
   }
 });
+
+test.serial('kfs fsck -y refuses an image with snapshots (e2fsck writes past copy-on-write) unless --force; kfs fsck checks it', async (t) => {
+  const dir = tempDir(t, 'snapfsck');
+  const image = makeImage(t, { size: '64M', mkfs: 'kfs', dir });
+  kfsctlJson(['-t', image, 'snapshot', 'create', 'keep']);
+  const kfs = path.resolve(__dirname, '..', 'src', 'cli', 'kfs.js');
+  const before = fs.readFileSync(image);
+  const y = runCmd(process.execPath, [kfs, 'fsck', '-y', image]);
+  t.not(y.code, 0);
+  t.regex(y.stderr.trim(), /^kfs fsck: .*1 snapshot\(s\).*--force$/);
+  t.is(y.stderr.trim().split('\n').length, 1, y.stderr);
+  t.true(fs.readFileSync(image).equals(before), 'the refused repair changed nothing');
+  const n = runCmd(process.execPath, [kfs, 'fsck', image]);
+  t.is(n.code, 0, n.stdout + n.stderr);
+  const f = runCmd(process.execPath, [kfs, 'fsck', '-y', '--force', image]);
+  t.is(f.code, 0, f.stdout + f.stderr);
+});
