@@ -20,6 +20,7 @@ import { makeImage, tempDir, assertFsckClean } from './helpers/image';
 import { mountKfs, isMountPoint } from './helpers/mount';
 import { rng } from './helpers/rng';
 import { spawnKfsd, VhostFrontend, Backend, FuseReplyError } from './helpers/vhost-frontend';
+import { waitFor } from './posix/util';
 
 const ROUNDS = Number(process.env.KFS_SIGKILL_ROUNDS ?? 4);
 const SEED = Number(process.env.KFS_SEED ?? Math.floor(Math.random() * 1e9));
@@ -106,15 +107,6 @@ function pidGone(pid: number): boolean {
   }
 }
 
-async function waitUntil(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return true;
-}
-
 test.serial('kfs mount -o nosupervisor: SIGKILL of the server during writes, repeatedly; fsync\'d files intact, e2fsck clean', async (t) => {
   t.log(`KFS_SEED=${SEED}`);
   const r = rng(SEED);
@@ -143,7 +135,7 @@ test.serial('kfs mount -o nosupervisor: SIGKILL of the server during writes, rep
     t.true(child.exitCode === null, `round ${round}: the workload was still running at the kill (${err.trim().split('\n').pop()})`);
     process.kill(m.pid, 'SIGKILL');
     await exited;
-    t.true(await waitUntil(() => pidGone(m.pid), 10_000), 'the server is gone');
+    t.true(await waitFor(() => pidGone(m.pid), 10_000), 'the server is gone');
     spawnSync('umount', ['-l', dir]);
     const fsynced = out.split('\n').filter((l) => l.startsWith('F ')).map((l) => Number(l.slice(2)));
     t.true(/ENOTCONN|ECONNABORTED|Transport endpoint/.test(err), `round ${round}: the workload stopped on the dead mount (${err.trim().split('\n').pop()})`);
@@ -164,7 +156,7 @@ class Killed extends Error {}
 async function startKfsd(image: string, socket: string): Promise<{ backend: Backend; fe: VhostFrontend }> {
   if (fs.existsSync(socket)) fs.rmSync(socket);
   const backend = spawnKfsd(['--image', image], socket);
-  if (!(await waitUntil(() => fs.existsSync(socket) || !backend.running, 30_000)) || !backend.running) {
+  if (!(await waitFor(() => fs.existsSync(socket) || !backend.running, 30_000)) || !backend.running) {
     throw new Error(`kfsd did not start:\n${backend.output}`);
   }
   const fe = await VhostFrontend.start({ socketPath: socket });

@@ -43,7 +43,8 @@ export function now(): Timespec {
  * write (with commit_before_reply each inode change is a log commit).
  */
 export function writeTime(): Timespec {
-  const ms = Date.now() - (Date.now() % 4);
+  const t = Date.now();
+  const ms = t - (t % 4);
   return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1000000 };
 }
 

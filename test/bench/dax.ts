@@ -24,7 +24,7 @@ import path from 'node:path';
 import { FUSE_SETUPMAPPING_FLAG_READ } from '../../src/fuse/abi';
 import { spawnKfsd, VhostFrontend, type Backend } from '../helpers/vhost-frontend';
 import { kfsdPath } from '../helpers/vhost-frontend/backends';
-import { now } from './lib/proc';
+import { now, pool, timed } from './lib/proc';
 
 const MiB = 1 << 20;
 const RANGE = 2 * MiB;
@@ -64,21 +64,6 @@ function parseArgs(argv: string[]): Config {
 }
 
 const log = (s: string): void => void process.stderr.write(`${s}\n`);
-
-/** Run fn(0..total-1) with at most n in flight. */
-async function pool(total: number, n: number, fn: (i: number) => Promise<unknown>): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < total) await fn(next++);
-  };
-  await Promise.all(Array.from({ length: Math.min(n, total) }, worker));
-}
-
-async function timed(fn: () => Promise<void>): Promise<number> {
-  const t0 = now();
-  await fn();
-  return now() - t0;
-}
 
 /** Chunk i of the file: shared random bytes with i stamped in its first 8. */
 function chunk(base: Buffer, i: number): Buffer {

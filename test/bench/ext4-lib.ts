@@ -21,6 +21,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Ext4Fs } from '../../src/ext4/fs';
+import { now, timed } from './lib/proc';
 
 // ------------------------------------------------------------------ options
 
@@ -70,14 +71,6 @@ const CHUNK = 1 << 20;
 
 function result(target: string, workload: string, ops: number, bytes: number, seconds: number): Result {
   return { target, workload, ops, bytes, seconds, opsPerSec: ops / seconds, mibPerSec: bytes / 2 ** 20 / seconds };
-}
-
-const now = (): number => Number(process.hrtime.bigint()) / 1e9;
-
-async function timed(fn: () => Promise<void> | void): Promise<number> {
-  const t0 = now();
-  await fn();
-  return now() - t0;
 }
 
 function dropCaches(): boolean {

@@ -33,7 +33,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnKfsd, spawnVirtiofsd, VhostFrontend, type Backend, VIRTIOFSD } from '../helpers/vhost-frontend';
 import { kfsdPath } from '../helpers/vhost-frontend/backends';
-import { now } from './lib/proc';
+import { now, pool, timed } from './lib/proc';
 
 type TargetKind = 'kfsd-image' | 'virtiofsd-ext4' | 'kfsd-dir' | 'virtiofsd-dir';
 const ALL_TARGETS: TargetKind[] = ['kfsd-image', 'virtiofsd-ext4', 'kfsd-dir', 'virtiofsd-dir'];
@@ -121,21 +121,6 @@ const WORKLOADS: Workload[] = [
 const WORKLOAD_KEYS = WORKLOADS.map((w) => w.key);
 
 const log = (s: string): void => void process.stderr.write(`${s}\n`);
-
-/** Run fn(0..total-1) with at most n in flight. */
-async function pool(total: number, n: number, fn: (i: number) => Promise<unknown>): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < total) await fn(next++);
-  };
-  await Promise.all(Array.from({ length: Math.min(n, total) }, worker));
-}
-
-async function timed(fn: () => Promise<void>): Promise<number> {
-  const t0 = now();
-  await fn();
-  return now() - t0;
-}
 
 /** CPU seconds the process `pid` has run so far, all its live threads together. */
 function cpuSeconds(pid: number): number {

@@ -52,6 +52,22 @@ export const now = (): number => Number(process.hrtime.bigint()) / 1e9;
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Run fn(0..total-1) with at most n in flight. */
+export async function pool(total: number, n: number, fn: (i: number) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < total) await fn(next++);
+  };
+  await Promise.all(Array.from({ length: Math.min(n, total) }, worker));
+}
+
+/** Seconds fn takes. */
+export async function timed(fn: () => Promise<void> | void): Promise<number> {
+  const t0 = now();
+  await fn();
+  return now() - t0;
+}
+
 /** Run a command to completion; wall time is measured around the child (spawn included). */
 export function run(cmd: string, args: string[], o: RunOptions = {}): Promise<RunResult> {
   if (!o.force) checkInterrupt();
