@@ -15,7 +15,7 @@ import { FuseSession, Reply } from '../src/fuse/dispatcher';
 import { FileSystem } from '../src/fuse/filesystem';
 import { makeImage, tempDir } from './helpers/image';
 
-const OP = { LOOKUP: 1, FORGET: 2, GETATTR: 3, UNLINK: 10, RENAME: 12, OPEN: 14, READ: 15, WRITE: 16, RELEASE: 18, INIT: 26, CREATE: 35 };
+const OP = { LOOKUP: 1, FORGET: 2, GETATTR: 3, UNLINK: 10, RENAME: 12, OPEN: 14, READ: 15, WRITE: 16, RELEASE: 18, SETXATTR: 21, GETXATTR: 22, INIT: 26, CREATE: 35 };
 let unique = 100n;
 
 function msg(opcode: number, nodeid: number, body: Buffer): Buffer {
@@ -162,6 +162,36 @@ for (const [label, open] of backends) {
     if (g) t.is(g.readUInt32LE(16 + 16 + 64), 0);
   });
 }
+
+test('ext4 image: GETXATTR of an inode without attributes is ENODATA from the fast path, until it has one', async (t) => {
+  const ext4 = await Ext4Fs.open(makeImage(t, { size: '32M', blockSize: 4096 }), { commitIntervalMs: 0 });
+  t.teardown(() => ext4.close());
+  const v = await serve(t, new Ext4FuseFs(ext4));
+  const { node } = await makeFile(v, 'x', Buffer.from('data'));
+  /** fuse_getxattr_in {u32 size, u32 padding} + the name. */
+  const get = (attr: string, size = 64) => {
+    const b = Buffer.alloc(8);
+    b.writeUInt32LE(size, 0);
+    return msg(OP.GETXATTR, node, Buffer.concat([b, name(attr)]));
+  };
+  await same(t, v, () => get('security.capability'), undefined, 'getxattr security.capability');
+  t.is(v.sync(get('user.k', 0))!.readInt32LE(4), -61, 'ENODATA');
+  // Names the decoder refuses (empty; longer than XATTR_NAME_MAX; not NUL-terminated) are the ordinary path's.
+  t.is(v.sync(get('')), null);
+  t.is(v.sync(get('user.' + 'n'.repeat(251))), null);
+  const unterminated = msg(OP.GETXATTR, node, Buffer.concat([Buffer.alloc(8), Buffer.from('user.k')]));
+  t.is(v.sync(unterminated), null);
+  t.not((await v.call(unterminated)).readInt32LE(4), 0);
+  // fuse_setxattr_in {u32 size, u32 flags} (FUSE_COMPAT_SETXATTR_IN_SIZE: kfs does not take FUSE_SETXATTR_EXT).
+  const sx = Buffer.alloc(8);
+  sx.writeUInt32LE(3, 0);
+  t.is((await v.call(msg(OP.SETXATTR, node, Buffer.concat([sx, name('user.k'), Buffer.from('abc')])))).readInt32LE(4), 0);
+  t.is(v.sync(get('user.k')), null, 'an inode with attributes is not answered from memory');
+  t.is(v.sync(get('user.other')), null);
+  const r = await v.call(get('user.k'));
+  t.is(r.readInt32LE(4), 0);
+  t.deepEqual(r.subarray(16), Buffer.from('abc'));
+});
 
 test('FORGET and BATCH_FORGET are taken on the fast path without a reply', async (t) => {
   const dir = tempDir(t, 'fastpath');

@@ -835,6 +835,10 @@ export class Ext4Fs {
   getxattrOrNull(ino: number, name: string): Promise<Buffer | null> {
     return this.run(async () => this.xattrs.find(await this.store.get(ino), name));
   }
+  /** No extended attributes at all (in the inode or a block): getxattr of any name is ENODATA. */
+  hasNoXattrs(st: InodeState): boolean {
+    return this.xattrs.none(st);
+  }
   listxattr(ino: number): Promise<string[]> {
     return this.run(async () => this.xattrs.list(await this.store.get(ino)));
   }

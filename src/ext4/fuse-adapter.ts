@@ -119,6 +119,13 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     return a.ino === ROOT_INO ? entry(a) : a;
   }
 
+  /** GETXATTR shortcut: an inode in memory with no attributes in the inode or a block. */
+  noXattrsSync(_ctx: RequestContext, node: number): boolean | undefined {
+    const ino = toIno(node);
+    const st = ino ? this.ext4.peekCached(ino) : null;
+    return st ? this.ext4.hasNoXattrs(st) : undefined;
+  }
+
   async getattr(_ctx: RequestContext, node: number): Promise<FuseAttr> {
     return fuseAttr(await this.ext4.getattr(this.ino(node)));
   }

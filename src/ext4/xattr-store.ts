@@ -61,9 +61,14 @@ export class XattrStore {
     return v;
   }
 
+  /** No attributes in the inode's area or a block. */
+  none(st: InodeState): boolean {
+    return !st.inode.fileAcl && !this.inodeAreaInUse(st);
+  }
+
   /** The value, or null when absent. An inode without xattrs answers without parsing anything. */
   async find(st: InodeState, name: string): Promise<Buffer | null> {
-    if (!st.inode.fileAcl && !this.inodeAreaInUse(st)) return null;
+    if (this.none(st)) return null;
     const e = (await this.all(st)).find((x) => x.name === name);
     if (!e) return null;
     return ACL_NAMES.has(name) ? aclFromDisk(e.value) : e.value;

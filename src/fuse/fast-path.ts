@@ -1,6 +1,7 @@
 /**
  * The dispatcher's synchronous fast path: the requests a filesystem can answer from memory
- * (GETATTR and LOOKUP of cached inodes) and those that need no answer (FORGET, BATCH_FORGET),
+ * (GETATTR and LOOKUP of cached inodes, READ of cached data, GETXATTR of an inode without
+ * attributes) and those that need no answer (FORGET, BATCH_FORGET),
  * decoded, answered and encoded in one call with no promise, no request object and no reply
  * allocation. It is the bulk of what a guest sends once its working set is known, and the
  * ordinary path's cost there is its promise chain, not the filesystem.
@@ -12,7 +13,8 @@
  * structs.ts: fuse_in_header {u32 len, u32 opcode, u64 unique, u64 nodeid, u32 uid, u32 gid,
  * u32 pid, u16 total_extlen, u16 padding}; fuse_out_header {u32 len, i32 error, u64 unique}.
  */
-import { ENTRY_NAME_MAX, FuseOpcode, SIZE, attrOutSize, entryOutSize, getattrInSize, readInSize } from './abi';
+import { constants } from 'node:os';
+import { ENTRY_NAME_MAX, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, entryOutSize, getattrInSize, readInSize } from './abi';
 import { payloadViews } from './reply';
 import { FileSystem, RequestContext } from './filesystem';
 import { encodeAttrOutAt, encodeEntryOutAt } from './structs';
@@ -20,6 +22,7 @@ import { encodeAttrOutAt, encodeEntryOutAt } from './structs';
 /** answer(): the request needs the ordinary path. */
 export const NOT_HANDLED = -1;
 
+const { ENODATA } = constants.errno;
 const SLASH = 0x2f;
 const DOT = 0x2e;
 
@@ -63,6 +66,8 @@ export class FastPath {
         return this.lookup(buf, len);
       case FuseOpcode.READ:
         return dest && body === readInSize(this.s.minor) ? this.read(buf, dest) : NOT_HANDLED;
+      case FuseOpcode.GETXATTR:
+        return this.getxattr(buf, len);
       case FuseOpcode.FORGET:
         // fuse_forget_in {u64 nlookup}; no reply.
         if (body !== SIZE.FORGET_IN) return NOT_HANDLED;
@@ -150,6 +155,29 @@ export class FastPath {
     this.header(buf, n);
     this.replyHead = SIZE.OUT_HEADER;
     return SIZE.OUT_HEADER + n;
+  }
+
+  /** GETXATTR of an inode with no extended attributes at all: ENODATA, whatever the name. */
+  private getxattr(buf: Buffer, len: number): number {
+    if (!this.fs.noXattrsSync) return NOT_HANDLED;
+    // fuse_getxattr_in {u32 size, u32 padding}, then the name: NUL-terminated, 1..XATTR_NAME_MAX
+    // bytes (decodeRequest's xattrName).
+    const start = SIZE.IN_HEADER + SIZE.GETXATTR_IN;
+    if (len <= start) return NOT_HANDLED;
+    const nul = buf.indexOf(0, start);
+    if (nul < 0 || nul >= len) return NOT_HANDLED;
+    const n = nul - start;
+    if (n === 0 || n > XATTR_NAME_MAX) return NOT_HANDLED;
+    let none;
+    try {
+      none = this.fs.noXattrsSync(this.context(buf), u64(buf, 16));
+    } catch {
+      return NOT_HANDLED;
+    }
+    if (!none) return NOT_HANDLED;
+    this.header(buf, 0);
+    this.out.setInt32(4, -ENODATA, true);
+    return this.finish(0);
   }
 
   /** fuse_out_header for a reply of `bodySize` (error 0, the request's unique copied as bytes). */

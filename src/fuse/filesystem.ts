@@ -101,6 +101,12 @@ export interface FileSystem {
    * ordinary method" too (it then reports the error).
    */
   getattrSync?(ctx: RequestContext, node: number): FuseAttr | undefined;
+  /**
+   * GETXATTR shortcut: true when the inode is in memory and has no extended attributes at all,
+   * so any name is ENODATA (the kernel asks for security.capability before the first write to
+   * each file); false or undefined: ask getxattr.
+   */
+  noXattrsSync?(ctx: RequestContext, node: number): boolean | undefined;
   /** LOOKUP: the entry (counted as a lookup, as lookup() counts it), null for a miss, undefined: not now. */
   lookupSync?(ctx: RequestContext, parent: number, name: Buffer): EntryAttr | null | undefined;
   /**

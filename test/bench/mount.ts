@@ -3,7 +3,7 @@
  * (e2fsprogs' FUSE ext4) vs the kernel's ext4 on a loop device (the ceiling).
  *
  *   node dist/test/bench/mount.js [--out bench-results/mount.json] [--quick]
- *        [--dir /tmp] [--size 4G] [--targets kfs,fuse2fs,kernel] [--mkfs kfs|mke2fs]
+ *        [--dir /tmp] [--size 4G] [--targets kfs,kfs-async,fuse2fs,kernel] [--mkfs kfs|mke2fs]
  *        [--no-remount] [--kfs-opts writeback_cache,...] [--kfs-log-level info] [--keep]
  *        [--no-snapshot] [--repeat N] [--only create,ls,...]
  *
@@ -37,7 +37,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cleanupAll, cleanupAllSync, isMounted, Kind, KFS_CLI, Target } from './lib/mounts';
+import { cleanupAll, cleanupAllSync, isMounted, Kind, KFS_CLI, KINDS, Target } from './lib/mounts';
 import { snapshotKfs } from './lib/snapshot';
 import { checkInterrupt, interrupt, Interrupted, interrupted, now, run, runOk } from './lib/proc';
 
@@ -74,14 +74,15 @@ const FULL_TAR = ['/usr/include', '/usr/share/perl*', '/usr/lib/python3*', '/usr
 const QUICK_TAR = ['/usr/include/linux', '/usr/share/perl5'];
 
 const USAGE = `usage: node dist/test/bench/mount.js [--out FILE.json] [--quick] [--dir DIR] [--size 4G]
-       [--targets kfs,fuse2fs,kernel] [--mkfs kfs|mke2fs] [--no-remount]
+       [--targets kfs,kfs-async,fuse2fs,kernel] [--mkfs kfs|mke2fs] [--no-remount]
        [--kfs-opts OPT,...] [--kfs-log-level LEVEL] [--keep] [--no-snapshot] [--repeat N]
        [--only create,ls,read,untar,seqwrite,seqread,randread,randwrite,rm]
   --out FILE         JSON report (default bench-results/mount.json)
   --quick            small sizes, a smoke run of a minute or two
   --dir DIR          where the images, mount points and tarball go (default ${os.tmpdir()})
   --size SIZE        image size (default 4G)
-  --targets LIST     which filesystems, in this order (default kfs,fuse2fs,kernel)
+  --targets LIST     which filesystems, in this order (default kfs,fuse2fs,kernel); kfs-async is
+                     kfs with -o nocommit_before_reply (replies before the log-only commit)
   --mkfs kfs|mke2fs  how the image is made (default kfs: kfs mkfs IMG --size SIZE -q)
   --no-remount       "cold" = drop_caches only, without remounting (FUSE servers keep their caches)
   --kfs-opts LIST    extra kfs mount -o options, e.g. writeback_cache
@@ -118,7 +119,7 @@ function parseArgs(argv: string[]): Config {
       c.mkfs = m;
     } else if (a === '--targets') {
       const t = v().split(',').filter(Boolean);
-      for (const k of t) if (!['kfs', 'fuse2fs', 'kernel'].includes(k)) throw new Error(`unknown target ${k}`);
+      for (const k of t) if (!(KINDS as readonly string[]).includes(k)) throw new Error(`unknown target ${k} (one of ${KINDS.join(', ')})`);
       c.targets = t as Kind[];
     } else if (a === '--no-remount') c.remount = false;
     else if (a === '--kfs-opts') c.kfsOptions.push(...v().split(',').filter(Boolean));
@@ -506,6 +507,7 @@ interface Row {
   values: Partial<Record<Kind, number | null>>;
   errors: Partial<Record<Kind, string>>;
   kfsOverFuse2fs?: number;
+  kfsAsyncOverFuse2fs?: number;
   kernelOverKfs?: number;
   /** wall seconds of the measured part, and the FUSE servers' CPU seconds (user+sys) in it */
   seconds: Partial<Record<Kind, number | null>>;
@@ -526,7 +528,9 @@ function rows(c: Config, reports: TargetReport[], tarEntries: number): Row[] {
     const k = rate(get('kfs'), def);
     const f = rate(get('fuse2fs'), def);
     const n = rate(get('kernel'), def);
+    const a = rate(get('kfs-async'), def);
     if (k !== undefined && f !== undefined) row.kfsOverFuse2fs = k / f;
+    if (a !== undefined && f !== undefined) row.kfsAsyncOverFuse2fs = a / f;
     if (k !== undefined && n !== undefined) row.kernelOverKfs = n / k;
     return row;
   });
@@ -537,10 +541,11 @@ function geomean(xs: number[]): number | undefined {
 }
 
 function table(rs: Row[], kinds: Kind[]): string {
-  const head = ['workload', 'unit', ...kinds, 'kfs/fuse2fs', 'kernel/kfs'];
+  const withAsync = kinds.includes('kfs-async');
+  const head = ['workload', 'unit', ...kinds, 'kfs/fuse2fs', ...(withAsync ? ['kfs-async/fuse2fs'] : []), 'kernel/kfs'];
   const cell = (r: Row, k: Kind): string => (r.errors[k] ? (/timed out/.test(r.errors[k]!) ? 'timeout' : 'FAIL') : fmtValue(r.values[k] ?? undefined));
   const x = (v: number | undefined): string => (v === undefined ? '-' : `${v.toFixed(2)}x`);
-  const body = rs.map((r) => [r.workload, r.unit, ...kinds.map((k) => cell(r, k)), x(r.kfsOverFuse2fs), x(r.kernelOverKfs)]);
+  const body = rs.map((r) => [r.workload, r.unit, ...kinds.map((k) => cell(r, k)), x(r.kfsOverFuse2fs), ...(withAsync ? [x(r.kfsAsyncOverFuse2fs)] : []), x(r.kernelOverKfs)]);
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
   const line = (cells: string[]): string => cells.map((s, i) => (i < 2 ? s.padEnd(w[i]) : s.padStart(w[i]))).join(' | ');
   return [line(head), w.map((n) => '-'.repeat(n)).join('-|-'), ...body.map(line)].join('\n');
@@ -643,6 +648,8 @@ async function main(): Promise<number> {
   const rs = rows(c, reports, tar.entries);
   const speedups = rs.map((r) => r.kfsOverFuse2fs).filter((x): x is number => x !== undefined);
   const gm = geomean(speedups);
+  const asyncSpeedups = rs.map((r) => r.kfsAsyncOverFuse2fs).filter((x): x is number => x !== undefined);
+  const gmAsync = geomean(asyncSpeedups);
   const gmKernel = geomean(rs.map((r) => r.kernelOverKfs).filter((x): x is number => x !== undefined));
   if (c.remount) notes.push('cold = unmount (waiting for the FUSE server to flush and exit) + sync + drop_caches + mount; FUSE servers restart with empty caches (and kfs, a node process, with a cold JIT, which weighs most in --quick runs)');
   else notes.push('cold = sync + drop_caches only: FUSE servers keep their own caches (kfs: up to cache_size, 256 MiB by default)');
@@ -668,6 +675,7 @@ async function main(): Promise<number> {
     totalSeconds: now() - T0,
     table: rs,
     geomeanKfsOverFuse2fs: gm,
+    geomeanKfsAsyncOverFuse2fs: gmAsync,
     geomeanKernelOverKfs: gmKernel,
     targets: reports,
     rounds: c.repeat > 1 ? rounds : undefined,
@@ -679,6 +687,7 @@ async function main(): Promise<number> {
   process.stdout.write(`${table(rs, kinds)}\n\n`);
   if (kinds.some((k) => k !== 'kernel')) process.stdout.write(`FUSE server CPU (user+sys) during each measured part, vs its wall time:\n${cpuTable(rs, kinds)}\n\n`);
   if (gm !== undefined) process.stdout.write(`geometric mean kfs/fuse2fs speedup: ${gm.toFixed(2)}x over ${speedups.length} workloads (>1: kfs faster)\n`);
+  if (gmAsync !== undefined) process.stdout.write(`geometric mean kfs-async/fuse2fs:  ${gmAsync.toFixed(2)}x over ${asyncSpeedups.length} workloads\n`);
   if (gmKernel !== undefined) process.stdout.write(`geometric mean kernel/kfs ratio:    ${gmKernel.toFixed(2)}x (>1: kernel faster)\n`);
   for (const r of reports) {
     const u = Object.entries(r.unmountSeconds).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ');

@@ -89,10 +89,11 @@ function writeHeader(buf: Buffer, blockType: number, sequence: number): void {
 }
 
 /** jbd2_descriptor_block_csum_set/verify: the tail of descriptor and revoke blocks. */
+const ZERO_TAIL = Buffer.alloc(BLOCK_TAIL_SIZE);
 export function tailChecksum(f: LogFormat, block: Buffer): number {
   const end = f.blockSize - BLOCK_TAIL_SIZE;
   const crc = ext4Crc(f.csumSeed, block.subarray(0, end));
-  return ext4Crc(crc, Buffer.alloc(BLOCK_TAIL_SIZE));
+  return ext4Crc(crc, ZERO_TAIL);
 }
 export function verifyTail(f: LogFormat, block: Buffer): boolean {
   return !hasCsum(f) || block.readUInt32BE(f.blockSize - BLOCK_TAIL_SIZE) === tailChecksum(f, block);
@@ -102,10 +103,10 @@ function sealTail(f: LogFormat, block: Buffer): void {
 }
 
 /** jbd2_block_tag_csum: over the sequence number, then the block as logged. */
+const seqScratch = Buffer.alloc(4);
 export function tagChecksum(f: LogFormat, sequence: number, logged: Buffer): number {
-  const seq = Buffer.alloc(4);
-  seq.writeUInt32BE(sequence >>> 0, 0);
-  return ext4Crc(ext4Crc(f.csumSeed, seq), logged);
+  seqScratch.writeUInt32BE(sequence >>> 0, 0);
+  return ext4Crc(ext4Crc(f.csumSeed, seqScratch), logged);
 }
 
 // ---- descriptor blocks ----
@@ -185,10 +186,12 @@ export function encodeDescriptor(f: LogFormat, sequence: number, tags: BlockTag[
 
 /**
  * The logged form of a metadata block: escaped when it starts with the jbd2 magic. Returns a
- * copy (the cache buffer keeps changing after the commit) and the tag for it.
+ * copy (the cache buffer keeps changing after the commit), made in `into` when given (a block of
+ * the transaction's write buffer), and the tag for it.
  */
-export function logCopy(f: LogFormat, sequence: number, block: number, data: Buffer): { logged: Buffer; tag: BlockTag } {
-  const logged = Buffer.from(data);
+export function logCopy(f: LogFormat, sequence: number, block: number, data: Buffer, into?: Buffer): { logged: Buffer; tag: BlockTag } {
+  const logged = into ?? Buffer.allocUnsafe(data.length);
+  data.copy(logged);
   let flags = 0;
   if (logged.readUInt32BE(0) === JBD2_MAGIC_NUMBER) {
     logged.writeUInt32BE(0, 0);
@@ -208,10 +211,13 @@ export function encodeCommit(f: LogFormat, sequence: number, sec: number, nsec: 
   return buf;
 }
 
+/** Reused by commitHeader (encode is synchronous): a decode per commit block showed in profiles. */
+const commitFields = CommitHeaderLayout.zero();
+
 /** A commit block's header fields, h_chksum left 0. */
 function commitHeader(f: LogFormat, sequence: number, sec: number, nsec: number): Buffer {
   const buf = Buffer.alloc(f.blockSize);
-  const h = CommitHeaderLayout.zero();
+  const h = commitFields;
   h.h_magic = JBD2_MAGIC_NUMBER;
   h.h_blocktype = 2; // JBD2_COMMIT_BLOCK
   h.h_sequence = sequence >>> 0;

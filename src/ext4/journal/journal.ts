@@ -149,15 +149,17 @@ export class Journal {
     return n >= this.last ? n - this.logLen : n;
   }
 
-  private async writeLog(start: number, blocks: Buffer[]): Promise<void> {
+  /** Write `data` (whole blocks, in log order) at log block `start`, wrapping at the end of the log. */
+  private async writeLog(start: number, data: Buffer): Promise<void> {
     const bs = this.dev.blockSize;
+    const count = data.length / bs;
     let i = 0;
-    while (i < blocks.length) {
+    while (i < count) {
       const pos = this.wrap(start + i);
-      const n = Math.min(blocks.length - i, this.last - pos);
+      const n = Math.min(count - i, this.last - pos);
       for (const r of this.file.runs(pos, n)) {
-        const part = blocks.slice(i + (r.log - pos), i + (r.log - pos) + r.len);
-        await this.dev.writeAt(part.length === 1 ? part[0] : Buffer.concat(part), r.pblk * bs);
+        const from = (i + (r.log - pos)) * bs;
+        await this.dev.writeAt(data.subarray(from, from + r.len * bs), r.pblk * bs);
       }
       i += n;
     }
@@ -195,24 +197,29 @@ export class Journal {
     if (this.logLen - 1 - this.used < size) await this.makeRoom();
     const seq = this.nextSeq;
     const start = this.head;
-    const blocks: Buffer[] = [];
+    const bs = this.dev.blockSize;
+    // The transaction in log order (revokes, then each descriptor followed by its copies) and,
+    // for a soft commit, its record: one buffer, so the log takes one write and no block is
+    // copied twice. size counts the commit block.
+    const txn = Buffer.allocUnsafe(size * bs);
+    const blockAt = (i: number): Buffer => txn.subarray(i * bs, (i + 1) * bs);
+    let nblocks = 0;
     /** Descriptor and revoke blocks (what a soft commit's crc covers with csum v3). */
     const meta: Buffer[] = [];
-    for (let i = 0; i < revokes.length; i += perRevoke) blocks.push(encodeRevoke(this.fmt, seq, revokes.slice(i, i + perRevoke)));
-    meta.push(...blocks);
+    for (let i = 0; i < revokes.length; i += perRevoke) {
+      const at = blockAt(nblocks++);
+      encodeRevoke(this.fmt, seq, revokes.slice(i, i + perRevoke)).copy(at);
+      meta.push(at);
+    }
     for (let i = 0; i < dirty.length; i += perDesc) {
       const chunk = dirty.slice(i, i + perDesc);
+      const descAt = blockAt(nblocks++);
       const tags: BlockTag[] = [];
-      const copies: Buffer[] = [];
-      for (const d of chunk) {
-        const { logged, tag } = logCopy(this.fmt, seq, d.block, d.buf);
-        tags.push(tag);
-        copies.push(logged);
-      }
-      const desc = encodeDescriptor(this.fmt, seq, tags);
-      meta.push(desc);
-      blocks.push(desc, ...copies);
+      for (const d of chunk) tags.push(logCopy(this.fmt, seq, d.block, d.buf, blockAt(nblocks++)).tag);
+      encodeDescriptor(this.fmt, seq, tags).copy(descAt);
+      meta.push(descAt);
     }
+    const blocks = txn.subarray(0, nblocks * bs);
     if (size && this.used === 0) {
       // The log was empty: the tail must name this transaction before its commit is durable.
       this.jsb.s_start = start;
@@ -224,10 +231,12 @@ export class Journal {
     this.lastCommitSec = sec;
     if (soft) {
       let crc = 0;
-      for (const b of softCrcCoversTagsOnly(this.fmt) ? meta : blocks) crc = txnCrc(this.fmt, crc, b);
-      const at = this.wrap(start + blocks.length);
+      if (softCrcCoversTagsOnly(this.fmt)) for (const b of meta) crc = txnCrc(this.fmt, crc, b);
+      else for (let i = 0; i < nblocks; i++) crc = txnCrc(this.fmt, crc, blockAt(i));
+      const at = this.wrap(start + nblocks);
       // One write with its record: nothing orders them anyway (the crc does the checking).
-      await this.writeLog(start, [...blocks, encodeSoftCommit(this.fmt, seq, sec, nsec, crc)]);
+      encodeSoftCommit(this.fmt, seq, sec, nsec, crc).copy(blockAt(nblocks));
+      await this.writeLog(start, txn);
       this.dev.mark(`soft ${seq}`);
       this.soft.push({ seq, at, sec, nsec });
       this.softBlocks += size;
@@ -238,9 +247,9 @@ export class Journal {
       // Ordered mode: file data, these log blocks and those of the soft transactions before
       // them are durable before any commit block that makes them count.
       await this.dev.barrier();
-      for (const t of this.soft) await this.writeLog(t.at, [encodeCommit(this.fmt, t.seq, t.sec, t.nsec)]);
+      for (const t of this.soft) await this.writeLog(t.at, encodeCommit(this.fmt, t.seq, t.sec, t.nsec));
       if (size) {
-        await this.writeLog(start + blocks.length, [encodeCommit(this.fmt, seq, sec, nsec)]);
+        await this.writeLog(start + nblocks, encodeCommit(this.fmt, seq, sec, nsec));
         this.dev.mark(`commit ${seq}`);
       } else this.dev.mark('commit (soft transactions made durable)');
       await this.dev.barrier();
@@ -285,7 +294,7 @@ export class Journal {
   private async makeRoom(): Promise<void> {
     if (this.soft.length) {
       await this.dev.barrier();
-      for (const t of this.soft) await this.writeLog(t.at, [encodeCommit(this.fmt, t.seq, t.sec, t.nsec)]);
+      for (const t of this.soft) await this.writeLog(t.at, encodeCommit(this.fmt, t.seq, t.sec, t.nsec));
       this.dev.mark('commit (soft transactions made durable)');
       await this.dev.barrier();
       this.soft = [];

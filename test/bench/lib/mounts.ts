@@ -12,7 +12,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { now, run, sleep } from './proc';
 
-export type Kind = 'kfs' | 'fuse2fs' | 'kernel';
+/**
+ * kfs-async: kfs with `-o nocommit_before_reply`, replies before the log-only commit as fuse2fs
+ * and the kernel do (their changes too are lost to a crash until fsync or the 5 s commit).
+ */
+export type Kind = 'kfs' | 'kfs-async' | 'fuse2fs' | 'kernel';
+export const KINDS: readonly Kind[] = ['kfs', 'kfs-async', 'fuse2fs', 'kernel'];
+/** Mount options each kfs kind adds to --kfs-opts. */
+const KFS_KIND_OPTIONS: Partial<Record<Kind, string[]>> = { kfs: [], 'kfs-async': ['nocommit_before_reply'] };
 
 export const KFS_CLI = path.join(__dirname, '..', '..', '..', 'src', 'cli', 'kfs.js');
 
@@ -70,8 +77,13 @@ export class Target {
   private childExited: Promise<void> | null = null;
   readonly logFile: string;
   private readonly pidFile: string;
+  /** served by kfs (either kfs kind) */
+  readonly isKfs: boolean;
+  private readonly kfsOptions: string[];
 
   constructor(readonly kind: Kind, readonly image: string, readonly dir: string, work: string, private o: TargetOptions = {}) {
+    this.isKfs = KFS_KIND_OPTIONS[kind] !== undefined;
+    this.kfsOptions = [...(o.kfsOptions ?? []), ...(KFS_KIND_OPTIONS[kind] ?? [])];
     this.logFile = path.join(work, `${kind}.log`);
     this.pidFile = path.join(work, `${kind}.pid`);
   }
@@ -91,8 +103,8 @@ export class Target {
 
   /** What the mount command line looks like, for the report. */
   describe(): string {
-    if (this.kind === 'kfs') {
-      const opts = this.o.kfsOptions?.length ? ` -o ${this.o.kfsOptions.join(',')}` : '';
+    if (this.isKfs) {
+      const opts = this.kfsOptions.length ? ` -o ${this.kfsOptions.join(',')}` : '';
       return `node dist/src/cli/kfs.js mount IMG DIR${opts}`;
     }
     if (this.kind === 'fuse2fs') return 'fuse2fs IMG DIR -f -o rw,fakeroot';
@@ -102,10 +114,10 @@ export class Target {
   async mount(): Promise<void> {
     if (isMounted(this.dir)) throw new Error(`${this.dir} is already a mount point`);
     registry.add(this);
-    if (this.kind === 'kfs') {
+    if (this.isKfs) {
       fs.rmSync(this.pidFile, { force: true });
       const args = [this.o.kfsCli ?? KFS_CLI, 'mount', this.image, this.dir, '--pid-file', this.pidFile, '--log-file', this.logFile];
-      if (this.o.kfsOptions?.length) args.push('-o', this.o.kfsOptions.join(','));
+      if (this.kfsOptions.length) args.push('-o', this.kfsOptions.join(','));
       if (this.o.kfsLogLevel) args.push('--log-level', this.o.kfsLogLevel);
       const r = await run(process.execPath, args, { timeoutSec: 120 });
       if (fs.existsSync(this.pidFile)) this.pid = Number(fs.readFileSync(this.pidFile, 'utf8').trim()) || null;
@@ -144,7 +156,7 @@ export class Target {
     if (isMounted(this.dir)) {
       let lastErr = '';
       for (let attempt = 0; attempt < 20 && isMounted(this.dir); attempt++) {
-        const r = this.kind === 'kfs'
+        const r = this.isKfs
           ? await run(process.execPath, [this.o.kfsCli ?? KFS_CLI, 'umount', this.dir], { timeoutSec: 60, force: true })
           : await run('umount', [this.dir], { timeoutSec: 120, force: true });
         if (r.code === 0) break;
@@ -169,7 +181,7 @@ export class Target {
         await within(this.childExited, 5);
       }
       this.child = null;
-    } else if (this.kind === 'kfs') {
+    } else if (this.isKfs) {
       if (this.pid === null && fs.existsSync(this.pidFile)) this.pid = Number(fs.readFileSync(this.pidFile, 'utf8').trim()) || null;
       if (this.pid !== null) {
         const t0 = now();
@@ -190,7 +202,7 @@ export class Target {
     } catch {
       /* nothing more we can do */
     }
-    if (this.kind === 'kfs' && this.pid === null && fs.existsSync(this.pidFile)) this.pid = Number(fs.readFileSync(this.pidFile, 'utf8').trim()) || null;
+    if (this.isKfs && this.pid === null && fs.existsSync(this.pidFile)) this.pid = Number(fs.readFileSync(this.pidFile, 'utf8').trim()) || null;
     // The server exits by itself once unmounted; give it a moment to flush, then stop it.
     if (this.pid !== null) {
       const t0 = Date.now();
