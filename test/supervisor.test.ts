@@ -26,6 +26,7 @@ import { isMountPoint } from './helpers/mount';
 import { snapshotHost, diffSnapshots } from './helpers/tree';
 import { sleep, waitFor } from './posix/util';
 import { rng } from './helpers/rng';
+import { isMutating } from '../src/transport/reply-gate';
 
 const MiB = 1 << 20;
 
@@ -279,4 +280,26 @@ test.serial('normal unmount: server and supervisor exit 0; SIGTERM to the superv
   t.false(isMountPoint(dir));
   t.regex(s.log(), /supervisor: SIGTERM: unmounting/);
   assertFsckClean(t, image);
+});
+
+test('commit before reply gates the requests that can change the image: OPEN only with O_TRUNC', (t) => {
+  /** fuse_in_header (40 bytes) with `opcode`, then `body`. */
+  const req = (opcode: number, body: Buffer = Buffer.alloc(0)): Buffer => {
+    const h = Buffer.alloc(40);
+    h.writeUInt32LE(40 + body.length, 0);
+    h.writeUInt32LE(opcode, 4);
+    return Buffer.concat([h, body]);
+  };
+  const openIn = (flags: number): Buffer => {
+    const b = Buffer.alloc(8);
+    b.writeUInt32LE(flags, 0);
+    return b;
+  };
+  const [OPEN, WRITE, GETATTR, READ, CREATE, SETATTR] = [14, 16, 3, 15, 35, 4];
+  t.false(isMutating(req(OPEN, openIn(fs.constants.O_RDWR))));
+  t.true(isMutating(req(OPEN, openIn(fs.constants.O_WRONLY | fs.constants.O_TRUNC))));
+  t.true(isMutating(req(OPEN)), 'an OPEN too short to show its flags counts as changing');
+  for (const op of [WRITE, CREATE, SETATTR]) t.true(isMutating(req(op)));
+  for (const op of [GETATTR, READ]) t.false(isMutating(req(op)));
+  t.false(isMutating(Buffer.alloc(4)));
 });

@@ -153,7 +153,7 @@ export class FuseDevice {
     const req = Buffer.from(this.buf.subarray(0, n));
     this.inflight++;
     const handled = this.intercept?.(req) ?? this.session.handle(req);
-    if (this.gate && n >= 8 && isMutating(req.readUInt32LE(4))) {
+    if (this.gate && isMutating(req)) {
       this.gate.started();
       handled.then(this.gate.onMutationReply, this.gate.onMutationCrash);
     } else handled.then(this.onReply, this.onCrash);

@@ -12,19 +12,29 @@
  * for its commit: then they wait too, so that no reply can show the kernel a state (a name, a
  * size) that a death could still take back.
  */
+import { constants } from 'node:fs';
 import { log } from '../util/log';
 import { FuseOpcode as Op } from '../fuse/abi';
 import { Reply } from '../fuse/dispatcher';
 
 const MUTATING = new Set<number>([
   Op.SETATTR, Op.SYMLINK, Op.MKNOD, Op.MKDIR, Op.UNLINK, Op.RMDIR, Op.RENAME, Op.LINK,
-  Op.OPEN, // O_TRUNC
   Op.WRITE, Op.SETXATTR, Op.REMOVEXATTR, Op.CREATE, Op.FALLOCATE, Op.RENAME2, Op.COPY_FILE_RANGE,
   Op.COPY_FILE_RANGE_64, Op.TMPFILE,
 ]);
 
-/** Can a request with this opcode change what is on the image? */
-export function isMutating(opcode: number): boolean {
+/** fuse_in_header is 40 bytes; fuse_open_in starts with {u32 flags, u32 open_flags}. */
+const OPEN_FLAGS_AT = 40;
+
+/**
+ * Can this request (a whole message from /dev/fuse) change what is on the image? OPEN does
+ * only with O_TRUNC; one too short to say is treated as changing (the session answers it with
+ * an error anyway).
+ */
+export function isMutating(req: Buffer): boolean {
+  if (req.length < 8) return false;
+  const opcode = req.readUInt32LE(4);
+  if (opcode === Op.OPEN) return req.length < OPEN_FLAGS_AT + 4 || (req.readUInt32LE(OPEN_FLAGS_AT) & constants.O_TRUNC) !== 0;
   return MUTATING.has(opcode);
 }
 
