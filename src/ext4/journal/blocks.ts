@@ -152,9 +152,17 @@ export function readTags(f: LogFormat, buf: Buffer): BlockTag[] {
   return tags;
 }
 
+/**
+ * A block to encode into: `into` zeroed (a block of the transaction's write buffer), or a new
+ * one. A fresh zeroed 4 KiB Buffer per log block was a visible part of a commit's cost.
+ */
+function blockFor(f: LogFormat, into?: Buffer): Buffer {
+  return into ? into.fill(0) : Buffer.alloc(f.blockSize);
+}
+
 /** Build a descriptor block for `tags` (at most tagsPerDescriptor); the first tag carries the UUID. */
-export function encodeDescriptor(f: LogFormat, sequence: number, tags: BlockTag[]): Buffer {
-  const buf = Buffer.alloc(f.blockSize);
+export function encodeDescriptor(f: LogFormat, sequence: number, tags: BlockTag[], into?: Buffer): Buffer {
+  const buf = blockFor(f, into);
   writeHeader(buf, 1 /* JBD2_DESCRIPTOR_BLOCK */, sequence);
   const tb = tagBytes(f);
   let p = JOURNAL_HEADER_SIZE;
@@ -205,8 +213,8 @@ export function logCopy(f: LogFormat, sequence: number, block: number, data: Buf
 
 // ---- commit blocks ----
 
-export function encodeCommit(f: LogFormat, sequence: number, sec: number, nsec: number): Buffer {
-  const buf = commitHeader(f, sequence, sec, nsec);
+export function encodeCommit(f: LogFormat, sequence: number, sec: number, nsec: number, into?: Buffer): Buffer {
+  const buf = commitHeader(f, sequence, sec, nsec, into);
   if (hasCsum(f)) buf.writeUInt32BE(ext4Crc(f.csumSeed, buf), CommitHeaderLayout.offsetOf('h_chksum'));
   return buf;
 }
@@ -215,8 +223,8 @@ export function encodeCommit(f: LogFormat, sequence: number, sec: number, nsec: 
 const commitFields = CommitHeaderLayout.zero();
 
 /** A commit block's header fields, h_chksum left 0. */
-function commitHeader(f: LogFormat, sequence: number, sec: number, nsec: number): Buffer {
-  const buf = Buffer.alloc(f.blockSize);
+function commitHeader(f: LogFormat, sequence: number, sec: number, nsec: number, into?: Buffer): Buffer {
+  const buf = blockFor(f, into);
   const h = commitFields;
   h.h_magic = JBD2_MAGIC_NUMBER;
   h.h_blocktype = 2; // JBD2_COMMIT_BLOCK
@@ -265,8 +273,8 @@ function softSelfCrc(f: LogFormat, buf: Buffer): number {
   return ext4Crc(ext4Crc(f.csumSeed, buf.subarray(0, SOFT_SELF_CRC)), buf.subarray(SOFT_BOOT_ID, SOFT_BOOT_ID + BOOT_ID_SIZE));
 }
 
-export function encodeSoftCommit(f: LogFormat, sequence: number, sec: number, nsec: number, txnCrc: number, boot = currentBootId()): Buffer {
-  const buf = commitHeader(f, sequence, sec, nsec);
+export function encodeSoftCommit(f: LogFormat, sequence: number, sec: number, nsec: number, txnCrc: number, boot = currentBootId(), into?: Buffer): Buffer {
+  const buf = commitHeader(f, sequence, sec, nsec, into);
   buf.writeUInt32BE(KFS_SOFT_COMMIT_BLOCK, 4);
   buf.writeUInt32BE(txnCrc >>> 0, SOFT_TXN_CRC);
   boot.copy(buf, SOFT_BOOT_ID, 0, BOOT_ID_SIZE);
@@ -318,8 +326,8 @@ export function revokesPerBlock(f: LogFormat): number {
   return Math.floor((f.blockSize - REVOKE_HEADER_SIZE - (hasCsum(f) ? BLOCK_TAIL_SIZE : 0)) / revokeRecordSize(f));
 }
 
-export function encodeRevoke(f: LogFormat, sequence: number, blocks: number[]): Buffer {
-  const buf = Buffer.alloc(f.blockSize);
+export function encodeRevoke(f: LogFormat, sequence: number, blocks: number[], into?: Buffer): Buffer {
+  const buf = blockFor(f, into);
   writeHeader(buf, 5 /* JBD2_REVOKE_BLOCK */, sequence);
   const rs = revokeRecordSize(f);
   let p = REVOKE_HEADER_SIZE;

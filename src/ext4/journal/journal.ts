@@ -83,8 +83,12 @@ export class Journal {
   private softBlocks = 0;
   readonly stats: CommitStats = { commits: 0, loggedBlocks: 0, revokes: 0, checkpoints: 0, oversized: 0, softCommits: 0 };
 
+  /** Where commit blocks written on their own are encoded (commits are never concurrent; writeAt keeps no reference). */
+  private readonly commitBlock: Buffer;
+
   private constructor(private dev: BlockDevice, private file: JournalFile, private jsb: JournalSuperblock) {
     this.fmt = logFormatOf(jsb);
+    this.commitBlock = Buffer.alloc(this.fmt.blockSize);
     this.first = jsb.s_first;
     this.last = jsb.s_maxlen;
     this.head = jsb.s_first;
@@ -207,17 +211,14 @@ export class Journal {
     /** Descriptor and revoke blocks (what a soft commit's crc covers with csum v3). */
     const meta: Buffer[] = [];
     for (let i = 0; i < revokes.length; i += perRevoke) {
-      const at = blockAt(nblocks++);
-      encodeRevoke(this.fmt, seq, revokes.slice(i, i + perRevoke)).copy(at);
-      meta.push(at);
+      meta.push(encodeRevoke(this.fmt, seq, revokes.slice(i, i + perRevoke), blockAt(nblocks++)));
     }
     for (let i = 0; i < dirty.length; i += perDesc) {
       const chunk = dirty.slice(i, i + perDesc);
       const descAt = blockAt(nblocks++);
       const tags: BlockTag[] = [];
       for (const d of chunk) tags.push(logCopy(this.fmt, seq, d.block, d.buf, blockAt(nblocks++)).tag);
-      encodeDescriptor(this.fmt, seq, tags).copy(descAt);
-      meta.push(descAt);
+      meta.push(encodeDescriptor(this.fmt, seq, tags, descAt));
     }
     const blocks = txn.subarray(0, nblocks * bs);
     if (size && this.used === 0) {
@@ -235,7 +236,7 @@ export class Journal {
       else for (let i = 0; i < nblocks; i++) crc = txnCrc(this.fmt, crc, blockAt(i));
       const at = this.wrap(start + nblocks);
       // One write with its record: nothing orders them anyway (the crc does the checking).
-      encodeSoftCommit(this.fmt, seq, sec, nsec, crc).copy(blockAt(nblocks));
+      encodeSoftCommit(this.fmt, seq, sec, nsec, crc, undefined, blockAt(nblocks));
       await this.writeLog(start, txn);
       this.dev.mark(`soft ${seq}`);
       this.soft.push({ seq, at, sec, nsec });
@@ -247,9 +248,9 @@ export class Journal {
       // Ordered mode: file data, these log blocks and those of the soft transactions before
       // them are durable before any commit block that makes them count.
       await this.dev.barrier();
-      for (const t of this.soft) await this.writeLog(t.at, encodeCommit(this.fmt, t.seq, t.sec, t.nsec));
+      for (const t of this.soft) await this.writeLog(t.at, encodeCommit(this.fmt, t.seq, t.sec, t.nsec, this.commitBlock));
       if (size) {
-        await this.writeLog(start + nblocks, encodeCommit(this.fmt, seq, sec, nsec));
+        await this.writeLog(start + nblocks, encodeCommit(this.fmt, seq, sec, nsec, this.commitBlock));
         this.dev.mark(`commit ${seq}`);
       } else this.dev.mark('commit (soft transactions made durable)');
       await this.dev.barrier();
@@ -294,7 +295,7 @@ export class Journal {
   private async makeRoom(): Promise<void> {
     if (this.soft.length) {
       await this.dev.barrier();
-      for (const t of this.soft) await this.writeLog(t.at, encodeCommit(this.fmt, t.seq, t.sec, t.nsec));
+      for (const t of this.soft) await this.writeLog(t.at, encodeCommit(this.fmt, t.seq, t.sec, t.nsec, this.commitBlock));
       this.dev.mark('commit (soft transactions made durable)');
       await this.dev.barrier();
       this.soft = [];
