@@ -81,15 +81,16 @@ const USAGE = `usage: node dist/test/bench/mount.js [--out FILE.json] [--quick] 
   --quick            small sizes, a smoke run of a minute or two
   --dir DIR          where the images, mount points and tarball go (default ${os.tmpdir()})
   --size SIZE        image size (default 4G)
-  --targets LIST     which filesystems, in this order (default kfs,fuse2fs,kernel); kfs-async is
-                     kfs with -o nocommit_before_reply (replies before the log-only commit)
+  --targets LIST     which filesystems, in this order (default kfs,kfs-async,fuse2fs,kernel);
+                     kfs-async is kfs with -o nocommit_before_reply: replies go out before the
+                     log-only commit, as fuse2fs and the kernel reply before anything is durable
   --mkfs kfs|mke2fs  how the image is made (default kfs: kfs mkfs IMG --size SIZE -q)
   --no-remount       "cold" = drop_caches only, without remounting (FUSE servers keep their caches)
   --kfs-opts LIST    extra kfs mount -o options, e.g. writeback_cache
   --kfs-log-level L  kfs server log level (its log is scanned for warnings and errors)
   --keep             keep the work directory (images, logs)
   --no-snapshot      run dist/ in place instead of a private copy taken at the start
-  --repeat N         N rounds (kfs, fuse2fs, kernel, kfs, ...), each on fresh images; the table
+  --repeat N         N rounds (kfs, kfs-async, fuse2fs, kernel, kfs, ...), each on fresh images; the table
                      shows each filesystem's median (a full round takes ~5 minutes on 2 cores)
   --only LIST        measure only these workloads; what they need (the files ls and read use,
                      the tree rm removes...) is still made, unmeasured
@@ -98,7 +99,7 @@ const USAGE = `usage: node dist/test/bench/mount.js [--out FILE.json] [--quick] 
 function parseArgs(argv: string[]): Config {
   const c: Config = {
     quick: false, out: path.join('bench-results', 'mount.json'), dir: os.tmpdir(), imageSize: '4G', mkfs: 'kfs',
-    targets: ['kfs', 'fuse2fs', 'kernel'], files: 8000, dirs: 8, fileBytes: 4096, tarSources: FULL_TAR,
+    targets: ['kfs', 'kfs-async', 'fuse2fs', 'kernel'], files: 8000, dirs: 8, fileBytes: 4096, tarSources: FULL_TAR,
     seqMiB: 512, fioMiB: 256, fioRuntimeSec: 15, remount: true, timeoutSec: 300, kfsOptions: [], keep: false,
     snapshot: true, repeat: 1, only: null, kfsCli: KFS_CLI,
   };
@@ -568,7 +569,14 @@ function cpuTable(rs: Row[], kinds: Kind[]): string {
 // ------------------------------------------------------------------ main
 
 async function main(): Promise<number> {
-  const c = parseArgs(process.argv.slice(2));
+  let c: Config;
+  try {
+    c = parseArgs(process.argv.slice(2));
+  } catch (e) {
+    // A mistake on the command line: one line, not a stack.
+    process.stderr.write(`mount benchmark: ${(e as Error).message.split('\n')[0]}; see --help\n`);
+    return 2;
+  }
   if (process.getuid?.() !== 0) throw new Error('needs root (mounts, /proc/sys/vm/drop_caches)');
   if (!fs.existsSync(KFS_CLI)) throw new Error(`${KFS_CLI} is missing; build first (npx tsc -p .)`);
   for (const tool of ['fio', 'tar', 'dd', 'e2fsck', ...(c.targets.includes('fuse2fs') ? ['fuse2fs'] : [])]) {
