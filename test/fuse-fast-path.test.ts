@@ -193,6 +193,39 @@ test('ext4 image: GETXATTR of an inode without attributes is ENODATA from the fa
   t.deepEqual(r.subarray(16), Buffer.from('abc'));
 });
 
+test('ext4 image: RELEASE is answered on the fast path unless it is the last close of an unlinked file', async (t) => {
+  const image = makeImage(t, { size: '32M', blockSize: 4096 });
+  const ext4 = await Ext4Fs.open(image, { commitIntervalMs: 0 });
+  t.teardown(() => ext4.close());
+  const v = await serve(t, new Ext4FuseFs(ext4));
+  const data = Buffer.from('still readable');
+  const { node, fh } = await makeFile(v, 'r', data);
+  /** fuse_open_in {u32 flags, u32 open_flags}; the fh from fuse_open_out. */
+  const open = async (): Promise<number> => {
+    const r = await v.call(msg(OP.OPEN, node, Buffer.alloc(8)));
+    t.is(r.readInt32LE(4), 0);
+    return Number(r.readBigUInt64LE(16));
+  };
+  /** fuse_release_in {u64 fh, u32 flags, u32 release_flags, u64 lock_owner}. */
+  const release = (h: number) => {
+    const b = Buffer.alloc(24);
+    b.writeBigUInt64LE(BigInt(h), 0);
+    return msg(OP.RELEASE, node, b);
+  };
+  const h2 = await open();
+  const r1 = v.sync(release(fh));
+  t.truthy(r1, 'a file that keeps its name is released on the fast path');
+  t.deepEqual([r1!.length, r1!.readInt32LE(4)], [16, 0]);
+  // Unlinked with one opener left: that last release frees the inode, which is I/O.
+  t.is((await v.call(msg(OP.UNLINK, 1, name('r')))).readInt32LE(4), 0);
+  const read = await v.call(msg(OP.READ, node, readIn(h2, 0, 100)));
+  t.deepEqual(read.subarray(16), data, 'the open, unlinked file is readable');
+  t.is(v.sync(release(h2)), null);
+  const before = (await ext4.statfs()).ffree;
+  t.is((await v.call(release(h2))).readInt32LE(4), 0);
+  t.is((await ext4.statfs()).ffree, before + 1, 'the ordinary release freed the inode');
+});
+
 test('FORGET and BATCH_FORGET are taken on the fast path without a reply', async (t) => {
   const dir = tempDir(t, 'fastpath');
   fs.writeFileSync(path.join(dir, 'x'), 'x');

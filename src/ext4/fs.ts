@@ -612,6 +612,17 @@ export class Ext4Fs {
     });
   }
 
+  /**
+   * release() at once when it needs no I/O: the operation lock is free and the file keeps a
+   * link or another opener. False: call release().
+   */
+  releaseCached(ino: number): boolean {
+    const st = this.peekCached(ino);
+    if (!st || (st.openCount <= 1 && st.inode.links === 0)) return false;
+    if (st.openCount > 0) st.openCount--;
+    return true;
+  }
+
   release(ino: number): Promise<void> {
     return this.run(async () => {
       const st = this.store.cached(ino);

@@ -266,6 +266,15 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     return n;
   }
 
+  /** RELEASE without I/O: a handle the filesystem does not count, or a file that stays (Ext4Fs.releaseCached). */
+  releaseSync(_ctx: RequestContext, _node: number, fh: number): boolean | undefined {
+    const f = this.files.get(fh);
+    if (!f) return undefined;
+    if (!f.adopted && !this.ext4.releaseCached(f.ino)) return undefined;
+    this.files.delete(fh);
+    return true;
+  }
+
   async release(_ctx: RequestContext, node: number, fh: number): Promise<void> {
     const f = this.files.get(fh);
     if (!f) return;

@@ -490,7 +490,7 @@ export class FuseSession {
 }
 
 /** The opcodes the fast path answers, with their request kinds (all below 64: syncCounts). */
-const FAST_KINDS: [number, string][] = [[1, 'lookup'], [2, 'forget'], [3, 'getattr'], [15, 'read'], [22, 'getxattr'], [42, 'batch_forget']];
+const FAST_KINDS: [number, string][] = [[1, 'lookup'], [2, 'forget'], [3, 'getattr'], [15, 'read'], [18, 'release'], [22, 'getxattr'], [42, 'batch_forget']];
 
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');

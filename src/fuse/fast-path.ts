@@ -1,7 +1,7 @@
 /**
  * The dispatcher's synchronous fast path: the requests a filesystem can answer from memory
  * (GETATTR and LOOKUP of cached inodes, READ of cached data, GETXATTR of an inode without
- * attributes) and those that need no answer (FORGET, BATCH_FORGET),
+ * attributes, RELEASE of a file that stays) and those that need no answer (FORGET, BATCH_FORGET),
  * decoded, answered and encoded in one call with no promise, no request object and no reply
  * allocation. It is the bulk of what a guest sends once its working set is known, and the
  * ordinary path's cost there is its promise chain, not the filesystem.
@@ -14,7 +14,7 @@
  * u32 pid, u16 total_extlen, u16 padding}; fuse_out_header {u32 len, i32 error, u64 unique}.
  */
 import { constants } from 'node:os';
-import { ENTRY_NAME_MAX, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, entryOutSize, getattrInSize, readInSize } from './abi';
+import { ENTRY_NAME_MAX, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, entryOutSize, getattrInSize, readInSize, releaseInSize } from './abi';
 import { payloadViews } from './reply';
 import { FileSystem, RequestContext } from './filesystem';
 import { encodeAttrOutAt, encodeEntryOutAt } from './structs';
@@ -68,6 +68,8 @@ export class FastPath {
         return dest && body === readInSize(this.s.minor) ? this.read(buf, dest) : NOT_HANDLED;
       case FuseOpcode.GETXATTR:
         return this.getxattr(buf, len);
+      case FuseOpcode.RELEASE:
+        return body === releaseInSize(this.s.minor) ? this.release(buf) : NOT_HANDLED;
       case FuseOpcode.FORGET:
         // fuse_forget_in {u64 nlookup}; no reply.
         if (body !== SIZE.FORGET_IN) return NOT_HANDLED;
@@ -155,6 +157,21 @@ export class FastPath {
     this.header(buf, n);
     this.replyHead = SIZE.OUT_HEADER;
     return SIZE.OUT_HEADER + n;
+  }
+
+  /** RELEASE that needs no I/O: an empty reply (release_flags and lock_owner matter to the ordinary path no more). */
+  private release(buf: Buffer): number {
+    if (!this.fs.releaseSync) return NOT_HANDLED;
+    // fuse_release_in {u64 fh, u32 flags, u32 release_flags, u64 lock_owner}
+    let done;
+    try {
+      done = this.fs.releaseSync(this.context(buf), u64(buf, 16), u64(buf, SIZE.IN_HEADER));
+    } catch {
+      return NOT_HANDLED;
+    }
+    if (!done) return NOT_HANDLED;
+    this.header(buf, 0);
+    return this.finish(0);
   }
 
   /** GETXATTR of an inode with no extended attributes at all: ENODATA, whatever the name. */

@@ -107,6 +107,11 @@ export interface FileSystem {
    * each file); false or undefined: ask getxattr.
    */
   noXattrsSync?(ctx: RequestContext, node: number): boolean | undefined;
+  /**
+   * RELEASE done at once when it needs no I/O (the common case: the file keeps a name or
+   * another opener): true; false or undefined: call release().
+   */
+  releaseSync?(ctx: RequestContext, node: number, fh: number): boolean | undefined;
   /** LOOKUP: the entry (counted as a lookup, as lookup() counts it), null for a miss, undefined: not now. */
   lookupSync?(ctx: RequestContext, parent: number, name: Buffer): EntryAttr | null | undefined;
   /**
