@@ -193,7 +193,7 @@ test('ext4 image: GETXATTR of an inode without attributes is ENODATA from the fa
   t.deepEqual(r.subarray(16), Buffer.from('abc'));
 });
 
-test('ext4 image: RELEASE is answered on the fast path unless it is the last close of an unlinked file', async (t) => {
+test('ext4 image: OPEN without O_TRUNC, and RELEASE unless it is the last close of an unlinked file, are answered on the fast path', async (t) => {
   const image = makeImage(t, { size: '32M', blockSize: 4096 });
   const ext4 = await Ext4Fs.open(image, { commitIntervalMs: 0 });
   t.teardown(() => ext4.close());
@@ -212,6 +212,19 @@ test('ext4 image: RELEASE is answered on the fast path unless it is the last clo
     b.writeBigUInt64LE(BigInt(h), 0);
     return msg(OP.RELEASE, node, b);
   };
+  // OPEN on the fast path: the same reply as the ordinary path's but for the new handle's number.
+  const openMsg = (flags: number) => {
+    const b = Buffer.alloc(8);
+    b.writeUInt32LE(flags, 0);
+    return msg(OP.OPEN, node, b);
+  };
+  const fast = v.sync(openMsg(0));
+  t.truthy(fast, 'OPEN answered on the fast path');
+  const slow = await v.call(openMsg(0));
+  t.deepEqual([fast!.length, fast!.readInt32LE(4), fast!.subarray(24)], [slow.length, slow.readInt32LE(4), slow.subarray(24)]);
+  t.not(fast!.readBigUInt64LE(16), slow.readBigUInt64LE(16), 'each open gets its own handle');
+  t.is(v.sync(openMsg(2 /* O_RDWR */ | 0o1000 /* O_TRUNC */)), null, 'O_TRUNC is the ordinary path');
+  for (const m of [fast!, slow]) t.is((await v.call(release(Number(m.readBigUInt64LE(16))))).readInt32LE(4), 0);
   const h2 = await open();
   const r1 = v.sync(release(fh));
   t.truthy(r1, 'a file that keeps its name is released on the fast path');

@@ -612,6 +612,14 @@ export class Ext4Fs {
     });
   }
 
+  /** open() at once when the inode is in memory and the operation lock is free; false: call open(). */
+  openCached(ino: number): boolean {
+    const st = this.peekCached(ino);
+    if (!st) return false;
+    st.openCount++;
+    return true;
+  }
+
   /**
    * release() at once when it needs no I/O: the operation lock is free and the file keeps a
    * link or another opener. False: call release().

@@ -266,6 +266,13 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     return n;
   }
 
+  /** OPEN without O_TRUNC of an inode in memory (Ext4Fs.openCached). */
+  openSync(_ctx: RequestContext, node: number, flags: number): OpenResult | undefined {
+    const ino = toIno(node);
+    if (!ino || !this.ext4.openCached(ino)) return undefined;
+    return { fh: this.addFile(ino, flags) };
+  }
+
   /** RELEASE without I/O: a handle the filesystem does not count, or a file that stays (Ext4Fs.releaseCached). */
   releaseSync(_ctx: RequestContext, _node: number, fh: number): boolean | undefined {
     const f = this.files.get(fh);

@@ -114,7 +114,7 @@ export class FuseSession {
   adopt(n: Negotiated): void {
     this.negotiated = n;
     this.decodeOpts = decodeOptionsFor(n.minor, n.flags);
-    this.fast = new FastPath(this.fs, { entryTimeout: this.entryTimeout, attrTimeout: this.attrTimeout, minor: n.minor, maxWrite: n.maxWrite });
+    this.fast = new FastPath(this.fs, { entryTimeout: this.entryTimeout, attrTimeout: this.attrTimeout, minor: n.minor, maxWrite: n.maxWrite, readOnly: !!this.opts.readOnly });
   }
 
   /** Set up once INIT is agreed. */

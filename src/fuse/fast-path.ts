@@ -1,7 +1,7 @@
 /**
  * The dispatcher's synchronous fast path: the requests a filesystem can answer from memory
  * (GETATTR and LOOKUP of cached inodes, READ of cached data, GETXATTR of an inode without
- * attributes, RELEASE of a file that stays) and those that need no answer (FORGET, BATCH_FORGET),
+ * attributes, OPEN without O_TRUNC, RELEASE of a file that stays) and those that need no answer (FORGET, BATCH_FORGET),
  * decoded, answered and encoded in one call with no promise, no request object and no reply
  * allocation. It is the bulk of what a guest sends once its working set is known, and the
  * ordinary path's cost there is its promise chain, not the filesystem.
@@ -13,8 +13,9 @@
  * structs.ts: fuse_in_header {u32 len, u32 opcode, u64 unique, u64 nodeid, u32 uid, u32 gid,
  * u32 pid, u16 total_extlen, u16 padding}; fuse_out_header {u32 len, i32 error, u64 unique}.
  */
+import { constants as fsConstants } from 'node:fs';
 import { constants } from 'node:os';
-import { ENTRY_NAME_MAX, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, entryOutSize, getattrInSize, readInSize, releaseInSize } from './abi';
+import { ENTRY_NAME_MAX, FOPEN, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, entryOutSize, getattrInSize, readInSize, releaseInSize } from './abi';
 import { payloadViews } from './reply';
 import { FileSystem, RequestContext } from './filesystem';
 import { encodeAttrOutAt, encodeEntryOutAt } from './structs';
@@ -23,6 +24,9 @@ import { encodeAttrOutAt, encodeEntryOutAt } from './structs';
 export const NOT_HANDLED = -1;
 
 const { ENODATA } = constants.errno;
+const { O_TRUNC, O_RDONLY } = fsConstants;
+/** O_ACCMODE (not in node's fs.constants). */
+const O_ACCMODE = 3;
 const SLASH = 0x2f;
 const DOT = 0x2e;
 
@@ -32,6 +36,8 @@ export interface FastPathSettings {
   minor: number;
   /** Negotiated max_write, also the largest READ. */
   maxWrite: number;
+  /** Mounted read-only: an OPEN for writing is the ordinary path's (EROFS). */
+  readOnly: boolean;
 }
 
 export class FastPath {
@@ -68,6 +74,8 @@ export class FastPath {
         return dest && body === readInSize(this.s.minor) ? this.read(buf, dest) : NOT_HANDLED;
       case FuseOpcode.GETXATTR:
         return this.getxattr(buf, len);
+      case FuseOpcode.OPEN:
+        return body === SIZE.OPEN_IN ? this.open(buf) : NOT_HANDLED;
       case FuseOpcode.RELEASE:
         return body === releaseInSize(this.s.minor) ? this.release(buf) : NOT_HANDLED;
       case FuseOpcode.FORGET:
@@ -157,6 +165,33 @@ export class FastPath {
     this.header(buf, n);
     this.replyHead = SIZE.OUT_HEADER;
     return SIZE.OUT_HEADER + n;
+  }
+
+  /**
+   * OPEN without O_TRUNC of an inode in memory: fuse_open_out {u64 fh, u32 open_flags, i32
+   * backing_id} with KEEP_CACHE, as the ordinary path answers (the image is exclusive, so the
+   * kernel's cached pages stay valid).
+   */
+  private open(buf: Buffer): number {
+    if (!this.fs.openSync) return NOT_HANDLED;
+    // fuse_open_in {u32 flags, u32 open_flags}
+    const flags = buf.readUInt32LE(SIZE.IN_HEADER);
+    if (flags & O_TRUNC || (this.s.readOnly && (flags & O_ACCMODE) !== O_RDONLY)) return NOT_HANDLED;
+    let r;
+    try {
+      r = this.fs.openSync(this.context(buf), u64(buf, 16), flags);
+    } catch {
+      return NOT_HANDLED;
+    }
+    if (!r) return NOT_HANDLED;
+    this.header(buf, SIZE.OPEN_OUT);
+    const out = this.out;
+    const at = SIZE.OUT_HEADER;
+    out.setUint32(at, r.fh % 0x100000000, true);
+    out.setUint32(at + 4, Math.floor(r.fh / 0x100000000), true);
+    out.setUint32(at + 8, (r.openFlags ?? 0) | FOPEN.KEEP_CACHE, true);
+    out.setInt32(at + 12, 0, true);
+    return this.finish(SIZE.OPEN_OUT);
   }
 
   /** RELEASE that needs no I/O: an empty reply (release_flags and lock_owner matter to the ordinary path no more). */

@@ -107,6 +107,8 @@ export interface FileSystem {
    * each file); false or undefined: ask getxattr.
    */
   noXattrsSync?(ctx: RequestContext, node: number): boolean | undefined;
+  /** OPEN (never with O_TRUNC) done at once when the inode is in memory; undefined: call open(). */
+  openSync?(ctx: RequestContext, node: number, flags: number): OpenResult | undefined;
   /**
    * RELEASE done at once when it needs no I/O (the common case: the file keeps a name or
    * another opener): true; false or undefined: call release().
