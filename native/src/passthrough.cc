@@ -44,10 +44,16 @@ bool ArgSigned(const Napi::CallbackInfo& info, size_t i, int64_t lo, int64_t hi,
 
 // One path component from the guest: 1..255 bytes, no '/' and no NUL.
 bool ArgName(const Napi::CallbackInfo& info, size_t i, std::string* out) {
-  if (info.Length() <= i || !info[i].IsBuffer()) return ThrowType(info.Env(), "name must be a Buffer");
-  auto b = info[i].As<Napi::Buffer<char>>();
-  if (b.Length() == 0 || b.Length() > kNameMax) return ThrowType(info.Env(), "name must be 1..255 bytes");
-  out->assign(b.Data(), b.Length());
+  // napi_get_buffer_info once: the C++ wrapper asks V8 for the buffer again for each accessor.
+  napi_env env = info.Env();
+  bool is_buffer = false;
+  void* data = nullptr;
+  size_t length = 0;
+  if (info.Length() <= i || napi_is_buffer(env, info[i], &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, info[i], &data, &length) != napi_ok)
+    return ThrowType(info.Env(), "name must be a Buffer");
+  if (length == 0 || length > kNameMax) return ThrowType(info.Env(), "name must be 1..255 bytes");
+  out->assign(static_cast<const char*>(data), length);
   if (out->find('/') != std::string::npos || out->find('\0') != std::string::npos)
     return ThrowType(info.Env(), "name must be a single path component (no '/' or NUL)");
   return true;
@@ -231,8 +237,13 @@ Napi::Value Fstatat(const Napi::CallbackInfo& info) {
   if (!ArgFd(info, 0, &fd)) return env.Undefined();
   bool self = info.Length() > 1 && info[1].IsNull();
   if (!self && !ArgName(info, 1, &name)) return env.Undefined();
-  if (info.Length() < 3 || !info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
-      info[2].As<Napi::Float64Array>().ElementLength() < 18) {
+  // One napi_get_typedarray_info (it fails for anything but a typed array): the C++ wrapper's
+  // checks ask V8 for the array's type and buffer once per accessor, a third of this call's cost.
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  if (info.Length() < 3 || napi_get_typedarray_info(env, info[2], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_float64_array || length < 18) {
     ThrowType(env, "out must be a Float64Array of 18");
     return env.Undefined();
   }
@@ -242,7 +253,7 @@ Napi::Value Fstatat(const Napi::CallbackInfo& info) {
     ThrowErrno(env, "fstatat", errno);
     return env.Undefined();
   }
-  double* o = info[2].As<Napi::Float64Array>().Data();
+  double* o = static_cast<double*>(data);
   uint64_t ino = st.st_ino, dev = st.st_dev;
   o[0] = static_cast<double>(ino >> 32);
   o[1] = static_cast<double>(ino & 0xffffffffu);

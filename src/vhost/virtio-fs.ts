@@ -180,22 +180,25 @@ export class VirtioFsDevice implements VirtioDevice {
     return written;
   }
 
-  private serve(q: SplitVirtqueue, chain: DescriptorChain): void {
+  private serve(q: SplitVirtqueue, scratch: DescriptorChain): void {
     // Copy the request out of guest memory: the guest can rewrite its buffers at any time and
     // names or lengths checked once must not change under us.
-    const len = chain.readableBytes;
+    const len = scratch.readableBytes;
     const store = len >= LARGE_REQUEST && len <= this.session.bufferSize ? (this.largeRequests.pop() ?? Buffer.allocUnsafeSlow(this.session.bufferSize)) : null;
     let req: Buffer;
     if (store) {
       let at = 0;
-      for (const b of chain.readable) {
+      for (const b of scratch.readable) {
         store.set(b, at);
         at += b.length;
       }
       req = store.subarray(0, len);
     } else {
-      req = Buffer.concat(chain.readable, len);
+      req = Buffer.concat(scratch.readable, len);
     }
+    // The reply's part of the chain outlives the queue's scratch chain (overwritten by the next
+    // request); its buffer list is made afresh by each pop() and so can be kept.
+    const chain: DescriptorChain = { head: scratch.head, readable: [], readableBytes: 0, writable: scratch.writable, writableBytes: scratch.writableBytes };
     this.stats.requests++;
     q.inflight++;
     this.session.handle(req, chain.writable).then(

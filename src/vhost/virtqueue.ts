@@ -120,11 +120,15 @@ export class SplitVirtqueue {
     return this.ready && this.avail!.getUint16(2, true) !== this.lastAvail;
   }
 
+  /** The chain pop() fills: most requests are answered before the next one is taken. */
+  private readonly scratch: DescriptorChain & { error?: string } = { head: 0, readable: [], readableBytes: 0, writable: [], writableBytes: 0, error: undefined };
+
   /**
    * Take the next available chain, or null. A chain that breaks the rules is still consumed
    * and given back used with length 0 by the caller (`chain.readable` empty, `error` set), so
    * one bad request cannot hang the guest; an impossible ring (head out of range, index
-   * jumping past the ring) marks the queue broken.
+   * jumping past the ring) marks the queue broken. The chain object is the queue's and is
+   * overwritten by the next pop(); its buffer lists are new each time and may be kept.
    */
   pop(mem: GuestMemory): (DescriptorChain & { error?: string }) | null {
     if (!this.ready) return null;
@@ -141,7 +145,13 @@ export class SplitVirtqueue {
       this.broken = `descriptor head ${head} is outside a queue of ${this.num}`;
       return null;
     }
-    const chain: DescriptorChain & { error?: string } = { head, readable: [], readableBytes: 0, writable: [], writableBytes: 0 };
+    const chain = this.scratch;
+    chain.head = head;
+    // Fresh lists, not `length = 0`: truncating an array is a runtime call, allocating one is not.
+    chain.readable = [];
+    chain.writable = [];
+    chain.readableBytes = chain.writableBytes = 0;
+    chain.error = undefined;
     try {
       this.walk(mem, chain);
     } catch (e) {
