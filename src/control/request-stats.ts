@@ -20,20 +20,25 @@ const OUT_ERROR_OFFSET = 4;
 
 class Histogram {
   readonly buckets = new Uint32Array(BUCKETS);
+  /** Requests seen; `timed` of them have a latency in the buckets. */
   count = 0;
+  timed = 0;
   errors = 0;
   maxUs = 0;
 
+  /** A request of `us` microseconds; negative: not timed (counted only). */
   add(us: number): void {
+    this.count++;
+    if (us < 0) return;
     const i = us <= 1 ? 0 : Math.min(BUCKETS - 1, Math.ceil(Math.log(us) / LOG_GROWTH));
     this.buckets[i]++;
-    this.count++;
+    this.timed++;
     if (us > this.maxUs) this.maxUs = us;
   }
 
   percentile(p: number): number | null {
-    if (!this.count) return null;
-    const want = Math.ceil((p / 100) * this.count);
+    if (!this.timed) return null;
+    const want = Math.ceil((p / 100) * this.timed);
     let seen = 0;
     for (let i = 0; i < BUCKETS; i++) {
       seen += this.buckets[i];
@@ -47,6 +52,7 @@ export class RequestStats {
   private byOpcode = new Map<string, Histogram>();
   total = 0;
 
+  /** One request; `us` negative when it was not timed (FuseSession.handleSync samples). */
   record(opcode: string, us: number, failed: boolean): void {
     let h = this.byOpcode.get(opcode);
     if (!h) this.byOpcode.set(opcode, (h = new Histogram()));
