@@ -122,8 +122,8 @@ export class Directory {
   }
 
   /** Path from the root to the leaf for `hash`: index nodes with the chosen entry. */
-  private async dxPath(hash: number): Promise<{ nodes: { lblk: number; node: DxNode; at: number }[]; leaf: number }> {
-    const root = await this.root();
+  private async dxPath(hash: number, root?: DxNode): Promise<{ nodes: { lblk: number; node: DxNode; at: number }[]; leaf: number }> {
+    root ??= await this.root();
     const nodes = [{ lblk: 0, node: root, at: root.find(hash) }];
     let cur = nodes[0];
     for (let level = 0; level < root.info!.levels; level++) {
@@ -148,7 +148,7 @@ export class Directory {
     if (this.io.indexed && this.io.dirIndex) {
       const root = await this.root();
       const { major } = this.hash(name, root);
-      const path = await this.dxPath(major);
+      const path = await this.dxPath(major, root);
       // Follow continuation leaves: equal hashes may spill into the next leaf (hash | 1).
       const last = path.nodes[path.nodes.length - 1];
       let idx = last.at;
@@ -329,7 +329,8 @@ export class Directory {
     const root = await this.root();
     const h = this.hash(name, root);
     for (let attempt = 0; attempt < 4; attempt++) {
-      const path = await this.dxPath(h.major);
+      // A split (below) changes the index: after one, the root is read again.
+      const path = await this.dxPath(h.major, attempt === 0 ? root : undefined);
       const last = path.nodes[path.nodes.length - 1];
       const leafLblk = path.leaf;
       // insertDirent validates what it walks: no entry objects for the ~200 names of a leaf.

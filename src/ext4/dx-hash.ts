@@ -68,21 +68,27 @@ function str2hashbuf(name: Buffer, off: number, len: number, num: number, signed
 
 const rol32 = (x: number, s: number): number => ((x << s) | (x >>> (32 - s))) >>> 0;
 
+// MD4's round functions, built once rather than as four closures per name hashed.
+const mdF = (x: number, y: number, z: number): number => (z ^ (x & (y ^ z))) >>> 0;
+const mdG = (x: number, y: number, z: number): number => (((x & y) >>> 0) + (((x ^ y) & z) >>> 0)) >>> 0;
+const mdH = (x: number, y: number, z: number): number => (x ^ y ^ z) >>> 0;
+type MdFn = (x: number, y: number, z: number) => number;
+const mdR = (f: MdFn, w: number, x: number, y: number, z: number, k: number, s: number): number =>
+  rol32((w + f(x, y, z) + ((k) >>> 0)) >>> 0, s);
+
 /** half_md4_transform: MD4's three rounds over 8 input words, folded into the 4-word state. */
 function halfMd4Transform(buf: number[], inp: number[]): void {
   let a = buf[0];
   let b = buf[1];
   let c = buf[2];
   let d = buf[3];
-  const F = (x: number, y: number, z: number): number => (z ^ (x & (y ^ z))) >>> 0;
-  const G = (x: number, y: number, z: number): number => (((x & y) >>> 0) + (((x ^ y) & z) >>> 0)) >>> 0;
-  const H = (x: number, y: number, z: number): number => (x ^ y ^ z) >>> 0;
+  const F = mdF;
+  const G = mdG;
+  const H = mdH;
+  const R = mdR;
   const K1 = 0;
   const K2 = 0o13240474631; // 0x5a827999
   const K3 = 0o15666365641; // 0x6ed9eba1
-  type Fn = (x: number, y: number, z: number) => number;
-  const R = (f: Fn, w: number, x: number, y: number, z: number, k: number, s: number): number =>
-    rol32((w + f(x, y, z) + ((k) >>> 0)) >>> 0, s);
 
   // Round 1
   a = R(F, a, b, c, d, inp[0] + K1, 3);
@@ -134,12 +140,40 @@ function teaTransform(buf: number[], inp: number[]): void {
   buf[1] = (buf[1] + b1) >>> 0;
 }
 
+/** The last seed decoded (a volume has one s_hash_seed; every name hash starts from it). */
+const lastSeed = Buffer.alloc(16);
+let lastWords: readonly number[] | null = null;
+
 function seedWords(seed: Buffer): number[] {
   if (seed.length !== 16) throw new RangeError(`dx hash seed must be 16 bytes, got ${seed.length}`);
+  if (lastWords && sameSeed(seed)) return lastWords.slice();
   const cur = new ByteCursor(seed);
   const words = [cur.u32(), cur.u32(), cur.u32(), cur.u32()];
   // An all-zero s_hash_seed means "never initialised" (pre-htree mkfs), so the MD4 IV is used.
-  return words.some((w) => w !== 0) ? words : [...DEFAULT_SEED];
+  lastWords = words.some((w) => w !== 0) ? words : DEFAULT_SEED;
+  seed.copy(lastSeed);
+  return lastWords.slice();
+}
+
+function sameSeed(seed: Buffer): boolean {
+  for (let i = 0; i < 16; i++) if (seed[i] !== lastSeed[i]) return false;
+  return true;
+}
+
+/**
+ * The last name hashed, its hash version and hash, under the seed in lastSeed: a create hashes
+ * its name three times (LOOKUP's miss, the EEXIST check, the insert), a rename or unlink twice.
+ */
+const memoName = Buffer.alloc(255);
+let memoLen = -1;
+let memoVersion = -1;
+let memoMajor = 0;
+let memoMinor = 0;
+
+function isMemoName(name: Buffer): boolean {
+  if (name.length !== memoLen) return false;
+  for (let i = name.length - 1; i >= 0; i--) if (name[i] !== memoName[i]) return false;
+  return true;
 }
 
 /**
@@ -147,6 +181,21 @@ function seedWords(seed: Buffer): number[] {
  * htree uses that bit in index entries as the "hash collision continues in next block" flag.
  */
 export function dxHash(name: Buffer, version: number, seed: Buffer): { major: number; minor: number } {
+  if (version === memoVersion && seed.length === 16 && isMemoName(name) && sameSeed(seed)) return { major: memoMajor, minor: memoMinor };
+  // Forgotten first: computing it replaces lastSeed, even when it then throws.
+  memoLen = -1;
+  const h = computeDxHash(name, version, seed);
+  if (name.length <= memoName.length) {
+    name.copy(memoName);
+    memoLen = name.length;
+    memoVersion = version;
+    memoMajor = h.major;
+    memoMinor = h.minor;
+  }
+  return h;
+}
+
+function computeDxHash(name: Buffer, version: number, seed: Buffer): { major: number; minor: number } {
   const buf = seedWords(seed);
   let hash: number;
   let minor = 0;

@@ -317,8 +317,7 @@ export class Ext4Fs {
   /** ACLs a new inode inherits from its parent's default ACL, or null when it has none. */
   private async inheritedAcls(p: InodeState, mode: number): Promise<{ mode: number; access: Buffer | null; defaults: Buffer } | null> {
     // No xattr block and no in-inode xattr header: no default ACL, without parsing anything.
-    const area = p.inode.xattrArea();
-    if (!p.inode.fileAcl && !(area.length >= 4 && area.readUInt32LE(0) === XATTR_MAGIC)) return null;
+    if (!p.inode.fileAcl && !p.inode.hasInodeXattrHeader(XATTR_MAGIC)) return null;
     const defaults = await this.xattrs.find(p, 'system.posix_acl_default');
     if (!defaults) return null;
     const entries = parseVfsAcl(defaults);
@@ -1053,7 +1052,11 @@ function checkName(name: Buffer, allowDots: boolean): void {
   if (name.length === 0) throw new FsError('ENOENT', 'empty name');
   if (name.length > NAME_MAX) throw new FsError('ENAMETOOLONG', `name longer than ${NAME_MAX} bytes`);
   if (name.includes(0) || name.includes(0x2f)) throw new FsError('EINVAL', 'name contains "/" or NUL');
-  if (!allowDots && (name.equals(Buffer.from('.')) || name.equals(Buffer.from('..')))) throw new FsError('EEXIST', `"${name.toString()}" is reserved`);
+  if (!allowDots && isDotOrDotDot(name)) throw new FsError('EEXIST', `"${name.toString()}" is reserved`);
+}
+
+function isDotOrDotDot(name: Buffer): boolean {
+  return name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e));
 }
 
 /** setuid is cleared on write by an unprivileged writer; setgid too when group-executable. */

@@ -67,7 +67,9 @@ export function encodeGroupDesc(d: GroupDesc, buf: Buffer, off: number, descSize
   }
 }
 
-const CHECKSUM_OFFSET = 0x1e;
+/** bg_checksum's offset in a descriptor. */
+export const GROUP_DESC_CHECKSUM_OFFSET = 0x1e;
+let descScratch = Buffer.alloc(64);
 
 /** bg_checksum over an encoded descriptor (its checksum field is skipped, not trusted). */
 export function groupDescChecksum(
@@ -75,18 +77,18 @@ export function groupDescChecksum(
   csum: { metadataCsum: boolean; csumSeed: number; uuid: Buffer },
 ): number {
   if (csum.metadataCsum) {
-    let crc = ext4CrcU32(csum.csumSeed, group);
-    crc = ext4Crc(crc, raw.subarray(off, off + CHECKSUM_OFFSET));
-    crc = ext4Crc(crc, Buffer.alloc(2));
-    crc = ext4Crc(crc, raw.subarray(off + CHECKSUM_OFFSET + 2, off + descSize));
-    return crc & 0xffff;
+    // One pass over a copy with bg_checksum zeroed (each crc32c call is a native call).
+    if (descScratch.length !== descSize) descScratch = Buffer.alloc(descSize);
+    raw.copy(descScratch, 0, off, off + descSize);
+    descScratch.writeUInt16LE(0, GROUP_DESC_CHECKSUM_OFFSET);
+    return ext4Crc(ext4CrcU32(csum.csumSeed, group), descScratch) & 0xffff;
   }
   let crc = crc16(0xffff, csum.uuid);
   const g = Buffer.alloc(4);
   g.writeUInt32LE(group, 0);
   crc = crc16(crc, g);
-  crc = crc16(crc, raw.subarray(off, off + CHECKSUM_OFFSET));
-  crc = crc16(crc, raw.subarray(off + CHECKSUM_OFFSET + 2, off + descSize));
+  crc = crc16(crc, raw.subarray(off, off + GROUP_DESC_CHECKSUM_OFFSET));
+  crc = crc16(crc, raw.subarray(off + GROUP_DESC_CHECKSUM_OFFSET + 2, off + descSize));
   return crc;
 }
 

@@ -124,8 +124,13 @@ export class InodeStore {
     return map;
   }
 
-  /** Serialize the inode into the table (block cache). */
+  /**
+   * Serialize the inode into the table (block cache). An inode whose extent map is dirty is
+   * left to flush(), which serializes it with the map's new root, and which every commit runs
+   * first (flushAll before Volume.sync): serializing it here too would be done twice.
+   */
   async write(st: InodeState): Promise<void> {
+    if (st.extents?.dirty) return;
     await this.vol.writeInode(st.inode);
   }
 

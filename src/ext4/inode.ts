@@ -25,6 +25,8 @@ export type InodeFields = Decoded<typeof InodeLayout.layout>;
 export const GOOD_OLD_INODE_SIZE = 128;
 const CSUM_LO_OFF = InodeLayout.offsetOf('i_checksum_lo');
 const CSUM_HI_OFF = InodeLayout.offsetOf('i_checksum_hi');
+const EXTRA_ISIZE_OFF = InodeLayout.offsetOf('i_extra_isize');
+const GENERATION_OFF = InodeLayout.offsetOf('i_generation');
 /** i_extra_isize needed for i_checksum_hi to exist. */
 const CSUM_HI_EXTRA_END = CSUM_HI_OFF + 2 - GOOD_OLD_INODE_SIZE;
 
@@ -73,12 +75,29 @@ export function decodeExtraTime(base: number, extra: number | undefined): Timesp
 export class Inode {
   constructor(readonly ino: number, public f: InodeFields, readonly raw: Buffer) {}
 
+  private seedGeneration = -1;
+  private seedValue = 0;
+  /**
+   * crc32c(fs seed, le32 ino, le32 generation) (ext4_inode_csum_seed), the seed of the inode's
+   * own checksum and of its extent and directory blocks. Cached until the generation changes:
+   * every inode write and directory block seal needs it, and each crc32c call is a native call.
+   */
+  csumSeed(fsSeed: number): number {
+    const gen = this.f.i_generation;
+    if (gen !== this.seedGeneration) {
+      this.seedValue = ext4CrcU32(ext4CrcU32(fsSeed, this.ino), gen);
+      this.seedGeneration = gen;
+    }
+    return this.seedValue;
+  }
+
   static decode(ino: number, raw: Buffer): Inode {
     return new Inode(ino, decodeInodeFields(raw), Buffer.from(raw));
   }
 
   static fresh(ino: number, inodeSize: number, extraIsize: number): Inode {
-    const raw = Buffer.alloc(inodeSize);
+    // From Buffer's pool (an inode is smaller than half a pool): cheaper than its own ArrayBuffer.
+    const raw = Buffer.allocUnsafe(inodeSize).fill(0);
     const f = decodeInodeFields(raw);
     f.i_extra_isize = inodeSize > GOOD_OLD_INODE_SIZE ? extraIsize : 0;
     return new Inode(ino, f, raw);
@@ -146,6 +165,12 @@ export class Inode {
   }
   set crtime(t: Timespec) { if (this.hasExtra('i_crtime')) this.setTime('i_crtime', 'i_crtime_extra', t); }
 
+  /** Does the in-inode xattr area start with the xattr header magic (ext4_xattr_ibody_header)? */
+  hasInodeXattrHeader(magic: number): boolean {
+    const off = GOOD_OLD_INODE_SIZE + this.f.i_extra_isize;
+    return this.raw.length > GOOD_OLD_INODE_SIZE && off + 4 <= this.raw.length && this.raw.readUInt32LE(off) === magic;
+  }
+
   /** Byte range of the in-inode xattr area (after the extra fields). */
   xattrArea(): Buffer {
     if (this.raw.length <= GOOD_OLD_INODE_SIZE) return this.raw.subarray(0, 0);
@@ -198,15 +223,14 @@ function encodeInodeFields(f: InodeFields, out: Buffer): void {
 
 /** Checksum of an encoded inode; the stored checksum bytes are skipped (taken as zero). */
 export function inodeChecksum(raw: Buffer, ino: number, generation: number, csumSeed: number, extraIsize: number): number {
-  let crc = ext4CrcU32(csumSeed, ino);
-  crc = ext4CrcU32(crc, generation);
+  const seed = ext4CrcU32(ext4CrcU32(csumSeed, ino), generation);
   const hasHi = raw.length > GOOD_OLD_INODE_SIZE && extraIsize >= CSUM_HI_EXTRA_END;
   // One pass over a copy with the checksum fields zeroed (cheaper than six partial passes).
   if (csumScratch.length !== raw.length) csumScratch = Buffer.alloc(raw.length);
   raw.copy(csumScratch);
   csumScratch.writeUInt16LE(0, CSUM_LO_OFF);
   if (hasHi) csumScratch.writeUInt16LE(0, CSUM_HI_OFF);
-  crc = ext4Crc(crc, csumScratch);
+  const crc = ext4Crc(seed, csumScratch);
   return hasHi ? crc : crc & 0xffff;
 }
 let csumScratch = Buffer.alloc(256);
@@ -214,21 +238,26 @@ let csumScratch = Buffer.alloc(256);
 /** Store the checksum into raw (after encode()). */
 export function setInodeChecksum(inode: Inode, csumSeed: number): void {
   const raw = inode.raw;
-  const extra = raw.length > GOOD_OLD_INODE_SIZE ? inode.f.i_extra_isize : 0;
-  const crc = inodeChecksum(raw, inode.ino, inode.f.i_generation, csumSeed, extra);
+  const hasHi = raw.length > GOOD_OLD_INODE_SIZE && inode.f.i_extra_isize >= CSUM_HI_EXTRA_END;
+  // The checksum fields are about to be overwritten: zero them in place and checksum raw itself.
+  raw.writeUInt16LE(0, CSUM_LO_OFF);
+  if (hasHi) raw.writeUInt16LE(0, CSUM_HI_OFF);
+  const full = ext4Crc(inode.csumSeed(csumSeed), raw);
+  const crc = hasHi ? full : full & 0xffff;
   raw.writeUInt16LE(crc & 0xffff, CSUM_LO_OFF);
   inode.f.i_checksum_lo = crc & 0xffff;
-  if (raw.length > GOOD_OLD_INODE_SIZE && extra >= CSUM_HI_EXTRA_END) {
+  if (hasHi) {
     raw.writeUInt16LE(crc >>> 16, CSUM_HI_OFF);
     inode.f.i_checksum_hi = crc >>> 16;
   }
 }
 
+/** Check a raw table inode's checksum; reads only the fields it needs (every table read does this). */
 export function verifyInodeChecksum(raw: Buffer, ino: number, csumSeed: number): boolean {
-  const f = InodeLayout.decode(raw);
-  const extra = raw.length > GOOD_OLD_INODE_SIZE ? f.i_extra_isize : 0;
-  const crc = inodeChecksum(raw, ino, f.i_generation, csumSeed, extra);
-  const hasHi = raw.length > GOOD_OLD_INODE_SIZE && extra >= CSUM_HI_EXTRA_END;
-  const stored = hasHi ? (f.i_checksum_lo | (f.i_checksum_hi << 16)) >>> 0 : f.i_checksum_lo;
+  const big = raw.length > GOOD_OLD_INODE_SIZE;
+  const extra = big ? raw.readUInt16LE(EXTRA_ISIZE_OFF) : 0;
+  const crc = inodeChecksum(raw, ino, raw.readUInt32LE(GENERATION_OFF), csumSeed, extra);
+  const lo = raw.readUInt16LE(CSUM_LO_OFF);
+  const stored = big && extra >= CSUM_HI_EXTRA_END ? (lo | (raw.readUInt16LE(CSUM_HI_OFF) << 16)) >>> 0 : lo;
   return stored === crc;
 }

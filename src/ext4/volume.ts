@@ -22,7 +22,7 @@ import {
   SUPPORTED_RO_COMPAT, featureNames, sbBlocksCount, sbFreeBlocks, groupHasSuperblock, FLAG_UNSIGNED_HASH, STATE_VALID,
 } from './superblock';
 import {
-  GroupDesc, decodeGroupDesc, encodeGroupDesc, groupDescChecksum, bitmapChecksum,
+  GroupDesc, decodeGroupDesc, encodeGroupDesc, groupDescChecksum, bitmapChecksum, GROUP_DESC_CHECKSUM_OFFSET,
   BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED,
 } from './group-desc';
 import { Inode, verifyInodeChecksum, setInodeChecksum } from './inode';
@@ -196,7 +196,7 @@ export class Volume {
       encodeGroupDesc(gd, buf, offset, this.descSize);
       if (gdtCsum) {
         gd.checksum = groupDescChecksum(buf, offset, this.descSize, g, csum);
-        encodeGroupDesc(gd, buf, offset, this.descSize);
+        buf.writeUInt16LE(gd.checksum, offset + GROUP_DESC_CHECKSUM_OFFSET);
       }
       this.dev.markDirty(block, buf);
     }
@@ -548,9 +548,7 @@ export class Volume {
 
   /** crc32c seed for per-inode structures (extent blocks, directory blocks). */
   inodeCsumSeed(inode: Inode): number {
-    let crc = ext4Crc(this.csumSeed, u32le(inode.ino));
-    crc = ext4Crc(crc, u32le(inode.f.i_generation));
-    return crc;
+    return inode.csumSeed(this.csumSeed);
   }
 
   // ---- sync ----
@@ -695,12 +693,6 @@ export class Volume {
   hasJournal(): boolean {
     return this.hasCompat(COMPAT.has_journal);
   }
-}
-
-function u32le(v: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0, 0);
-  return b;
 }
 
 export function testBit(bm: Buffer, bit: number): boolean {
