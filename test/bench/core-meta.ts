@@ -22,6 +22,7 @@ import path from 'node:path';
 import { Ext4Fs } from '../../src/ext4/fs';
 import { Ext4FuseFs } from '../../src/ext4/fuse-adapter';
 import type { RequestContext } from '../../src/fuse/filesystem';
+import { forEachOption } from './lib/proc';
 
 interface Options {
   files: number;
@@ -35,13 +36,7 @@ interface Options {
 
 function parseArgs(argv: string[]): Options {
   const o: Options = { files: 1000, dirs: 4, commit: true, out: path.join('bench-results', 'core-meta.json'), dir: os.tmpdir(), keep: false, warmup: 1 };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${a} needs a value`);
-      return x;
-    };
+  forEachOption(argv, (a, v) => {
     if (a === '--files') o.files = Number(v());
     else if (a === '--dirs') o.dirs = Number(v());
     else if (a === '--no-commit') o.commit = false;
@@ -50,7 +45,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--keep') o.keep = true;
     else if (a === '--warmup') o.warmup = Number(v());
     else throw new Error(`unknown option ${a}; see the usage at the top of test/bench/core-meta.ts`);
-  }
+  });
   if (!(o.files > 0 && o.dirs > 0)) throw new Error('--files and --dirs must be positive');
   if (!(o.warmup >= 0)) throw new Error('--warmup must be 0 or more');
   return o;

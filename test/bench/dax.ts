@@ -24,7 +24,7 @@ import path from 'node:path';
 import { FUSE_SETUPMAPPING_FLAG_READ } from '../../src/fuse/abi';
 import { spawnKfsd, VhostFrontend, type Backend } from '../helpers/vhost-frontend';
 import { kfsdPath } from '../helpers/vhost-frontend/backends';
-import { now, pool, timed } from './lib/proc';
+import { forEachOption, now, pool, timed } from './lib/proc';
 
 const MiB = 1 << 20;
 const RANGE = 2 * MiB;
@@ -42,13 +42,7 @@ const USAGE = `usage: node dist/test/bench/dax.js [--size-mib 256] [--inflight 8
 
 function parseArgs(argv: string[]): Config {
   const c: Config = { sizeMiB: 256, inflight: 8, runs: 3, dir: os.tmpdir(), out: path.join('bench-results', 'dax.json') };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${a} needs a value`);
-      return x;
-    };
+  forEachOption(argv, (a, v) => {
     if (a === '--size-mib') c.sizeMiB = Number(v());
     else if (a === '--inflight') c.inflight = Number(v());
     else if (a === '--runs') c.runs = Number(v());
@@ -58,7 +52,7 @@ function parseArgs(argv: string[]): Config {
       process.stdout.write(USAGE);
       process.exit(0);
     } else throw new Error(`unknown argument ${a}\n${USAGE}`);
-  }
+  });
   if (!(c.sizeMiB >= 2 && c.sizeMiB % 2 === 0 && c.inflight >= 1 && c.runs >= 1)) throw new Error('--size-mib must be an even number >= 2, --inflight and --runs positive');
   return c;
 }

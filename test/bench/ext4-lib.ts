@@ -21,7 +21,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Ext4Fs } from '../../src/ext4/fs';
-import { now, timed } from './lib/proc';
+import { forEachOption, now, timed } from './lib/proc';
 
 // ------------------------------------------------------------------ options
 
@@ -34,13 +34,7 @@ interface Options {
 
 function parseArgs(argv: string[]): Options {
   const o: Options = { out: path.join('bench-results', 'ext4-lib.json'), files: 10000, mib: 1024, dir: os.tmpdir() };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${a} needs a value`);
-      return x;
-    };
+  forEachOption(argv, (a, v) => {
     if (a === '--out') o.out = v();
     else if (a === '--files') o.files = Number(v());
     else if (a === '--mib') o.mib = Number(v());
@@ -49,7 +43,7 @@ function parseArgs(argv: string[]): Options {
       process.stdout.write('usage: node dist/test/bench/ext4-lib.js [--out file.json] [--files N] [--mib N] [--dir DIR]\n');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
-  }
+  });
   if (!(o.files > 0) || !(o.mib > 0)) throw new Error('--files and --mib must be positive');
   return o;
 }

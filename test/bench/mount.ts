@@ -39,7 +39,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { cleanupAll, cleanupAllSync, isMounted, Kind, KFS_CLI, KINDS, Target } from './lib/mounts';
 import { snapshotKfs } from './lib/snapshot';
-import { checkInterrupt, interrupt, Interrupted, interrupted, now, run, runOk } from './lib/proc';
+import { checkInterrupt, forEachOption, interrupt, interrupted, Interrupted, now, run, runOk } from './lib/proc';
 
 // ------------------------------------------------------------------ options
 
@@ -103,13 +103,7 @@ function parseArgs(argv: string[]): Config {
     seqMiB: 512, fioMiB: 256, fioRuntimeSec: 15, remount: true, timeoutSec: 300, kfsOptions: [], keep: false,
     snapshot: true, repeat: 1, only: null, kfsCli: KFS_CLI,
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${a} needs a value`);
-      return x;
-    };
+  forEachOption(argv, (a, v) => {
     if (a === '--out') c.out = v();
     else if (a === '--quick') c.quick = true;
     else if (a === '--dir') c.dir = v();
@@ -137,7 +131,7 @@ function parseArgs(argv: string[]): Config {
       process.stdout.write(USAGE);
       process.exit(0);
     } else throw new Error(`unknown argument ${a}\n${USAGE}`);
-  }
+  });
   if (!(Number.isInteger(c.repeat) && c.repeat >= 1)) throw new Error('--repeat needs a positive integer');
   if (c.quick) {
     Object.assign(c, { files: 1000, dirs: 4, tarSources: QUICK_TAR, seqMiB: 64, fioMiB: 32, fioRuntimeSec: 3, timeoutSec: 90 });

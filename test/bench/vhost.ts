@@ -33,7 +33,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnKfsd, spawnVirtiofsd, VhostFrontend, type Backend, VIRTIOFSD } from '../helpers/vhost-frontend';
 import { kfsdPath } from '../helpers/vhost-frontend/backends';
-import { now, pool, timed } from './lib/proc';
+import { forEachOption, now, pool, timed } from './lib/proc';
 
 type TargetKind = 'kfsd-image' | 'virtiofsd-ext4' | 'kfsd-dir' | 'virtiofsd-dir';
 const ALL_TARGETS: TargetKind[] = ['kfsd-image', 'virtiofsd-ext4', 'kfsd-dir', 'virtiofsd-dir'];
@@ -65,13 +65,7 @@ const usage = (): string => `usage: node dist/test/bench/vhost.js [--quick] [--i
 function parseArgs(argv: string[]): Config {
   const c: Config = { quick: false, inflight: 16, queues: 1, targets: ALL_TARGETS, workloads: WORKLOAD_KEYS, dir: os.tmpdir(), size: '2G', out: path.join('bench-results', 'vhost.json'), keep: false, ops: 20000, files: 4000, seqMiB: 256 };
   let opsOverride: number | undefined;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${a} needs a value`);
-      return x;
-    };
+  forEachOption(argv, (a, v) => {
     if (a === '--quick') c.quick = true;
     else if (a === '--inflight') c.inflight = Number(v());
     else if (a === '--queues') c.queues = Number(v());
@@ -92,7 +86,7 @@ function parseArgs(argv: string[]): Config {
       process.stdout.write(usage());
       process.exit(0);
     } else throw new Error(`unknown argument ${a}\n${usage()}`);
-  }
+  });
   if (!(c.inflight >= 1 && c.queues >= 1)) throw new Error('--inflight and --queues need positive integers');
   if (c.quick) Object.assign(c, { ops: 2000, files: 500, seqMiB: 32 });
   if (opsOverride !== undefined) {

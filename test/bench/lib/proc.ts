@@ -114,3 +114,18 @@ export async function runOk(cmd: string, args: string[], o: RunOptions = {}): Pr
   }
   return r;
 }
+
+/**
+ * Walk a benchmark's command-line options: `each(option, value)` per option, where value()
+ * takes the argument after it (an error naming the option when there is none).
+ */
+export function forEachOption(argv: string[], each: (option: string, value: () => string) => void): void {
+  for (let i = 0; i < argv.length; i++) {
+    const option = argv[i];
+    each(option, () => {
+      const x = argv[++i];
+      if (x === undefined) throw new Error(`${option} needs a value`);
+      return x;
+    });
+  }
+}
