@@ -73,9 +73,16 @@ export class Directory {
     return `directory inode ${this.io.ino} block ${lblk}`;
   }
 
+  /**
+   * The hash version names are hashed with: the htree root's, or s_def_hash_version for a
+   * directory not indexed yet. Legacy, half-MD4 and TEA (0-2) are what the kernel's dx_probe
+   * accepts here (SipHash needs casefold + encryption, which kfs refuses); anything else is
+   * damage, reported as such rather than as dxHash's RangeError.
+   */
   private hashVersion(root?: DxNode): number {
     const v = root?.info ? root.info.hashVersion : this.io.defHashVersion;
-    return v <= 2 ? v + this.io.unsignedDelta : v;
+    if (v > 2) throw new CorruptionError(`${this.where(0)}: unknown htree hash version ${v}${root?.info ? '' : ' (superblock default)'}`);
+    return v + this.io.unsignedDelta;
   }
 
   hash(name: Buffer, root?: DxNode): { major: number; minor: number } {
