@@ -239,6 +239,26 @@ test('ext4 image: OPEN without O_TRUNC, and RELEASE unless it is the last close 
   t.is((await ext4.statfs()).ffree, before + 1, 'the ordinary release freed the inode');
 });
 
+test('ext4 image: names created through the filesystem are looked up on the fast path at once', async (t) => {
+  const ext4 = await Ext4Fs.open(makeImage(t, { size: '32M', blockSize: 4096 }), { commitIntervalMs: 0 });
+  t.teardown(() => ext4.close());
+  const v = await serve(t, new Ext4FuseFs(ext4));
+  // A name looked up before the creates, then three creates: all four known after the last.
+  const first = await makeFile(v, 'first', Buffer.from('1'));
+  const look = (n: string) => msg(OP.LOOKUP, 1, name(n));
+  if (!v.sync(look('first'))) await v.call(look('first'));
+  const made = [first.node];
+  for (const n of ['a', 'b', 'c']) made.push((await makeFile(v, n, Buffer.from(n))).node);
+  for (const [i, n] of ['first', 'a', 'b', 'c'].entries()) {
+    await same(t, v, () => look(n), undefined, `lookup ${n}`);
+    t.is(Number(v.sync(look(n))!.readBigUInt64LE(16)), made[i]);
+  }
+  // Any other change (here an unlink) still makes the fast path let go of the directory's names.
+  t.is((await v.call(msg(OP.UNLINK, 1, name('a')))).readInt32LE(4), 0);
+  t.is(v.sync(look('b')), null);
+  t.is(v.sync(look('a')), null);
+});
+
 test('FORGET and BATCH_FORGET are taken on the fast path without a reply', async (t) => {
   const dir = tempDir(t, 'fastpath');
   fs.writeFileSync(path.join(dir, 'x'), 'x');

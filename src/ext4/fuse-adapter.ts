@@ -69,7 +69,9 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   private dirs = new Map<number, { ino: number; handle: number }>();
   private nextFh = 1;
 
-  constructor(readonly ext4: Ext4Fs) {}
+  constructor(readonly ext4: Ext4Fs) {
+    ext4.onNameAdded = (dir, before, name, ino) => this.nameAdded(dir, before, name, ino);
+  }
 
   private ino(node: number): number {
     const ino = toIno(node);
@@ -95,6 +97,18 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   }
 
   private knownNames = new WeakMap<Directory, KnownNames>();
+
+  /**
+   * A name created through the filesystem (Ext4Fs.onNameAdded, called inside that operation):
+   * it is known from now on, so a LOOKUP of it (a guest's cold stat) takes lookupSync. When the
+   * add alone moved the directory's change count, every name known before still holds and is
+   * carried over; otherwise the known set starts again from this name.
+   */
+  private nameAdded(dir: Directory, before: number, name: Buffer, ino: number): void {
+    const k = this.knownNames.get(dir);
+    if (k && k.changes === before && dir.changes === before + 1) k.changes = dir.changes;
+    this.remember(dir, dir.changes, name, ino);
+  }
 
   private remember(dir: Directory, changes: number, name: Buffer, ino: number): void {
     let k = this.knownNames.get(dir);
