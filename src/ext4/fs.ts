@@ -23,7 +23,6 @@ import {
 import { RO_COMPAT, groupHasSuperblock } from './superblock';
 import { parseVfsAcl, encodeVfsAcl, aclEquivMode, aclChmod, aclCreateMasq } from './acl';
 import { XATTR_CREATE, XATTR_REPLACE } from './xattr-store';
-import { XATTR_MAGIC } from './xattr';
 
 export interface Attr {
   ino: number;
@@ -324,7 +323,7 @@ export class Ext4Fs {
   /** ACLs a new inode inherits from its parent's default ACL, or null when it has none. */
   private async inheritedAcls(p: InodeState, mode: number): Promise<{ mode: number; access: Buffer | null; defaults: Buffer } | null> {
     // No xattr block and no in-inode xattr header: no default ACL, without parsing anything.
-    if (!p.inode.fileAcl && !p.inode.hasInodeXattrHeader(XATTR_MAGIC)) return null;
+    if (this.xattrs.none(p)) return null;
     const defaults = await this.xattrs.find(p, 'system.posix_acl_default');
     if (!defaults) return null;
     const entries = parseVfsAcl(defaults);

@@ -63,7 +63,7 @@ export class XattrStore {
 
   /** No attributes in the inode's area or a block. */
   none(st: InodeState): boolean {
-    return !st.inode.fileAcl && !this.inodeAreaInUse(st);
+    return !st.inode.fileAcl && !st.inode.hasInodeXattrHeader(XATTR_MAGIC);
   }
 
   /** The value, or null when absent. An inode without xattrs answers without parsing anything. */
@@ -72,13 +72,6 @@ export class XattrStore {
     const e = (await this.all(st)).find((x) => x.name === name);
     if (!e) return null;
     return ACL_NAMES.has(name) ? aclFromDisk(e.value) : e.value;
-  }
-
-  /** Does the in-inode xattr area start with the magic (ext4_xattr_ibody_header)? */
-  private inodeAreaInUse(st: InodeState): boolean {
-    if (this.areaSize(st) < 4) return false;
-    const raw = st.inode.raw;
-    return raw.readUInt32LE(GOOD_OLD_INODE_SIZE + st.inode.f.i_extra_isize) === XATTR_MAGIC;
   }
 
   async list(st: InodeState): Promise<string[]> {

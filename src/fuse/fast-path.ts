@@ -18,7 +18,7 @@ import { constants } from 'node:os';
 import { ENTRY_NAME_MAX, FOPEN, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, entryOutSize, getattrInSize, readInSize, releaseInSize } from './abi';
 import { payloadViews } from './reply';
 import { FileSystem, RequestContext } from './filesystem';
-import { encodeAttrOutAt, encodeEntryOutAt } from './structs';
+import { encodeAttrOutAt, encodeEntryOutAt, encodeOpenOutAt } from './structs';
 
 /** answer(): the request needs the ordinary path. */
 export const NOT_HANDLED = -1;
@@ -59,6 +59,16 @@ export class FastPath {
    * NOT_HANDLED.
    */
   answer(buf: Buffer, len: number, dest?: readonly Buffer[]): number {
+    // A filesystem's *Sync method throwing means "use the ordinary method" (FileSystem), which
+    // then gives the error reply: one catch here for every opcode.
+    try {
+      return this.dispatch(buf, len, dest);
+    } catch {
+      return NOT_HANDLED;
+    }
+  }
+
+  private dispatch(buf: Buffer, len: number, dest?: readonly Buffer[]): number {
     if (len < SIZE.IN_HEADER) return NOT_HANDLED;
     const msgLen = buf.readUInt32LE(0);
     // Extensions (security contexts, supplementary groups) are for the ordinary decoder.
@@ -109,12 +119,7 @@ export class FastPath {
 
   private getattr(buf: Buffer): number {
     if (!this.fs.getattrSync) return NOT_HANDLED;
-    let attr;
-    try {
-      attr = this.fs.getattrSync(this.context(buf), u64(buf, 16));
-    } catch {
-      return NOT_HANDLED;
-    }
+    const attr = this.fs.getattrSync(this.context(buf), u64(buf, 16));
     if (!attr) return NOT_HANDLED;
     // The full-size body is written and then cut, as replySized does for the FUSE_COMPAT sizes.
     const size = attrOutSize(this.s.minor);
@@ -127,18 +132,12 @@ export class FastPath {
     if (!this.fs.lookupSync) return NOT_HANDLED;
     // The name: NUL-terminated, 1..255 bytes, no '/' (decodeRequest's entryName for LOOKUP).
     const start = SIZE.IN_HEADER;
-    const nul = buf.indexOf(0, start);
-    if (nul < 0 || nul >= len) return NOT_HANDLED;
+    const nul = nameEnd(buf, start, len, ENTRY_NAME_MAX);
+    if (nul < 0) return NOT_HANDLED;
     const n = nul - start;
-    if (n === 0 || n > ENTRY_NAME_MAX) return NOT_HANDLED;
     const name = buf.subarray(start, nul);
     if (name.includes(SLASH) || (name[0] === DOT && (n === 1 || (n === 2 && name[1] === DOT)))) return NOT_HANDLED;
-    let found;
-    try {
-      found = this.fs.lookupSync(this.context(buf), u64(buf, 16), name);
-    } catch {
-      return NOT_HANDLED;
-    }
+    const found = this.fs.lookupSync(this.context(buf), u64(buf, 16), name);
     // A miss goes the ordinary way: it decides between ENOENT and a negative entry.
     if (!found) return NOT_HANDLED;
     const size = entryOutSize(this.s.minor);
@@ -155,12 +154,7 @@ export class FastPath {
     if (size === 0) return NOT_HANDLED;
     const views = payloadViews(dest, size);
     if (!views) return NOT_HANDLED;
-    let n;
-    try {
-      n = this.fs.readSync(this.context(buf), u64(buf, 16), u64(buf, at), u64(buf, at + 8), size, views);
-    } catch {
-      return NOT_HANDLED;
-    }
+    const n = this.fs.readSync(this.context(buf), u64(buf, 16), u64(buf, at), u64(buf, at + 8), size, views);
     if (n === undefined) return NOT_HANDLED;
     this.header(buf, n);
     this.replyHead = SIZE.OUT_HEADER;
@@ -177,20 +171,10 @@ export class FastPath {
     // fuse_open_in {u32 flags, u32 open_flags}
     const flags = buf.readUInt32LE(SIZE.IN_HEADER);
     if (flags & O_TRUNC || (this.s.readOnly && (flags & O_ACCMODE) !== O_RDONLY)) return NOT_HANDLED;
-    let r;
-    try {
-      r = this.fs.openSync(this.context(buf), u64(buf, 16), flags);
-    } catch {
-      return NOT_HANDLED;
-    }
+    const r = this.fs.openSync(this.context(buf), u64(buf, 16), flags);
     if (!r) return NOT_HANDLED;
     this.header(buf, SIZE.OPEN_OUT);
-    const out = this.out;
-    const at = SIZE.OUT_HEADER;
-    out.setUint32(at, r.fh % 0x100000000, true);
-    out.setUint32(at + 4, Math.floor(r.fh / 0x100000000), true);
-    out.setUint32(at + 8, (r.openFlags ?? 0) | FOPEN.KEEP_CACHE, true);
-    out.setInt32(at + 12, 0, true);
+    encodeOpenOutAt(this.out, SIZE.OUT_HEADER, r.fh, (r.openFlags ?? 0) | FOPEN.KEEP_CACHE);
     return this.finish(SIZE.OPEN_OUT);
   }
 
@@ -198,12 +182,7 @@ export class FastPath {
   private release(buf: Buffer): number {
     if (!this.fs.releaseSync) return NOT_HANDLED;
     // fuse_release_in {u64 fh, u32 flags, u32 release_flags, u64 lock_owner}
-    let done;
-    try {
-      done = this.fs.releaseSync(this.context(buf), u64(buf, 16), u64(buf, SIZE.IN_HEADER));
-    } catch {
-      return NOT_HANDLED;
-    }
+    const done = this.fs.releaseSync(this.context(buf), u64(buf, 16), u64(buf, SIZE.IN_HEADER));
     if (!done) return NOT_HANDLED;
     this.header(buf, 0);
     return this.finish(0);
@@ -214,18 +193,8 @@ export class FastPath {
     if (!this.fs.noXattrsSync) return NOT_HANDLED;
     // fuse_getxattr_in {u32 size, u32 padding}, then the name: NUL-terminated, 1..XATTR_NAME_MAX
     // bytes (decodeRequest's xattrName).
-    const start = SIZE.IN_HEADER + SIZE.GETXATTR_IN;
-    if (len <= start) return NOT_HANDLED;
-    const nul = buf.indexOf(0, start);
-    if (nul < 0 || nul >= len) return NOT_HANDLED;
-    const n = nul - start;
-    if (n === 0 || n > XATTR_NAME_MAX) return NOT_HANDLED;
-    let none;
-    try {
-      none = this.fs.noXattrsSync(this.context(buf), u64(buf, 16));
-    } catch {
-      return NOT_HANDLED;
-    }
+    if (nameEnd(buf, SIZE.IN_HEADER + SIZE.GETXATTR_IN, len, XATTR_NAME_MAX) < 0) return NOT_HANDLED;
+    const none = this.fs.noXattrsSync(this.context(buf), u64(buf, 16));
     if (!none) return NOT_HANDLED;
     this.header(buf, 0);
     this.out.setInt32(4, -ENODATA, true);
@@ -245,6 +214,18 @@ export class FastPath {
     this.replyHead = SIZE.OUT_HEADER + bodySize;
     return this.replyHead;
   }
+}
+
+/**
+ * Where the NUL ending a name at buf[start..len) is, for a name of 1..max bytes; -1 when there
+ * is none within the message or the length is out of range (the ordinary decoder's cases).
+ */
+function nameEnd(buf: Buffer, start: number, len: number, max: number): number {
+  if (start >= len) return -1;
+  const nul = buf.indexOf(0, start);
+  if (nul < 0 || nul >= len) return -1;
+  const n = nul - start;
+  return n === 0 || n > max ? -1 : nul;
 }
 
 function u64(buf: Buffer, at: number): number {

@@ -591,6 +591,13 @@ export function writeOpenOut(c: ByteCursor, o: OpenOut): void {
   c.putU64(o.fh).putU32(o.open_flags).putI32(o.backing_id ?? 0);
 }
 
+/** fuse_open_out at `at` of a reused reply (the fast path: no cursor, no object per request). */
+export function encodeOpenOutAt(v: DataView, at: number, fh: number, openFlags: number): void {
+  setU64(v, at, fh);
+  v.setUint32(at + 8, openFlags, true);
+  v.setInt32(at + 12, 0, true);
+}
+
 /** struct fuse_kstatfs (80 bytes), the body of fuse_statfs_out. */
 export interface Kstatfs {
   blocks: number;
