@@ -7,11 +7,12 @@ export interface KfsNative {
   blockDeviceSize(fd: number): number;
   /** One read(2) filling at most buf.length bytes: the byte count, or -errno (no exception). */
   readInto(fd: number, buf: Buffer): number;
-  /** One preadv2(RWF_NOWAIT) into buffers (1..IOV_MAX) from position: bytes read (short when only part is in the
-   *  page cache, or at end of file), or -errno (-EAGAIN: nothing cached; read on the thread pool instead). */
-  preadNowait(fd: number, buffers: readonly Buffer[], position: number): number;
-  /** preadNowait into buf[offset, offset + length) (checked against buf's size). */
-  preadNowaitAt(fd: number, buf: Buffer, offset: number, length: number, position: number): number;
+  /** One preadv2 into buffers (1..IOV_MAX) from position: bytes read (short at end of file, or with nowait when only
+   *  part is in the page cache), or -errno. nowait (RWF_NOWAIT): -EAGAIN when nothing is cached (read on the thread pool
+   *  instead); without it the call may wait for the disk. */
+  preadv(fd: number, buffers: readonly Buffer[], position: number, nowait: boolean): number;
+  /** preadv into buf[offset, offset + length) (checked against buf's size). */
+  preadvAt(fd: number, buf: Buffer, offset: number, length: number, position: number, nowait: boolean): number;
   FALLOC_FL: { KEEP_SIZE: number; PUNCH_HOLE: number; ZERO_RANGE: number };
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   umount2(target: string, flags: number): void;

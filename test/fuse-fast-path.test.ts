@@ -46,8 +46,8 @@ interface Served {
   s: FuseSession;
   /** Send through handle(); the reply's bytes. */
   call(m: Buffer): Promise<Buffer>;
-  /** Send through handleSync with `dest` as the transport's buffers; null when not handled. */
-  sync(m: Buffer, dest?: Buffer[]): Buffer | null;
+  /** Send through handleSync with `dest` as the transport's buffers; null when not handled. `idle`: as handleSync's. */
+  sync(m: Buffer, dest?: Buffer[], idle?: boolean): Buffer | null;
 }
 
 async function serve(t: ExecutionContext, fsys: FileSystem): Promise<Served> {
@@ -62,8 +62,8 @@ async function serve(t: ExecutionContext, fsys: FileSystem): Promise<Served> {
   return {
     s,
     call: async (m) => bytes(await s.handle(m)),
-    sync: (m, dest) => {
-      const n = s.handleSync(m, m.length, dest);
+    sync: (m, dest, idle) => {
+      const n = s.handleSync(m, m.length, dest, idle);
       if (n < 0) return null;
       const head = Buffer.from(s.syncReply.subarray(0, s.syncReplyHead));
       if (n === s.syncReplyHead) return head;
@@ -136,6 +136,13 @@ for (const [label, open] of backends) {
     await same(t, v, () => msg(OP.READ, node, readIn(fh, 100, 8000)), () => [Buffer.alloc(7), Buffer.alloc(9 + 3000), Buffer.alloc(5000)], 'read, again');
     // Transport buffers smaller than the reply: the ordinary path decides.
     t.is(v.sync(msg(OP.READ, node, readIn(fh, 0, 4096)), [Buffer.alloc(100)]), null);
+    // An idle transport lets the read wait for the disk (a blocking preadv2): same reply.
+    for (const [off, size, splits] of cases) {
+      const m = msg(OP.READ, node, readIn(fh, off, size));
+      const fast = v.sync(m, splits.map((n) => Buffer.alloc(n, 0xee)), true);
+      t.truthy(fast, `idle read ${off}+${size}: answered on the fast path`);
+      t.deepEqual(fast, await v.call(m), `idle read ${off}+${size}: the fast reply equals the ordinary one`);
+    }
   });
 
   test(`${label}: a name stops being answered from memory when its directory changes`, async (t) => {

@@ -1,4 +1,4 @@
-// File primitives Node lacks: flock(2), fallocate(2), BLKGETSIZE64, preadv2(RWF_NOWAIT).
+// File primitives Node lacks: flock(2), fallocate(2), BLKGETSIZE64, preadv2 (RWF_NOWAIT or blocking).
 #include "argcheck.h"
 #include "errors.h"
 #include "file.h"
@@ -76,21 +76,32 @@ static Napi::Value ReadInto(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, n < 0 ? -errno : static_cast<double>(n));
 }
 
-// preadNowait(fd, buffers, position): one preadv2(RWF_NOWAIT) filling the buffers in order
-// from `position`; the byte count (short when only part of the range is in the page cache, or
-// at the end of the file), or -errno: -EAGAIN when none of it is cached, so that the caller
-// reads on the thread pool instead of stalling the event loop on the disk.
-static Napi::Value PreadNowait(const Napi::CallbackInfo& info) {
+// One preadv2 with flags RWF_NOWAIT (nowait) or 0, retried on EINTR: the byte count or -errno.
+static Napi::Value Preadv2Result(Napi::Env env, int fd, const struct iovec* iov, int n, int64_t pos, bool nowait) {
+  ssize_t got;
+  do got = preadv2(fd, iov, n, static_cast<off_t>(pos), nowait ? RWF_NOWAIT : 0);
+  while (got < 0 && errno == EINTR);
+  return Napi::Number::New(env, got < 0 ? -errno : static_cast<double>(got));
+}
+
+// preadv(fd, buffers, position, nowait): one preadv2 filling the buffers in order from
+// `position`; the byte count (short at the end of the file, or with nowait when only part of
+// the range is in the page cache), or -errno. nowait (RWF_NOWAIT): -EAGAIN when none of it is
+// cached, so that a caller that must not stall the event loop on the disk reads on the thread
+// pool instead; without it the read may wait for the disk (a caller with nothing else to do).
+static Napi::Value Preadv(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const char* fn = "preadNowait";
+  const char* fn = "preadv";
   int fd = -1;
   int64_t pos;
+  bool nowait;
   if (!argcheck::Fd(info, 0, fn, &fd)) return env.Undefined();
   if (info.Length() < 2 || !info[1].IsArray()) {
     argcheck::TypeErr(env, fn, "buffers must be an array of Buffers");
     return env.Undefined();
   }
-  if (!argcheck::Int(info, 2, fn, "position", 0, 9007199254740991LL, &pos)) return env.Undefined();
+  if (!argcheck::Int(info, 2, fn, "position", 0, 9007199254740991LL, &pos) || !argcheck::Bool(info, 3, fn, "nowait", &nowait))
+    return env.Undefined();
   Napi::Array arr = info[1].As<Napi::Array>();
   uint32_t n = arr.Length();
   if (n == 0 || n > IOV_MAX) {
@@ -108,36 +119,31 @@ static Napi::Value PreadNowait(const Napi::CallbackInfo& info) {
     iov[i].iov_base = b.Data();
     iov[i].iov_len = b.Length();
   }
-  ssize_t got;
-  do got = preadv2(fd, iov.data(), static_cast<int>(n), static_cast<off_t>(pos), RWF_NOWAIT);
-  while (got < 0 && errno == EINTR);
-  return Napi::Number::New(env, got < 0 ? -errno : static_cast<double>(got));
+  return Preadv2Result(env, fd, iov.data(), static_cast<int>(n), pos, nowait);
 }
 
-// preadNowaitAt(fd, buffer, offset, length, position): preadNowait into buffer[offset,
+// preadvAt(fd, buffer, offset, length, position, nowait): preadv into buffer[offset,
 // offset+length), without building an array (the common case: one guest buffer).
-static Napi::Value PreadNowaitAt(const Napi::CallbackInfo& info) {
+static Napi::Value PreadvAt(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const char* fn = "preadNowaitAt";
+  const char* fn = "preadvAt";
   int fd = -1;
   int64_t off, len, pos;
+  bool nowait;
   Napi::Buffer<uint8_t> buf;
   if (!argcheck::Fd(info, 0, fn, &fd) || !argcheck::Buf(info, 1, fn, &buf)) return env.Undefined();
   int64_t size = static_cast<int64_t>(buf.Length());
   if (!argcheck::Int(info, 2, fn, "offset", 0, size, &off) || !argcheck::Int(info, 3, fn, "length", 0, size - off, &len) ||
-      !argcheck::Int(info, 4, fn, "position", 0, 9007199254740991LL, &pos))
+      !argcheck::Int(info, 4, fn, "position", 0, 9007199254740991LL, &pos) || !argcheck::Bool(info, 5, fn, "nowait", &nowait))
     return env.Undefined();
   struct iovec iov = {buf.Data() + off, static_cast<size_t>(len)};
-  ssize_t got;
-  do got = preadv2(fd, &iov, 1, static_cast<off_t>(pos), RWF_NOWAIT);
-  while (got < 0 && errno == EINTR);
-  return Napi::Number::New(env, got < 0 ? -errno : static_cast<double>(got));
+  return Preadv2Result(env, fd, &iov, 1, pos, nowait);
 }
 
 void InitFile(Napi::Env env, Napi::Object exports) {
-  exports.Set("preadNowaitAt", Napi::Function::New(env, PreadNowaitAt));
+  exports.Set("preadvAt", Napi::Function::New(env, PreadvAt));
   exports.Set("readInto", Napi::Function::New(env, ReadInto));
-  exports.Set("preadNowait", Napi::Function::New(env, PreadNowait));
+  exports.Set("preadv", Napi::Function::New(env, Preadv));
   exports.Set("flock", Napi::Function::New(env, Flock));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSize));

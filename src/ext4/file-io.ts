@@ -112,11 +112,12 @@ export class FileIO {
   }
 
   /**
-   * readPlannedInto without waiting: every segment must come from the host's page cache in one
-   * preadv2(RWF_NOWAIT) (true), or nothing is promised and the caller reads the ordinary way
-   * (false; dest may hold part of the data by then). Not for images read through a snapshot view.
+   * readPlannedInto on the event loop: every segment is read in one preadv2 (true), or nothing
+   * is promised and the caller reads the ordinary way (false; dest may hold part of the data by
+   * then). Without mayWait the read must not wait for the disk (RWF_NOWAIT: the data must be in
+   * the host's page cache). Not for images read through a snapshot view.
    */
-  readPlannedNowait(plan: ReadPlan, dest: readonly Buffer[]): boolean {
+  readPlannedSync(plan: ReadPlan, dest: readonly Buffer[], mayWait: boolean): boolean {
     const dev = this.store.vol.dev;
     if (dev.reader) return false;
     let covered = 0;
@@ -125,11 +126,11 @@ export class FileIO {
       if (g.at > covered) zeroRange(dest, covered, g.at);
       const one = dest.length === 1 ? dest[0] : null;
       if (one) {
-        if (native.preadNowaitAt(dev.fd, one, g.at, g.len, g.disk) !== g.len) return false;
+        if (native.preadvAt(dev.fd, one, g.at, g.len, g.disk, !mayWait) !== g.len) return false;
       } else {
         views.length = 0;
         rangeViews(dest, g.at, g.at + g.len, views);
-        if (native.preadNowait(dev.fd, views, g.disk) !== g.len) return false;
+        if (native.preadv(dev.fd, views, g.disk, !mayWait) !== g.len) return false;
       }
       covered = g.at + g.len;
     }

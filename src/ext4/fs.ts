@@ -719,15 +719,16 @@ export class Ext4Fs {
   }
 
   /**
-   * readInto() answered without waiting, or undefined: the inode and its extent map in memory,
-   * no operation holding the lock, no atime to update, and the data in the host's page cache
-   * (FileIO.readPlannedNowait). The FUSE fast path tries this before the ordinary read.
+   * readInto() answered at once, or undefined: the inode and its extent map in memory, no
+   * operation holding the lock, no atime to update, and the data in the host's page cache or,
+   * with mayWait, read from the disk right here (FileIO.readPlannedSync). The FUSE fast path
+   * tries this before the ordinary read.
    */
-  readCached(ino: number, offset: number, length: number, dest: readonly Buffer[]): number | undefined {
+  readCached(ino: number, offset: number, length: number, dest: readonly Buffer[], mayWait = false): number | undefined {
     const st = this.peekCached(ino);
     if (!st || st.inode.isDir() || this.atimeDue(st)) return undefined;
     const plan = this.files.planReadLoaded(st, offset, length);
-    return plan && this.files.readPlannedNowait(plan, dest) ? plan.length : undefined;
+    return plan && this.files.readPlannedSync(plan, dest, mayWait) ? plan.length : undefined;
   }
 
   write(ino: number, offset: number, data: Buffer, opts: { killPriv?: boolean } = {}): Promise<number> {

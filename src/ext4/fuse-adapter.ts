@@ -265,8 +265,8 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     return this.ext4.readInto(this.file(fh, node).ino, offset, size, dest);
   }
 
-  readSync(_ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[]): number | undefined {
-    return this.ext4.readCached(this.file(fh, node).ino, offset, size, dest);
+  readSync(_ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[], mayWait: boolean): number | undefined {
+    return this.ext4.readCached(this.file(fh, node).ino, offset, size, dest, mayWait);
   }
 
   async write(ctx: RequestContext, node: number, fh: number, offset: number, data: Buffer, killSuidgid: boolean): Promise<number> {

@@ -127,14 +127,14 @@ export class FuseSession {
    * (a READ's data) is already in `dest`, as handle() describes. `buf` may be reused by the
    * caller as soon as this returns.
    */
-  handleSync(buf: Buffer, len: number, dest?: readonly Buffer[]): number {
+  handleSync(buf: Buffer, len: number, dest?: readonly Buffer[], idle = false): number {
     const fast = this.fast;
     if (!fast) return NOT_HANDLED;
     const observe = this.observeSync;
     // One request in SYNC_TIMING_EVERY is timed: two clock reads were ~4% of a GETATTR.
     const timed = observe !== null && this.syncSeq++ % SYNC_TIMING_EVERY === 0;
     const t0 = timed ? performance.now() : 0;
-    const n = fast.answer(buf, len, dest);
+    const n = fast.answer(buf, len, dest, idle);
     if (n !== NOT_HANDLED) {
       const opcode = buf.readUInt32LE(4); // one of FAST_KINDS' (answer() took no other)
       this.syncCounts[opcode]++;

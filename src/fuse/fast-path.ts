@@ -56,19 +56,20 @@ export class FastPath {
 
   /**
    * Answer the request in buf[0, len): the reply's length in `reply` (0: no reply is due), or
-   * NOT_HANDLED.
+   * NOT_HANDLED. `idle`: the transport has no other request in flight, so a READ may wait for
+   * the disk here (FileSystem.readSync).
    */
-  answer(buf: Buffer, len: number, dest?: readonly Buffer[]): number {
+  answer(buf: Buffer, len: number, dest?: readonly Buffer[], idle = false): number {
     // A filesystem's *Sync method throwing means "use the ordinary method" (FileSystem), which
     // then gives the error reply: one catch here for every opcode.
     try {
-      return this.dispatch(buf, len, dest);
+      return this.dispatch(buf, len, dest, idle);
     } catch {
       return NOT_HANDLED;
     }
   }
 
-  private dispatch(buf: Buffer, len: number, dest?: readonly Buffer[]): number {
+  private dispatch(buf: Buffer, len: number, dest: readonly Buffer[] | undefined, idle: boolean): number {
     if (len < SIZE.IN_HEADER) return NOT_HANDLED;
     const msgLen = buf.readUInt32LE(0);
     // Extensions (security contexts, supplementary groups) are for the ordinary decoder.
@@ -81,7 +82,7 @@ export class FastPath {
       case FuseOpcode.LOOKUP:
         return this.lookup(buf, len);
       case FuseOpcode.READ:
-        return dest && body === readInSize(this.s.minor) ? this.read(buf, dest) : NOT_HANDLED;
+        return dest && body === readInSize(this.s.minor) ? this.read(buf, dest, idle) : NOT_HANDLED;
       case FuseOpcode.GETXATTR:
         return this.getxattr(buf, len);
       case FuseOpcode.OPEN:
@@ -146,7 +147,7 @@ export class FastPath {
     return this.finish(size);
   }
 
-  private read(buf: Buffer, dest: readonly Buffer[]): number {
+  private read(buf: Buffer, dest: readonly Buffer[], idle: boolean): number {
     if (!this.fs.readSync) return NOT_HANDLED;
     // fuse_read_in {u64 fh, u64 offset, u32 size, u32 read_flags, ...}
     const at = SIZE.IN_HEADER;
@@ -154,7 +155,7 @@ export class FastPath {
     if (size === 0) return NOT_HANDLED;
     const views = payloadViews(dest, size);
     if (!views) return NOT_HANDLED;
-    const n = this.fs.readSync(this.context(buf), u64(buf, 16), u64(buf, at), u64(buf, at + 8), size, views);
+    const n = this.fs.readSync(this.context(buf), u64(buf, 16), u64(buf, at), u64(buf, at + 8), size, views, idle);
     if (n === undefined) return NOT_HANDLED;
     this.header(buf, n);
     this.replyHead = SIZE.OUT_HEADER;

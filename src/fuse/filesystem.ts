@@ -122,8 +122,13 @@ export interface FileSystem {
    * the end of the file). Bytes past the returned count are left as they were.
    */
   readInto?(ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[]): Promise<number>;
-  /** readInto answered without waiting (data in memory or the page cache): bytes read, or undefined: not now. */
-  readSync?(ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[]): number | undefined;
+  /**
+   * readInto answered on the spot: bytes read, or undefined: not now. Without `mayWait` only
+   * from memory or the host's page cache; with it the read may also wait for the disk (the
+   * transport has nothing else in flight, so a hand-off to the thread pool would only add a
+   * thread switch to the request's latency).
+   */
+  readSync?(ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[], mayWait: boolean): number | undefined;
   /** Unmount or connection end: make everything durable. */
   destroy(): Promise<void>;
   /**

@@ -470,10 +470,15 @@ export class PassthroughFs implements FileSystem {
     return buf.subarray(0, n);
   }
 
-  /** readInto from the page cache without waiting (preadv2 RWF_NOWAIT); a short read (end of file, or partly cached) goes the ordinary way. */
-  readSync(_ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[]): number | undefined {
+  /**
+   * readInto on the spot: from the page cache without waiting (preadv2 RWF_NOWAIT), or with
+   * mayWait a blocking preadv, short only at the end of the file as readInto's. Without mayWait a
+   * short read (end of file, or partly cached) goes the ordinary way.
+   */
+  readSync(_ctx: RequestContext, node: number, fh: number, offset: number, size: number, dest: Buffer[], mayWait: boolean): number | undefined {
     const fd = this.handle(fh, node, false).fd;
-    return native.preadNowait(fd, dest, offset) === size ? size : undefined;
+    const n = native.preadv(fd, dest, offset, !mayWait);
+    return n === size || (mayWait && n >= 0) ? n : undefined;
   }
 
   /** One preadv into the transport's buffers (short only at the end of the file, as read()). */

@@ -143,7 +143,9 @@ export class FuseDevice {
     // cache, FORGET) are answered here, with no copy of the request and no promise; not while
     // a change waits for its commit (its reply must go first: reply-gate.ts).
     if (!this.gate || this.gate.quiet) {
-      const len = this.session.handleSync(this.buf, n, this.syncDest);
+      // Nothing else in flight: a READ of data not in the page cache is read here rather than
+      // handed to the thread pool, saving two thread switches on a request that waits anyway.
+      const len = this.session.handleSync(this.buf, n, this.syncDest, this.inflight === 0);
       if (len >= 0) {
         if (len > 0) this.sendSync(len);
         return;
