@@ -44,6 +44,9 @@ const decodedNodes = new WeakMap<Buffer, DxNode>();
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
 
+/** Names a Directory keeps in memory (Directory.names); past this it keeps none. */
+export const DIR_NAMES_MAX = 1 << 16;
+
 export interface DirEntryInfo {
   name: Buffer;
   inode: number;
@@ -61,7 +64,56 @@ export class Directory {
    */
   changes = 0;
 
+  /**
+   * Names this directory is known to hold → their inodes: what lookups found and what add and
+   * replace put there. `namesComplete`: every name is in it (a directory made empty here, or
+   * listed in full), so a name not in it is a miss without reading a block; that is what the
+   * LOOKUP before every create asks. null past DIR_NAMES_MAX names; while a change is under way
+   * it is detached (detachNames), so a change that fails part-way leaves none.
+   */
+  private names: Map<string, number> | null = null;
+  private namesComplete = false;
+
   constructor(private io: DirIO) {}
+
+  /**
+   * What memory says about `name` (not "." or ".."), without I/O: its inode, null when the
+   * directory is known not to hold it, undefined when only a lookup can tell.
+   */
+  known(name: Buffer): number | null | undefined {
+    const names = this.names;
+    if (!names) return undefined;
+    const ino = names.get(name.toString('latin1'));
+    return ino ?? (this.namesComplete ? null : undefined);
+  }
+
+  /** A directory just made with only "." and "..": every name it holds is known (none). */
+  madeEmpty(): void {
+    this.names = new Map();
+    this.namesComplete = true;
+  }
+
+  private noteName(name: Buffer, inode: number): void {
+    if (!this.names) {
+      this.names = new Map();
+      this.namesComplete = false;
+    }
+    if (this.names.size >= DIR_NAMES_MAX) this.names = null;
+    else this.names.set(name.toString('latin1'), inode);
+  }
+
+  /** Take the names away while a change runs; attachNames puts them back once it succeeded. */
+  private detachNames(): Map<string, number> | null {
+    const names = this.names;
+    this.names = null;
+    return names;
+  }
+
+  private attachNames(names: Map<string, number> | null): void {
+    if (names && names.size > DIR_NAMES_MAX) names = null;
+    this.names = names;
+    if (!names) this.namesComplete = false;
+  }
 
   private get csum(): boolean {
     return this.io.csumSeed !== null;
@@ -152,6 +204,13 @@ export class Directory {
       const off = name.length === 1 ? 0 : 12;
       return { name, inode: buf.readUInt32LE(off), fileType: FT.DIR, lblk: 0 };
     }
+    if (this.known(name) === null) return null;
+    const found = await this.search(name);
+    if (found) this.noteName(name, found.inode);
+    return found;
+  }
+
+  private async search(name: Buffer): Promise<FoundEntry | null> {
     if (this.io.indexed && this.io.dirIndex) {
       const root = await this.root();
       const { major } = this.hash(name, root);
@@ -175,8 +234,19 @@ export class Directory {
     return null;
   }
 
-  /** Every live entry including "." and "..". */
+  /** Every live entry including "." and ".." (and from then on every name is known, up to DIR_NAMES_MAX). */
   async list(): Promise<DirEntryInfo[]> {
+    const out = await this.listBlocks();
+    if (out.length - 2 <= DIR_NAMES_MAX) {
+      const names = new Map<string, number>();
+      for (const e of out) if (!(e.name.length <= 2 && (e.name.equals(DOT) || e.name.equals(DOTDOT)))) names.set(e.name.toString('latin1'), e.inode);
+      this.names = names;
+      this.namesComplete = true;
+    }
+    return out;
+  }
+
+  private async listBlocks(): Promise<DirEntryInfo[]> {
     const out: DirEntryInfo[] = [];
     const n = this.io.blockCount();
     const indexed = this.io.indexed && this.io.dirIndex;
@@ -200,6 +270,13 @@ export class Directory {
   /** Add an entry (the caller checked that the name is absent). */
   async add(name: Buffer, inode: number, fileType: number): Promise<void> {
     this.changes++;
+    const names = this.detachNames();
+    await this.addEntry(name, inode, fileType);
+    names?.set(name.toString('latin1'), inode);
+    this.attachNames(names);
+  }
+
+  private async addEntry(name: Buffer, inode: number, fileType: number): Promise<void> {
     if (this.io.indexed && this.io.dirIndex) return this.dxAdd(name, inode, fileType);
     const n = this.io.blockCount();
     for (let lblk = 0; lblk < n; lblk++) {
@@ -222,7 +299,15 @@ export class Directory {
 
   async remove(name: Buffer): Promise<FoundEntry | null> {
     this.changes++;
-    const found = await this.lookup(name);
+    const names = this.detachNames();
+    const gone = await this.removeEntry(name);
+    names?.delete(name.toString('latin1'));
+    this.attachNames(names);
+    return gone;
+  }
+
+  private async removeEntry(name: Buffer): Promise<FoundEntry | null> {
+    const found = await this.search(name);
     if (!found) return null;
     const lblk = found.lblk;
     const buf = await this.leafBuf(lblk);
@@ -236,7 +321,15 @@ export class Directory {
   /** Point an existing entry at another inode (rename over an existing name). */
   async replace(name: Buffer, inode: number, fileType: number): Promise<number> {
     this.changes++;
-    const found = await this.lookup(name);
+    const names = this.detachNames();
+    const old = await this.replaceEntry(name, inode, fileType);
+    names?.set(name.toString('latin1'), inode);
+    this.attachNames(names);
+    return old;
+  }
+
+  private async replaceEntry(name: Buffer, inode: number, fileType: number): Promise<number> {
+    const found = await this.search(name);
     if (!found) throw new FsError('ENOENT', `no entry ${name.toString()} to replace`);
     const { buf, entries } = await this.leaf(found.lblk);
     const d = entries.find((e) => e.inode && e.name.equals(name))!;

@@ -105,11 +105,6 @@ export class Ext4Fs {
   private overhead: number | null = null;
   /** Mount option noatime: never update access times. */
   noAtime = false;
-  /**
-   * Called inside the operation that added `name` (ino) to `dir`, whose change count was
-   * `before` just before the add: the FUSE adapter keeps its names known in step (lookupSync).
-   */
-  onNameAdded: ((dir: Directory, before: number, name: Buffer, ino: number) => void) | null = null;
 
   private constructor(readonly vol: Volume) {
     this.store = new InodeStore(vol);
@@ -305,9 +300,7 @@ export class Ext4Fs {
       if (acls?.access) await this.xattrs.set(st, 'system.posix_acl_access', acls.access, 0);
       if (acls?.defaults && isDir) await this.xattrs.set(st, 'system.posix_acl_default', acls.defaults, 0);
       await this.store.write(st);
-      const before = d.changes;
       await d.add(name, st.inode.ino, fileTypeOfMode(mode));
-      this.onNameAdded?.(d, before, name, st.inode.ino);
     } catch (e) {
       // ENOSPC part-way (a directory or symlink block, a directory that must grow): give the
       // inode and its blocks back so nothing is left unattached.
@@ -398,6 +391,8 @@ export class Ext4Fs {
         { inode: parent, name: Buffer.from('..'), fileType: FT.DIR },
       ]);
       sealDirBlock(buf, csumSeed);
+      // Its names are all known (none): LOOKUPs of names not made yet are answered from memory.
+      this.dir(st).madeEmpty();
       this.vol.dev.markDirty(r.pblk, buf);
     }, umask), true);
   }

@@ -11,7 +11,6 @@ import {
 } from '../fuse/filesystem';
 import { FuseAttr } from '../fuse/structs';
 import type { DaxRun, DaxSource } from '../vhost/dax-window';
-import type { Directory } from './directory';
 
 const FUSE_ROOT = 1;
 const O_TRUNC = 0o1000;
@@ -44,18 +43,6 @@ function killSuidgidBits(mode: number, fileGid: number, ctx: RequestContext): nu
   return m;
 }
 
-/**
- * Names LOOKUP found in one directory, valid while the directory's change count stays what it
- * was when they were found (Directory.changes is bumped at the start of every change to its
- * entries, so a name that maps to an inode at that count still does).
- */
-interface KnownNames {
-  changes: number;
-  inos: Map<string, number>;
-}
-/** Names remembered per directory; past this the directory's set starts over. */
-const KNOWN_NAMES_MAX = 4096;
-
 interface OpenFile {
   ino: number;
   flags: number;
@@ -69,9 +56,7 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   private dirs = new Map<number, { ino: number; handle: number }>();
   private nextFh = 1;
 
-  constructor(readonly ext4: Ext4Fs) {
-    ext4.onNameAdded = (dir, before, name, ino) => this.nameAdded(dir, before, name, ino);
-  }
+  constructor(readonly ext4: Ext4Fs) {}
 
   private ino(node: number): number {
     const ino = toIno(node);
@@ -85,47 +70,22 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
 
   /** lookup with null for ENOENT (see MissPaths in the dispatcher). */
   async lookupOrNull(_ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr | null> {
-    const pino = this.ino(parent);
-    // The change count before the lookup waits for the lock: a change under way now has bumped
-    // it already, one starting later bumps it again, so an unchanged count after the lookup
-    // means the answer still holds.
-    const dir = this.ext4.store.cached(pino)?.dir ?? null;
-    const changes = dir ? dir.changes : 0;
-    const a = await this.ext4.lookupOrNull(pino, name);
-    if (a && dir && dir.changes === changes) this.remember(dir, changes, name, a.ino);
+    const a = await this.ext4.lookupOrNull(this.ino(parent), name);
     return a && entry(a);
   }
 
-  private knownNames = new WeakMap<Directory, KnownNames>();
-
   /**
-   * A name created through the filesystem (Ext4Fs.onNameAdded, called inside that operation):
-   * it is known from now on, so a LOOKUP of it (a guest's cold stat) takes lookupSync. When the
-   * add alone moved the directory's change count, every name known before still holds and is
-   * carried over; otherwise the known set starts again from this name.
+   * LOOKUP from memory (Directory.known): a name the directory is known to hold, with its
+   * inode in memory, or null for one it is known not to hold (a directory made or listed
+   * here: the LOOKUP before a create).
    */
-  private nameAdded(dir: Directory, before: number, name: Buffer, ino: number): void {
-    const k = this.knownNames.get(dir);
-    if (k && k.changes === before && dir.changes === before + 1) k.changes = dir.changes;
-    this.remember(dir, dir.changes, name, ino);
-  }
-
-  private remember(dir: Directory, changes: number, name: Buffer, ino: number): void {
-    let k = this.knownNames.get(dir);
-    if (!k || k.changes !== changes || k.inos.size >= KNOWN_NAMES_MAX) this.knownNames.set(dir, (k = { changes, inos: new Map() }));
-    k.inos.set(name.toString('latin1'), ino);
-  }
-
-  /** LOOKUP of a name found before in a directory unchanged since, with both inodes in memory. */
-  lookupSync(_ctx: RequestContext, parent: number, name: Buffer): EntryAttr | undefined {
+  lookupSync(_ctx: RequestContext, parent: number, name: Buffer): EntryAttr | null | undefined {
     const pino = toIno(parent);
     if (!pino) return undefined;
     const dir = this.ext4.peekCached(pino)?.dir;
     if (!dir) return undefined;
-    const k = this.knownNames.get(dir);
-    if (!k || k.changes !== dir.changes) return undefined;
-    const ino = k.inos.get(name.toString('latin1'));
-    if (ino === undefined) return undefined;
+    const ino = dir.known(name);
+    if (ino === null || ino === undefined) return ino;
     const st = this.ext4.peekCached(ino);
     if (!st) return undefined;
     // ext4's Attr is an EntryAttr already, except that the root's generation must read 0.

@@ -16,7 +16,7 @@ import {
   replyError, replyEmpty, replyEntry, replyAttr, replyOpen, replyCreate, replyWrite, replyStatfs,
   replyXattrSize, replyInit, replyLseek, replyData, replyDataInPlace, payloadViews, DirentPacker,
 } from './reply';
-import { EntryOut, FuseAttr } from './structs';
+import { EntryOut, FuseAttr, ZERO_ATTR } from './structs';
 import { FileSystem, RequestContext, EntryAttr, SetAttrRequest, DaxMapper } from './filesystem';
 import { FastPath, NOT_HANDLED } from './fast-path';
 
@@ -114,7 +114,7 @@ export class FuseSession {
   adopt(n: Negotiated): void {
     this.negotiated = n;
     this.decodeOpts = decodeOptionsFor(n.minor, n.flags);
-    this.fast = new FastPath(this.fs, { entryTimeout: this.entryTimeout, attrTimeout: this.attrTimeout, minor: n.minor, maxWrite: n.maxWrite, readOnly: !!this.opts.readOnly });
+    this.fast = new FastPath(this.fs, { entryTimeout: this.entryTimeout, attrTimeout: this.attrTimeout, negativeTimeout: this.negativeTimeout, minor: n.minor, maxWrite: n.maxWrite, readOnly: !!this.opts.readOnly });
   }
 
   /** Set up once INIT is agreed. */
@@ -504,10 +504,6 @@ const FAST_KINDS: [number, string][] = [[1, 'lookup'], [2, 'forget'], [3, 'getat
 
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
-const ZERO_ATTR: FuseAttr = {
-  ino: 0, size: 0, blocks: 0, atime: { sec: 0, nsec: 0 }, mtime: { sec: 0, nsec: 0 }, ctime: { sec: 0, nsec: 0 },
-  mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0,
-};
 
 function xattrName(b: Buffer): string {
   return b.toString('utf8');

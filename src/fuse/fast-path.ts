@@ -18,12 +18,12 @@ import { constants } from 'node:os';
 import { ENTRY_NAME_MAX, FOPEN, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, entryOutSize, getattrInSize, readInSize, releaseInSize } from './abi';
 import { payloadViews } from './reply';
 import { FileSystem, RequestContext } from './filesystem';
-import { encodeAttrOutAt, encodeEntryOutAt, encodeOpenOutAt } from './structs';
+import { ZERO_ATTR, encodeAttrOutAt, encodeEntryOutAt, encodeOpenOutAt } from './structs';
 
 /** answer(): the request needs the ordinary path. */
 export const NOT_HANDLED = -1;
 
-const { ENODATA } = constants.errno;
+const { ENODATA, ENOENT } = constants.errno;
 const { O_TRUNC, O_RDONLY } = fsConstants;
 /** O_ACCMODE (not in node's fs.constants). */
 const O_ACCMODE = 3;
@@ -33,6 +33,8 @@ const DOT = 0x2e;
 export interface FastPathSettings {
   entryTimeout: number;
   attrTimeout: number;
+  /** Seconds the kernel may keep a negative entry (0: a miss is ENOENT, not cached). */
+  negativeTimeout: number;
   minor: number;
   /** Negotiated max_write, also the largest READ. */
   maxWrite: number;
@@ -139,9 +141,19 @@ export class FastPath {
     const name = buf.subarray(start, nul);
     if (name.includes(SLASH) || (name[0] === DOT && (n === 1 || (n === 2 && name[1] === DOT)))) return NOT_HANDLED;
     const found = this.fs.lookupSync(this.context(buf), u64(buf, 16), name);
-    // A miss goes the ordinary way: it decides between ENOENT and a negative entry.
-    if (!found) return NOT_HANDLED;
+    if (found === undefined) return NOT_HANDLED;
     const size = entryOutSize(this.s.minor);
+    if (found === null) {
+      // A known miss, answered as the ordinary path does: ENOENT, or a negative entry (node 0).
+      if (this.s.negativeTimeout <= 0) {
+        this.header(buf, 0);
+        this.out.setInt32(4, -ENOENT, true);
+        return this.finish(0);
+      }
+      this.header(buf, size);
+      encodeEntryOutAt(this.out, SIZE.OUT_HEADER, 0, 0, this.s.negativeTimeout, 0, ZERO_ATTR);
+      return this.finish(size);
+    }
     this.header(buf, size);
     encodeEntryOutAt(this.out, SIZE.OUT_HEADER, found.ino, found.generation, this.s.entryTimeout, this.s.attrTimeout, found);
     return this.finish(size);

@@ -563,6 +563,12 @@ function setI64(v: DataView, at: number, x: number): void {
 }
 
 /** writeEntryOut's bytes through a DataView at `at` (see encodeAttrAt). */
+/** The attributes of a negative entry (fuse_entry_out with nodeid 0): all zero. */
+export const ZERO_ATTR: FuseAttr = {
+  ino: 0, size: 0, blocks: 0, atime: { sec: 0, nsec: 0 }, mtime: { sec: 0, nsec: 0 }, ctime: { sec: 0, nsec: 0 },
+  mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0,
+};
+
 export function encodeEntryOutAt(v: DataView, at: number, nodeid: number, generation: number, entryValid: number, attrValid: number, a: FuseAttr): void {
   setU64(v, at, nodeid);
   setU64(v, at + 8, generation);
