@@ -64,6 +64,9 @@ export interface CommitStats {
   softCommits: number;
 }
 
+/** Transactions up to this size are built in a buffer the journal keeps (Journal.txnBuffer). */
+const TXN_BUFFER_KEEP = 1 << 20;
+
 export class Journal {
   private fmt: LogFormat;
   private readonly first: number;
@@ -205,7 +208,7 @@ export class Journal {
     // The transaction in log order (revokes, then each descriptor followed by its copies) and,
     // for a soft commit, its record: one buffer, so the log takes one write and no block is
     // copied twice. size counts the commit block.
-    const txn = Buffer.allocUnsafe(size * bs);
+    const txn = this.txnBuffer(size * bs);
     const blockAt = (i: number): Buffer => txn.subarray(i * bs, (i + 1) * bs);
     let nblocks = 0;
     /** Descriptor and revoke blocks (what a soft commit's crc covers with csum v3). */
@@ -270,6 +273,18 @@ export class Journal {
     if (!soft) await this.dev.flush();
     return !soft;
   }
+
+  /**
+   * Where a transaction is built: one buffer kept for transactions of up to TXN_BUFFER_KEEP
+   * bytes (a log-only commit per request would otherwise allocate one outside V8's pool each
+   * time), a fresh one beyond. Commits run one at a time and are done with it when they return.
+   */
+  private txnBuffer(bytes: number): Buffer {
+    if (bytes > TXN_BUFFER_KEEP) return Buffer.allocUnsafe(bytes);
+    if (this.txnScratch.length < bytes) this.txnScratch = Buffer.allocUnsafe(Math.min(TXN_BUFFER_KEEP, Math.max(bytes, 2 * this.txnScratch.length)));
+    return this.txnScratch.subarray(0, bytes);
+  }
+  private txnScratch = Buffer.alloc(0);
 
   /** Soft transactions waiting for a durable commit. */
   get softPending(): boolean {
