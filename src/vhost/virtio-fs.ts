@@ -108,7 +108,9 @@ export class VirtioFsDevice implements VirtioDevice {
           this.scheduleInterrupt(q);
           continue;
         }
-        const written = this.serveSync(q, chain);
+        // Idle: nothing in flight, no reply waiting for its interrupt, no other chain available;
+        // a READ may then wait for the disk right here (FileSystem.readSync) instead of the pool.
+        const written = this.serveSync(q, chain, q.inflight === 0 && !answered && !q.hasAvail());
         if (written < 0) {
           this.serve(q, chain);
         } else if ((bytes += written) >= SIGNAL_EARLY_BYTES) {
@@ -150,7 +152,7 @@ export class VirtioFsDevice implements VirtioDevice {
    * written, or -1 when it must be served the ordinary way. The request is copied out of guest
    * memory first, like every request (the guest may change its buffers at any time).
    */
-  private serveSync(q: SplitVirtqueue, chain: DescriptorChain): number {
+  private serveSync(q: SplitVirtqueue, chain: DescriptorChain, idle: boolean): number {
     const len = chain.readableBytes;
     if (len > SYNC_REQUEST_MAX) return -1;
     const req = this.syncRequest;
@@ -159,7 +161,7 @@ export class VirtioFsDevice implements VirtioDevice {
       req.set(b, at);
       at += b.length;
     }
-    const n = this.session.handleSync(req, len, chain.writable);
+    const n = this.session.handleSync(req, len, chain.writable, idle);
     if (n < 0) return -1;
     this.stats.requests++;
     let written = 0;
