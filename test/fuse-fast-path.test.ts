@@ -13,7 +13,7 @@ import { Ext4FuseFs } from '../src/ext4/fuse-adapter';
 import { PassthroughFs } from '../src/passthrough/passthrough-fs';
 import { FuseSession, Reply, SessionOptions } from '../src/fuse/dispatcher';
 import { FileSystem } from '../src/fuse/filesystem';
-import { makeImage, tempDir } from './helpers/image';
+import { debugfs, makeImage, tempDir } from './helpers/image';
 
 const OP = { LOOKUP: 1, FORGET: 2, GETATTR: 3, MKDIR: 9, UNLINK: 10, RENAME: 12, OPEN: 14, READ: 15, WRITE: 16, RELEASE: 18, SETXATTR: 21, GETXATTR: 22, INIT: 26, CREATE: 35 };
 let unique = 100n;
@@ -300,6 +300,37 @@ for (const negativeTimeout of [0, 7]) {
     await same(t, v, () => look('d', 1), undefined, 'a name of the listed root');
   });
 }
+
+test('ext4 image: a READ whose atime is due (relatime) is answered on the fast path and updates atime', async (t) => {
+  const img = makeImage(t, { size: '32M', blockSize: 4096 });
+  const ext4 = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  t.teardown(() => ext4.close());
+  const v = await serve(t, new Ext4FuseFs(ext4));
+  const data = Buffer.from('relatime');
+  const { node, fh } = await makeFile(v, 'f', data);
+  // fuse_attr_out: the attributes start after {u64 attr_valid, u32 nsec, u32 dummy}; atime at +24, mtime at +32, atimensec at +48, mtimensec at +52.
+  const times = async () => {
+    const a = await v.call(msg(OP.GETATTR, node, Buffer.alloc(16)));
+    const at = 16 + 16;
+    const ns = (sec: bigint, nsec: number) => sec * 1_000_000_000n + BigInt(nsec);
+    return { atime: ns(a.readBigUInt64LE(at + 24), a.readUInt32LE(at + 48)), mtime: ns(a.readBigUInt64LE(at + 32), a.readUInt32LE(at + 52)) };
+  };
+  const before = await times();
+  t.true(before.atime <= before.mtime, 'a new file: atime not after mtime, so a read must update it');
+  const fast = v.sync(msg(OP.READ, node, readIn(fh, 0, 4096)), [Buffer.alloc(16 + 4096)]);
+  t.truthy(fast, 'answered on the fast path');
+  t.deepEqual(fast!.subarray(16), data);
+  const after = await times();
+  t.true(after.atime > before.mtime, 'atime moved past mtime');
+  // Once updated, the next read leaves it (relatime), as the ordinary path would.
+  v.sync(msg(OP.READ, node, readIn(fh, 0, 4096)), [Buffer.alloc(16 + 4096)]);
+  t.is((await times()).atime, after.atime);
+  // The update reaches the image (debugfs prints atime as 0xSECONDS:EXTRA, EXTRA's nanoseconds shifted left 2).
+  await ext4.sync();
+  const m = /atime: 0x([0-9a-f]+):([0-9a-f]+)/.exec(debugfs(img, `stat <${node}>`));
+  t.truthy(m, 'debugfs shows the atime');
+  t.is(BigInt(parseInt(m![1], 16)) * 1_000_000_000n + BigInt(parseInt(m![2], 16) >>> 2), after.atime);
+});
 
 test('FORGET and BATCH_FORGET are taken on the fast path without a reply', async (t) => {
   const dir = tempDir(t, 'fastpath');

@@ -179,6 +179,15 @@ export class BlockDevice {
     return buf;
   }
 
+  /** The block if it is in the cache (shared, as read()'s), else null: no I/O. */
+  cached(block: number): Buffer | null {
+    const e = this.cache.get(block);
+    if (!e) return null;
+    this.stats.hits++;
+    e.ref = true;
+    return e.buf;
+  }
+
   /**
    * A cached block whose checksum `verify` checks (throwing on damage) only the first time it
    * comes from disk; blocks kfs itself modified stay trusted while cached.

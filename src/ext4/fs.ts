@@ -705,6 +705,16 @@ export class Ext4Fs {
     }
   }
 
+  /** touchAtime without waiting: false, and atime unchanged, when the inode's table block is not cached. */
+  private touchAtimeCached(st: InodeState): boolean {
+    const was = st.inode.atime;
+    st.inode.atime = now();
+    // A dirty extent map writes the inode when it is flushed (InodeStore.write).
+    if (st.extents?.dirty || this.vol.writeInodeCached(st.inode)) return true;
+    st.inode.atime = was;
+    return false;
+  }
+
   private atimeDue(st: InodeState): boolean {
     if (this.vol.readOnly || this.noAtime) return false;
     const i = st.inode;
@@ -715,15 +725,16 @@ export class Ext4Fs {
 
   /**
    * readInto() answered at once, or undefined: the inode and its extent map in memory, no
-   * operation holding the lock, no atime to update, and the data in the host's page cache or,
-   * with mayWait, read from the disk right here (FileIO.readPlannedSync). The FUSE fast path
-   * tries this before the ordinary read.
+   * operation holding the lock, an atime update (if due) that the block cache can take, and the
+   * data in the host's page cache or, with mayWait, read from the disk right here
+   * (FileIO.readPlannedSync). The FUSE fast path tries this before the ordinary read.
    */
   readCached(ino: number, offset: number, length: number, dest: readonly Buffer[], mayWait = false): number | undefined {
     const st = this.peekCached(ino);
-    if (!st || st.inode.isDir() || this.atimeDue(st)) return undefined;
+    if (!st || st.inode.isDir()) return undefined;
     const plan = this.files.planReadLoaded(st, offset, length);
-    return plan && this.files.readPlannedSync(plan, dest, mayWait) ? plan.length : undefined;
+    if (!plan || (this.atimeDue(st) && !this.touchAtimeCached(st))) return undefined;
+    return this.files.readPlannedSync(plan, dest, mayWait) ? plan.length : undefined;
   }
 
   write(ino: number, offset: number, data: Buffer, opts: { killPriv?: boolean } = {}): Promise<number> {

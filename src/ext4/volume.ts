@@ -518,7 +518,20 @@ export class Volume {
   async writeInode(inode: Inode): Promise<void> {
     this.assertWritable();
     const { block, offset } = this.inodeLocation(inode.ino);
-    const buf = await this.dev.read(block);
+    this.putInode(inode, await this.dev.read(block), block, offset);
+  }
+
+  /** writeInode at once when the inode's table block is cached; false (nothing written) when it is not. */
+  writeInodeCached(inode: Inode): boolean {
+    this.assertWritable();
+    const { block, offset } = this.inodeLocation(inode.ino);
+    const buf = this.dev.cached(block);
+    if (!buf) return false;
+    this.putInode(inode, buf, block, offset);
+    return true;
+  }
+
+  private putInode(inode: Inode, buf: Buffer, block: number, offset: number): void {
     inode.encode();
     if (this.metadataCsum) setInodeChecksum(inode, this.csumSeed);
     inode.raw.copy(buf, offset);
