@@ -115,7 +115,9 @@ async function runOne(kind: string, c: Config, work: string): Promise<Result> {
   try {
     const r = await runGuest({
       socketPath: backend?.socketPath, mount: !disk, disk, script: pre + script(c, root),
-      memMiB: 1024, timeoutMs: 20 * 60_000,
+      // A round takes 1-3 minutes under TCG; a guest that hangs (the C virtiofsd once left the
+      // guest's umount blocked forever) should cost a round, not the run.
+      memMiB: 1024, timeoutMs: 8 * 60_000,
     });
     if (r.exit !== '0') throw new Error(`${kind}: guest exit ${r.exit}\n${r.console.slice(-2000)}\n${backend?.output.slice(-2000) ?? ''}`);
     return parseResults(r.console);
@@ -135,11 +137,19 @@ async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kfs-bench-guest-'));
   const kinds = ['kfsd-image', 'kfsd-shared', 'virtiofsd', 'guest-ext4'];
   const rounds: Record<string, Result[]> = Object.fromEntries(kinds.map((k) => [k, []]));
+  /** Runs that failed (guest error, hang, crash): reported, and left out of the medians. */
+  const failures: { round: number; kind: string; error: string }[] = [];
   try {
     for (let i = 0; i < c.repeat; i++) {
       for (const k of kinds) {
         process.stderr.write(`round ${i + 1}/${c.repeat}: ${k}...\n`);
-        rounds[k].push(await runOne(k, c, work));
+        try {
+          rounds[k].push(await runOne(k, c, work));
+        } catch (e) {
+          const error = (e as Error).message;
+          failures.push({ round: i + 1, kind: k, error });
+          process.stderr.write(`round ${i + 1}/${c.repeat}: ${k} FAILED (left out of the medians): ${error.split('\n')[0]}\n`);
+        }
       }
     }
   } finally {
@@ -157,9 +167,14 @@ async function main(): Promise<void> {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]) => r.map((v, i) => (i < 2 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join('  ');
   process.stdout.write(`${line(header)}\n${rows.map(line).join('\n')}\n`);
+  if (failures.length) {
+    process.stdout.write(`\nfailed runs, left out of the medians: ${failures.map((f) => `round ${f.round} ${f.kind}`).join(', ')} (errors in the JSON)\n`);
+    // Medians without any round of some target are no measurement.
+    if (kinds.some((k) => rounds[k].length === 0)) process.exitCode = 1;
+  }
   const report = {
     date: new Date().toISOString(), host: os.hostname(), cpus: os.cpus().length, load: os.loadavg(),
-    guestKernel: guestKernelVersion(), config: c, median: med, rounds,
+    guestKernel: guestKernelVersion(), config: c, median: med, rounds, failures,
   };
   fs.mkdirSync(path.dirname(c.out), { recursive: true });
   fs.writeFileSync(c.out, `${JSON.stringify(report, null, 2)}\n`);
