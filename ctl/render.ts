@@ -44,6 +44,8 @@ export function renderStatus(s: Status): string {
       parts.push(j.start ? `log in use from block ${j.start}` : 'log empty');
       parts.push(j.active ? 'in use by this server' : j.needsRecovery ? 'NEEDS RECOVERY (kfs fsck -y replays it)' : 'clean');
       row('journal', parts.join('; '));
+      const a = j.activity;
+      if (a) row('', `${a.commits} transactions since start (${a.softCommits} log-only), ${a.loggedBlocks} blocks logged, ${a.checkpoints} checkpoints`);
     }
   }
   row('snapshots', s.snapshots.note);

@@ -31,7 +31,10 @@ interface StatusJson {
   image: string;
   mountpoint: string | null;
   fs: { blockSize: number; blocks: number; freeBlocks: number; inodes: number; freeInodes: number; features: string[]; availableBlocks: number };
-  journal: { present: boolean; blocks: number; needsRecovery: boolean; active: boolean; sequence: number };
+  journal: {
+    present: boolean; blocks: number; needsRecovery: boolean; active: boolean; sequence: number;
+    activity: { commits: number; softCommits: number; loggedBlocks: number; checkpoints: number } | null;
+  };
   snapshots: { supported: boolean; note: string };
   cache: { hitRate: number | null; hits: number; misses: number } | null;
   requests: { total: number; opcodes: { opcode: string; count: number; p50Us: number; p99Us: number }[] } | null;
@@ -112,6 +115,7 @@ test.serial('status offline agrees with dumpe2fs', (t) => {
   t.is(s.journal.sequence, Number(d.get('Journal sequence')));
   t.false(s.journal.needsRecovery);
   t.false(s.journal.active);
+  t.is(s.journal.activity, null, 'offline: no server, no transactions to count');
   t.true(s.snapshots.supported);
   t.is(s.snapshots.note, 'none');
   t.is(s.requests, null);
@@ -142,6 +146,11 @@ test.serial('status online: statfs of the mount, request latencies, the mount po
   t.is(s.fs.freeInodes, sf.ffree);
   t.true(s.journal.present);
   t.true(s.journal.active, 'the serving process runs the journal');
+  // commit_before_reply (the default) commits each create and write to the log before its reply.
+  const a = s.journal.activity!;
+  t.truthy(a, 'a running journal reports its transactions');
+  t.true(a.softCommits >= 20, JSON.stringify(a));
+  t.true(a.commits >= a.softCommits && a.loggedBlocks >= a.commits, JSON.stringify(a));
   t.true(s.requests!.total > 0);
   const create = s.requests!.opcodes.find((o) => o.opcode === 'create');
   t.truthy(create, JSON.stringify(s.requests));
@@ -157,6 +166,7 @@ test.serial('status online: statfs of the mount, request latencies, the mount po
   t.is(text.code, 0, text.stderr);
   t.regex(text.stdout, /^mount point +\S+mnt$/m);
   t.regex(text.stdout, /^ +create +\d+ +0 /m);
+  t.regex(text.stdout, /^ +\d+ transactions since start \(\d+ log-only\), \d+ blocks logged, \d+ checkpoints$/m);
   await m.unmount();
   t.is(kfsctlJson<StatusJson>(['-t', img, 'status']).kind, 'offline');
 });

@@ -108,6 +108,17 @@ export const StatusSchema = z.object({
     active: z.boolean(),
     sequence: z.number().int().nullable(),
     start: z.number().int().nullable(),
+    /**
+     * This server's transactions since it started (Journal.stats); null offline or without a
+     * running journal. `commits` counts every transaction, `softCommits` the log-only ones
+     * (commit_before_reply), `checkpoints` the times the log was written home and emptied.
+     */
+    activity: z.object({
+      commits: z.number().int(),
+      softCommits: z.number().int(),
+      loggedBlocks: z.number().int(),
+      checkpoints: z.number().int(),
+    }).nullable(),
   }).nullable(),
   snapshots: z.object({
     supported: z.boolean(),

@@ -189,7 +189,12 @@ async function journalState(fs: Ext4Fs): Promise<Status['journal']> {
   const present = (vol.sb.s_feature_compat & COMPAT.has_journal) !== 0;
   const j: NonNullable<Status['journal']> = {
     present, inode: null, blocks: null, bytes: null, needsRecovery, active: vol.journal !== null, sequence: null, start: null,
+    activity: null,
   };
+  if (vol.journal) {
+    const { commits, softCommits, loggedBlocks, checkpoints } = vol.journal.stats;
+    j.activity = { commits, softCommits, loggedBlocks, checkpoints };
+  }
   if (!present || vol.sb.s_journal_inum !== JOURNAL_INO) return j;
   j.inode = JOURNAL_INO;
   const inode = await readInodeView(fs.store, JOURNAL_INO);
