@@ -89,6 +89,20 @@ async function makeFile(v: Served, file: string, data: Buffer, parent = 1): Prom
   return { node, fh };
 }
 
+/** A fresh 32 MiB image opened by Ext4Fs, closed when the test ends. */
+async function openImage(t: ExecutionContext): Promise<{ img: string; ext4: Ext4Fs }> {
+  const img = makeImage(t, { size: '32M', blockSize: 4096 });
+  const ext4 = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  t.teardown(() => ext4.close());
+  return { img, ext4 };
+}
+
+/** openImage served by a FuseSession through Ext4FuseFs. */
+async function serveImage(t: ExecutionContext, opts: SessionOptions = {}): Promise<{ img: string; ext4: Ext4Fs; v: Served }> {
+  const { img, ext4 } = await openImage(t);
+  return { img, ext4, v: await serve(t, new Ext4FuseFs(ext4), opts) };
+}
+
 /** The same request through both paths; the fast one must answer and agree. */
 async function same(t: ExecutionContext, v: Served, build: () => Buffer, dest?: () => Buffer[], what = ''): Promise<void> {
   const m = build();
@@ -100,9 +114,7 @@ async function same(t: ExecutionContext, v: Served, build: () => Buffer, dest?: 
 
 const backends: [string, (t: ExecutionContext) => Promise<FileSystem>][] = [
   ['ext4 image', async (t) => {
-    const ext4 = await Ext4Fs.open(makeImage(t, { size: '32M', blockSize: 4096 }), { commitIntervalMs: 0 });
-    t.teardown(() => ext4.close());
-    return new Ext4FuseFs(ext4);
+    return new Ext4FuseFs((await openImage(t)).ext4);
   }],
   ['host directory', async (t) => {
     const p = await PassthroughFs.open(tempDir(t, 'fastpath'));
@@ -171,9 +183,7 @@ for (const [label, open] of backends) {
 }
 
 test('ext4 image: GETXATTR of an inode without attributes is ENODATA from the fast path, until it has one', async (t) => {
-  const ext4 = await Ext4Fs.open(makeImage(t, { size: '32M', blockSize: 4096 }), { commitIntervalMs: 0 });
-  t.teardown(() => ext4.close());
-  const v = await serve(t, new Ext4FuseFs(ext4));
+  const { v } = await serveImage(t);
   const { node } = await makeFile(v, 'x', Buffer.from('data'));
   /** fuse_getxattr_in {u32 size, u32 padding} + the name. */
   const get = (attr: string, size = 64) => {
@@ -201,10 +211,7 @@ test('ext4 image: GETXATTR of an inode without attributes is ENODATA from the fa
 });
 
 test('ext4 image: OPEN without O_TRUNC, and RELEASE unless it is the last close of an unlinked file, are answered on the fast path', async (t) => {
-  const image = makeImage(t, { size: '32M', blockSize: 4096 });
-  const ext4 = await Ext4Fs.open(image, { commitIntervalMs: 0 });
-  t.teardown(() => ext4.close());
-  const v = await serve(t, new Ext4FuseFs(ext4));
+  const { ext4, v } = await serveImage(t);
   const data = Buffer.from('still readable');
   const { node, fh } = await makeFile(v, 'r', data);
   /** fuse_open_in {u32 flags, u32 open_flags}; the fh from fuse_open_out. */
@@ -247,9 +254,7 @@ test('ext4 image: OPEN without O_TRUNC, and RELEASE unless it is the last close 
 });
 
 test('ext4 image: names created through the filesystem are looked up on the fast path at once', async (t) => {
-  const ext4 = await Ext4Fs.open(makeImage(t, { size: '32M', blockSize: 4096 }), { commitIntervalMs: 0 });
-  t.teardown(() => ext4.close());
-  const v = await serve(t, new Ext4FuseFs(ext4));
+  const { v } = await serveImage(t);
   // A name looked up before the creates, then three creates: all four known after the last.
   const first = await makeFile(v, 'first', Buffer.from('1'));
   const look = (n: string) => msg(OP.LOOKUP, 1, name(n));
@@ -270,9 +275,7 @@ test('ext4 image: names created through the filesystem are looked up on the fast
 
 for (const negativeTimeout of [0, 7]) {
   test(`ext4 image: a name missing from a directory made or listed here is a miss on the fast path (negative timeout ${negativeTimeout})`, async (t) => {
-    const ext4 = await Ext4Fs.open(makeImage(t, { size: '32M', blockSize: 4096 }), { commitIntervalMs: 0 });
-    t.teardown(() => ext4.close());
-    const v = await serve(t, new Ext4FuseFs(ext4), { negativeTimeout });
+    const { ext4, v } = await serveImage(t, { negativeTimeout });
     const mk = Buffer.alloc(8);
     mk.writeUInt32LE(0o755, 0);
     const d = await v.call(msg(OP.MKDIR, 1, Buffer.concat([mk, name('d')])));
@@ -302,10 +305,7 @@ for (const negativeTimeout of [0, 7]) {
 }
 
 test('ext4 image: a READ whose atime is due (relatime) is answered on the fast path and updates atime', async (t) => {
-  const img = makeImage(t, { size: '32M', blockSize: 4096 });
-  const ext4 = await Ext4Fs.open(img, { commitIntervalMs: 0 });
-  t.teardown(() => ext4.close());
-  const v = await serve(t, new Ext4FuseFs(ext4));
+  const { img, ext4, v } = await serveImage(t);
   const data = Buffer.from('relatime');
   const { node, fh } = await makeFile(v, 'f', data);
   // fuse_attr_out: the attributes start after {u64 attr_valid, u32 nsec, u32 dummy}; atime at +24, mtime at +32, atimensec at +48, mtimensec at +52.

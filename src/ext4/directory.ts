@@ -44,6 +44,11 @@ const decodedNodes = new WeakMap<Buffer, DxNode>();
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
 
+/** "." or "..". */
+function isDotName(name: Buffer): boolean {
+  return name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT));
+}
+
 /** Names a Directory keeps in memory (Directory.names); past this it keeps none. */
 export const DIR_NAMES_MAX = 1 << 16;
 
@@ -69,7 +74,7 @@ export class Directory {
    * replace put there. `namesComplete`: every name is in it (a directory made empty here, or
    * listed in full), so a name not in it is a miss without reading a block; that is what the
    * LOOKUP before every create asks. null past DIR_NAMES_MAX names; while a change is under way
-   * it is detached (detachNames), so a change that fails part-way leaves none.
+   * it is taken away (change()), so a change that fails part-way leaves none.
    */
   private names: Map<string, number> | null = null;
   private namesComplete = false;
@@ -102,17 +107,19 @@ export class Directory {
     else this.names.set(name.toString('latin1'), inode);
   }
 
-  /** Take the names away while a change runs; attachNames puts them back once it succeeded. */
-  private detachNames(): Map<string, number> | null {
+  /**
+   * Run a change to the entries: the change count moves first; the names are taken away while
+   * it runs and put back, updated by `update`, only once it succeeded.
+   */
+  private async change<T>(run: () => Promise<T>, update: (names: Map<string, number>) => void): Promise<T> {
+    this.changes++;
     const names = this.names;
     this.names = null;
-    return names;
-  }
-
-  private attachNames(names: Map<string, number> | null): void {
-    if (names && names.size > DIR_NAMES_MAX) names = null;
-    this.names = names;
-    if (!names) this.namesComplete = false;
+    const r = await run();
+    if (names) update(names);
+    this.names = names && names.size <= DIR_NAMES_MAX ? names : null;
+    if (!this.names) this.namesComplete = false;
+    return r;
   }
 
   private get csum(): boolean {
@@ -198,7 +205,7 @@ export class Directory {
   }
 
   async lookup(name: Buffer): Promise<FoundEntry | null> {
-    if (name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT))) {
+    if (isDotName(name)) {
       // "." and ".." are the first two entries of block 0, in linear and htree directories.
       const buf = await this.io.read(0);
       const off = name.length === 1 ? 0 : 12;
@@ -239,7 +246,7 @@ export class Directory {
     const out = await this.listBlocks();
     if (out.length - 2 <= DIR_NAMES_MAX) {
       const names = new Map<string, number>();
-      for (const e of out) if (!(e.name.length <= 2 && (e.name.equals(DOT) || e.name.equals(DOTDOT)))) names.set(e.name.toString('latin1'), e.inode);
+      for (const e of out) if (!isDotName(e.name)) names.set(e.name.toString('latin1'), e.inode);
       this.names = names;
       this.namesComplete = true;
     }
@@ -268,12 +275,8 @@ export class Directory {
   }
 
   /** Add an entry (the caller checked that the name is absent). */
-  async add(name: Buffer, inode: number, fileType: number): Promise<void> {
-    this.changes++;
-    const names = this.detachNames();
-    await this.addEntry(name, inode, fileType);
-    names?.set(name.toString('latin1'), inode);
-    this.attachNames(names);
+  add(name: Buffer, inode: number, fileType: number): Promise<void> {
+    return this.change(() => this.addEntry(name, inode, fileType), (names) => names.set(name.toString('latin1'), inode));
   }
 
   private async addEntry(name: Buffer, inode: number, fileType: number): Promise<void> {
@@ -297,13 +300,8 @@ export class Directory {
     this.io.dirty(lblk, buf);
   }
 
-  async remove(name: Buffer): Promise<FoundEntry | null> {
-    this.changes++;
-    const names = this.detachNames();
-    const gone = await this.removeEntry(name);
-    names?.delete(name.toString('latin1'));
-    this.attachNames(names);
-    return gone;
+  remove(name: Buffer): Promise<FoundEntry | null> {
+    return this.change(() => this.removeEntry(name), (names) => names.delete(name.toString('latin1')));
   }
 
   private async removeEntry(name: Buffer): Promise<FoundEntry | null> {
@@ -319,13 +317,8 @@ export class Directory {
   }
 
   /** Point an existing entry at another inode (rename over an existing name). */
-  async replace(name: Buffer, inode: number, fileType: number): Promise<number> {
-    this.changes++;
-    const names = this.detachNames();
-    const old = await this.replaceEntry(name, inode, fileType);
-    names?.set(name.toString('latin1'), inode);
-    this.attachNames(names);
-    return old;
+  replace(name: Buffer, inode: number, fileType: number): Promise<number> {
+    return this.change(() => this.replaceEntry(name, inode, fileType), (names) => names.set(name.toString('latin1'), inode));
   }
 
   private async replaceEntry(name: Buffer, inode: number, fileType: number): Promise<number> {
