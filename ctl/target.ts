@@ -16,7 +16,7 @@ import { Ext4Fs } from '../src/ext4/fs';
 import { FsError } from '../src/util/errors';
 import { ControlClient } from '../src/control/client';
 import { CommandName, ResultOf, ResultSchemas, ArgsOf, ControlError } from '../src/control/protocol';
-import { canonical, findByImage, findByMountpoint, findBySocket, lockHolder, mountOf, RegistryEntry } from '../src/control/registry';
+import { canonical, findByImage, findByMountpoint, findBySocket, lockHolders, mountOf, RegistryEntry } from '../src/control/registry';
 import { runCommand, ServedFs } from '../src/control/service';
 
 export class TargetError extends Error {}
@@ -89,7 +89,7 @@ export async function openBackend(r: Resolved, opts: { writable?: boolean } = {}
     fsys = await Ext4Fs.open(r.image, { readOnly: !opts.writable, commitIntervalMs: 0 });
   } catch (e) {
     if (e instanceof FsError && e.code === 'EBUSY' && !/mounted by the kernel/.test(e.message)) {
-      const pid = lockHolder(r.image);
+      const pid = lockHolders(r.image)[0]?.pid;
       throw new TargetError(`image ${r.image} is served by ${pid ? `pid ${pid}` : 'another process'}; use its mount point or control socket (-t)`);
     }
     throw e;

@@ -9,10 +9,11 @@
 import test, { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { tempDir, kfsCliPath, mustRun, fsck, debugfs, requireRoot } from './helpers/image';
 import { isMountPoint } from './helpers/mount';
 import { waitFor } from './posix/util';
+import { lockHolders } from '../src/control/registry';
 
 const NOBODY = 65534;
 
@@ -75,18 +76,21 @@ test.serial('a user mounts through fusermount3; the supervised mount survives a 
   const server = Number(fs.readFileSync(pidFile, 'utf8'));
   const u = kfs(['umount', mnt], dir);
   t.is(u.code, 0, u.out);
-  t.true(await waitFor(() => !isMountPoint(mnt), 10_000), 'unmounted');
+  t.false(isMountPoint(mnt), 'unmounted');
+  t.deepEqual(lockHolders(image), [], 'the server let go of the image before kfs umount returned');
   t.true(await waitFor(() => !fs.existsSync(`/proc/${server}`), 10_000), 'the server exited');
   const ck = fsck(image);
   t.is(ck.code, 0, ck.output);
   t.is(debugfs(image, 'cat /a').replace(/^debugfs.*\n/, ''), 'hellomore');
 });
 
-test.serial('a user mounts with -o nosupervisor; a mistake gets one line and a non-zero exit', async (t) => {
+test.serial('a user mounts with -o nosupervisor; a mistake gets one line and a non-zero exit; kfs umount waits for the server to let go of the image', async (t) => {
   const { dir, image, mnt } = setup(t);
-  const m = kfs(['mount', image, mnt, '-o', 'nosupervisor'], dir);
+  const pidFile = join(dir, 'server.pid');
+  const m = kfs(['mount', image, mnt, '-o', 'nosupervisor', '--pid-file', pidFile], dir);
   t.is(m.code, 0, m.out);
   t.true(isMountPoint(mnt));
+  const server = Number(fs.readFileSync(pidFile, 'utf8'));
   const w = asNobody('sh', ['-c', 'printf data > mnt/f && cat mnt/f'], dir);
   t.is(w.out, 'data');
   // allow_other: fusermount3 grants it only with user_allow_other in /etc/fuse.conf, else kfs says why.
@@ -110,9 +114,25 @@ test.serial('a user mounts with -o nosupervisor; a mistake gets one line and a n
     t.is(withOther.out.trim().split('\n').length, 1, withOther.out);
     t.false(isMountPoint(other));
   }
-  const u = kfs(['umount', mnt], dir);
-  t.is(u.code, 0, u.out);
-  t.true(await waitFor(() => !isMountPoint(mnt), 10_000));
+  // kfs umount returns only once the server has flushed the image and let go of it. A stopped
+  // server cannot flush: the unmount happens, and kfs umount waits until the server goes on.
+  t.deepEqual(lockHolders(image).map((l) => l.pid), [server], 'the server holds the image while mounted');
+  process.kill(server, 'SIGSTOP');
+  t.teardown(() => {
+    try {
+      process.kill(server, 'SIGCONT');
+    } catch {
+      // already gone
+    }
+  });
+  const umount = spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, kfsCliPath()!, 'umount', mnt], { cwd: dir, stdio: 'ignore' });
+  const exited = new Promise<number | null>((resolve) => umount.on('exit', (code) => resolve(code)));
+  t.true(await waitFor(() => !isMountPoint(mnt), 10_000), 'unmounted while the server is stopped');
+  await new Promise((r) => setTimeout(r, 1000));
+  t.is(umount.exitCode, null, 'kfs umount is still waiting for the stopped server');
+  process.kill(server, 'SIGCONT');
+  t.is(await exited, 0);
+  t.deepEqual(lockHolders(image), [], 'no process holds the image after kfs umount');
   const ck = fsck(image);
   t.is(ck.code, 0, ck.output);
 });

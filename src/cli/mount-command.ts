@@ -22,6 +22,7 @@ import { FuseDevice } from '../transport/fusedev';
 import { canMountDirectly, fusermountMount, fusermountUnmount } from '../transport/fusermount';
 import { superviseMount, parseServerLink, serveSupervised, report } from '../transport/supervisor';
 import { startControlServer } from '../control';
+import { readMountInfo, lockHolders } from '../control/registry';
 import { action, UsageError } from './common';
 
 const MountOptionsSchema = z.object({
@@ -237,6 +238,20 @@ async function mountAction(image: string, mountpoint: string, values: MountCliVa
   throw new FsError('EIO', word.replace(/^error /, ''));
 }
 
+/** How long `kfs umount` waits for the server to flush (a large dirty cache on a slow disk). */
+const UMOUNT_FLUSH_WAIT_MS = 300_000;
+
+/** Wait until process `pid` no longer holds a lock on `image` (it has closed it, or exited). */
+async function waitForRelease(image: string, pid: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = 5; lockHolders(image).some((l) => l.pid === pid); delay = Math.min(delay * 2, 200)) {
+    if (Date.now() > deadline) {
+      throw new FsError('ETIMEDOUT', `unmounted, but the server (pid ${pid}) has not let go of ${image} after ${timeoutMs / 1000} s; wait for it to exit before using the image`);
+    }
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
+
 export function registerMount(program: Command): void {
   const collect = (v: string, prev: string[] = []) => [...prev, v];
   program
@@ -257,13 +272,19 @@ export function registerMount(program: Command): void {
     .action(action('kfs mount', mountAction));
   program
     .command('umount')
-    .description('unmount a kfs mount (the serving process then flushes the image and exits)')
+    .description('unmount a kfs mount and wait until the serving process has flushed the image and let it go')
     .argument('<dir>', 'mount point')
-    .option('-l, --lazy', 'detach now even if busy')
+    .option('-l, --lazy', 'detach now even if busy (returns at once: the server finishes when the last file is closed)')
     .action(action('kfs umount', async (dir: string, opts: { lazy?: boolean }) => {
+      const mountpoint = path.resolve(dir);
+      // A read-write server holds the image's exclusive flock until it has checkpointed the
+      // journal and closed the image; the kernel's unmount only tells it to start. Note who
+      // holds it before, wait after. (A read-only mount has nothing to flush.)
+      const mount = readMountInfo().find((m) => m.mountpoint === mountpoint && m.fstype.startsWith('fuse.kfs'));
+      const holder = mount ? lockHolders(mount.source).find((l) => l.exclusive)?.pid ?? null : null;
       try {
-        if (canMountDirectly()) native.umount2(path.resolve(dir), opts.lazy ? native.MS.MNT_DETACH : 0);
-        else fusermountUnmount(path.resolve(dir), !!opts.lazy);
+        if (canMountDirectly()) native.umount2(mountpoint, opts.lazy ? native.MS.MNT_DETACH : 0);
+        else fusermountUnmount(mountpoint, !!opts.lazy);
       } catch (e) {
         const code = (e as { code?: string }).code;
         if (code === 'EINVAL') throw new FsError('EINVAL', `${dir} is not a mount point`);
@@ -271,5 +292,6 @@ export function registerMount(program: Command): void {
         if (code === 'EPERM') throw new FsError('EPERM', `unmounting ${dir} needs root or the user who mounted it`);
         throw e;
       }
+      if (mount && holder !== null && !opts.lazy) await waitForRelease(mount.source, holder, UMOUNT_FLUSH_WAIT_MS);
     }));
 }

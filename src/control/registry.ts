@@ -163,20 +163,21 @@ export function ensureControlDir(dir = controlDir()): string {
   return dir;
 }
 
-/** Which process holds a lock on `file` (from /proc/locks), if any. */
-export function lockHolder(file: string): number | null {
+/** The locks on `file` (from /proc/locks): who holds each and whether it is exclusive. */
+export function lockHolders(file: string): { pid: number; exclusive: boolean }[] {
   let st: fs.Stats;
   let text: string;
   try {
     st = fs.statSync(file);
     text = fs.readFileSync('/proc/locks', 'utf8');
   } catch {
-    return null;
+    return [];
   }
-  // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": pid, then major:minor:inode in hex.
+  // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": type, pid, then major:minor:inode in hex.
+  const out: { pid: number; exclusive: boolean }[] = [];
   for (const line of text.split('\n')) {
-    const m = /^\d+:\s+\S+\s+\S+\s+\S+\s+(\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s/.exec(line);
-    if (m && Number(m[4]) === st.ino) return Number(m[1]);
+    const m = /^\d+:\s+\S+\s+\S+\s+(\S+)\s+(\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s/.exec(line);
+    if (m && Number(m[5]) === st.ino) out.push({ pid: Number(m[2]), exclusive: m[1] === 'WRITE' });
   }
-  return null;
+  return out;
 }
