@@ -243,10 +243,16 @@ test('ext4 image: OPEN without O_TRUNC, and RELEASE unless it is the last close 
   const r1 = v.sync(release(fh));
   t.truthy(r1, 'a file that keeps its name is released on the fast path');
   t.deepEqual([r1!.length, r1!.readInt32LE(4)], [16, 0]);
-  // Unlinked with one opener left: that last release frees the inode, which is I/O.
+  // Unlinked with one opener left: that last release frees the inode, which is I/O. Until the
+  // kernel gives back the reference CREATE gave it (FORGET), the inode stays regardless.
   t.is((await v.call(msg(OP.UNLINK, 1, name('r')))).readInt32LE(4), 0);
   const read = await v.call(msg(OP.READ, node, readIn(h2, 0, 100)));
   t.deepEqual(read.subarray(16), data, 'the open, unlinked file is readable');
+  const forget = Buffer.alloc(8);
+  forget.writeBigUInt64LE(1n, 0);
+  const fm = msg(OP.FORGET, node, forget);
+  t.is(v.s.handleSync(fm, fm.length), 0);
+  await ext4.exclusive(async () => {}); // the FORGET's release runs under the operation lock
   t.is(v.sync(release(h2)), null);
   const before = (await ext4.statfs()).ffree;
   t.is((await v.call(release(h2))).readInt32LE(4), 0);

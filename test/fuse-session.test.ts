@@ -114,3 +114,37 @@ test('requests before INIT are refused', async (t) => {
   const r = out(await s.handle(msg(3, 1, Buffer.alloc(16), 5n)));
   t.is(r.error, -EIO);
 });
+
+test('an unlinked inode the kernel still refers to stays until its last FORGET, then is freed', async (t) => {
+  const { s, ext4 } = await session(t);
+  const freeInodes = async () => (await ext4.statfs()).ffree;
+  const before = await freeInodes();
+  // FUSE_MKNOD (8): fuse_mknod_in {mode, rdev, umask, padding} then name: one lookup reference.
+  const mk = Buffer.alloc(16);
+  mk.writeUInt32LE(0o100644, 0);
+  const made = out(await s.handle(msg(8, 1, Buffer.concat([mk, Buffer.from('f\0')]), 2n)));
+  t.is(made.error, 0);
+  const node = Number(made.body.readBigUInt64LE(0));
+  // A second reference through LOOKUP.
+  t.is(out(await s.handle(msg(1, 1, Buffer.from('f\0'), 3n))).error, 0);
+  // FUSE_UNLINK (10): the name goes, the inode stays for the kernel.
+  t.is(out(await s.handle(msg(10, 1, Buffer.from('f\0'), 4n))).error, 0);
+  t.is(out(await s.handle(msg(1, 1, Buffer.from('f\0'), 5n))).error, -ENOENT);
+  // FUSE_SETATTR (4) of the times, as the kernel's writeback of an evicted inode sends:
+  // fuse_setattr_in {valid, padding, fh, size, lock_owner, atime, mtime, ctime, atimensec, ...}
+  const sa = Buffer.alloc(88);
+  sa.writeUInt32LE((1 << 4) | (1 << 5), 0); // FATTR_ATIME | FATTR_MTIME
+  sa.writeBigUInt64LE(1_000_000n, 40);
+  sa.writeBigUInt64LE(2_000_000n, 48);
+  const set = out(await s.handle(msg(4, node, sa, 6n)));
+  t.is(set.error, 0, 'SETATTR of the unlinked inode still works');
+  t.is(set.body.readUInt32LE(16 + 64), 0, 'nlink 0'); // fuse_attr_out {attr_valid, nsec, dummy}, then fuse_attr.nlink at 64
+  t.is(await freeInodes(), before - 1, 'not freed while referred to');
+  // FUSE_FORGET (2) of one reference: still kept; of the last: freed (no reply to either).
+  const forget = (n: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(n)); return b; };
+  t.is(await s.handle(msg(2, node, forget(1), 7n)), null);
+  t.is(await freeInodes(), before - 1);
+  t.is(await s.handle(msg(2, node, forget(1), 8n)), null);
+  await ext4.exclusive(async () => {}); // the release queued behind the operation lock
+  t.is(await freeInodes(), before, 'freed at the last FORGET');
+});

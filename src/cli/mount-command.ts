@@ -155,6 +155,8 @@ export async function serveMount(image: string, mountpoint: string, o: MountOpts
   for (let i = 0; i < 200 && dev.pending > 0; i++) await new Promise((r) => setTimeout(r, 10));
   dev.close();
   control?.close();
+  // The kernel forgets nothing at unmount: what it still referred to is let go of here.
+  await session.fs.releaseAll?.();
   await ext4.close();
   if (values.pidFile) fs.rmSync(values.pidFile, { force: true });
   log.info(`${image} closed`);

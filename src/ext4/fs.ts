@@ -471,12 +471,22 @@ export class Ext4Fs {
     }, true);
   }
 
-  /** Drop one link of st; free it now or, if open, at its last release (orphan list). */
+  /**
+   * Asked when an inode loses its last link: true if a client still refers to it. It is then
+   * kept (orphan list, counted as one opener) until the caller releases it with release().
+   */
+  keepUnlinked: ((ino: number) => boolean) | null = null;
+
+  /** Drop one link of st; free it now or, if open or still referred to, at its last release (orphan list). */
   private async dropLink(st: InodeState): Promise<void> {
     const i = st.inode;
     if (i.isDir()) i.links = 0;
     else if (i.links > 0) i.links--;
     i.ctime = now();
+    // A client that still knows the inode (FUSE lookup count) may send requests for it after
+    // the unlink (the kernel writes back times and pages of an evicted inode): it stays, like
+    // an open file, until the client lets go (keepUnlinked's owner calls release()).
+    if (i.links === 0 && this.keepUnlinked?.(i.ino)) st.openCount++;
     if (i.links > 0) {
       await this.store.write(st);
     } else if (st.openCount > 0) {

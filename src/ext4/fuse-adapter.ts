@@ -4,6 +4,7 @@
  * stable node ids make the server nearly stateless, which crash recovery relies on.
  */
 import { FsError } from '../util/errors';
+import { log } from '../util/log';
 import { Ext4Fs, Attr } from './fs';
 import { ROOT_INO } from './inode';
 import {
@@ -55,8 +56,43 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   private files = new Map<number, OpenFile>();
   private dirs = new Map<number, { ino: number; handle: number }>();
   private nextFh = 1;
+  /**
+   * The kernel's lookup count per inode: one for every entry it was sent (LOOKUP, CREATE,
+   * MKNOD, MKDIR, SYMLINK, LINK, TMPFILE, READDIRPLUS), less what FORGET gave back. The root
+   * is never forgotten and not counted. A server restarted by the supervisor starts from zero:
+   * it does not know what its predecessor sent (FORGETs for unknown inodes are ignored).
+   */
+  private lookups = new Map<number, number>();
+  /** Unlinked inodes kept for the kernel (Ext4Fs.keepUnlinked): released at their last FORGET. */
+  private keptForKernel = new Set<number>();
 
-  constructor(readonly ext4: Ext4Fs) {}
+  constructor(readonly ext4: Ext4Fs) {
+    ext4.keepUnlinked = (ino) => {
+      if (!this.lookups.has(ino) || this.keptForKernel.has(ino)) return false;
+      this.keptForKernel.add(ino);
+      return true;
+    };
+  }
+
+  /** The kernel was sent an entry for `a` (a lookup reference): count it, then encode it. */
+  private referenced(a: Attr): EntryAttr {
+    if (a.ino !== ROOT_INO) this.lookups.set(a.ino, (this.lookups.get(a.ino) ?? 0) + 1);
+    return entry(a);
+  }
+
+  forget(node: number, nlookup: number): void {
+    const ino = toIno(node);
+    const left = (this.lookups.get(ino) ?? 0) - nlookup;
+    if (left > 0) {
+      this.lookups.set(ino, left);
+      return;
+    }
+    this.lookups.delete(ino);
+    if (this.keptForKernel.delete(ino)) {
+      // No reply to wait for: the inode is on the orphan list until this commits.
+      this.ext4.release(ino).catch((e) => log.warn(`freeing unlinked inode ${ino} after its last FORGET failed: ${(e as Error).message}`));
+    }
+  }
 
   private ino(node: number): number {
     const ino = toIno(node);
@@ -65,13 +101,13 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   }
 
   async lookup(_ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr> {
-    return entry(await this.ext4.lookup(this.ino(parent), name));
+    return this.referenced(await this.ext4.lookup(this.ino(parent), name));
   }
 
   /** lookup with null for ENOENT (see MissPaths in the dispatcher). */
   async lookupOrNull(_ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr | null> {
     const a = await this.ext4.lookupOrNull(this.ino(parent), name);
-    return a && entry(a);
+    return a && this.referenced(a);
   }
 
   /**
@@ -90,7 +126,9 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     if (!st) return undefined;
     // ext4's Attr is an EntryAttr already, except that the root's generation must read 0.
     const a = this.ext4.toAttr(st);
-    return a.ino === ROOT_INO ? entry(a) : a;
+    if (a.ino === ROOT_INO) return entry(a);
+    this.lookups.set(ino, (this.lookups.get(ino) ?? 0) + 1);
+    return a;
   }
 
   /** GETXATTR shortcut: an inode in memory with no attributes in the inode or a block. */
@@ -132,15 +170,15 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   }
 
   async mknod(ctx: RequestContext, parent: number, name: Buffer, mode: number, rdev: number, umask: number): Promise<EntryAttr> {
-    return entry(await this.ext4.mknod(this.ino(parent), name, mode, rdev, ctx.uid, ctx.gid, umask));
+    return this.referenced(await this.ext4.mknod(this.ino(parent), name, mode, rdev, ctx.uid, ctx.gid, umask));
   }
 
   async mkdir(ctx: RequestContext, parent: number, name: Buffer, mode: number, umask: number): Promise<EntryAttr> {
-    return entry(await this.ext4.mkdir(this.ino(parent), name, mode, ctx.uid, ctx.gid, umask));
+    return this.referenced(await this.ext4.mkdir(this.ino(parent), name, mode, ctx.uid, ctx.gid, umask));
   }
 
   async symlink(ctx: RequestContext, parent: number, name: Buffer, target: Buffer): Promise<EntryAttr> {
-    return entry(await this.ext4.symlink(this.ino(parent), name, target, ctx.uid, ctx.gid));
+    return this.referenced(await this.ext4.symlink(this.ino(parent), name, target, ctx.uid, ctx.gid));
   }
 
   unlink(_ctx: RequestContext, parent: number, name: Buffer): Promise<void> {
@@ -156,7 +194,7 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   }
 
   async link(_ctx: RequestContext, node: number, newParent: number, newName: Buffer): Promise<EntryAttr> {
-    return entry(await this.ext4.link(this.ino(node), this.ino(newParent), newName));
+    return this.referenced(await this.ext4.link(this.ino(node), this.ino(newParent), newName));
   }
 
   private addFile(ino: number, flags: number): number {
@@ -185,12 +223,12 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
 
   async create(ctx: RequestContext, parent: number, name: Buffer, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult> {
     const a = await this.ext4.create(this.ino(parent), name, mode, ctx.uid, ctx.gid, umask, true);
-    return { ...entry(a), fh: this.addFile(a.ino, flags) };
+    return { ...this.referenced(a), fh: this.addFile(a.ino, flags) };
   }
 
   async tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult> {
     const a = await this.ext4.tmpfile(this.ino(parent), mode & ~(umask & 0o777), ctx.uid, ctx.gid);
-    return { ...entry(a), fh: this.addFile(a.ino, flags) };
+    return { ...this.referenced(a), fh: this.addFile(a.ino, flags) };
   }
 
   private file(fh: number, node: number): OpenFile {
@@ -288,7 +326,7 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     const d = this.dirs.get(fh);
     const ino = this.ino(parent);
     const a = d && d.ino === ino ? await this.ext4.entryAttr(ino, d.handle, name, toIno(node)) : await this.ext4.lookupOrNull(ino, name);
-    return a && entry(a);
+    return a && this.referenced(a);
   }
 
   // ---- DAX source (virtio-fs: src/vhost/dax-window.ts) ----
@@ -318,7 +356,13 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     this.ext4.beforeSnapshot = hook;
   }
 
+  /** The client is gone (unmount, guest disconnect): release its handles and its references. */
   async releaseAll(): Promise<void> {
+    this.lookups.clear();
+    for (const ino of [...this.keptForKernel]) {
+      this.keptForKernel.delete(ino);
+      await this.ext4.release(ino);
+    }
     for (const [fh, f] of [...this.files]) {
       this.files.delete(fh);
       await this.ext4.release(f.ino);
