@@ -365,3 +365,20 @@ test('FORGET and BATCH_FORGET are taken on the fast path without a reply', async
   const short = msg(42, 0, bf.subarray(0, 20));
   t.is(v.s.handleSync(short, short.length), -1);
 });
+
+test('request statistics time fast-path requests of every opcode, also when a client repeats a fixed pattern', async (t) => {
+  const { v } = await serveImage(t);
+  const { node } = await makeFile(v, 'x', Buffer.from('x'));
+  await v.call(msg(OP.LOOKUP, 1, name('x'))); // the root's names are not all known: this one now is
+  const timed = new Map<number, number>();
+  v.s.observeSync = (opcode, us) => {
+    if (us >= 0) timed.set(opcode, (timed.get(opcode) ?? 0) + 1);
+  };
+  // LOOKUP, GETATTR, LOOKUP, GETATTR...: a global one-in-eight sample would time only one of them.
+  for (let i = 0; i < 64; i++) {
+    t.truthy(v.sync(msg(OP.LOOKUP, 1, name('x'))));
+    t.truthy(v.sync(msg(OP.GETATTR, node, Buffer.alloc(16))));
+  }
+  t.true((timed.get(OP.LOOKUP) ?? 0) >= 4, `LOOKUP timed ${timed.get(OP.LOOKUP) ?? 0} times`);
+  t.true((timed.get(OP.GETATTR) ?? 0) >= 4, `GETATTR timed ${timed.get(OP.GETATTR) ?? 0} times`);
+});

@@ -131,12 +131,15 @@ export class FuseSession {
     const fast = this.fast;
     if (!fast) return NOT_HANDLED;
     const observe = this.observeSync;
-    // One request in SYNC_TIMING_EVERY is timed: two clock reads were ~4% of a GETATTR.
-    const timed = observe !== null && this.syncSeq++ % SYNC_TIMING_EVERY === 0;
+    // One request in SYNC_TIMING_EVERY of each opcode is timed (two clock reads were ~4% of a
+    // GETATTR). Per opcode: a client repeating the same few requests per file would otherwise
+    // have every sample land on one of them.
+    const opcode = len >= 8 ? buf.readUInt32LE(4) : 0;
+    const timed = observe !== null && opcode < this.syncCounts.length && this.syncCounts[opcode] % SYNC_TIMING_EVERY === 0;
     const t0 = timed ? performance.now() : 0;
     const n = fast.answer(buf, len, dest, idle);
     if (n !== NOT_HANDLED) {
-      const opcode = buf.readUInt32LE(4); // one of FAST_KINDS' (answer() took no other)
+      // opcode is one of FAST_KINDS' (answer() took no other)
       this.syncCounts[opcode]++;
       observe?.(opcode, timed ? (performance.now() - t0) * 1000 : -1, n >= 16 && fast.reply.readInt32LE(4) < 0);
     }
@@ -152,8 +155,6 @@ export class FuseSession {
   get syncReplyHead(): number {
     return this.fast!.replyHead;
   }
-
-  private syncSeq = 0;
 
   /**
    * Called for every request handleSync answered (request statistics; handle() is observed by
