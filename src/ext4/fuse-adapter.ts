@@ -74,9 +74,14 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     };
   }
 
-  /** The kernel was sent an entry for `a` (a lookup reference): count it, then encode it. */
+  /** The kernel is sent an entry for `ino` (not the root): one more lookup reference. */
+  private countLookup(ino: number): void {
+    this.lookups.set(ino, (this.lookups.get(ino) ?? 0) + 1);
+  }
+
+  /** An entry for `a` the kernel is sent: its lookup reference counted, then encoded. */
   private referenced(a: Attr): EntryAttr {
-    if (a.ino !== ROOT_INO) this.lookups.set(a.ino, (this.lookups.get(a.ino) ?? 0) + 1);
+    if (a.ino !== ROOT_INO) this.countLookup(a.ino);
     return entry(a);
   }
 
@@ -127,7 +132,7 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     // ext4's Attr is an EntryAttr already, except that the root's generation must read 0.
     const a = this.ext4.toAttr(st);
     if (a.ino === ROOT_INO) return entry(a);
-    this.lookups.set(ino, (this.lookups.get(ino) ?? 0) + 1);
+    this.countLookup(ino);
     return a;
   }
 
