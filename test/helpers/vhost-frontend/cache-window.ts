@@ -271,11 +271,21 @@ export class BackendChannelServer {
     for (const send of pending) send();
   }
 
-  /** The first event from index `from` on that satisfies pred (waits for it if need be). */
-  waitFor(pred: (e: ShmemEvent) => boolean, from = 0): Promise<ShmemEvent> {
+  /** The first event from index `from` on that satisfies pred (waits for it if need be, up to timeoutMs: then an error, not a hung test). */
+  waitFor(pred: (e: ShmemEvent) => boolean, from = 0, timeoutMs = 30_000): Promise<ShmemEvent> {
     const seen = this.events.slice(from).find(pred);
     if (seen) return Promise.resolve(seen);
-    return new Promise((resolve) => this.watchers.push({ pred, resolve }));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.watchers = this.watchers.filter((w) => w.resolve !== done);
+        reject(new Error(`no such backend request from kfsd within ${timeoutMs} ms (events: ${this.events.slice(from).map((e) => e.request).join(', ') || 'none'})`));
+      }, timeoutMs);
+      const done = (e: ShmemEvent): void => {
+        clearTimeout(timer);
+        resolve(e);
+      };
+      this.watchers.push({ pred, resolve: done });
+    });
   }
 
   /** Events since index from (default: all). */
