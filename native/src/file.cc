@@ -12,6 +12,8 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <sched.h>
+#include <time.h>
 
 namespace kfs {
 
@@ -74,6 +76,36 @@ static Napi::Value ReadInto(const Napi::CallbackInfo& info) {
   Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
   ssize_t n = read(fd, buf.Data(), buf.Length());
   return Napi::Number::New(env, n < 0 ? -errno : static_cast<double>(n));
+}
+
+// readPolling(fd, buffer, micros): readInto, but an empty non-blocking fd is read again until
+// `micros` have passed, with sched_yield() between tries so that a task waiting for this CPU
+// (the client the last reply woke, if the scheduler put it here) runs first. The byte count,
+// or -errno (-EAGAIN: nothing came in time). Used to keep a FUSE server awake for a client's
+// next request (src/transport/fusedev.ts).
+static Napi::Value ReadPolling(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "readPolling(fd, buffer, micros)";
+  int fd = -1;
+  int64_t micros = 0;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  if (info.Length() < 2 || !info[1].IsBuffer()) {
+    ThrowType(env, fn);
+    return env.Undefined();
+  }
+  if (!argcheck::Int(info, 2, fn, "micros", 0, 1000000, &micros)) return env.Undefined();
+  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  const int64_t limitNs = micros * 1000;
+  for (;;) {
+    ssize_t n = read(fd, buf.Data(), buf.Length());
+    if (n >= 0) return Napi::Number::New(env, static_cast<double>(n));
+    if (errno != EAGAIN) return Napi::Number::New(env, -errno);
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    if ((t.tv_sec - t0.tv_sec) * 1000000000LL + (t.tv_nsec - t0.tv_nsec) >= limitNs) return Napi::Number::New(env, -EAGAIN);
+    sched_yield();
+  }
 }
 
 // One preadv2 with flags RWF_NOWAIT (nowait) or 0, retried on EINTR: the byte count or -errno.
@@ -143,6 +175,7 @@ static Napi::Value PreadvAt(const Napi::CallbackInfo& info) {
 void InitFile(Napi::Env env, Napi::Object exports) {
   exports.Set("preadvAt", Napi::Function::New(env, PreadvAt));
   exports.Set("readInto", Napi::Function::New(env, ReadInto));
+  exports.Set("readPolling", Napi::Function::New(env, ReadPolling));
   exports.Set("preadv", Napi::Function::New(env, Preadv));
   exports.Set("flock", Napi::Function::New(env, Flock));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
