@@ -45,7 +45,7 @@ const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
 
 /** "." or "..". */
-function isDotName(name: Buffer): boolean {
+export function isDotName(name: Buffer): boolean {
   return name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT));
 }
 

@@ -11,7 +11,7 @@ import { FsError, CorruptionError } from '../util/errors';
 import { log } from '../util/log';
 import { Volume, VolumeOptions } from './volume';
 import { InodeStore, InodeState, now, writeTime } from './inode-store';
-import { Directory, DirEntryInfo } from './directory';
+import { Directory, DirEntryInfo, isDotName } from './directory';
 import { XattrStore } from './xattr-store';
 import { FileIO } from './file-io';
 import { daxRuns } from './dax-map';
@@ -1075,11 +1075,7 @@ function checkName(name: Buffer, allowDots: boolean): void {
   if (name.length === 0) throw new FsError('ENOENT', 'empty name');
   if (name.length > NAME_MAX) throw new FsError('ENAMETOOLONG', `name longer than ${NAME_MAX} bytes`);
   if (name.includes(0) || name.includes(0x2f)) throw new FsError('EINVAL', 'name contains "/" or NUL');
-  if (!allowDots && isDotOrDotDot(name)) throw new FsError('EEXIST', `"${name.toString()}" is reserved`);
-}
-
-function isDotOrDotDot(name: Buffer): boolean {
-  return name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e));
+  if (!allowDots && isDotName(name)) throw new FsError('EEXIST', `"${name.toString()}" is reserved`);
 }
 
 /** setuid is cleared on write by an unprivileged writer; setgid too when group-executable. */

@@ -133,7 +133,6 @@ export class FuseDevice {
    * ~45 µs per read with 50 µs of polling. The cost is at most that much CPU per reply.
    */
   pollAfterReplyUs = 0;
-  private polling = false;
   /** Requests read, and of them those read while polling (the server awake: no wakeup needed). */
   readonly stats = { requests: 0, polled: 0 };
 
@@ -198,13 +197,9 @@ export class FuseDevice {
 
   /** A reply went out: if it was the last one in flight, poll for the next request a while (pollAfterReplyUs). */
   private pollAfterReply(): void {
-    if (this.pollAfterReplyUs <= 0 || this.inflight !== 0 || this.polling || this.ended || (this.gate && !this.gate.quiet)) return;
-    this.polling = true;
-    try {
-      this.drain(performance.now() + this.pollAfterReplyUs / 1000);
-    } finally {
-      this.polling = false;
-    }
+    // Called from promise callbacks only, never from inside drain(): no re-entry to guard against.
+    if (this.pollAfterReplyUs <= 0 || this.inflight !== 0 || this.ended || (this.gate && !this.gate.quiet)) return;
+    this.drain(performance.now() + this.pollAfterReplyUs / 1000);
   }
 
   /**
