@@ -306,6 +306,15 @@ export class BlockDevice {
     return out;
   }
 
+  /** The dirty and the pinned blocks (each once): what is not home yet. */
+  pendingEntries(): { block: number; buf: Buffer }[] {
+    const out: { block: number; buf: Buffer }[] = [];
+    for (const [block, e] of this.pinnedSet) out.push({ block, buf: e.buf });
+    for (const [block, e] of this.dirtySet) if (!e.pinned) out.push({ block, buf: e.buf });
+    out.sort((a, b) => a.block - b.block);
+    return out;
+  }
+
   /** Write every dirty and pinned block, in block order, coalescing neighbours. */
   async flush(): Promise<void> {
     if (this.dirtySet.size === 0 && this.pinnedSet.size === 0) return;

@@ -20,7 +20,8 @@ import { openSnapshotFs } from '../snapshot/view';
 import { FuseSession } from '../fuse/dispatcher';
 import { FuseDevice } from '../transport/fusedev';
 import { canMountDirectly, fusermountMount, fusermountUnmount } from '../transport/fusermount';
-import { superviseMount, parseServerLink, serveSupervised, report } from '../transport/supervisor';
+import { superviseMount, parseServerLink, serveSupervised, report, ServerLink } from '../transport/supervisor';
+import { SharedSoftLog } from '../ext4/journal/shared-log';
 import { startControlServer } from '../control';
 import { readMountInfo, lockHolders } from '../control/registry';
 import { action, UsageError } from './common';
@@ -101,18 +102,34 @@ interface MountCliValues {
   snapshot?: string;
 }
 
+/**
+ * The supervisor's shared memory for log-only commits, mapped (undefined without one: they
+ * then go to the image's journal as soft transactions).
+ */
+function mapSharedLog(link: ServerLink): SharedSoftLog | undefined {
+  if (link.sharedLogFd === null) return undefined;
+  try {
+    const region = native.mmap(link.sharedLogFd, 0, fs.fstatSync(link.sharedLogFd).size, true);
+    return new SharedSoftLog(region.chunks[0]);
+  } catch (e) {
+    log.warn(`fuse: the supervisor's shared log cannot be used (${(e as Error).message}); log-only commits go to the journal`);
+    return undefined;
+  }
+}
+
 /** Serve the mount in this process until it is unmounted or signalled. */
 export async function serveMount(image: string, mountpoint: string, o: MountOpts, values: MountCliValues, ready: (err?: string) => void): Promise<number> {
   if (values.snapshot) o = { ...o, ro: true };
+  const link = values.serverFds ? parseServerLink(values.serverFds, values.serverGeneration, values.adopt) : null;
+  const sharedLog = link && o.commit_before_reply && !o.ro && !values.snapshot ? mapSharedLog(link) : undefined;
   const ext4 = values.snapshot
     ? (await openSnapshotFs(image, values.snapshot, { cacheBytes: o.cache_size })).fs
-    : await Ext4Fs.open(image, { readOnly: o.ro, cacheBytes: o.cache_size, noJournal: o.nojournal });
+    : await Ext4Fs.open(image, { readOnly: o.ro, cacheBytes: o.cache_size, noJournal: o.nojournal, sharedLog });
   ext4.noAtime = o.noatime;
   const session = new FuseSession(new Ext4FuseFs(ext4), {
     entryTimeout: o.entry_timeout, attrTimeout: o.attr_timeout, negativeTimeout: o.negative_timeout,
     writebackCache: o.writeback_cache, readOnly: o.ro || ext4.readOnly,
   });
-  const link = values.serverFds ? parseServerLink(values.serverFds, values.serverGeneration, values.adopt) : null;
   let dev: FuseDevice;
   try {
     dev = link?.restart ? FuseDevice.adopt(link.devFd, path.resolve(mountpoint), session) : FuseDevice.mount(path.resolve(mountpoint), session, {
@@ -273,7 +290,7 @@ export function registerMount(program: Command): void {
     .option('--pid-file <file>', 'write the serving process id here (the current server: a restarted one rewrites it)')
     .option('--snapshot <name>', 'mount this snapshot of the image, read-only (kfsctl snapshot list names them)')
     .addOption(new Option('--ready-fd <fd>').hideHelp())
-    .addOption(new Option('--server-fds <dev,status>').hideHelp())
+    .addOption(new Option('--server-fds <dev,status,sharedlog>').hideHelp())
     .addOption(new Option('--server-generation <n>').hideHelp())
     .addOption(new Option('--adopt <init>').hideHelp())
     .action(action('kfs mount', mountAction));

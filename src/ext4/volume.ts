@@ -27,7 +27,9 @@ import {
 } from './group-desc';
 import { Inode, verifyInodeChecksum, setInodeChecksum } from './inode';
 import { Journal } from './journal/journal';
-import { readSuperblockAtOpen, recoverImage, encodeSuperblock } from './journal/open';
+import { readSuperblockAtOpen, recoverImage, encodeSuperblock, checkSuperblock } from './journal/open';
+import { isCommitBlockOf } from './journal/recovery';
+import { SharedSoftLog } from './journal/shared-log';
 
 export interface VolumeOptions {
   readOnly?: boolean;
@@ -45,6 +47,11 @@ export interface VolumeOptions {
   replayBoot?: Buffer;
   /** An already open device to use instead of opening the image (a snapshot's view: src/snapshot/view.ts). */
   device?: BlockDevice;
+  /**
+   * Shared memory for log-only commits (journal/shared-log.ts), from the supervisor. What a
+   * dead predecessor committed there is applied at open.
+   */
+  sharedLog?: SharedSoftLog;
 }
 
 export interface BlockRun {
@@ -81,6 +88,8 @@ export class Volume {
   private freeInodesTotal: number;
   /** The running jbd2 journal (null: read-only, no journal, or -o nojournal). */
   journal: Journal | null = null;
+  /** Where log-only commits go (VolumeOptions.sharedLog), kept for a journal restarted by atCleanPoint. */
+  private sharedLog: SharedSoftLog | null = null;
   /**
    * Blocks freed since the last commit, per group (a bitmap). They are not handed out again
    * until the commit that frees them is durable: before it, a crash brings back the old owner,
@@ -119,7 +128,7 @@ export class Volume {
 
   static async fromDevice(dev: BlockDevice, readOnly: boolean, opts: VolumeOptions = {}): Promise<Volume> {
     if (dev.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new CorruptionError(`image is ${dev.size} bytes, too small to hold an ext4 superblock`);
-    const sb = await readSuperblockAtOpen(dev, readOnly, !!opts.noLock, opts.replayBoot);
+    let sb = await readSuperblockAtOpen(dev, readOnly, !!opts.noLock, opts.replayBoot);
     readOnly = readOnly || dev.readOnly;
     let reason: string | null = null;
     const badRo = sb.s_feature_ro_compat & ~SUPPORTED_RO_COMPAT;
@@ -134,6 +143,9 @@ export class Volume {
     }
     const ro = readOnly || reason !== null;
     if (reason) log.warn(`${dev.path}: ${reason}`);
+    const journaled = !ro && (sb.s_feature_compat & COMPAT.has_journal) !== 0 && !opts.noJournal;
+    const sharedKept = opts.sharedLog && journaled ? await applySharedLog(dev, opts.sharedLog) : null;
+    if (sharedKept) sb = sharedKept;
     const vol = new Volume(dev, sb, ro, reason);
     await vol.loadGroupDescs();
     // The free counts are the group descriptors' sums (ext4_fill_super does the same): log-only
@@ -142,6 +154,8 @@ export class Volume {
     vol.freeInodesTotal = vol.gds.reduce((n, gd) => n + gd.freeInodes, 0);
     if (!ro && vol.hasJournal() && !opts.noJournal) {
       vol.journal = await Journal.start(dev, sb);
+      vol.sharedLog = opts.sharedLog ?? null;
+      if (vol.sharedLog) vol.journal.useSharedLog(vol.sharedLog, sharedKept !== null);
       // needs_recovery travels in the first transaction (the superblock is in every one) rather
       // than in an in-place write as ext4_setup_super does: a torn in-place write of the primary
       // superblock is then always repaired by a replay. Before the first commit's home writes
@@ -662,6 +676,7 @@ export class Volume {
     } finally {
       if (hadJournal) {
         this.journal = await Journal.start(this.dev, this.sb);
+        if (this.sharedLog) this.journal.useSharedLog(this.sharedLog, false);
         this.sb.s_feature_incompat |= INCOMPAT.recover;
         this.sbDirty = true;
       } else await this.sync({ clean: false });
@@ -732,4 +747,28 @@ export function findZero(bm: Buffer, from: number, limit: number): number {
     bit++;
   }
   return -1;
+}
+
+/**
+ * A restarted server's open, after the journal's replay: the blocks its dead predecessor
+ * committed to the shared log go back into the cache as dirty blocks (the open's first durable
+ * commit logs them), unless a durable commit already took them over (the committing mark with
+ * its commit block in the log). Returns the superblock as the shared log has it, or the one
+ * read if the log has no copy of it; null when there was nothing to apply.
+ */
+async function applySharedLog(dev: BlockDevice, shared: SharedSoftLog): Promise<SuperblockFields | null> {
+  const found = shared.contents(dev.blockSize);
+  if (!found) return null;
+  if (found.committing && (await isCommitBlockOf(dev, found.committing.pblk, found.committing.seq))) {
+    log.info(`${dev.path}: shared log already in the journal (transaction ${found.committing.seq}); not applied`);
+    return null;
+  }
+  for (const [b, buf] of found.blocks) dev.markDirty(b, buf);
+  log.info(`${dev.path}: applied ${found.records} log-only commit(s) of the previous server from the shared log (${found.blocks.size} blocks)`);
+  const bs = dev.blockSize;
+  const sbCopy = found.blocks.get(Math.floor(SUPERBLOCK_OFFSET / bs));
+  const raw = Buffer.alloc(SUPERBLOCK_SIZE);
+  if (sbCopy) sbCopy.copy(raw, 0, SUPERBLOCK_OFFSET % bs);
+  else await dev.readAt(raw, SUPERBLOCK_OFFSET);
+  return checkSuperblock(dev, raw);
 }

@@ -2,7 +2,7 @@
  * A host mount that survives its server's death (Linux >= 6.9: FUSE_NOTIFY_RESEND).
  *
  * `kfs mount` runs two processes: this supervisor, which opens /dev/fuse and holds it for the
- * mount's whole life, and a server (`kfs mount ... --server-fds 3,4`), which does the work on
+ * mount's whole life, and a server (`kfs mount ... --server-fds 3,4,5`), which does the work on
  * the inherited fd: the first server mounts it (mount(2) with fd=3), later ones adopt it. The
  * kernel keeps a FUSE connection alive as long as some process holds its fd, so a server can
  * die (any signal, any exit without unmount) and the mount stays; requests wait in the
@@ -11,7 +11,8 @@
  * twice) and writes FUSE_NOTIFY_RESEND, so requests the dead server had read but not answered
  * are queued again (with bit 63 of unique set; resend-guard.ts deduplicates those that are not
  * idempotent). Replies are held until the changes behind them are in the image
- * (reply-gate.ts), so nothing acknowledged dies with the server.
+ * (reply-gate.ts), so nothing acknowledged dies with the server; fd 5 is the shared memory
+ * those commits go to (src/ext4/journal/shared-log.ts), which the next server reads.
  *
  * Server -> supervisor, one JSON object per line on fd 4:
  *   {"t":"mounted"}    mount(2) done (first server only)
@@ -34,9 +35,16 @@ import { FuseDevice } from './fusedev';
 import { unmountFuse, fusermountUnmount } from './fusermount';
 import { ResendGuard } from './resend-guard';
 
-/** fd numbers in the server (stdio slots 3 and 4). */
+/** fd numbers in the server (stdio slots 3, 4 and 5). */
 const SERVER_DEV_FD = 3;
 const SERVER_STATUS_FD = 4;
+const SERVER_SHARED_LOG_FD = 5;
+/**
+ * The shared memory for the servers' log-only commits (src/ext4/journal/shared-log.ts): a
+ * sparse memfd; a server fills it from the start again after each durable commit, and makes a
+ * durable commit when it is full (at about 2000 commits of four blocks).
+ */
+const SHARED_LOG_BYTES = 32 << 20;
 /** FUSE_NOTIFY_RESEND and FUSE_UNIQUE_RESEND arrived with protocol 7.40 (Linux 6.9). */
 const RESEND_MINOR = 40;
 /** Give up after this many servers in a row that died before serving. */
@@ -66,6 +74,8 @@ export interface SuperviseArgs {
 export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => void): Promise<number> {
   const premounted = !!a.premount;
   const devFd = a.premount ? a.premount() : FuseDevice.openDevice();
+  // It outlives every server: what one commits there, the next finds (the memfd is the mount's).
+  const sharedLogFd = native.memfdCreate('kfs-shared-log', SHARED_LOG_BYTES);
   let negotiated: Extract<StatusMessage, { t: 'init' }> | null = null;
   let mounted = premounted;
   let readySent = false;
@@ -95,12 +105,12 @@ export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => 
 
   try {
     for (let generation = 0; ; generation++) {
-      const extra = ['--server-fds', `${SERVER_DEV_FD},${SERVER_STATUS_FD}`, '--server-generation', String(generation)];
+      const extra = ['--server-fds', `${SERVER_DEV_FD},${SERVER_STATUS_FD},${SERVER_SHARED_LOG_FD}`, '--server-generation', String(generation)];
       if (mounted) extra.push('--adopt', negotiated ? JSON.stringify(negotiated) : 'none');
       // KFS_SERVER_NODE_ARGS: node flags for the server process only (e.g. --cpu-prof for profiling).
       const nodeArgs = (process.env.KFS_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
       const child = spawn(process.execPath, [...nodeArgs, process.argv[1], ...a.serverArgs, ...extra], {
-        stdio: ['ignore', 'inherit', 'inherit', devFd, 'pipe'],
+        stdio: ['ignore', 'inherit', 'inherit', devFd, 'pipe', sharedLogFd],
       });
       current = child;
       let unmounted = false;
@@ -172,6 +182,7 @@ export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => 
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
     fs.closeSync(devFd);
+    fs.closeSync(sharedLogFd);
   }
 }
 
@@ -220,6 +231,8 @@ function detach(dir: string): void {
 export interface ServerLink {
   devFd: number;
   statusFd: number;
+  /** The supervisor's shared memory for log-only commits (null from an older supervisor). */
+  sharedLogFd: number | null;
   generation: number;
   /** A restart: the connection is mounted already. */
   restart: boolean;
@@ -230,7 +243,7 @@ export interface ServerLink {
 }
 
 export function parseServerLink(fds: string, generation: string | undefined, adopt: string | undefined): ServerLink {
-  const [devFd, statusFd] = fds.split(',').map(Number);
+  const [devFd, statusFd, sharedLogFd] = fds.split(',').map(Number);
   let negotiated: Negotiated | null = null;
   let kernelResend = true;
   if (adopt && adopt !== 'none') {
@@ -238,7 +251,7 @@ export function parseServerLink(fds: string, generation: string | undefined, ado
     negotiated = { major: m.major, minor: m.minor, flags: BigInt(m.flags), maxWrite: m.maxWrite, maxPages: m.maxPages };
     kernelResend = m.resend;
   }
-  return { devFd, statusFd, generation: Number(generation ?? 0), restart: adopt !== undefined, negotiated, kernelResend };
+  return { devFd, statusFd, sharedLogFd: Number.isInteger(sharedLogFd) ? sharedLogFd : null, generation: Number(generation ?? 0), restart: adopt !== undefined, negotiated, kernelResend };
 }
 
 export function report(link: ServerLink, m: StatusMessage): void {

@@ -52,6 +52,7 @@ import {
   LogFormat, tagsPerDescriptor, revokesPerBlock, encodeDescriptor, encodeRevoke, encodeCommit, encodeSoftCommit, txnCrc, softCrcCoversTagsOnly, logCopy, BlockTag,
 } from './blocks';
 import { JournalFile, locateJournal, readJournalSuperblock, writeJournalSuperblock, logFormatOf, scanAndReplay } from './recovery';
+import { SharedSoftLog } from './shared-log';
 
 export interface CommitStats {
   commits: number;
@@ -85,6 +86,12 @@ export class Journal {
   /** Log blocks the soft transactions take. */
   private softBlocks = 0;
   readonly stats: CommitStats = { commits: 0, loggedBlocks: 0, revokes: 0, checkpoints: 0, oversized: 0, softCommits: 0 };
+
+  /**
+   * Where log-only commits go when the supervisor provides shared memory for them
+   * (shared-log.ts); null: they are soft jbd2 transactions in the log.
+   */
+  private shared: SharedSoftLog | null = null;
 
   /** Where commit blocks written on their own are encoded (commits are never concurrent; writeAt keeps no reference). */
   private readonly commitBlock: Buffer;
@@ -181,13 +188,20 @@ export class Journal {
    * durable commit when the log is filling. Returns whether the commit was durable.
    */
   async commit(soft = false): Promise<boolean> {
-    const dirty = this.dev.dirtyEntries();
+    if (soft && this.shared) {
+      if (this.commitShared()) return false;
+      soft = false; // the shared log or the cache is full: a durable commit takes it all
+    }
+    // With commits in the shared log, the blocks they pinned are not in the jbd2 log yet.
+    const dirty = this.shared?.pending ? this.dev.pendingEntries() : this.dev.dirtyEntries();
     const inTxn = new Set(dirty.map((d) => d.block));
     const revokes = [...this.pendingRevokes].filter((b) => !inTxn.has(b)).sort((a, b) => a - b);
     const empty = dirty.length === 0 && revokes.length === 0;
     if (empty && soft) return false;
     if (empty && !this.soft.length) {
       await this.dev.barrier();
+      // Nothing pinned or dirty: whatever the shared log holds is home (or was freed since).
+      this.shared?.reset();
       return true;
     }
     const perDesc = tagsPerDescriptor(this.fmt);
@@ -252,6 +266,9 @@ export class Journal {
       // them are durable before any commit block that makes them count.
       await this.dev.barrier();
       for (const t of this.soft) await this.writeLog(t.at, encodeCommit(this.fmt, t.seq, t.sec, t.nsec, this.commitBlock));
+      // From the commit block on, this transaction holds everything the shared log does: a
+      // restarted server must then not apply the shared log over it (shared-log.ts).
+      if (size) this.shared?.markCommitting(seq, this.file.runs(this.wrap(start + nblocks), 1)[0].pblk);
       if (size) {
         await this.writeLog(start + nblocks, encodeCommit(this.fmt, seq, sec, nsec, this.commitBlock));
         this.dev.mark(`commit ${seq}`);
@@ -259,6 +276,7 @@ export class Journal {
       await this.dev.barrier();
       this.soft = [];
       this.softBlocks = 0;
+      this.shared?.reset();
     }
     if (size) {
       this.head = this.wrap(start + size);
@@ -286,9 +304,41 @@ export class Journal {
   }
   private txnScratch = Buffer.alloc(0);
 
-  /** Soft transactions waiting for a durable commit. */
+  /** Soft transactions (in the log or the shared log) waiting for a durable commit. */
   get softPending(): boolean {
-    return this.soft.length > 0;
+    return this.soft.length > 0 || !!this.shared?.pending;
+  }
+
+  /**
+   * Make log-only commits into `shared` from now on. `keep`: it holds blocks a dead server
+   * committed, which the opening has put back into the cache as dirty blocks; they stay there
+   * until a durable commit has them (the next one), and the committing mark (which was found
+   * not to hold) goes. Otherwise it starts empty.
+   */
+  useSharedLog(shared: SharedSoftLog, keep: boolean): void {
+    if (this.soft.length) throw new Error('journal: shared log attached with soft transactions in the log');
+    if (keep) shared.clearCommitting();
+    else shared.reset();
+    this.shared = shared;
+  }
+
+  /**
+   * A log-only commit into the shared log: the dirty blocks copied there and pinned. False
+   * when it does not fit: the durable commit that follows logs every pinned block in one
+   * transaction (so they must fit one), and pinned blocks cannot be evicted.
+   */
+  private commitShared(): boolean {
+    const shared = this.shared!;
+    const dirty = this.dev.dirtyEntries();
+    if (dirty.length === 0) return true;
+    const bs = this.dev.blockSize;
+    const pinned = this.dev.pinnedBlocks + dirty.length;
+    if (!shared.room(dirty.length, bs) || pinned + this.pendingRevokes.size > this.maxTransactionBlocks || pinned > this.dev.capacityBlocks / 2) return false;
+    shared.append(dirty, bs);
+    this.dev.mark(`shared soft commit (${dirty.length} blocks)`);
+    this.dev.pinDirty();
+    this.stats.softCommits++;
+    return true;
   }
 
   /**
@@ -352,6 +402,7 @@ export class Journal {
     await this.dev.barrier();
     await this.dev.flush();
     await this.dev.barrier();
+    this.shared?.reset();
     this.pendingRevokes.clear();
     this.stats.oversized++;
   }

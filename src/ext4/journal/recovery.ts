@@ -313,6 +313,18 @@ export async function recoverInMemory(dev: BlockDevice, sb: SuperblockFields, bo
   return (await scanAndReplay(dev, file, jsb, boot)).blocks;
 }
 
+/**
+ * Does physical block `pblk` hold the commit block of transaction `seq`? (A restarted server
+ * asks whether the durable commit its predecessor was making got that far: shared-log.ts.)
+ */
+export async function isCommitBlockOf(dev: BlockDevice, pblk: number, seq: number): Promise<boolean> {
+  if (!Number.isInteger(pblk) || pblk < 0 || (pblk + 1) * dev.blockSize > dev.size) return false;
+  const raw = Buffer.alloc(12);
+  await dev.readAt(raw, pblk * dev.blockSize);
+  const h = readHeader(raw);
+  return h.magic === JBD2_MAGIC_NUMBER && h.blockType === JBD2_COMMIT_BLOCK && h.sequence === seq >>> 0;
+}
+
 export function needsRecovery(sb: SuperblockFields): boolean {
   return (sb.s_feature_compat & COMPAT.has_journal) !== 0 && (sb.s_feature_incompat & INCOMPAT.recover) !== 0;
 }
