@@ -239,6 +239,12 @@ test('superblock: impossible geometry (s_blocks_per_group = 0) is EIO', (t) => {
   expectCase(t, img, ['EIO', /geometry is impossible/], []);
 });
 
+test('superblock: a first data block beyond the filesystem (s_first_data_block) is EIO, not a crash', (t) => {
+  const img = copyOf(plainBase);
+  putU32(img, SB + 20, 0xa10000); // what fuzz seed 605766835 found: no block groups left to describe
+  expectCase(t, img, ['EIO', /first data block/], []);
+});
+
 test('superblock: checksum mismatch is EIO naming the superblock checksum', (t) => {
   const img = copyOf(csumBase);
   flip(img, SB + 120); // s_volume_name[0]: harmless field, but the checksum no longer matches

@@ -146,11 +146,12 @@ test.serial('status online: statfs of the mount, request latencies, the mount po
   t.is(s.fs.freeInodes, sf.ffree);
   t.true(s.journal.present);
   t.true(s.journal.active, 'the serving process runs the journal');
-  // commit_before_reply (the default) commits each create and write to the log before its reply.
+  // commit_before_reply (the default) commits each create and write before its reply (into the
+  // supervisor's shared memory); the open's durable commit at least went to the journal's log.
   const a = s.journal.activity!;
   t.truthy(a, 'a running journal reports its transactions');
   t.true(a.softCommits >= 20, JSON.stringify(a));
-  t.true(a.commits >= a.softCommits && a.loggedBlocks >= a.commits, JSON.stringify(a));
+  t.true(a.commits >= 1 && a.loggedBlocks >= a.commits, JSON.stringify(a));
   t.true(s.requests!.total > 0);
   const create = s.requests!.opcodes.find((o) => o.opcode === 'create');
   t.truthy(create, JSON.stringify(s.requests));
@@ -166,7 +167,7 @@ test.serial('status online: statfs of the mount, request latencies, the mount po
   t.is(text.code, 0, text.stderr);
   t.regex(text.stdout, /^mount point +\S+mnt$/m);
   t.regex(text.stdout, /^ +create +\d+ +0 /m);
-  t.regex(text.stdout, /^ +\d+ transactions since start \(\d+ log-only\), \d+ blocks logged, \d+ checkpoints$/m);
+  t.regex(text.stdout, /^ +\d+ transactions logged since start, \d+ log-only commits, \d+ blocks logged, \d+ checkpoints$/m);
   await m.unmount();
   t.is(kfsctlJson<StatusJson>(['-t', img, 'status']).kind, 'offline');
 });

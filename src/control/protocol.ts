@@ -110,8 +110,10 @@ export const StatusSchema = z.object({
     start: z.number().int().nullable(),
     /**
      * This server's transactions since it started (Journal.stats); null offline or without a
-     * running journal. `commits` counts every transaction, `softCommits` the log-only ones
-     * (commit_before_reply), `checkpoints` the times the log was written home and emptied.
+     * running journal. `commits` counts the transactions written to the journal's log,
+     * `softCommits` the log-only commits (commit_before_reply: into the supervisor's shared
+     * memory, or soft transactions in the log, which `commits` then counts too), `checkpoints`
+     * the times the log was written home and emptied.
      */
     activity: z.object({
       commits: z.number().int(),

@@ -216,7 +216,7 @@ export class FuseDevice {
       this.inflight--;
       this.send(r);
       this.pollAfterReply();
-    });
+    }, () => this.inflight);
   }
 
   // Bound once: a closure and a .finally() promise per request are measurable at ~10k requests/s.

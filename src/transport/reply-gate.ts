@@ -8,7 +8,7 @@
  * (fsync, syncfs, every 5 s) are unchanged.
  *
  * Group commit: replies of changing requests completed in one event-loop turn wait for one
- * commit. Replies of other requests go out at once, unless a change is in flight or waiting
+ * commit (with nothing else in flight, it starts at once). Replies of other requests go out at once, unless a change is in flight or waiting
  * for its commit: then they wait too, so that no reply can show the kernel a state (a name, a
  * size) that a death could still take back.
  */
@@ -53,7 +53,8 @@ export class ReplyGate {
   private committing = false;
   readonly stats: ReplyGateStats = { commits: 0, released: 0, commitMs: 0 };
 
-  constructor(private readonly commit: () => Promise<void>, private readonly release: (r: Reply) => void) {}
+  /** `inFlight`: requests read and not yet answered, held replies included (FuseDevice.pending). */
+  constructor(private readonly commit: () => Promise<void>, private readonly release: (r: Reply) => void, private readonly inFlight: () => number) {}
 
   started(): void {
     this.mutations++;
@@ -74,7 +75,10 @@ export class ReplyGate {
   readonly onMutationReply = (reply: Reply): void => {
     this.mutations--;
     this.held.push(reply);
-    this.schedule();
+    // Every request in flight waits here: nothing can join a group commit in this turn, so the
+    // commit need not wait for the next one (a process waiting on each reply: the common case).
+    if (!this.scheduled && !this.committing && this.inFlight() === this.held.length) void this.run();
+    else this.schedule();
   };
 
   readonly onMutationCrash = (e: unknown): void => {

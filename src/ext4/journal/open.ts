@@ -11,7 +11,7 @@ import { CorruptionError, FsError } from '../../util/errors';
 import { log } from '../../util/log';
 import {
   SuperblockLayout, SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, EXT4_MAGIC, COMPAT, INCOMPAT, RO_COMPAT,
-  SUPPORTED_INCOMPAT, featureNames, superblockChecksum,
+  SUPPORTED_INCOMPAT, featureNames, superblockChecksum, sbBlocksCount,
 } from '../superblock';
 import { needsRecovery, recoverInPlace, recoverInMemory } from './recovery';
 
@@ -22,6 +22,11 @@ export function checkSuperblock(dev: BlockDevice, raw: Buffer): SuperblockFields
   if (sb.s_log_block_size > 6 || sb.s_inodes_per_group === 0 || sb.s_blocks_per_group === 0 ||
       sb.s_blocks_per_group > 8 * (1024 << sb.s_log_block_size) || sb.s_inodes_per_group > 8 * (1024 << sb.s_log_block_size)) {
     throw new CorruptionError('superblock geometry is impossible (block size, blocks or inodes per group)');
+  }
+  // ext4_fill_super: the first data block must lie inside the filesystem (and is 0 with blocks
+  // larger than 1 KiB, whose block 0 holds the superblock), or there are no block groups.
+  if (sb.s_first_data_block >= sbBlocksCount(sb) || sb.s_first_data_block > (sb.s_log_block_size === 0 ? 1 : 0)) {
+    throw new CorruptionError(`superblock's first data block ${sb.s_first_data_block} is impossible for ${1024 << sb.s_log_block_size}-byte blocks`);
   }
   if (sb.s_feature_ro_compat & RO_COMPAT.metadata_csum) {
     if (sb.s_checksum_type !== 1) throw new CorruptionError(`unknown superblock checksum type ${sb.s_checksum_type}`);
