@@ -195,7 +195,13 @@ async function runWorkloads(c: Config, fe: VhostFrontend, pid: number): Promise<
       await fuse.write(r.entry.nodeid, r.fh, 0, small);
       await fuse.release(r.entry.nodeid, r.fh);
     };
-    await pool(Math.min(WARMUP, c.files) / 4, n, createIn((await fuse.mkdir(ROOT, 'create-warmup')).nodeid));
+    // As many as the other workloads warm up with: with fewer, V8 was still compiling the create
+    // path during the timed part (its compiler threads took a quarter of kfsd's CPU there).
+    // As long a warm-up as the other workloads get: with a quarter of it, V8 was still compiling
+    // kfsd's create path in the timed part (kfsd CPU per create 335-373 µs, 220-248 µs after
+    // this change; its compiler threads take ~1 s of CPU in a run, 70 ms with
+    // --no-concurrent-recompilation, which moves that work to the main thread).
+    await pool(Math.min(WARMUP, c.files), n, createIn((await fuse.mkdir(ROOT, 'create-warmup')).nodeid));
     const cdir = await fuse.mkdir(ROOT, 'create-dir');
     await measure('create', c.files, () => pool(c.files, n, createIn(cdir.nodeid)));
   }
