@@ -8,7 +8,8 @@
  *  - A death during the durable commit that takes the shared log over: before its commit block
  *    the shared log is applied (the commit never happened); after it, it is not (applying it
  *    would take back what that commit added).
- *  - Damaged or foreign contents are ignored, never applied in part of a record.
+ *  - Damaged or foreign contents are ignored, never applied in part of a record; a restarted
+ *    server's commits go after what it applied.
  */
 import test, { ExecutionContext } from 'ava';
 import fs from 'node:fs';
@@ -139,9 +140,17 @@ test('shared log records: a torn record and everything after it are ignored; ano
   const second = 64 + 8 + 2 * (8 + 4096);
   const damaged = Buffer.from(mem);
   damaged.writeUInt32LE(0, second);
-  const d = new SharedSoftLog(damaged).contents(4096)!;
+  const dl = new SharedSoftLog(damaged);
+  const d = dl.contents(4096)!;
   t.is(d.records, 1);
   t.is(d.blocks.get(10)![0], 1);
+  // A restarted server keeps what it applied; its own commits go after that, not after the
+  // damaged record (where a later restart would never find them).
+  dl.keep(d);
+  dl.append([{ block: 12, buf: block(9) }], 4096);
+  const after = dl.contents(4096)!;
+  t.is(after.records, 2);
+  t.is(after.blocks.get(12)![0], 9);
 
   // A byte count beyond the memory: nothing is applied.
   const lying = Buffer.from(mem);
@@ -150,8 +159,9 @@ test('shared log records: a torn record and everything after it are ignored; ano
 
   s.markCommitting(77, 12345);
   t.deepEqual(s.contents(4096)!.committing, { seq: 77, pblk: 12345 });
-  s.clearCommitting();
-  t.is(s.contents(4096)!.committing, null);
+  s.keep(s.contents(4096)!);
+  t.is(s.contents(4096)!.committing, null, 'kept: the mark that did not hold goes');
+  t.is(s.contents(4096)!.records, 2);
   s.reset();
   t.false(s.pending);
   t.is(s.contents(4096), null, 'emptied');

@@ -29,7 +29,7 @@ import { Inode, verifyInodeChecksum, setInodeChecksum } from './inode';
 import { Journal } from './journal/journal';
 import { readSuperblockAtOpen, recoverImage, encodeSuperblock, checkSuperblock } from './journal/open';
 import { isCommitBlockOf } from './journal/recovery';
-import { SharedSoftLog } from './journal/shared-log';
+import { SharedSoftLog, SharedLogContents } from './journal/shared-log';
 
 export interface VolumeOptions {
   readOnly?: boolean;
@@ -144,8 +144,8 @@ export class Volume {
     const ro = readOnly || reason !== null;
     if (reason) log.warn(`${dev.path}: ${reason}`);
     const journaled = !ro && (sb.s_feature_compat & COMPAT.has_journal) !== 0 && !opts.noJournal;
-    const sharedKept = opts.sharedLog && journaled ? await applySharedLog(dev, opts.sharedLog) : null;
-    if (sharedKept) sb = sharedKept;
+    const applied = opts.sharedLog && journaled ? await applySharedLog(dev, opts.sharedLog) : null;
+    if (applied) sb = applied.sb;
     const vol = new Volume(dev, sb, ro, reason);
     await vol.loadGroupDescs();
     // The free counts are the group descriptors' sums (ext4_fill_super does the same): log-only
@@ -155,7 +155,7 @@ export class Volume {
     if (!ro && vol.hasJournal() && !opts.noJournal) {
       vol.journal = await Journal.start(dev, sb);
       vol.sharedLog = opts.sharedLog ?? null;
-      if (vol.sharedLog) vol.journal.useSharedLog(vol.sharedLog, sharedKept !== null);
+      if (vol.sharedLog) vol.journal.useSharedLog(vol.sharedLog, applied?.found ?? null);
       // needs_recovery travels in the first transaction (the superblock is in every one) rather
       // than in an in-place write as ext4_setup_super does: a torn in-place write of the primary
       // superblock is then always repaired by a replay. Before the first commit's home writes
@@ -676,7 +676,7 @@ export class Volume {
     } finally {
       if (hadJournal) {
         this.journal = await Journal.start(this.dev, this.sb);
-        if (this.sharedLog) this.journal.useSharedLog(this.sharedLog, false);
+        if (this.sharedLog) this.journal.useSharedLog(this.sharedLog, null);
         this.sb.s_feature_incompat |= INCOMPAT.recover;
         this.sbDirty = true;
       } else await this.sync({ clean: false });
@@ -753,10 +753,10 @@ export function findZero(bm: Buffer, from: number, limit: number): number {
  * A restarted server's open, after the journal's replay: the blocks its dead predecessor
  * committed to the shared log go back into the cache as dirty blocks (the open's first durable
  * commit logs them), unless a durable commit already took them over (the committing mark with
- * its commit block in the log). Returns the superblock as the shared log has it, or the one
- * read if the log has no copy of it; null when there was nothing to apply.
+ * its commit block in the log). Returns what was applied and the superblock as the shared log
+ * has it (or as read, if it has no copy); null when there was nothing to apply.
  */
-async function applySharedLog(dev: BlockDevice, shared: SharedSoftLog): Promise<SuperblockFields | null> {
+async function applySharedLog(dev: BlockDevice, shared: SharedSoftLog): Promise<{ found: SharedLogContents; sb: SuperblockFields } | null> {
   const found = shared.contents(dev.blockSize);
   if (!found) return null;
   if (found.committing && (await isCommitBlockOf(dev, found.committing.pblk, found.committing.seq))) {
@@ -770,5 +770,5 @@ async function applySharedLog(dev: BlockDevice, shared: SharedSoftLog): Promise<
   const raw = Buffer.alloc(SUPERBLOCK_SIZE);
   if (sbCopy) sbCopy.copy(raw, 0, SUPERBLOCK_OFFSET % bs);
   else await dev.readAt(raw, SUPERBLOCK_OFFSET);
-  return checkSuperblock(dev, raw);
+  return { found, sb: checkSuperblock(dev, raw) };
 }

@@ -11,7 +11,9 @@
  *   3. commit block; barrier: the transaction is durable;
  *   4. the blocks are written home (no barrier: the next commit's step 2 makes them durable).
  *
- * Log-only ("soft") commits, for commit-before-reply under the supervisor: a process death
+ * Log-only ("soft") commits, for commit-before-reply under the supervisor: with the
+ * supervisor's shared memory (shared-log.ts) they are copies of the dirty blocks there, which a
+ * durable commit takes over; without it they are soft transactions in the log: a process death
  * keeps the host's page cache, so writing the transaction is enough there; only power loss
  * needs the barriers. A soft commit writes step 1 plus a soft commit record (blocks.ts) in one
  * write, no barrier, no home writes: the blocks stay pinned in the cache. The next durable
@@ -52,7 +54,7 @@ import {
   LogFormat, tagsPerDescriptor, revokesPerBlock, encodeDescriptor, encodeRevoke, encodeCommit, encodeSoftCommit, txnCrc, softCrcCoversTagsOnly, logCopy, BlockTag,
 } from './blocks';
 import { JournalFile, locateJournal, readJournalSuperblock, writeJournalSuperblock, logFormatOf, scanAndReplay } from './recovery';
-import { SharedSoftLog } from './shared-log';
+import { SharedSoftLog, SharedLogContents } from './shared-log';
 
 export interface CommitStats {
   commits: number;
@@ -310,14 +312,14 @@ export class Journal {
   }
 
   /**
-   * Make log-only commits into `shared` from now on. `keep`: it holds blocks a dead server
+   * Make log-only commits into `shared` from now on. `kept`: it holds blocks a dead server
    * committed, which the opening has put back into the cache as dirty blocks; they stay there
    * until a durable commit has them (the next one), and the committing mark (which was found
    * not to hold) goes. Otherwise it starts empty.
    */
-  useSharedLog(shared: SharedSoftLog, keep: boolean): void {
+  useSharedLog(shared: SharedSoftLog, kept: SharedLogContents | null): void {
     if (this.soft.length) throw new Error('journal: shared log attached with soft transactions in the log');
-    if (keep) shared.clearCommitting();
+    if (kept) shared.keep(kept);
     else shared.reset();
     this.shared = shared;
   }

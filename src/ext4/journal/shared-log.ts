@@ -42,6 +42,8 @@ export interface SharedLogContents {
   /** The latest copy of each block, in the order the commits made them. */
   blocks: Map<number, Buffer>;
   records: number;
+  /** Bytes of the records applied (less than the header says if one was damaged). */
+  bytes: number;
   /** A durable commit was being made: its sequence and the physical block of its commit block. */
   committing: { seq: number; pblk: number } | null;
 }
@@ -87,6 +89,7 @@ export class SharedSoftLog {
     const blocks = new Map<number, Buffer>();
     const r = new ByteCursor(this.mem, HEADER_SIZE, HEADER_SIZE + used);
     let records = 0;
+    let good = 0;
     while (r.remaining > 0) {
       if (r.remaining < RECORD_HEADER_SIZE || r.u32() !== RECORD_MAGIC) {
         log.warn(`shared log: damaged record at byte ${r.offset}; the commits after it are ignored`);
@@ -101,8 +104,9 @@ export class SharedSoftLog {
       for (let i = 0; i < count; i++) numbers.push(r.u64());
       for (const b of numbers) blocks.set(b, Buffer.from(r.bytes(bs)));
       records++;
+      good = r.offset;
     }
-    return { blocks, records, committing: flags & FLAG_COMMITTING ? { seq, pblk } : null };
+    return { blocks, records, bytes: good, committing: flags & FLAG_COMMITTING ? { seq, pblk } : null };
   }
 
   /** Bytes a commit of `count` blocks takes. */
@@ -147,9 +151,15 @@ export class SharedSoftLog {
     new ByteCursor(this.mem, FLAGS_AT).putU32(FLAG_COMMITTING);
   }
 
-  /** The committing mark did not hold (its commit block was never written): the records stand. */
-  clearCommitting(): void {
-    if (this.header()) new ByteCursor(this.mem, FLAGS_AT).putU32(0);
+  /**
+   * A restarted server applied `found` (contents()): its records stand until the next durable
+   * commit, new ones go after them (not after a damaged one, which would hide them), and the
+   * committing mark, which did not hold, goes.
+   */
+  keep(found: SharedLogContents): void {
+    this.used = found.bytes;
+    new ByteCursor(this.mem, USED_AT).putU64(this.used);
+    new ByteCursor(this.mem, FLAGS_AT).putU32(0);
   }
 
   /** Everything here is in the journal (a durable commit is done): start over. */
