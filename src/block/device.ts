@@ -53,8 +53,6 @@ export interface BlockDeviceStats {
   misses: number;
   reads: number;
   writes: number;
-  cachedBlocks: number;
-  dirtyBlocks: number;
 }
 
 /** Transfers up to this size use synchronous pread/pwrite (see readAt). */
@@ -74,7 +72,7 @@ export class BlockDevice {
   private dirtySet = new Map<number, CacheEntry>();
   private pinnedSet = new Map<number, CacheEntry>();
   private maxBlocks: number;
-  readonly stats: BlockDeviceStats = { hits: 0, misses: 0, reads: 0, writes: 0, cachedBlocks: 0, dirtyBlocks: 0 };
+  readonly stats: BlockDeviceStats = { hits: 0, misses: 0, reads: 0, writes: 0 };
   writeLog: WriteLogSink | null = null;
   /**
    * Blocks replayed from the journal of a read-only image: read() serves them instead of the
