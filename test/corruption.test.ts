@@ -245,6 +245,12 @@ test('superblock: a first data block beyond the filesystem (s_first_data_block) 
   expectCase(t, img, ['EIO', /first data block/], []);
 });
 
+test('superblock: a damaged primary whose journal backup (s_jnl_blocks) maps blocks outside the image is EIO, not a crash', (t) => {
+  const img = copyOf(csumBase);
+  flip(img, SB + 287); // what fuzz seed 73258999 found: the repair path read the journal at byte ~2^57
+  expectCase(t, img, ['EIO', /inode 8: extent .* is invalid/], []);
+});
+
 test('superblock: checksum mismatch is EIO naming the superblock checksum', (t) => {
   const img = copyOf(csumBase);
   flip(img, SB + 120); // s_volume_name[0]: harmless field, but the checksum no longer matches

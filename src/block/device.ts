@@ -346,6 +346,8 @@ export class BlockDevice {
    */
   async readAt(buf: Buffer, pos: number, off = 0, len = buf.length - off): Promise<void> {
     this.stats.reads++;
+    // A position computed from damaged metadata: an I/O error, not a RangeError from node:fs.
+    if (!Number.isSafeInteger(pos) || pos < 0) throw new FsError('EIO', `read at byte ${pos} of ${this.path}: outside any file`);
     if (this.reader) return this.reader(buf, pos, off, len);
     let done = 0;
     const small = len <= SYNC_IO_MAX;

@@ -13,7 +13,7 @@
 import { BlockDevice } from '../../block/device';
 import { CorruptionError, FsError } from '../../util/errors';
 import { log } from '../../util/log';
-import { SuperblockFields, INCOMPAT, COMPAT } from '../superblock';
+import { SuperblockFields, INCOMPAT, COMPAT, sbBlocksCount } from '../superblock';
 import { decodeGroupDesc } from '../group-desc';
 import { ExtentMap, ExtentTreeIO } from '../extents';
 import { JOURNAL_INO } from '../inode';
@@ -79,8 +79,10 @@ export async function locateJournal(dev: BlockDevice, sb: SuperblockFields): Pro
     const itb = await raw(gd.inodeTable + Math.floor(byte / bs));
     iBlock = Buffer.from(itb.subarray((byte % bs) + 40, (byte % bs) + 100)); // i_block at 0x28
   }
+  // The journal's extents must lie inside the filesystem (and the image): a damaged
+  // s_jnl_blocks backup or journal inode is then EIO here, not a read at an absurd offset.
   const io: ExtentTreeIO = {
-    blockSize: bs, read: raw, blocksCount: Number.MAX_SAFE_INTEGER,
+    blockSize: bs, read: raw, blocksCount: Math.min(sbBlocksCount(sb), Math.floor(dev.size / bs)),
     zeroed: () => { throw new Error('read-only extent walk'); },
     markDirty: () => { throw new Error('read-only extent walk'); },
     allocMeta: () => { throw new Error('read-only extent walk'); },
