@@ -152,7 +152,7 @@ export class Volume {
     // commits leave the superblock's copies behind (see countersDirty).
     vol.freeBlocksTotal = vol.gds.reduce((n, gd) => n + gd.freeBlocks, 0);
     vol.freeInodesTotal = vol.gds.reduce((n, gd) => n + gd.freeInodes, 0);
-    if (!ro && vol.hasJournal() && !opts.noJournal) {
+    if (journaled) {
       vol.journal = await Journal.start(dev, sb);
       vol.sharedLog = opts.sharedLog ?? null;
       if (vol.sharedLog) vol.journal.useSharedLog(vol.sharedLog, applied?.found ?? null);

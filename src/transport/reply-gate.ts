@@ -1,16 +1,17 @@
 /**
  * Commit before reply: nothing the kernel has been told may be lost when the server process
- * dies. The host's page cache outlives the process, so it is enough that every change behind a
- * reply has been written to the image file (pwrite; no fsync: a process death is not a power
- * loss) before the reply is written to /dev/fuse. With the jbd2 journal that write is a
- * log-only transaction commit (Ext4Fs.commitToLog, Journal.commit soft): what a dead server
- * leaves is a consistent image plus a journal that kfs replays in full; the durable commits
- * (fsync, syncfs, every 5 s) are unchanged.
+ * dies. It is enough that every change behind a reply is in memory that outlives the process
+ * (no fsync: a process death is not a power loss) before the reply is written to /dev/fuse:
+ * a log-only commit (Ext4Fs.commitToLog, Journal.commit soft) copies the changed blocks into
+ * the supervisor's shared memory (ext4/journal/shared-log.ts), or without it writes a soft
+ * jbd2 transaction to the image's log (the host's page cache). What a dead server leaves is
+ * a consistent image plus what the next server applies in full; the durable commits (fsync,
+ * syncfs, every 5 s) are unchanged.
  *
  * Group commit: replies of changing requests completed in one event-loop turn wait for one
- * commit (with nothing else in flight, it starts at once). Replies of other requests go out at once, unless a change is in flight or waiting
- * for its commit: then they wait too, so that no reply can show the kernel a state (a name, a
- * size) that a death could still take back.
+ * commit (with nothing else in flight, it starts at once). Replies of other requests go out at
+ * once, unless a change is in flight or waiting for its commit: then they wait too, so that no
+ * reply can show the kernel a state (a name, a size) that a death could still take back.
  */
 import { constants } from 'node:fs';
 import { log } from '../util/log';
