@@ -7,7 +7,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { Ext4Fs } from '../src/ext4/fs';
 import { Ext4FuseFs } from '../src/ext4/fuse-adapter';
@@ -30,7 +30,7 @@ function out(r: Reply): { len: number; error: number; unique: bigint; body: Buff
   return { len: b.readUInt32LE(0), error: b.readInt32LE(4), unique: b.readBigUInt64LE(8), body: b.subarray(16) };
 }
 
-async function session(t: { teardown(fn: () => void | Promise<void>): void }): Promise<{ s: FuseSession; ext4: Ext4Fs }> {
+async function session(t: { teardown(fn: () => void | Promise<void>): void }): Promise<{ s: FuseSession; ext4: Ext4Fs; img: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kfs-session-'));
   const img = path.join(dir, 'img');
   execFileSync('mkfs.ext4', ['-q', '-F', img, '32M']);
@@ -48,7 +48,7 @@ async function session(t: { teardown(fn: () => void | Promise<void>): void }): P
   init.writeUInt32LE(0xffffffff, 12);
   const r = out(await s.handle(msg(26, 0, init, 1n)));
   if (r.error !== 0) throw new Error(`INIT failed ${r.error}`);
-  return { s, ext4 };
+  return { s, ext4, img };
 }
 
 test('INIT negotiates 7.38 with large writes', async (t) => {
@@ -147,4 +147,30 @@ test('an unlinked inode the kernel still refers to stays until its last FORGET, 
   t.is(await s.handle(msg(2, node, forget(1), 8n)), null);
   await ext4.exclusive(async () => {}); // the release queued behind the operation lock
   t.is(await freeInodes(), before, 'freed at the last FORGET');
+});
+
+test('a close frees the unlinked inodes the kernel still referred to: no orphan list is left, e2fsck -fn is clean', async (t) => {
+  const { s, ext4, img } = await session(t);
+  const before = await ext4.statfs();
+  const mk = Buffer.alloc(16);
+  mk.writeUInt32LE(0o100644, 0);
+  for (const name of ['a', 'b', 'c']) {
+    const made = out(await s.handle(msg(8, 1, Buffer.concat([mk, Buffer.from(`${name}\0`)]), 10n)));
+    t.is(made.error, 0);
+    const node = Number(made.body.readBigUInt64LE(0));
+    await ext4.write(node, 0, Buffer.alloc(20000, 7)); // blocks that must come back too
+    t.is(out(await s.handle(msg(10, 1, Buffer.from(`${name}\0`), 11n))).error, 0);
+  }
+  t.not(ext4.vol.sb.s_last_orphan, 0, 'kept on the orphan list while referred to');
+  // No FORGET: an unmount ends the kernel's references without one.
+  await ext4.close();
+  const last = execFileSync('dumpe2fs', ['-h', img], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+  t.notRegex(last, /First orphan inode/, 'the orphan list is empty');
+  const fsck = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' });
+  t.is(fsck.status, 0, fsck.stdout + fsck.stderr);
+  const again = await Ext4Fs.open(img, { commitIntervalMs: 0, readOnly: true });
+  const after = await again.statfs();
+  await again.close();
+  t.is(after.ffree, before.ffree, 'the inodes are free');
+  t.is(after.bfree, before.bfree, 'their blocks are free');
 });

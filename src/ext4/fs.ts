@@ -1052,7 +1052,17 @@ export class Ext4Fs {
       this.closed = true;
       await Promise.allSettled([...this.readsInFlight]);
       try {
-        if (!this.vol.readOnly) await this.store.flushAll();
+        if (!this.vol.readOnly) {
+          await this.store.flushAll();
+          // Inodes unlinked while open or still known to a client are on the orphan list; no
+          // reference outlives the close, so free them now, as the kernel's ext4 does when
+          // unmount evicts its inodes: a clean close leaves an empty orphan list.
+          const n = await this.store.processOrphans((st) => this.xattrs.freeBlockOf(st));
+          if (n) {
+            log.debug(`close: freed ${n} unlinked inode(s) still referred to`);
+            await this.store.flushAll();
+          }
+        }
         await this.vol.close();
       } catch (e) {
         await this.vol.dev.closeNoSync();
