@@ -266,6 +266,41 @@ test.serial('a server killed with INIT read and unanswered: the next one answers
   assertFsckClean(t, image);
 });
 
+test.serial('files unlinked while open stay readable across a restart and are freed after their last close', async (t) => {
+  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
+  const dir = path.join(path.dirname(image), 'mnt');
+  const s = await startSupervised(t, image, dir);
+  const freeInodes = () => fs.statfsSync(dir).ffree;
+  const freeBlocks = () => fs.statfsSync(dir).bfree;
+  const before = { inodes: freeInodes(), blocks: freeBlocks() };
+  const content = (c: number) => Buffer.alloc(300_000, c);
+  // a: unlinked before the death (on the orphan list the next server finds); b: unlinked after.
+  fs.writeFileSync(path.join(dir, 'a'), content(0x41));
+  fs.writeFileSync(path.join(dir, 'b'), content(0x42));
+  const fa = fs.openSync(path.join(dir, 'a'), 'r');
+  const fb = fs.openSync(path.join(dir, 'b'), 'r');
+  fs.unlinkSync(path.join(dir, 'a'));
+  fs.writeFileSync(path.join(dir, 'sync'), ''); // a changing request: a's unlink is committed with it
+  await killServer(s, path.join(dir, 'probe'));
+  fs.unlinkSync(path.join(dir, 'b'));
+  // New files after the restart: had a or b been freed, their inodes and blocks would be reused.
+  for (let i = 0; i < 8; i++) fs.writeFileSync(path.join(dir, `new${i}`), content(0x30 + i));
+  const read = (fd: number) => { const b = Buffer.alloc(300_000); t.is(fs.readSync(fd, b, 0, b.length, 0), b.length); return b; };
+  t.true(read(fa).equals(content(0x41)), 'a, unlinked before the restart, reads back');
+  t.true(read(fb).equals(content(0x42)), 'b, unlinked after the restart, reads back');
+  t.regex(s.log(), /kept 1 unlinked inode\(s\) the client may still hold open/);
+  fs.closeSync(fa);
+  fs.closeSync(fb);
+  for (let i = 0; i < 8; i++) fs.unlinkSync(path.join(dir, `new${i}`));
+  fs.unlinkSync(path.join(dir, 'sync'));
+  // The kernel evicts each closed, unlinked inode and sends its FORGET: then it is freed.
+  await waitFor(() => freeInodes() === before.inodes && freeBlocks() === before.blocks, 10_000);
+  t.is(freeInodes(), before.inodes, 'the inodes of a and b are free after their last close');
+  t.is(freeBlocks(), before.blocks, 'and their blocks');
+  t.deepEqual(await unmount(s), { code: 0, signal: null });
+  assertFsckClean(t, image);
+});
+
 test.serial('normal unmount: server and supervisor exit 0; SIGTERM to the supervisor unmounts cleanly', async (t) => {
   const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
   const dir = path.join(path.dirname(image), 'mnt');

@@ -124,7 +124,7 @@ export async function serveMount(image: string, mountpoint: string, o: MountOpts
   const sharedLog = link && o.commit_before_reply && !o.ro && !values.snapshot ? mapSharedLog(link) : undefined;
   const ext4 = values.snapshot
     ? (await openSnapshotFs(image, values.snapshot, { cacheBytes: o.cache_size })).fs
-    : await Ext4Fs.open(image, { readOnly: o.ro, cacheBytes: o.cache_size, noJournal: o.nojournal, sharedLog });
+    : await Ext4Fs.open(image, { readOnly: o.ro, cacheBytes: o.cache_size, noJournal: o.nojournal, sharedLog, keepOrphans: link?.restart });
   ext4.noAtime = o.noatime;
   const session = new FuseSession(new Ext4FuseFs(ext4), {
     entryTimeout: o.entry_timeout, attrTimeout: o.attr_timeout, negativeTimeout: o.negative_timeout,

@@ -76,6 +76,11 @@ export interface StatFs {
 export interface Ext4FsOptions extends VolumeOptions {
   /** Commit interval for dirty metadata in ms (0: only on sync/fsync/close). Default 5000. */
   commitIntervalMs?: number;
+  /**
+   * A server restarted on a live connection (transport/supervisor.ts): the inodes on the orphan
+   * list are kept for the client (see keptOrphans) instead of freed as an unclean shutdown's.
+   */
+  keepOrphans?: boolean;
 }
 
 export const RENAME_NOREPLACE = 1;
@@ -105,6 +110,8 @@ export class Ext4Fs {
   private overhead: number | null = null;
   /** Mount option noatime: never update access times. */
   noAtime = false;
+  /** With keepOrphans: the unlinked inodes kept at open, each held as one opener until release(). */
+  keptOrphans: number[] = [];
 
   private constructor(readonly vol: Volume) {
     this.store = new InodeStore(vol);
@@ -122,8 +129,13 @@ export class Ext4Fs {
     const fsys = new Ext4Fs(vol);
     try {
       if (!vol.readOnly) {
-        const n = await fsys.store.processOrphans((st) => fsys.xattrs.freeBlockOf(st));
-        if (n) log.info(`${image}: cleaned up ${n} orphan inode(s) left by an unclean shutdown`);
+        if (opts.keepOrphans) {
+          fsys.keptOrphans = await fsys.store.adoptOrphans();
+          if (fsys.keptOrphans.length) log.info(`${image}: kept ${fsys.keptOrphans.length} unlinked inode(s) the client may still hold open`);
+        } else {
+          const n = await fsys.store.processOrphans((st) => fsys.xattrs.freeBlockOf(st));
+          if (n) log.info(`${image}: cleaned up ${n} orphan inode(s) left by an unclean shutdown`);
+        }
         await vol.markMounted();
         const interval = opts.commitIntervalMs ?? 5000;
         if (interval > 0) {

@@ -68,7 +68,10 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
 
   constructor(readonly ext4: Ext4Fs) {
     ext4.keepUnlinked = (ino) => {
-      if (!this.lookups.has(ino) || this.keptForKernel.has(ino)) return false;
+      // A restarted server does not know what its predecessors sent the kernel: any inode may
+      // be held there. The kernel sends a FORGET when it evicts an inode it was sent (with its
+      // whole count), and it holds the inode of any name it unlinks, so the FORGET comes.
+      if ((!this.lookups.has(ino) && !this.adoptUnknownHandles) || this.keptForKernel.has(ino)) return false;
       this.keptForKernel.add(ino);
       return true;
     };
@@ -240,7 +243,8 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     let f = this.files.get(fh);
     if (!f && this.adoptUnknownHandles) {
       // A handle a previous server of this mount opened (transport/supervisor.ts). It does not
-      // count as open (no ext4.open): an unlink of the file frees it as if it were closed.
+      // count as open (no ext4.open): the kernel's reference (keepUnlinked) keeps the inode
+      // after an unlink until its FORGET, which comes after the last close.
       f = { ino: this.ino(node), flags: 0, adopted: true };
       this.files.set(fh, f);
     }
@@ -258,6 +262,9 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   handleGeneration(generation: number): void {
     this.nextFh = generation * 2 ** 36 + 1;
     this.adoptUnknownHandles = generation > 0;
+    // Files unlinked while open before the restart (Ext4FsOptions.keepOrphans): the kernel
+    // still holds them; they are freed at their FORGET, or when the connection ends.
+    if (generation > 0) for (const ino of this.ext4.keptOrphans) this.keptForKernel.add(ino);
   }
 
   read(_ctx: RequestContext, node: number, fh: number, offset: number, size: number): Promise<Buffer> {

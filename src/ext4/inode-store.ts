@@ -373,6 +373,37 @@ export class InodeStore {
     return n;
   }
 
+  /**
+   * A server restarted on a live connection: the unlinked inodes on the orphan list may still
+   * be open or known in the client (the kernel holds them across the restart), so they stay on
+   * the list, each held as one opener (released like keepUnlinked's), and their numbers are
+   * returned. Linked inodes on the list (a truncate cut short) leave it, as processOrphans does.
+   */
+  async adoptOrphans(): Promise<number[]> {
+    const kept: number[] = [];
+    const linked: InodeState[] = [];
+    const seen = new Set<number>();
+    let cur = this.vol.sb.s_last_orphan;
+    while (cur) {
+      if (seen.has(cur) || cur > this.vol.inodesCount) throw new CorruptionError(`orphan list loops or points outside the inode table at ${cur}`);
+      seen.add(cur);
+      const st = this.states.get(cur) ?? newState(await this.vol.readInode(cur), null);
+      this.states.set(cur, st);
+      if (st.inode.links === 0) {
+        st.openCount++;
+        kept.push(cur);
+      } else linked.push(st);
+      const next = st.inode.f.i_dtime;
+      cur = next > this.vol.inodesCount ? 0 : next;
+    }
+    for (const st of linked) {
+      await this.removeOrphan(st);
+      st.inode.f.i_dtime = 0;
+      await this.write(st);
+    }
+    return kept;
+  }
+
   /** The directory I/O adapter for the Directory code. */
   dirIO(st: InodeState): DirIO {
     const vol = this.vol;

@@ -44,7 +44,7 @@ const SERVER_SHARED_LOG_FD = 5;
  * sparse memfd; a server fills it from the start again after each durable commit, and makes a
  * durable commit when it is full (at about 2000 commits of four blocks).
  */
-const SHARED_LOG_BYTES = 32 << 20;
+export const SHARED_LOG_BYTES = 32 << 20;
 /** FUSE_NOTIFY_RESEND and FUSE_UNIQUE_RESEND arrived with protocol 7.40 (Linux 6.9). */
 const RESEND_MINOR = 40;
 /** Give up after this many servers in a row that died before serving. */
