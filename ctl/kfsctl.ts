@@ -18,7 +18,7 @@ import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { SingleBar, Presets } from 'cli-progress';
 import { setLogLevel } from '../src/util/log';
-import { action, oneLine, UsageError } from '../src/cli/common';
+import { action, applyCliConventions, oneLine, UsageError } from '../src/cli/common';
 import { normalizeFsPath } from '../src/ext4/fragmentation';
 import { canonical } from '../src/control/registry';
 import { Backend, openBackend, resolveTarget } from './target';
@@ -181,10 +181,7 @@ export function buildProgram(): Command {
   const snap = registerSnapshot(program, { withBackend, progressBar, printJson, fsPathOf });
   for (const cmd of [program, ...program.commands, ...snap.commands]) {
     const name = cmd === program ? 'kfsctl' : `kfsctl ${cmd.parent && cmd.parent !== program ? `${cmd.parent.name()} ` : ''}${cmd.name()}`;
-    cmd.exitOverride();
-    cmd.configureOutput({
-      outputError: (str, write) => write(`${name}: ${str.replace(/^error:\s*/i, '').replace(/\s*\n\s*/g, ' ').trim()}; run 'kfsctl --help' for usage\n`),
-    });
+    applyCliConventions(cmd, name, 'kfsctl');
   }
   return program;
 }

@@ -14,6 +14,7 @@ import { registerMkfs } from './mkfs-command';
 import { registerInfo } from './info-command';
 import { registerFsck } from './fsck-command';
 import { registerMount } from './mount-command';
+import { applyCliConventions } from './common';
 
 export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
@@ -30,17 +31,6 @@ function packageVersion(): string {
   return '0.0.0';
 }
 
-/** One-line commander errors prefixed with the command's name, thrown instead of exiting. */
-function applyConventions(cmd: Command, name: string): void {
-  cmd.exitOverride();
-  cmd.configureOutput({
-    outputError: (str, write) => {
-      const text = str.replace(/^error:\s*/i, '').replace(/\s*\n\s*/g, ' ').trim();
-      write(`${name}: ${text}; run '${name} --help' for usage\n`);
-    },
-  });
-}
-
 export function buildProgram(): Command {
   const program = new Command('kfs')
     .description('kfs: an ext4-compatible filesystem in one image file')
@@ -53,8 +43,8 @@ export function buildProgram(): Command {
   registerFsck(program);
   registerMount(program);
 
-  applyConventions(program, 'kfs');
-  for (const cmd of program.commands) applyConventions(cmd, `kfs ${cmd.name()}`);
+  applyCliConventions(program, 'kfs', 'kfs');
+  for (const cmd of program.commands) applyCliConventions(cmd, `kfs ${cmd.name()}`, `kfs ${cmd.name()}`);
   return program;
 }
 

@@ -5,8 +5,9 @@
  * the same Ext4Fs and FUSE dispatcher as `kfs mount`, or a host directory (--shared-dir),
  * confined to it. Option names follow virtiofsd's where they mean the same thing.
  */
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import fs from 'node:fs';
+import path from 'node:path';
 import { z } from 'zod';
 import { FsError } from '../util/errors';
 import { log, setLogLevel, logToFile } from '../util/log';
@@ -17,7 +18,7 @@ import { FileSystem } from '../fuse/filesystem';
 import { VhostUserServer } from '../vhost/server';
 import { VirtioFsDevice } from '../vhost/virtio-fs';
 import { startControlServer } from '../control';
-import { action, UsageError } from './common';
+import { action, applyCliConventions, UsageError } from './common';
 
 /** Request queues offered (GET_QUEUE_NUM answers this + hiprio); QEMU's num-request-queues may not exceed it. */
 const MAX_REQUEST_QUEUES = 16;
@@ -64,6 +65,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   }
   const o = parsed.data;
   if (!o.image === !o.sharedDir) throw new UsageError('give exactly one of --image IMAGE or --shared-dir DIR');
+  checkSocketPath(o.socketPath);
   setLogLevel(o.logLevel);
   if (o.logFile) logToFile(o.logFile);
   // libuv sizes its thread pool (image and host-file I/O) on first use: set it before any I/O.
@@ -111,6 +113,16 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   return 0;
 }
 
+/** Before the image is opened: a socket path that cannot be bound is a usage error, said plainly. */
+function checkSocketPath(p: string): void {
+  // sockaddr_un.sun_path: 108 bytes with the terminating NUL.
+  if (Buffer.byteLength(p) > 107) throw new UsageError(`--socket-path ${p}: longer than the 107 bytes a unix socket path may have; choose a shorter one`);
+  const dir = path.dirname(path.resolve(p));
+  const st = fs.statSync(dir, { throwIfNoEntry: false });
+  if (!st) throw new UsageError(`--socket-path ${p}: directory ${dir} does not exist; create it first (mkdir -p ${dir})`);
+  if (!st.isDirectory()) throw new UsageError(`--socket-path ${p}: ${dir} is not a directory`);
+}
+
 function parseSize(v: string): number {
   const m = /^(\d+)([KMG]?)$/.exec(v)!;
   return Number(m[1]) * { '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30 }[m[2] as '' | 'K' | 'M' | 'G'];
@@ -133,7 +145,13 @@ const program = new Command('kfsd')
   .option('--log-file <file>', 'write the log here')
   .action(action('kfsd', (values: Record<string, unknown>) => kfsdAction(values)));
 
+applyCliConventions(program, 'kfsd', 'kfsd');
 program.parseAsync(process.argv).then(() => {
   // Pollers are closed by now; exit even if a stray handle lingers.
   process.exit(process.exitCode ?? 0);
+}, (e: unknown) => {
+  // Commander's usage errors are printed already (applyCliConventions); help and version exit 0.
+  if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2);
+  process.stderr.write(`kfsd: unexpected failure: ${e instanceof Error ? e.message : String(e)}; please report it\n`);
+  process.exit(1);
 });

@@ -1,0 +1,48 @@
+/**
+ * kfsd's command line, as users run it (node dist/src/cli/kfsd.js): every mistake is one line
+ * on stderr naming what is wrong and what to do, a non-zero exit (2 for usage), and nothing is
+ * served or created. No QEMU needed: each case fails before a front-end could connect.
+ */
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { makeImage, tempDir } from './helpers/image';
+
+const KFSD = path.join(__dirname, '..', 'src', 'cli', 'kfsd.js');
+
+function kfsd(args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [KFSD, ...args], { encoding: 'utf8', timeout: 30_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+test('kfsd: bad command lines get one line and a non-zero exit, and no socket is made', (t) => {
+  const dir = tempDir(t, 'kfsd-cli');
+  const image = makeImage(t, { size: '32M', mkfs: 'kfs', dir });
+  const sock = path.join(dir, 'vhost.sock');
+  const notSocket = path.join(dir, 'plain-file');
+  fs.writeFileSync(notSocket, 'x');
+  const cases: { title: string; args: string[]; code: number; message: RegExp }[] = [
+    { title: 'no --socket-path', args: ['--image', image], code: 2, message: /required option '--socket-path <path>' not specified; run 'kfsd --help' for usage/ },
+    { title: 'neither --image nor --shared-dir', args: ['--socket-path', sock], code: 2, message: /give exactly one of --image IMAGE or --shared-dir DIR/ },
+    { title: 'both --image and --shared-dir', args: ['--image', image, '--shared-dir', dir, '--socket-path', sock], code: 2, message: /exactly one/ },
+    { title: 'socket directory missing', args: ['--image', image, '--socket-path', path.join(dir, 'no', 'such', 'sock')], code: 2, message: /directory .*\/no\/such does not exist; create it first/ },
+    { title: 'socket path too long', args: ['--image', image, '--socket-path', path.join(dir, 'x'.repeat(120))], code: 2, message: /longer than the 107 bytes/ },
+    { title: 'socket path is a regular file', args: ['--image', image, '--socket-path', notSocket], code: 1, message: /exists and is not a socket; choose another --socket-path/ },
+    { title: 'image missing', args: ['--image', path.join(dir, 'missing.img'), '--socket-path', sock], code: 1, message: /missing\.img/ },
+    { title: 'bad --cache', args: ['--image', image, '--socket-path', sock, '--cache', 'sometimes'], code: 2, message: /sometimes/ },
+    { title: 'unknown option', args: ['--image', image, '--socket-path', sock, '--bogus'], code: 2, message: /unknown option '--bogus'/ },
+  ];
+  for (const c of cases) {
+    const r = kfsd(c.args);
+    const lines = r.stderr.trimEnd().split('\n');
+    t.is(r.code, c.code, `${c.title}: exit code (stderr: ${r.stderr})`);
+    t.is(lines.length, 1, `${c.title}: one line (${r.stderr})`);
+    t.regex(lines[0], /^kfsd: /, c.title);
+    t.regex(lines[0], c.message, c.title);
+    t.is(r.stdout, '', c.title);
+    t.false(fs.existsSync(sock), `${c.title}: no socket left behind`);
+  }
+  t.true(fs.readFileSync(notSocket, 'utf8') === 'x', 'the file named as the socket is untouched');
+  t.is(kfsd(['--help']).code, 0);
+});
