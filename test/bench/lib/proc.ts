@@ -4,6 +4,7 @@
  * can kill the ones still running.
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
 
 export interface RunOptions {
   /** Kill the child (SIGKILL) after this many seconds; the result then has timedOut set. */
@@ -49,6 +50,23 @@ export function checkInterrupt(): void {
 }
 
 export const now = (): number => Number(process.hrtime.bigint()) / 1e9;
+
+/** The machine's CPU time so far (/proc/stat "cpu" line, in ticks): all of it, and the steal part. */
+export function cpuTicks(): { total: number; steal: number } {
+  // cpu  user nice system idle iowait irq softirq steal guest guest_nice (proc(5)); guest time
+  // is already counted in user and nice.
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return { total: f.slice(0, 8).reduce((a, b) => a + b, 0), steal: f[7] ?? 0 };
+}
+
+/**
+ * Percent of the machine's CPU time between two cpuTicks() readings that the hypervisor gave to
+ * something else (steal): on a shared host, the measure of how much a figure was disturbed.
+ */
+export function stealPercent(a: { total: number; steal: number }, b: { total: number; steal: number }): number {
+  const total = b.total - a.total;
+  return total > 0 ? Math.round((1000 * (b.steal - a.steal)) / total) / 10 : 0;
+}
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
