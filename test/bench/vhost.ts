@@ -33,7 +33,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnKfsd, spawnVirtiofsd, VhostFrontend, type Backend, VIRTIOFSD } from '../helpers/vhost-frontend';
 import { kfsdPath } from '../helpers/vhost-frontend/backends';
-import { forEachOption, now, pool, timed } from './lib/proc';
+import { cpuTicks, forEachOption, now, pool, stealPercent, timed } from './lib/proc';
 
 type TargetKind = 'kfsd-image' | 'virtiofsd-ext4' | 'kfsd-dir' | 'virtiofsd-dir';
 const ALL_TARGETS: TargetKind[] = ['kfsd-image', 'virtiofsd-ext4', 'kfsd-dir', 'virtiofsd-dir'];
@@ -136,6 +136,8 @@ interface Measured {
   /** Kicks the front-end sent and calls (interrupts) it received, per operation. */
   kicksPerOp: Record<string, number>;
   callsPerOp: Record<string, number>;
+  /** % of the machine's CPU time the hypervisor took for other guests during each workload (steal). */
+  stealPct: Record<string, number>;
 }
 
 const ROOT = 1;
@@ -155,6 +157,7 @@ async function runWorkloads(c: Config, fe: VhostFrontend, pid: number): Promise<
   const cpuUsPerOp: Record<string, number> = {};
   const kicksPerOp: Record<string, number> = {};
   const callsPerOp: Record<string, number> = {};
+  const stealPct: Record<string, number> = {};
   const n = c.inflight;
   const notifications = (): [number, number] => [fe.queues.reduce((a, q) => a + q.kicks, 0), fe.queues.reduce((a, q) => a + q.calls, 0)];
   const want = (k: string): boolean => c.workloads.includes(k);
@@ -162,7 +165,9 @@ async function runWorkloads(c: Config, fe: VhostFrontend, pid: number): Promise<
   const measure = async (key: string, ops: number, fn: () => Promise<void>, rate = (sec: number) => ops / sec): Promise<void> => {
     const cpu0 = cpuSeconds(pid);
     const [k0, c0] = notifications();
+    const ticks0 = cpuTicks();
     const sec = await timed(fn);
+    stealPct[key] = stealPercent(ticks0, cpuTicks());
     cpuUsPerOp[key] = ((cpuSeconds(pid) - cpu0) * 1e6) / ops;
     const [k1, c1] = notifications();
     kicksPerOp[key] = (k1 - k0) / ops;
@@ -244,7 +249,7 @@ async function runWorkloads(c: Config, fe: VhostFrontend, pid: number): Promise<
     await fuse.release(s.entry.nodeid, s.fh);
   }
   await fe.stop();
-  return { rates: out, cpuUsPerOp, kicksPerOp, callsPerOp };
+  return { rates: out, cpuUsPerOp, kicksPerOp, callsPerOp, stealPct };
 }
 
 interface TargetReport {
@@ -255,6 +260,7 @@ interface TargetReport {
   cpuUsPerOp: Record<string, number>;
   kicksPerOp?: Record<string, number>;
   callsPerOp?: Record<string, number>;
+  stealPct?: Record<string, number>;
   exit?: string;
   fsck?: string;
   error?: string;
@@ -295,6 +301,7 @@ async function runTarget(c: Config, kind: TargetKind, work: string, imageA: stri
     report.cpuUsPerOp = m.cpuUsPerOp;
     report.kicksPerOp = m.kicksPerOp;
     report.callsPerOp = m.callsPerOp;
+    report.stealPct = m.stealPct;
   } catch (e) {
     report.error = (e as Error).message;
     report.backendLogTail = backend.output.slice(-2000);
@@ -379,6 +386,8 @@ async function main(): Promise<number> {
   };
   process.stdout.write(`${table(c, reports)}\n\nBack-end CPU time (all threads), virtiofsd/kfsd:\n${table(c, reports, true)}\n\n`);
   for (const r of reports) if (r.fsck) process.stdout.write(`${r.kind}: e2fsck -fn ${r.fsck}\n`);
+  const stolen = reports.flatMap((r) => Object.entries(r.stealPct ?? {}).filter(([, p]) => p >= 5).map(([w, p]) => `${r.kind} ${w} ${p}%`));
+  if (stolen.length) process.stdout.write(`CPU steal (time the hypervisor gave other guests) of 5% or more during: ${stolen.join(', ')}; those figures are disturbed\n`);
   fs.mkdirSync(path.dirname(c.out), { recursive: true });
   fs.writeFileSync(c.out, `${JSON.stringify(result, null, 2)}\n`);
   process.stdout.write(`JSON: ${c.out}\n`);
