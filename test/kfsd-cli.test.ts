@@ -30,6 +30,8 @@ test('kfsd: bad command lines get one line and a non-zero exit, and no socket is
     { title: 'socket path too long', args: ['--image', image, '--socket-path', path.join(dir, 'x'.repeat(120))], code: 2, message: /longer than the 107 bytes/ },
     { title: 'socket path is a regular file', args: ['--image', image, '--socket-path', notSocket], code: 1, message: /exists and is not a socket; choose another --socket-path/ },
     { title: 'image missing', args: ['--image', path.join(dir, 'missing.img'), '--socket-path', sock], code: 1, message: /missing\.img/ },
+    { title: 'shared directory missing', args: ['--shared-dir', path.join(dir, 'nope'), '--socket-path', sock], code: 1, message: /--shared-dir .*nope does not exist; create it first/ },
+    { title: 'shared directory is a file', args: ['--shared-dir', notSocket, '--socket-path', sock], code: 1, message: /is not a directory; name the directory to share/ },
     { title: 'bad --cache', args: ['--image', image, '--socket-path', sock, '--cache', 'sometimes'], code: 2, message: /sometimes/ },
     { title: 'unknown option', args: ['--image', image, '--socket-path', sock, '--bogus'], code: 2, message: /unknown option '--bogus'/ },
   ];

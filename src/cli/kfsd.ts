@@ -51,7 +51,8 @@ async function openFileSystem(o: KfsdOptions): Promise<{ fs: FileSystem; close: 
   }
   const dir = o.sharedDir!;
   const st = fs.statSync(dir, { throwIfNoEntry: false });
-  if (!st?.isDirectory()) throw new FsError('ENOTDIR', `--shared-dir ${dir} is not a directory`);
+  if (!st) throw new FsError('ENOENT', `--shared-dir ${dir} does not exist; create it first (mkdir -p ${dir}) or name the directory to share`);
+  if (!st.isDirectory()) throw new FsError('ENOTDIR', `--shared-dir ${dir} is not a directory; name the directory to share`);
   const { PassthroughFs } = await import('../passthrough/passthrough-fs');
   const pfs = await PassthroughFs.open(dir, { readOnly: o.readonly });
   return { fs: pfs, close: () => pfs.destroy(), readOnly: o.readonly };
