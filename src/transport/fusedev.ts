@@ -273,7 +273,7 @@ export class FuseDevice {
     this.poller?.close();
     this.poller = null;
     const served = [...this.session.counts].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ${n}`).join(', ');
-    log.info(`fuse: requests served: ${served || 'none'}`);
+    log.info(`fuse: requests served: ${served || 'none'}; ${this.stats.polled} of ${this.stats.requests} read while polling after a reply (busy_poll_us ${this.pollAfterReplyUs})`);
     this.endResolve();
   }
 
