@@ -39,7 +39,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { cleanupAll, cleanupAllSync, isMounted, Kind, KFS_CLI, KINDS, Target } from './lib/mounts';
 import { snapshotKfs } from './lib/snapshot';
-import { checkInterrupt, cpuTicks, forEachOption, interrupt, interrupted, Interrupted, now, run, runOk, stealPercent } from './lib/proc';
+import { checkInterrupt, cpuTicks, forEachOption, interrupt, interrupted, Interrupted, now, run, runOk, stealNote, stealPercent } from './lib/proc';
 
 // ------------------------------------------------------------------ options
 
@@ -173,8 +173,6 @@ interface Measurement {
 }
 
 const round3 = (x: number): number => Math.round(x * 1000) / 1000;
-/** Steal at or above this (% of all CPU time during a workload) is named in the notes. */
-const STEAL_NOTE_PCT = 5;
 
 interface TargetReport {
   kind: Kind;
@@ -664,10 +662,9 @@ async function main(): Promise<number> {
   notes.push('syncfs (sync -f) flushes only the kernel side for FUSE mounts (no FUSE_SYNCFS): data a FUSE server buffers is written at unmount; see unmountSeconds');
   notes.push('kernel ext4 on a loop device is the ceiling, not a like-for-like comparison (page cache, dcache, no user-space round trips)');
   notes.push(`load average at start ${info.loadAvgAtStart.join(' ')}, at end ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}: other work on the machine makes the numbers noisy`);
-  const stolen = rounds.flatMap((r) => Object.entries(r.results)
-    .filter(([, m]) => (m.stealPct ?? 0) >= STEAL_NOTE_PCT)
-    .map(([key, m]) => `${r.kind}${c.repeat > 1 ? ` round ${r.round}` : ''} ${key} ${m.stealPct}%`));
-  if (stolen.length) notes.push(`CPU steal (time the hypervisor gave other guests) of ${STEAL_NOTE_PCT}% or more during: ${stolen.join(', ')}; those figures are disturbed`);
+  const stolen = stealNote(rounds.flatMap((r) => Object.entries(r.results)
+    .map(([key, m]) => ({ name: `${r.kind}${c.repeat > 1 ? ` round ${r.round}` : ''} ${key}`, stealPct: m.stealPct ?? 0 }))));
+  if (stolen) notes.push(stolen);
   for (const r of reports) {
     if (r.error) notes.push(`${r.kind}: aborted: ${r.error}`);
     if (r.fsck && r.fsck !== 'clean') notes.push(`${r.kind}: image not clean after the run: ${r.fsck}`);

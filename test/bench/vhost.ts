@@ -33,7 +33,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnKfsd, spawnVirtiofsd, VhostFrontend, type Backend, VIRTIOFSD } from '../helpers/vhost-frontend';
 import { kfsdPath } from '../helpers/vhost-frontend/backends';
-import { cpuTicks, forEachOption, now, pool, stealPercent, timed } from './lib/proc';
+import { cpuTicks, forEachOption, now, pool, stealNote, stealPercent, timed } from './lib/proc';
 
 type TargetKind = 'kfsd-image' | 'virtiofsd-ext4' | 'kfsd-dir' | 'virtiofsd-dir';
 const ALL_TARGETS: TargetKind[] = ['kfsd-image', 'virtiofsd-ext4', 'kfsd-dir', 'virtiofsd-dir'];
@@ -386,8 +386,8 @@ async function main(): Promise<number> {
   };
   process.stdout.write(`${table(c, reports)}\n\nBack-end CPU time (all threads), virtiofsd/kfsd:\n${table(c, reports, true)}\n\n`);
   for (const r of reports) if (r.fsck) process.stdout.write(`${r.kind}: e2fsck -fn ${r.fsck}\n`);
-  const stolen = reports.flatMap((r) => Object.entries(r.stealPct ?? {}).filter(([, p]) => p >= 5).map(([w, p]) => `${r.kind} ${w} ${p}%`));
-  if (stolen.length) process.stdout.write(`CPU steal (time the hypervisor gave other guests) of 5% or more during: ${stolen.join(', ')}; those figures are disturbed\n`);
+  const stolen = stealNote(reports.flatMap((r) => Object.entries(r.stealPct ?? {}).map(([w, p]) => ({ name: `${r.kind} ${w}`, stealPct: p }))));
+  if (stolen) process.stdout.write(`${stolen}\n`);
   fs.mkdirSync(path.dirname(c.out), { recursive: true });
   fs.writeFileSync(c.out, `${JSON.stringify(result, null, 2)}\n`);
   process.stdout.write(`JSON: ${c.out}\n`);

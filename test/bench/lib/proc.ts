@@ -68,6 +68,15 @@ export function stealPercent(a: { total: number; steal: number }, b: { total: nu
   return total > 0 ? Math.round((1000 * (b.steal - a.steal)) / total) / 10 : 0;
 }
 
+/** Steal at or above this (% of all CPU time during a measured part) makes a figure "disturbed". */
+export const STEAL_NOTE_PCT = 5;
+
+/** The benchmarks' note naming the figures taken with too much steal (null: none). */
+export function stealNote(figures: { name: string; stealPct: number }[]): string | null {
+  const hit = figures.filter((f) => f.stealPct >= STEAL_NOTE_PCT).map((f) => `${f.name} ${f.stealPct}%`);
+  return hit.length ? `CPU steal (time the hypervisor gave other guests) of ${STEAL_NOTE_PCT}% or more during: ${hit.join(', ')}; those figures are disturbed` : null;
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Run fn(0..total-1) with at most n in flight. */
