@@ -349,28 +349,21 @@ export class InodeStore {
 
   /** Mount-time orphan processing: free every inode left on the list by a crash. */
   async processOrphans(freeXattrBlock: (st: InodeState) => Promise<void>): Promise<number> {
-    let n = 0;
-    let cur = this.vol.sb.s_last_orphan;
+    const head = this.vol.sb.s_last_orphan;
     this.vol.sb.s_last_orphan = 0;
-    if (cur) this.vol.superblockChanged();
-    const seen = new Set<number>();
-    while (cur) {
-      if (seen.has(cur) || cur > this.vol.inodesCount) throw new CorruptionError(`orphan list loops or points outside the inode table at ${cur}`);
-      seen.add(cur);
-      const inode = await this.vol.readInode(cur);
-      const next = inode.f.i_dtime;
-      const st = newState(inode, null);
-      this.states.set(cur, st);
-      if (inode.links === 0) {
+    if (head) this.vol.superblockChanged();
+    return this.walkOrphans(head, async (ino) => {
+      const st = newState(await this.vol.readInode(ino), null);
+      this.states.set(ino, st);
+      return st;
+    }, async (st) => {
+      if (st.inode.links === 0) {
         await this.destroy(st, freeXattrBlock);
       } else {
-        inode.f.i_dtime = 0;
+        st.inode.f.i_dtime = 0;
         await this.write(st);
       }
-      n++;
-      cur = next > this.vol.inodesCount ? 0 : next;
-    }
-    return n;
+    });
   }
 
   /**
@@ -382,26 +375,41 @@ export class InodeStore {
   async adoptOrphans(): Promise<number[]> {
     const kept: number[] = [];
     const linked: InodeState[] = [];
-    const seen = new Set<number>();
-    let cur = this.vol.sb.s_last_orphan;
-    while (cur) {
-      if (seen.has(cur) || cur > this.vol.inodesCount) throw new CorruptionError(`orphan list loops or points outside the inode table at ${cur}`);
-      seen.add(cur);
-      const st = this.states.get(cur) ?? newState(await this.vol.readInode(cur), null);
-      this.states.set(cur, st);
+    await this.walkOrphans(this.vol.sb.s_last_orphan, async (ino) => {
+      const st = this.states.get(ino) ?? newState(await this.vol.readInode(ino), null);
+      this.states.set(ino, st);
+      return st;
+    }, async (st) => {
       if (st.inode.links === 0) {
         st.openCount++;
-        kept.push(cur);
+        kept.push(st.inode.ino);
       } else linked.push(st);
-      const next = st.inode.f.i_dtime;
-      cur = next > this.vol.inodesCount ? 0 : next;
-    }
+    });
     for (const st of linked) {
       await this.removeOrphan(st);
       st.inode.f.i_dtime = 0;
       await this.write(st);
     }
     return kept;
+  }
+
+  /**
+   * Walk the orphan list from `head` (chained through i_dtime): each inode's state as load()
+   * gives it, to visit(), the link to the next read before the visit changes it. The number
+   * visited; a loop or a link outside the inode table is damage.
+   */
+  private async walkOrphans(head: number, load: (ino: number) => Promise<InodeState>, visit: (st: InodeState) => Promise<void>): Promise<number> {
+    const seen = new Set<number>();
+    let n = 0;
+    for (let cur = head; cur; n++) {
+      if (seen.has(cur) || cur > this.vol.inodesCount) throw new CorruptionError(`orphan list loops or points outside the inode table at ${cur}`);
+      seen.add(cur);
+      const st = await load(cur);
+      const next = st.inode.f.i_dtime;
+      await visit(st);
+      cur = next > this.vol.inodesCount ? 0 : next;
+    }
+    return n;
   }
 
   /** The directory I/O adapter for the Directory code. */
