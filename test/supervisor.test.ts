@@ -301,6 +301,61 @@ test.serial('files unlinked while open stay readable across a restart and are fr
   assertFsckClean(t, image);
 });
 
+test.serial('O_TMPFILE files survive a restart: both read back, one is linked in afterwards, the other is freed at its close', async (t) => {
+  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
+  const dir = path.join(path.dirname(image), 'mnt');
+  const s = await startSupervised(t, image, dir);
+  const before = { inodes: fs.statfsSync(dir).ffree, blocks: fs.statfsSync(dir).bfree };
+  // O_TMPFILE (Linux: __O_TMPFILE | O_DIRECTORY); node:fs passes numeric flags through.
+  const O_TMPFILE = 0o20000000 | fs.constants.O_DIRECTORY;
+  const content = (c: number) => Buffer.alloc(200_000, c);
+  const keep = fs.openSync(dir, O_TMPFILE | fs.constants.O_RDWR, 0o640);
+  const drop = fs.openSync(dir, O_TMPFILE | fs.constants.O_RDWR, 0o640);
+  fs.writeSync(keep, content(0x4b), 0, 200_000, 0);
+  fs.writeSync(drop, content(0x44), 0, 200_000, 0);
+  await killServer(s, path.join(dir, 'probe'));
+  const read = (fd: number) => { const b = Buffer.alloc(200_000); t.is(fs.readSync(fd, b, 0, b.length, 0), b.length); return b; };
+  t.true(read(keep).equals(content(0x4b)), 'the first O_TMPFILE file reads back after the restart');
+  t.true(read(drop).equals(content(0x44)), 'and the second');
+  // linkat(fd, AT_SYMLINK_FOLLOW) through /proc, as open(2) describes; GNU ln -L does exactly that.
+  mustRun('ln', ['-L', `/proc/${process.pid}/fd/${keep}`, path.join(dir, 'linked')]);
+  fs.closeSync(keep);
+  fs.closeSync(drop);
+  t.true(fs.readFileSync(path.join(dir, 'linked')).equals(content(0x4b)), 'the file linked in after the restart has its bytes');
+  // The dropped one is freed once the kernel forgets it; the linked one keeps one inode.
+  await waitFor(() => fs.statfsSync(dir).ffree === before.inodes - 1, 10_000);
+  t.is(fs.statfsSync(dir).ffree, before.inodes - 1, 'only the linked file still holds an inode');
+  const st = fs.statfsSync(dir);
+  const used = before.blocks - st.bfree;
+  const data = Math.ceil(200_000 / st.bsize);
+  t.true(used >= data && used <= data + 4, `and only its blocks (${used} of ${st.bsize} bytes in use for 200,000 bytes)`);
+  t.deepEqual(await unmount(s), { code: 0, signal: null });
+  assertFsckClean(t, image);
+});
+
+test.serial('a readdir that goes on across a restart lists every entry once', async (t) => {
+  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
+  const dir = path.join(path.dirname(image), 'mnt');
+  const s = await startSupervised(t, image, dir);
+  const big = path.join(dir, 'big');
+  fs.mkdirSync(big);
+  const names = Array.from({ length: 3000 }, (_, i) => `entry-${i}-${'x'.repeat(i % 40)}`);
+  for (const n of names) fs.writeFileSync(path.join(big, n), '');
+  // Remount-free cold start for the listing: the kernel must ask for the entries again.
+  mustRun('sh', ['-c', 'echo 2 > /proc/sys/vm/drop_caches']);
+  // 64 entries per getdents64 batch: node's Dir asks the kernel for more as it runs out.
+  const d = fs.opendirSync(big, { bufferSize: 64 });
+  const seen: string[] = [];
+  for (let i = 0; i < 500; i++) seen.push(d.readSync()!.name);
+  await killServer(s, path.join(dir, 'probe'));
+  for (let e = d.readSync(); e; e = d.readSync()) seen.push(e.name);
+  d.closeSync();
+  t.is(seen.length, names.length, 'as many entries as names');
+  t.deepEqual([...seen].sort(), [...names].sort(), 'each name exactly once');
+  t.deepEqual(await unmount(s), { code: 0, signal: null });
+  assertFsckClean(t, image);
+});
+
 test.serial('normal unmount: server and supervisor exit 0; SIGTERM to the supervisor unmounts cleanly', async (t) => {
   const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
   const dir = path.join(path.dirname(image), 'mnt');

@@ -25,8 +25,9 @@
  * keeps up to 256 MiB of blocks), which drop_caches cannot reach; --no-remount only drops the
  * kernel's caches. The time each unmount took (the servers flush dirty data then) is reported too.
  * After the run each image is checked with e2fsck -fn. --repeat N runs N rounds in turn on fresh
- * images and reports each filesystem's median per workload (all values are in the JSON), over
- * the rounds whose part ran with less than 5% CPU steal when there are any (lib/proc.ts).
+ * images and reports each filesystem's median per workload (all values are in the JSON), and
+ * also the geometric mean over the "quiet" medians, those of the rounds run with under 5% CPU
+ * steal (lib/proc.ts roundsSummary: why that is not the headline).
  *
  * kfs runs from a private copy of dist/ taken at the start (--no-snapshot: in place), so that a
  * rebuild during the run cannot mix builds or break an unmount.
@@ -40,7 +41,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { cleanupAll, cleanupAllSync, isMounted, Kind, KFS_CLI, KINDS, Target } from './lib/mounts';
 import { snapshotKfs } from './lib/snapshot';
-import { checkInterrupt, cpuTicks, forEachOption, interrupt, interrupted, Interrupted, now, run, runOk, STEAL_NOTE_PCT, stealNote, stealPercent } from './lib/proc';
+import { checkInterrupt, cpuTicks, forEachOption, interrupt, interrupted, Interrupted, now, roundsSummary, run, runOk, stealNote, stealPercent } from './lib/proc';
 
 // ------------------------------------------------------------------ options
 
@@ -462,17 +463,13 @@ function mergeRounds(rounds: TargetReport[]): TargetReport[] {
       seconds: mine.reduce((s, r) => s + (r.seconds ?? 0), 0),
     };
     for (const def of WORKLOADS) {
-      const all = mine.map((r) => r.results[def.key]).filter((m): m is Measurement => m?.value !== undefined);
-      // Steal slows a latency-bound workload 2-3x (an untar: 21 s at 1% steal, 54 s at 22%):
-      // the median is taken over the undisturbed rounds when there are any.
-      const quiet = all.filter((m) => (m.stealPct ?? 0) < STEAL_NOTE_PCT);
-      const ok = (quiet.length ? quiet : all).sort((a, b) => a.value! - b.value!);
+      const ok = mine.map((r) => r.results[def.key]).filter((m): m is Measurement & { value: number } => m?.value !== undefined).sort((a, b) => a.value - b.value);
       const runs = mine.map((r) => r.results[def.key]?.value ?? null);
       const runsStealPct = mine.map((r) => r.results[def.key]?.stealPct ?? null);
-      if (ok.length) {
+      const sum = roundsSummary(ok);
+      if (sum) {
         const med = ok[Math.floor((ok.length - 1) / 2)];
-        const median = ok.length % 2 ? med.value : (ok[ok.length / 2 - 1].value! + ok[ok.length / 2].value!) / 2;
-        merged.results[def.key] = { ...med, stealPct: Math.max(...ok.map((m) => m.stealPct ?? 0)), detail: { ...med.detail, runs, runsStealPct, median, medianOf: quiet.length ? `${quiet.length} undisturbed of ${all.length}` : `all ${all.length}, every one disturbed` } };
+        merged.results[def.key] = { ...med, detail: { ...med.detail, runs, runsStealPct, median: sum.median, quietMedian: sum.quietMedian, quietOf: sum.quietNote } };
         merged.results[def.key].value = merged.results[def.key].detail!.median as number;
       } else {
         const err = mine.map((r) => r.results[def.key]?.error).find(Boolean);
@@ -661,6 +658,18 @@ async function main(): Promise<number> {
   const rs = rows(c, reports, tar.entries);
   const speedups = rs.map((r) => r.kfsOverFuse2fs).filter((x): x is number => x !== undefined);
   const gm = geomean(speedups);
+  // The same over the quiet medians (roundsSummary), with rounds.
+  const quiet = (k: Kind, key: string): number | undefined => {
+    const m = reports.find((r) => r.kind === k)?.results[key];
+    const v = (m?.detail?.quietMedian as number | undefined) ?? m?.value;
+    return v === undefined || !(v > 0) ? undefined : v;
+  };
+  const quietSpeedups = c.repeat > 1 ? WORKLOADS.map((def) => {
+    const k = quiet('kfs', def.key);
+    const f = quiet('fuse2fs', def.key);
+    return k === undefined || f === undefined ? undefined : def.higherIsBetter ? k / f : f / k;
+  }).filter((x): x is number => x !== undefined) : [];
+  const gmQuiet = geomean(quietSpeedups);
   const asyncSpeedups = rs.map((r) => r.kfsAsyncOverFuse2fs).filter((x): x is number => x !== undefined);
   const gmAsync = geomean(asyncSpeedups);
   const gmKernel = geomean(rs.map((r) => r.kernelOverKfs).filter((x): x is number => x !== undefined));
@@ -669,15 +678,9 @@ async function main(): Promise<number> {
   notes.push('syncfs (sync -f) flushes only the kernel side for FUSE mounts (no FUSE_SYNCFS): data a FUSE server buffers is written at unmount; see unmountSeconds');
   notes.push('kernel ext4 on a loop device is the ceiling, not a like-for-like comparison (page cache, dcache, no user-space round trips)');
   notes.push(`load average at start ${info.loadAvgAtStart.join(' ')}, at end ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}: other work on the machine makes the numbers noisy`);
-  // The figures in the table: with rounds, a median of the undisturbed ones where there were any.
-  const stolen = stealNote(reports.flatMap((r) => Object.entries(r.results).map(([key, m]) => ({ name: `${r.kind} ${key}`, stealPct: m.stealPct ?? 0 }))));
+  const stolen = stealNote(rounds.flatMap((r) => Object.entries(r.results)
+    .map(([key, m]) => ({ name: `${r.kind}${c.repeat > 1 ? ` round ${r.round}` : ''} ${key}`, stealPct: m.stealPct ?? 0 }))));
   if (stolen) notes.push(stolen);
-  if (c.repeat > 1) {
-    const left = rounds.flatMap((r) => Object.entries(r.results)
-      .filter(([key, m]) => (m.stealPct ?? 0) >= STEAL_NOTE_PCT && reports.find((x) => x.kind === r.kind)?.results[key]?.detail?.medianOf?.toString().includes('undisturbed'))
-      .map(([key, m]) => `${r.kind} round ${r.round} ${key} (${m.stealPct}%)`));
-    if (left.length) notes.push(`left out of the medians for their steal (undisturbed rounds of the same figure exist): ${left.join(', ')}`);
-  }
   for (const r of reports) {
     if (r.error) notes.push(`${r.kind}: aborted: ${r.error}`);
     if (r.fsck && r.fsck !== 'clean') notes.push(`${r.kind}: image not clean after the run: ${r.fsck}`);
@@ -697,6 +700,7 @@ async function main(): Promise<number> {
     totalSeconds: now() - T0,
     table: rs,
     geomeanKfsOverFuse2fs: gm,
+    geomeanKfsOverFuse2fsQuietRounds: gmQuiet,
     geomeanKfsAsyncOverFuse2fs: gmAsync,
     geomeanKernelOverKfs: gmKernel,
     targets: reports,
@@ -709,6 +713,7 @@ async function main(): Promise<number> {
   process.stdout.write(`${table(rs, kinds)}\n\n`);
   if (kinds.some((k) => k !== 'kernel')) process.stdout.write(`FUSE server CPU (user+sys) during each measured part, vs its wall time:\n${cpuTable(rs, kinds)}\n\n`);
   if (gm !== undefined) process.stdout.write(`geometric mean kfs/fuse2fs speedup: ${gm.toFixed(2)}x over ${speedups.length} workloads (>1: kfs faster)\n`);
+  if (gmQuiet !== undefined) process.stdout.write(`the same over the medians of the rounds with < 5% steal where there are any: ${gmQuiet.toFixed(2)}x\n`);
   if (gmAsync !== undefined) process.stdout.write(`geometric mean kfs-async/fuse2fs:  ${gmAsync.toFixed(2)}x over ${asyncSpeedups.length} workloads\n`);
   if (gmKernel !== undefined) process.stdout.write(`geometric mean kernel/kfs ratio:    ${gmKernel.toFixed(2)}x (>1: kernel faster)\n`);
   for (const r of reports) {

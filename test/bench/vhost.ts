@@ -9,6 +9,7 @@
  *
  *   node dist/test/bench/vhost.js [--quick] [--inflight N] [--queues Q] [--targets LIST]
  *        [--workloads LIST] [--ops N] [--dir DIR] [--size 2G] [--out bench-results/vhost.json] [--keep]
+ *        [--repeat N]
  *
  * Workloads (each target starts from an empty filesystem; setup steps and a warm-up of each
  * workload's requests are not timed):
@@ -33,7 +34,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnKfsd, spawnVirtiofsd, VhostFrontend, type Backend, VIRTIOFSD } from '../helpers/vhost-frontend';
 import { kfsdPath } from '../helpers/vhost-frontend/backends';
-import { cpuTicks, forEachOption, now, pool, stealNote, stealPercent, timed } from './lib/proc';
+import { cpuTicks, forEachOption, now, median, pool, roundsSummary, stealNote, stealPercent, timed } from './lib/proc';
 
 type TargetKind = 'kfsd-image' | 'virtiofsd-ext4' | 'kfsd-dir' | 'virtiofsd-dir';
 const ALL_TARGETS: TargetKind[] = ['kfsd-image', 'virtiofsd-ext4', 'kfsd-dir', 'virtiofsd-dir'];
@@ -51,6 +52,7 @@ interface Config {
   ops: number;
   files: number;
   seqMiB: number;
+  repeat: number;
 }
 
 const usage = (): string => `usage: node dist/test/bench/vhost.js [--quick] [--inflight N] [--queues Q] [--targets LIST]
@@ -60,10 +62,12 @@ const usage = (): string => `usage: node dist/test/bench/vhost.js [--quick] [--i
   --queues Q       request queues to use where the back-end offers them (default 1)
   --targets LIST   default ${ALL_TARGETS.join(',')}
   --workloads LIST default all: ${WORKLOAD_KEYS.join(',')} (setup a workload needs still runs)
+  --repeat N       N rounds of every target (fresh images each round); each figure is the median
+                   of the rounds (every round, and the median of those with under 5% steal, in the JSON)
 `;
 
 function parseArgs(argv: string[]): Config {
-  const c: Config = { quick: false, inflight: 16, queues: 1, targets: ALL_TARGETS, workloads: WORKLOAD_KEYS, dir: os.tmpdir(), size: '2G', out: path.join('bench-results', 'vhost.json'), keep: false, ops: 20000, files: 4000, seqMiB: 256 };
+  const c: Config = { quick: false, inflight: 16, queues: 1, targets: ALL_TARGETS, workloads: WORKLOAD_KEYS, dir: os.tmpdir(), size: '2G', out: path.join('bench-results', 'vhost.json'), keep: false, ops: 20000, files: 4000, seqMiB: 256, repeat: 1 };
   let opsOverride: number | undefined;
   forEachOption(argv, (a, v) => {
     if (a === '--quick') c.quick = true;
@@ -82,6 +86,10 @@ function parseArgs(argv: string[]): Config {
     else if (a === '--out') c.out = v();
     else if (a === '--keep') c.keep = true;
     else if (a === '--ops') opsOverride = Number(v());
+    else if (a === '--repeat') {
+      c.repeat = Number(v());
+      if (!(Number.isInteger(c.repeat) && c.repeat >= 1)) throw new Error('--repeat needs a positive integer');
+    }
     else if (a === '-h' || a === '--help') {
       process.stdout.write(usage());
       process.exit(0);
@@ -261,6 +269,8 @@ interface TargetReport {
   kicksPerOp?: Record<string, number>;
   callsPerOp?: Record<string, number>;
   stealPct?: Record<string, number>;
+  /** With --repeat: the median of the rounds with under 5% steal, and how many those were. */
+  quietMedian?: Record<string, { value: number; of: string }>;
   exit?: string;
   fsck?: string;
   error?: string;
@@ -295,8 +305,11 @@ async function runTarget(c: Config, kind: TargetKind, work: string, imageA: stri
   report.command = backend.proc.spawnargs.join(' ');
   let fe: VhostFrontend | null = null;
   try {
-    fe = await VhostFrontend.start({ socketPath: socket, queueSize: 256, requestQueues: c.queues });
-    const m = await runWorkloads(c, fe, backend.proc.pid!);
+    // A back-end that dies must fail its target, not leave the front-end waiting for replies.
+    const died = backend.exited.then((st) => Promise.reject(new Error(`${backend.name} exited during the run: ${JSON.stringify(st)}; ${backend.output.slice(-500)}`)));
+    died.catch(() => undefined);
+    fe = await Promise.race([VhostFrontend.start({ socketPath: socket, queueSize: 256, requestQueues: c.queues }), died]);
+    const m = await Promise.race([runWorkloads(c, fe, backend.proc.pid!), died]);
     report.results = m.rates;
     report.cpuUsPerOp = m.cpuUsPerOp;
     report.kicksPerOp = m.kicksPerOp;
@@ -345,28 +358,56 @@ function table(c: Config, reports: TargetReport[], cpu = false): string {
   return [line(head), wd.map((n) => '-'.repeat(n)).join('-|-'), ...body.map(line)].join('\n');
 }
 
+/** One report per back-end: per workload the median of its rounds (roundsSummary; the quiet median in quietMedian). */
+function mergeRounds(c: Config, rounds: (TargetReport & { round: number })[]): TargetReport[] {
+  return c.targets.map((kind) => {
+    const mine = rounds.filter((r) => r.kind === kind);
+    const merged: TargetReport = {
+      kind, command: mine[0].command, results: {}, cpuUsPerOp: {}, stealPct: {}, quietMedian: {},
+      fsck: mine.map((r) => r.fsck).find((f) => f !== undefined && f !== 'clean') ?? mine.find((r) => r.fsck)?.fsck,
+      error: mine.map((r) => r.error).filter(Boolean).join('; ') || undefined,
+    };
+    for (const w of c.workloads) {
+      const sum = roundsSummary(mine.filter((r) => r.results[w] !== undefined).map((r) => ({ value: r.results[w], stealPct: r.stealPct?.[w] })));
+      if (!sum) continue;
+      merged.results[w] = sum.median;
+      merged.quietMedian![w] = { value: sum.quietMedian, of: sum.quietNote };
+      const cpu = median(mine.map((r) => r.cpuUsPerOp[w]).filter((x): x is number => x !== undefined));
+      if (cpu !== null) merged.cpuUsPerOp[w] = cpu;
+      merged.stealPct![w] = Math.max(...mine.map((r) => r.stealPct?.[w] ?? 0));
+    }
+    return merged;
+  });
+}
+
 async function main(): Promise<number> {
   const c = parseArgs(process.argv.slice(2));
   if (process.getuid?.() !== 0) throw new Error('needs root (loop mount, virtiofsd)');
   if (!fs.existsSync(kfsdPath())) throw new Error(`${kfsdPath()} is missing; build first (npx tsc -p .)`);
   if (c.targets.some((t) => t.startsWith('virtiofsd')) && !fs.existsSync(VIRTIOFSD)) throw new Error(`${VIRTIOFSD} is missing (apt-get install qemu-system-x86)`);
   const work = fs.mkdtempSync(path.join(c.dir, 'kfs-bench-vhost-'));
-  const reports: TargetReport[] = [];
   const loadStart = os.loadavg();
+  const rounds: (TargetReport & { round: number })[] = [];
   try {
-    const imageA = path.join(work, 'a.img');
-    const imageB = path.join(work, 'b.img');
-    execFileSync(process.execPath, [path.join(path.dirname(kfsdPath()), 'kfs.js'), 'mkfs', '-q', '-F', '--size', c.size, imageA]);
-    execFileSync('cp', ['--sparse=always', imageA, imageB]);
-    for (const kind of c.targets) {
-      log(`${kind} ...`);
-      const r = await runTarget(c, kind, work, imageA, imageB);
-      if (r.error) log(`${kind} FAILED: ${r.error}\n${r.backendLogTail ?? ''}`);
-      reports.push(r);
+    for (let round = 1; round <= c.repeat; round++) {
+      // Fresh images every round: kfsd-image and virtiofsd-ext4 leave their files behind.
+      const dir = c.repeat > 1 ? fs.mkdtempSync(path.join(work, `round${round}-`)) : work;
+      const imageA = path.join(dir, 'a.img');
+      const imageB = path.join(dir, 'b.img');
+      execFileSync(process.execPath, [path.join(path.dirname(kfsdPath()), 'kfs.js'), 'mkfs', '-q', '-F', '--size', c.size, imageA]);
+      execFileSync('cp', ['--sparse=always', imageA, imageB]);
+      for (const kind of c.targets) {
+        log(`${kind}${c.repeat > 1 ? ` (round ${round} of ${c.repeat})` : ''} ...`);
+        const r = await runTarget(c, kind, dir, imageA, imageB);
+        if (r.error) log(`${kind} FAILED: ${r.error}\n${r.backendLogTail ?? ''}`);
+        rounds.push({ ...r, round });
+      }
+      if (dir !== work) fs.rmSync(dir, { recursive: true, force: true });
     }
   } finally {
     if (!c.keep) fs.rmSync(work, { recursive: true, force: true });
   }
+  const reports = c.repeat > 1 ? mergeRounds(c, rounds) : rounds;
   const result = {
     benchmark: 'vhost',
     machine: {
@@ -383,10 +424,11 @@ async function main(): Promise<number> {
     config: { workloads: c.workloads, inflight: c.inflight, queues: c.queues, ops: c.ops, files: c.files, seqMiB: c.seqMiB, imageSize: c.size },
     units: Object.fromEntries(WORKLOADS.map((w) => [w.key, w.unit])),
     targets: reports,
+    rounds: c.repeat > 1 ? rounds : undefined,
   };
   process.stdout.write(`${table(c, reports)}\n\nBack-end CPU time (all threads), virtiofsd/kfsd:\n${table(c, reports, true)}\n\n`);
   for (const r of reports) if (r.fsck) process.stdout.write(`${r.kind}: e2fsck -fn ${r.fsck}\n`);
-  const stolen = stealNote(reports.flatMap((r) => Object.entries(r.stealPct ?? {}).map(([w, p]) => ({ name: `${r.kind} ${w}`, stealPct: p }))));
+  const stolen = stealNote(rounds.flatMap((r) => Object.entries(r.stealPct ?? {}).map(([w, p]) => ({ name: `${r.kind}${c.repeat > 1 ? ` round ${r.round}` : ''} ${w}`, stealPct: p }))));
   if (stolen) process.stdout.write(`${stolen}\n`);
   fs.mkdirSync(path.dirname(c.out), { recursive: true });
   fs.writeFileSync(c.out, `${JSON.stringify(result, null, 2)}\n`);

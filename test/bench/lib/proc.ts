@@ -77,6 +77,33 @@ export function stealNote(figures: { name: string; stealPct: number }[]): string
   return hit.length ? `CPU steal (time the hypervisor gave other guests) of ${STEAL_NOTE_PCT}% or more during: ${hit.join(', ')}; those figures are disturbed` : null;
 }
 
+/** The median of some values (null for none). */
+export function median(xs: number[]): number | null {
+  if (!xs.length) return null;
+  const v = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor((v.length - 1) / 2);
+  return v.length % 2 ? v[mid] : (v[mid] + v[mid + 1]) / 2;
+}
+
+/**
+ * One figure over its rounds: the median of all of them (the headline), and the median of
+ * those taken with less than STEAL_NOTE_PCT steal when there are any (the "quiet" median).
+ * The quiet one is not the headline because steal is partly the workload's own doing: a vCPU
+ * woken from halt waits for the hypervisor and that wait counts as steal, so a server that
+ * sleeps between requests (fuse2fs; kfs with busy_poll_us=0: 24-26% in a stat loop) shows more
+ * of it than one that polls (kfs: 6%) or a CPU loop on both vCPUs (3-5%) in the same minutes.
+ */
+export function roundsSummary(rounds: { value: number; stealPct?: number }[]): { median: number; quietMedian: number; quietNote: string } | null {
+  const all = median(rounds.map((r) => r.value));
+  if (all === null) return null;
+  const quiet = rounds.filter((r) => (r.stealPct ?? 0) < STEAL_NOTE_PCT);
+  return {
+    median: all,
+    quietMedian: median((quiet.length ? quiet : rounds).map((r) => r.value))!,
+    quietNote: quiet.length ? `${quiet.length} undisturbed of ${rounds.length}` : `all ${rounds.length}, every one disturbed`,
+  };
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Run fn(0..total-1) with at most n in flight. */
