@@ -445,7 +445,9 @@ export class FuseSession {
     const maxWrite = flags & InitFlag.MAX_PAGES ? this.maxWrite : Math.min(this.maxWrite, 32 * PAGE);
     this.adopt({ major: FUSE_KERNEL_VERSION, minor, flags, maxWrite, maxPages });
     log.info(`fuse: INIT ${req.major}.${req.minor} → ${FUSE_KERNEL_VERSION}.${minor}, flags 0x${flags.toString(16)}, max_write ${maxWrite}`);
-    return replyInit(u, initOut(FUSE_KERNEL_VERSION, minor, flags, req.max_readahead, maxWrite, maxPages));
+    // The kernel reads ahead min(its bdi's read-ahead, this): offer what a READ may carry, so
+    // that a larger bdi read-ahead (FuseDevice.setReadAhead) is not cut back at INIT.
+    return replyInit(u, initOut(FUSE_KERNEL_VERSION, minor, flags, Math.max(req.max_readahead, maxPages * PAGE), maxWrite, maxPages));
   }
 
   private async setattr(req: FuseRequestOf<'setattr'>, ctx: RequestContext): Promise<Reply> {

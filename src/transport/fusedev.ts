@@ -87,6 +87,28 @@ export class FuseDevice {
     return new FuseDevice(fd, mountpoint, session);
   }
 
+  /**
+   * Set the read-ahead of this mount's bdi (FUSE gives each mount its own, named after its
+   * device number): the kernel sends sequential reads as READ requests of up to that size
+   * (and max_pages). Root only (sysfs); a failure is logged and changes nothing else. The
+   * device number comes from /proc/self/mountinfo, since a stat of the mount point would be a
+   * request to this very process.
+   */
+  setReadAhead(kb: number): void {
+    let dev: string | undefined;
+    try {
+      for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+        const f = line.split(' ');
+        if (f[4] === this.mountpoint) dev = f[2]; // the last one: the mount just made
+      }
+      if (!dev || !/^\d+:\d+$/.test(dev)) throw new Error(`${this.mountpoint} is not in /proc/self/mountinfo`);
+      fs.writeFileSync(`/sys/class/bdi/${dev}/read_ahead_kb`, `${kb}\n`);
+      log.debug(`fuse: read-ahead of ${this.mountpoint} (bdi ${dev}) set to ${kb} KiB`);
+    } catch (e) {
+      log.info(`fuse: could not set the read-ahead of ${this.mountpoint} to ${kb} KiB (${(e as Error).message}); the kernel's default stays`);
+    }
+  }
+
   static openDevice(): number {
     return fs.openSync('/dev/fuse', fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
   }
