@@ -232,8 +232,10 @@ test('ext4 image: OPEN without O_TRUNC, and RELEASE unless it is the last close 
     b.writeUInt32LE(flags, 0);
     return msg(OP.OPEN, node, b);
   };
+  const opensBefore = v.s.counts.get('open') ?? 0;
   const fast = v.sync(openMsg(0));
   t.truthy(fast, 'OPEN answered on the fast path');
+  t.is(v.s.counts.get('open'), opensBefore + 1, 'and counted in the request statistics');
   const slow = await v.call(openMsg(0));
   t.deepEqual([fast!.length, fast!.readInt32LE(4), fast!.subarray(24)], [slow.length, slow.readInt32LE(4), slow.subarray(24)]);
   t.not(fast!.readBigUInt64LE(16), slow.readBigUInt64LE(16), 'each open gets its own handle');

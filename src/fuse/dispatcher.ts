@@ -503,7 +503,7 @@ export class FuseSession {
 const SYNC_TIMING_EVERY = 8;
 
 /** The opcodes the fast path answers, with their request kinds (all below 64: syncCounts). */
-const FAST_KINDS: [number, string][] = [[1, 'lookup'], [2, 'forget'], [3, 'getattr'], [15, 'read'], [18, 'release'], [22, 'getxattr'], [42, 'batch_forget']];
+const FAST_KINDS: [number, string][] = [[1, 'lookup'], [2, 'forget'], [3, 'getattr'], [14, 'open'], [15, 'read'], [18, 'release'], [22, 'getxattr'], [42, 'batch_forget']];
 
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
