@@ -59,6 +59,9 @@ const MountOptionsSchema = z.object({
   // which caps the kernel's READ requests for sequential reads: the 128 KiB default makes a
   // 512 MiB cold read 4096 requests, 1024 makes it 512 (FuseDevice.setReadAhead). 0 leaves it.
   read_ahead_kb: z.number().int().nonnegative().max(1 << 20).default(1024),
+  // Serve regular files without OPEN and RELEASE requests (FileSystem.noOpen): two requests
+  // fewer for every open(2)/close(2) pair. `-o open` brings them back (and ATOMIC_O_TRUNC).
+  no_open: z.boolean().default(true),
 }).strict();
 type MountOpts = z.infer<typeof MountOptionsSchema>;
 
@@ -70,6 +73,7 @@ export function parseMountOptions(list: string[]): MountOpts {
     if (k === 'rw') raw.ro = false;
     else if (k === 'ro') raw.ro = true;
     else if (k === 'nocommit_before_reply' && v === undefined) raw.commit_before_reply = false;
+    else if (k === 'open' && v === undefined) raw.no_open = false;
     else if (v === undefined) raw[k] = true;
     else if (/^\d+(\.\d+)?[KMG]?$/.test(v)) raw[k] = parseNumber(v);
     else throw new UsageError(`mount option ${k} needs a number, got ${v}`);
@@ -81,7 +85,7 @@ export function parseMountOptions(list: string[]): MountOpts {
   if (!r.success) {
     const issue = r.error.issues[0];
     const key = issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : issue.path.join('.');
-    throw new UsageError(`unknown or bad mount option: ${key}; known: ro, rw, noatime, relatime, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply, busy_poll_us=N (default 50), read_ahead_kb=N (default 1024)`);
+    throw new UsageError(`unknown or bad mount option: ${key}; known: ro, rw, noatime, relatime, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply, busy_poll_us=N (default 50), read_ahead_kb=N (default 1024), no_open (default), open`);
   }
   return r.data;
 }
@@ -130,7 +134,9 @@ export async function serveMount(image: string, mountpoint: string, o: MountOpts
     ? (await openSnapshotFs(image, values.snapshot, { cacheBytes: o.cache_size })).fs
     : await Ext4Fs.open(image, { readOnly: o.ro, cacheBytes: o.cache_size, noJournal: o.nojournal, sharedLog, keepOrphans: link?.restart });
   ext4.noAtime = o.noatime;
-  const session = new FuseSession(new Ext4FuseFs(ext4), {
+  const fuseFs = new Ext4FuseFs(ext4);
+  fuseFs.noOpen = o.no_open;
+  const session = new FuseSession(fuseFs, {
     entryTimeout: o.entry_timeout, attrTimeout: o.attr_timeout, negativeTimeout: o.negative_timeout,
     writebackCache: o.writeback_cache, readOnly: o.ro || ext4.readOnly,
   });
@@ -289,7 +295,7 @@ export function registerMount(program: Command): void {
     .description('mount an image on the host through FUSE (as root, or as a user through fusermount3)')
     .argument('<image>', 'image file')
     .argument('<dir>', 'mount point (an existing directory)')
-    .option('-o, --options <list>', 'mount options: ro, rw, noatime, relatime (default), allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply, busy_poll_us=N, read_ahead_kb=N (repeatable)', collect)
+    .option('-o, --options <list>', 'mount options: ro, rw, noatime, relatime (default), allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply, busy_poll_us=N, read_ahead_kb=N, no_open (default), open (repeatable)', collect)
     .option('-f, --foreground', 'serve in this process instead of returning once mounted')
     .option('--log-file <file>', 'write the log here')
     .option('--log-level <level>', 'error, warn, info or debug (default warn)')

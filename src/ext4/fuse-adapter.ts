@@ -53,6 +53,8 @@ interface OpenFile {
 
 export class Ext4FuseFs implements FileSystem, DaxSource {
   readonly posixAcl = true;
+  /** FileSystem.noOpen: set before the session's INIT (kfs mount's no_open, the default there). */
+  noOpen = false;
   private files = new Map<number, OpenFile>();
   private dirs = new Map<number, { ino: number; handle: number }>();
   private nextFh = 1;
@@ -212,6 +214,7 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   }
 
   async open(ctx: RequestContext, node: number, flags: number, killSuidgid: boolean): Promise<OpenResult> {
+    if (this.noOpen) throw new FsError('ENOSYS', 'files are served without handles (no_open)');
     const ino = this.ino(node);
     const attr = await this.ext4.open(ino);
     const a = { ...attr, isReg: (attr.mode & 0o170000) === 0o100000 };
@@ -230,16 +233,22 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   }
 
   async create(ctx: RequestContext, parent: number, name: Buffer, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult> {
-    const a = await this.ext4.create(this.ino(parent), name, mode, ctx.uid, ctx.gid, umask, true);
-    return { ...this.referenced(a), fh: this.addFile(a.ino, flags) };
+    const a = await this.ext4.create(this.ino(parent), name, mode, ctx.uid, ctx.gid, umask, !this.noOpen);
+    return { ...this.referenced(a), fh: this.noOpen ? 0 : this.addFile(a.ino, flags) };
   }
 
   async tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number, umask: number): Promise<EntryAttr & OpenResult> {
     const a = await this.ext4.tmpfile(this.ino(parent), mode & ~(umask & 0o777), ctx.uid, ctx.gid);
-    return { ...this.referenced(a), fh: this.addFile(a.ino, flags) };
+    const e = this.referenced(a);
+    if (!this.noOpen) return { ...e, fh: this.addFile(a.ino, flags) };
+    // No RELEASE will come: the opener tmpfile counted stands for the kernel's reference,
+    // given back at its last FORGET (freed then, unless linkat gave it a name).
+    this.keptForKernel.add(a.ino);
+    return { ...e, fh: 0 };
   }
 
   private file(fh: number, node: number): OpenFile {
+    if (fh === 0 && this.noOpen) return { ino: this.ino(node), flags: 0, adopted: true };
     let f = this.files.get(fh);
     if (!f && this.adoptUnknownHandles) {
       // A handle a previous server of this mount opened (transport/supervisor.ts). It does not
@@ -293,12 +302,14 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   /** OPEN without O_TRUNC of an inode in memory (Ext4Fs.openCached). */
   openSync(_ctx: RequestContext, node: number, flags: number): OpenResult | undefined {
     const ino = toIno(node);
-    if (!ino || !this.ext4.openCached(ino)) return undefined;
+    if (this.noOpen || !ino || !this.ext4.openCached(ino)) return undefined;
     return { fh: this.addFile(ino, flags) };
   }
 
   /** RELEASE without I/O: a handle the filesystem does not count, or a file that stays (Ext4Fs.releaseCached). */
   releaseSync(_ctx: RequestContext, _node: number, fh: number): boolean | undefined {
+    // fh 0 with no_open: a file CREATE or TMPFILE answered before the kernel learnt no_open.
+    if (fh === 0 && this.noOpen) return true;
     const f = this.files.get(fh);
     if (!f) return undefined;
     if (!f.adopted && !this.ext4.releaseCached(f.ino)) return undefined;

@@ -440,6 +440,8 @@ export class FuseSession {
     // parent's default ACL replaces it.
     if (this.fs.posixAcl) wanted |= InitFlag.POSIX_ACL | InitFlag.DONT_MASK;
     if (this.opts.writebackCache) wanted |= InitFlag.WRITEBACK_CACHE;
+    // Without OPEN requests the kernel would take an O_TRUNC as done by an OPEN it never sent.
+    if (this.fs.noOpen) wanted &= ~InitFlag.ATOMIC_O_TRUNC;
     const flags = req.flags & wanted;
     const maxPages = flags & InitFlag.MAX_PAGES ? Math.ceil(this.maxWrite / PAGE) : 32;
     const maxWrite = flags & InitFlag.MAX_PAGES ? this.maxWrite : Math.min(this.maxWrite, 32 * PAGE);

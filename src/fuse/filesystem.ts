@@ -58,6 +58,13 @@ export type StatfsResult = Kstatfs;
 export interface FileSystem {
   /** The filesystem keeps POSIX ACLs and the mode in step and inherits default ACLs. */
   readonly posixAcl?: boolean;
+  /**
+   * Regular files are served without handles: OPEN answers ENOSYS, which makes the kernel stop
+   * sending OPEN and RELEASE (fc->no_open; FOPEN_KEEP_CACHE implied), and READ, WRITE and the
+   * rest carry fh 0. The kernel's lookup reference, not an open count, then keeps an unlinked
+   * file that is still open. ATOMIC_O_TRUNC is not negotiated: O_TRUNC must come as SETATTR.
+   */
+  readonly noOpen?: boolean;
   lookup(ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr>;
   forget?(node: number, nlookup: number): void;
   getattr(ctx: RequestContext, node: number): Promise<FuseAttr>;

@@ -33,10 +33,10 @@ import { constants } from 'node:os';
 import { ByteCursor } from '../util/cursor';
 import { log } from '../util/log';
 import { errnoOf } from '../util/errors';
-import { FuseOpcode as Op, FUSE_UNIQUE_RESEND, RENAME } from '../fuse/abi';
+import { FuseOpcode as Op, FOPEN, FUSE_UNIQUE_RESEND, RENAME } from '../fuse/abi';
 import { FuseSession, Reply } from '../fuse/dispatcher';
 import { decodeRequest, decodeOptionsFor, DecodeError, FuseRequest } from '../fuse/request';
-import { replyEmpty, concatReply } from '../fuse/reply';
+import { replyEmpty, replyOpen, concatReply } from '../fuse/reply';
 import { FileSystem, EntryAttr } from '../fuse/filesystem';
 
 const IN_HEADER = 40;
@@ -89,7 +89,10 @@ export class ResendGuard {
         const entry = concatReply(await this.session.handle(lookupRequest(raw, h.nodeid, r.name)) ?? []);
         if (entry.readInt32LE(4) !== 0) return entry;
         const node = Number(entry.readBigUInt64LE(OUT_HEADER));
-        const open = concatReply(await this.session.handle(openRequest(raw, node, r.flags & ~(O_CREAT | O_EXCL | O_TRUNC))) ?? []);
+        // Without OPEN requests (FileSystem.noOpen) CREATE answers handle 0, as here.
+        const open = this.session.fs.noOpen
+          ? replyOpen(h.unique, 0, FOPEN.KEEP_CACHE)
+          : concatReply(await this.session.handle(openRequest(raw, node, r.flags & ~(O_CREAT | O_EXCL | O_TRUNC))) ?? []);
         if (open.readInt32LE(4) !== 0) return open;
         // fuse_entry_out then fuse_open_out, as FUSE_CREATE answers.
         const out = Buffer.concat([entry, open.subarray(OUT_HEADER)]);
