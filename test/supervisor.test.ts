@@ -92,6 +92,13 @@ async function startSupervised(t: ExecutionContext, image: string, dir: string, 
 }
 
 /** Unmount with `kfs umount` (retried while busy) and wait for the supervisor's exit. */
+/** A fresh 64 MiB kfs image mounted under the supervisor at `mnt` beside it. */
+async function smallMount(t: ExecutionContext, env: Record<string, string> = {}): Promise<{ image: string; dir: string; s: Supervised }> {
+  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
+  const dir = path.join(path.dirname(image), 'mnt');
+  return { image, dir, s: await startSupervised(t, image, dir, env) };
+}
+
 async function unmount(s: Supervised): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   const server = s.serverPid();
   for (let i = 0; i < 40 && isMountPoint(s.dir); i++) {
@@ -252,9 +259,7 @@ try { ops[${JSON.stringify(op)}](); process.stdout.write('ok'); } catch (e) { pr
 }
 
 test.serial('a server killed with INIT read and unanswered: the next one answers the resent INIT', async (t) => {
-  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
-  const dir = path.join(path.dirname(image), 'mnt');
-  const s = await startSupervised(t, image, dir, { KFS_TEST_FAULT: 'kill-at-init' });
+  const { image, dir, s } = await smallMount(t, { KFS_TEST_FAULT: 'kill-at-init' });
   fs.writeFileSync(path.join(dir, 'hello'), 'world');
   t.is(fs.readFileSync(path.join(dir, 'hello'), 'utf8'), 'world');
   t.regex(s.log(), /killed by SIGKILL without an unmount/);
@@ -267,9 +272,7 @@ test.serial('a server killed with INIT read and unanswered: the next one answers
 });
 
 test.serial('files unlinked while open stay readable across a restart and are freed after their last close', async (t) => {
-  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
-  const dir = path.join(path.dirname(image), 'mnt');
-  const s = await startSupervised(t, image, dir);
+  const { image, dir, s } = await smallMount(t);
   const freeInodes = () => fs.statfsSync(dir).ffree;
   const freeBlocks = () => fs.statfsSync(dir).bfree;
   const before = { inodes: freeInodes(), blocks: freeBlocks() };
@@ -302,9 +305,7 @@ test.serial('files unlinked while open stay readable across a restart and are fr
 });
 
 test.serial('O_TMPFILE files survive a restart: both read back, one is linked in afterwards, the other is freed at its close', async (t) => {
-  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
-  const dir = path.join(path.dirname(image), 'mnt');
-  const s = await startSupervised(t, image, dir);
+  const { image, dir, s } = await smallMount(t);
   const before = { inodes: fs.statfsSync(dir).ffree, blocks: fs.statfsSync(dir).bfree };
   // O_TMPFILE (Linux: __O_TMPFILE | O_DIRECTORY); node:fs passes numeric flags through.
   const O_TMPFILE = 0o20000000 | fs.constants.O_DIRECTORY;
@@ -334,9 +335,7 @@ test.serial('O_TMPFILE files survive a restart: both read back, one is linked in
 });
 
 test.serial('a readdir that goes on across a restart lists every entry once', async (t) => {
-  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
-  const dir = path.join(path.dirname(image), 'mnt');
-  const s = await startSupervised(t, image, dir);
+  const { image, dir, s } = await smallMount(t);
   const big = path.join(dir, 'big');
   fs.mkdirSync(big);
   const names = Array.from({ length: 3000 }, (_, i) => `entry-${i}-${'x'.repeat(i % 40)}`);
@@ -357,9 +356,9 @@ test.serial('a readdir that goes on across a restart lists every entry once', as
 });
 
 test.serial('normal unmount: server and supervisor exit 0; SIGTERM to the supervisor unmounts cleanly', async (t) => {
-  const image = makeImage(t, { size: '64M', mkfs: 'kfs' });
-  const dir = path.join(path.dirname(image), 'mnt');
-  let s = await startSupervised(t, image, dir);
+  const first = await smallMount(t);
+  const { image, dir } = first;
+  let s = first.s;
   fs.writeFileSync(path.join(dir, 'a'), 'one');
   const server = s.serverPid();
   t.deepEqual(await unmount(s), { code: 0, signal: null });
