@@ -57,6 +57,8 @@ export class JournalFile {
 
 /** Where the journal is, from the superblock alone (or inode 8, read raw). */
 export async function locateJournal(dev: BlockDevice, sb: SuperblockFields): Promise<JournalFile> {
+  // ext4_load_journal: both an inode and a device is not a journal setup but damage (EINVAL there).
+  if (sb.s_journal_dev && sb.s_journal_inum) throw new CorruptionError(`superblock names both a journal inode (${sb.s_journal_inum}) and a journal device`);
   if (sb.s_journal_dev || !sb.s_journal_inum) throw new FsError('EOPNOTSUPP', 'external journal devices are not supported');
   const bs = 1024 << sb.s_log_block_size;
   const raw = async (block: number): Promise<Buffer> => {
