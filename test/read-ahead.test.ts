@@ -14,6 +14,7 @@ import { FuseSession } from '../src/fuse/dispatcher';
 import { FuseDevice } from '../src/transport/fusedev';
 import { makeImage, tempDir, requireRoot, assertFsckClean } from './helpers/image';
 import { parseMountOptions } from '../src/cli/mount-command';
+import { readMountInfo } from '../src/util/mountinfo';
 
 const MiB = 1 << 20;
 const FILE_MIB = 8;
@@ -25,7 +26,7 @@ async function serve(t: ExecutionContext, image: string, mnt: string, readAheadK
   const dev = FuseDevice.mount(mnt, session);
   if (readAheadKb > 0) dev.setReadAhead(readAheadKb);
   dev.start();
-  const majMin = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')).filter((f) => f[4] === mnt).pop()?.[2];
+  const majMin = readMountInfo().filter((m) => m.mountpoint === mnt).pop()?.majorMinor;
   const bdiKb = majMin ? fs.readFileSync(`/sys/class/bdi/${majMin}/read_ahead_kb`, 'utf8').trim() : null;
   try {
     // The client must not be this process: its event loop serves the mount.
@@ -78,4 +79,15 @@ test('read_ahead_kb: 1024 by default, 0 leaves the kernel default, nonsense is a
   t.is(parseMountOptions(['read_ahead_kb=0']).read_ahead_kb, 0);
   t.throws(() => parseMountOptions(['read_ahead_kb=lots']), { message: /read_ahead_kb needs a number/ });
   t.throws(() => parseMountOptions(['read_ahead_kb=-1']), { message: /read_ahead_kb/ });
+});
+
+test.serial('a mount point whose name the kernel escapes in mountinfo (space, tab, backslash) still gets its read-ahead', async (t) => {
+  requireRoot(t);
+  const dir = tempDir(t, 'read-ahead');
+  const image = makeImage(t, { dir, size: '64M' });
+  const mnt = path.join(dir, 'mount point\twith\\escapes');
+  fs.mkdirSync(mnt);
+  const r = await serve(t, image, mnt, 1024, WRITE);
+  t.is(r.bdiKb, '1024', "the mount's bdi read-ahead");
+  assertFsckClean(t, image);
 });

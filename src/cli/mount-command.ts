@@ -23,7 +23,8 @@ import { canMountDirectly, fusermountMount, fusermountUnmount } from '../transpo
 import { superviseMount, parseServerLink, serveSupervised, report, ServerLink } from '../transport/supervisor';
 import { SharedSoftLog } from '../ext4/journal/shared-log';
 import { startControlServer } from '../control';
-import { readMountInfo, lockHolders } from '../control/registry';
+import { lockHolders } from '../control/registry';
+import { readMountInfo } from '../util/mountinfo';
 import { action, UsageError } from './common';
 
 const MountOptionsSchema = z.object({

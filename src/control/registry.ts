@@ -15,6 +15,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
+import { MountInfo, readMountInfo } from '../util/mountinfo';
 
 export const RegistryEntrySchema = z.object({
   version: z.literal(1),
@@ -104,32 +105,6 @@ export function findByMountpoint(dir: string): RegistryEntry | undefined {
 export function findBySocket(sock: string): RegistryEntry | undefined {
   const want = canonical(sock);
   return listEntries().find((e) => canonical(e.socket) === want);
-}
-
-export interface MountInfo {
-  mountpoint: string;
-  fstype: string;
-  source: string;
-}
-
-const unescapeMount = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-
-/** /proc/self/mountinfo: "id parent maj:min root mountpoint opts [optional...] - fstype source superopts". */
-export function readMountInfo(): MountInfo[] {
-  let text: string;
-  try {
-    text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
-  } catch {
-    return [];
-  }
-  const out: MountInfo[] = [];
-  for (const line of text.split('\n')) {
-    const f = line.split(' ');
-    const dash = f.indexOf('-');
-    if (dash < 0 || f.length < dash + 3) continue;
-    out.push({ mountpoint: unescapeMount(f[4]), fstype: f[dash + 1], source: unescapeMount(f[dash + 2]) });
-  }
-  return out;
 }
 
 /** The mount holding `p` (longest mount point that is a prefix; the last one mounted wins). */

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import { constants } from 'node:os';
 import { native, FdPollerHandle } from '../native';
 import { log } from '../util/log';
+import { readMountInfo } from '../util/mountinfo';
 import { FsError } from '../util/errors';
 import { FuseSession, Reply } from '../fuse/dispatcher';
 import { notifyResend } from '../fuse/reply';
@@ -97,10 +98,7 @@ export class FuseDevice {
   setReadAhead(kb: number): void {
     let dev: string | undefined;
     try {
-      for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-        const f = line.split(' ');
-        if (f[4] === this.mountpoint) dev = f[2]; // the last one: the mount just made
-      }
+      for (const m of readMountInfo()) if (m.mountpoint === this.mountpoint) dev = m.majorMinor; // the last one: the mount just made
       if (!dev || !/^\d+:\d+$/.test(dev)) throw new Error(`${this.mountpoint} is not in /proc/self/mountinfo`);
       fs.writeFileSync(`/sys/class/bdi/${dev}/read_ahead_kb`, `${kb}\n`);
       log.debug(`fuse: read-ahead of ${this.mountpoint} (bdi ${dev}) set to ${kb} KiB`);

@@ -25,6 +25,7 @@
 import { spawn, ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { log } from '../util/log';
+import { readMountInfo } from '../util/mountinfo';
 import { FsError } from '../util/errors';
 import { native } from '../native';
 import { InitFlag, FuseOpcode, FUSE_UNIQUE_RESEND } from '../fuse/abi';
@@ -209,11 +210,7 @@ function readLines(stream: NodeJS.ReadableStream, onMessage: (m: StatusMessage) 
 }
 
 function isMounted(dir: string): boolean {
-  try {
-    return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
-  } catch {
-    return false;
-  }
+  return readMountInfo().some((m) => m.mountpoint === dir);
 }
 
 function detach(dir: string): void {
