@@ -257,3 +257,55 @@ test.serial('kfsd --image: SIGTERM while a front-end is connected exits 0 with t
   debugfs(image!, `dump /tree/f49 ${dump}`);
   t.true(readFileSync(dump).equals(data));
 });
+
+test.serial('kfsd --image serves files without OPEN and RELEASE (no_open); --open and --readonly keep handles', async (t) => {
+  const { backend, socket, image } = await startBackend(t, 'kfsd-image');
+  const fe = await frontend(t, socket, backend);
+  await fe.fuse.init();
+  const free0 = (await fe.fuse.statfs()).bfree;
+  // CREATE answers handle 0: there are no handles to count.
+  const { entry: f, fh } = await fe.fuse.create(ROOT, 'f', 0o644);
+  t.is(fh, 0);
+  const data = randomBytes(256 * 1024);
+  t.is(await fe.fuse.write(f.nodeid, 0, 0, data), data.length);
+  const { entry: g } = await fe.fuse.create(ROOT, 'g', 0o644);
+  t.is(await fe.fuse.write(g.nodeid, 0, 0, Buffer.from('kept\n')), 5);
+  // OPEN of a regular file: ENOSYS, which the front-end (as the kernel) takes as no_open.
+  t.is(await fe.fuse.open(f.nodeid, 0), 0);
+  t.true(fe.fuse.noOpen, 'kfsd answered OPEN with ENOSYS');
+  const dirFh = await fe.fuse.open(ROOT, 0, true);
+  t.not(dirFh, 0, 'directories keep their handles');
+  await fe.fuse.release(ROOT, dirFh, true);
+  t.true((await fe.fuse.read(f.nodeid, 0, 0, data.length)).equals(data));
+  // Unlinked while the guest still refers to it (its lookup): readable until the FORGET, which frees it.
+  await fe.fuse.unlink(ROOT, 'f');
+  t.true((await fe.fuse.read(f.nodeid, 0, 0, data.length)).equals(data), 'an unlinked file reads back until its FORGET');
+  t.true((await fe.fuse.statfs()).bfree < free0 - 60, 'its blocks are still in use');
+  await fe.fuse.forget(f.nodeid, 1);
+  let free = 0;
+  for (let i = 0; i < 100 && free < free0 - 2; i++) {
+    free = (await fe.fuse.statfs()).bfree;
+    if (free < free0 - 2) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.true(free >= free0 - 2, `blocks free again after the FORGET (${free} of ${free0}; g and the root may hold 2)`);
+  fe.close();
+  t.is((await backend.stop()).code, 0);
+  assertFsckClean(t, image!);
+
+  for (const flag of ['--open', '--readonly']) {
+    const socket2 = join(tempDir(t, 'vhost-open'), 'vhost.sock');
+    const b2 = spawnKfsd(['--image', image!], socket2, [flag]);
+    t.teardown(() => b2.stop());
+    const fe2 = await frontend(t, socket2, b2);
+    await fe2.fuse.init();
+    const e = await fe2.fuse.lookup(ROOT, 'g');
+    const h = await fe2.fuse.open(e.nodeid, 0);
+    t.false(fe2.fuse.noOpen, `${flag}: OPEN is served`);
+    t.not(h, 0, `${flag}: a handle`);
+    t.is((await fe2.fuse.read(e.nodeid, h, 0, 4096)).toString(), 'kept\n');
+    await fe2.fuse.release(e.nodeid, h);
+    fe2.close();
+    t.is((await b2.stop()).code, 0, flag);
+  }
+  assertFsckClean(t, image!);
+});

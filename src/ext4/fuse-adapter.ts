@@ -53,7 +53,7 @@ interface OpenFile {
 
 export class Ext4FuseFs implements FileSystem, DaxSource {
   readonly posixAcl = true;
-  /** FileSystem.noOpen: set before the session's INIT (kfs mount's no_open, the default there). */
+  /** FileSystem.noOpen: set before the session's INIT (kfs mount's no_open and kfsd's, the default of both on a writable image). */
   noOpen = false;
   private files = new Map<number, OpenFile>();
   private dirs = new Map<number, { ino: number; handle: number }>();
@@ -360,10 +360,14 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
 
   withDaxRuns(node: number, fh: number, foffset: number, len: number, writable: boolean, use: (runs: DaxRun[]) => Promise<void>): Promise<void> {
     const ino = this.ino(node);
-    const f = this.files.get(fh);
     if (this.dirs.get(fh)?.ino === ino) throw new FsError('EINVAL', 'DAX maps regular files only');
-    if (!f || f.ino !== ino) throw new FsError('EBADF', `DAX mapping through handle ${fh}, which is not open on this file`);
-    if (writable && (f.flags & O_ACCMODE) === O_RDONLY) throw new FsError('EBADF', 'writable DAX mapping through a read-only handle');
+    // With no_open there is no handle (fh 0): the guest's kernel checked the access at open(2),
+    // as it does for the WRITEs that come with fh 0 (noOpen is never set on a read-only image).
+    if (!(fh === 0 && this.noOpen)) {
+      const f = this.files.get(fh);
+      if (!f || f.ino !== ino) throw new FsError('EBADF', `DAX mapping through handle ${fh}, which is not open on this file`);
+      if (writable && (f.flags & O_ACCMODE) === O_RDONLY) throw new FsError('EBADF', 'writable DAX mapping through a read-only handle');
+    }
     return this.ext4.withDaxRuns(ino, foffset, len, writable, use);
   }
 

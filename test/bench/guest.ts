@@ -8,7 +8,11 @@
  * process start-up under TCG does not drown the filesystem's cost; caches are dropped before
  * the cold steps. Prints a table (median of --repeat rounds) and writes JSON.
  *
- *   node dist/test/bench/guest.js [--repeat N] [--files N] [--mib N] [--out FILE]
+ *   node dist/test/bench/guest.js [--repeat N] [--files N] [--mib N] [--out FILE] [--targets LIST]
+ *
+ * --targets: any of kfsd-image, kfsd-shared, virtiofsd, guest-ext4 (the default: all four) and
+ * kfsd-image-open (kfsd --image --open: files opened with OPEN and RELEASE requests, as before
+ * no_open became kfsd's default).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -19,15 +23,19 @@ import { mustRun } from '../helpers/image';
 
 const KFS = path.join(__dirname, '..', '..', 'src', 'cli', 'kfs.js');
 
+const ALL_KINDS = ['kfsd-image', 'kfsd-image-open', 'kfsd-shared', 'virtiofsd', 'guest-ext4'];
+const DEFAULT_KINDS = ['kfsd-image', 'kfsd-shared', 'virtiofsd', 'guest-ext4'];
+
 interface Config {
   repeat: number;
+  kinds: string[];
   files: number;
   mib: number;
   out: string;
 }
 
 function parseArgs(argv: string[]): Config {
-  const c: Config = { repeat: 1, files: 2000, mib: 128, out: path.join('bench-results', 'guest.json') };
+  const c: Config = { repeat: 1, kinds: DEFAULT_KINDS, files: 2000, mib: 128, out: path.join('bench-results', 'guest.json') };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     switch (argv[i]) {
@@ -35,8 +43,18 @@ function parseArgs(argv: string[]): Config {
       case '--files': c.files = Number(v); i++; break;
       case '--mib': c.mib = Number(v); i++; break;
       case '--out': c.out = v; i++; break;
+      case '--targets':
+        c.kinds = (v ?? '').split(',').filter(Boolean);
+        i++;
+        for (const k of c.kinds) {
+          if (!ALL_KINDS.includes(k)) {
+            process.stderr.write(`bench/guest: unknown target ${k}; known: ${ALL_KINDS.join(', ')}\n`);
+            process.exit(2);
+          }
+        }
+        break;
       default:
-        process.stderr.write(`bench/guest: unknown option ${argv[i]}; known: --repeat N --files N --mib N --out FILE\n`);
+        process.stderr.write(`bench/guest: unknown option ${argv[i]}; known: --repeat N --files N --mib N --out FILE --targets LIST\n`);
         process.exit(2);
     }
   }
@@ -95,11 +113,11 @@ async function runOne(kind: string, c: Config, work: string): Promise<Result> {
   let backend: Backend | null = null;
   let disk: string | undefined;
   let root = '/mnt';
-  if (kind === 'kfsd-image') {
+  if (kind === 'kfsd-image' || kind === 'kfsd-image-open') {
     const img = path.join(work, 'kfs.img');
     fs.rmSync(img, { force: true });
     mustRun(process.execPath, [KFS, 'mkfs', img, '--size', '2G']);
-    backend = await startKfsd(sock, ['--image', img, '--log-level', 'warn']);
+    backend = await startKfsd(sock, ['--image', img, '--log-level', 'warn', ...(kind === 'kfsd-image-open' ? ['--open'] : [])]);
   } else if (kind === 'kfsd-shared' || kind === 'virtiofsd') {
     const dir = path.join(work, kind);
     fs.rmSync(dir, { recursive: true, force: true });
@@ -135,7 +153,7 @@ async function main(): Promise<void> {
   const c = parseArgs(process.argv.slice(2));
   guestAvailable();
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kfs-bench-guest-'));
-  const kinds = ['kfsd-image', 'kfsd-shared', 'virtiofsd', 'guest-ext4'];
+  const kinds = c.kinds;
   const rounds: Record<string, Result[]> = Object.fromEntries(kinds.map((k) => [k, []]));
   /** Runs that failed (guest error, hang, crash): reported, and left out of the medians. */
   const failures: { round: number; kind: string; error: string }[] = [];
@@ -158,11 +176,14 @@ async function main(): Promise<void> {
   const med: Record<string, Result> = {};
   for (const k of kinds) med[k] = Object.fromEntries(STEPS.map((s) => [s.name, median(rounds[k].map((r) => r[s.name] ?? NaN))]));
   const fmt = (v: number) => (Number.isFinite(v) ? (v >= 100 ? Math.round(v).toLocaleString('en-US') : v.toFixed(1)) : '-');
-  const header = ['step', 'unit', ...kinds, 'kfsd-shared/virtiofsd', 'kfsd-image/virtiofsd'];
+  // Ratios to virtiofsd for the kfsd targets present (and of the two kfsd --image modes).
+  const pairs: [string, string][] = [];
+  if (kinds.includes('virtiofsd')) for (const k of ['kfsd-shared', 'kfsd-image', 'kfsd-image-open']) if (kinds.includes(k)) pairs.push([k, 'virtiofsd']);
+  if (kinds.includes('kfsd-image') && kinds.includes('kfsd-image-open')) pairs.push(['kfsd-image', 'kfsd-image-open']);
+  const header = ['step', 'unit', ...kinds, ...pairs.map(([a, b]) => `${a}/${b}`)];
   const rows = STEPS.map((s) => [
     s.name, s.unit, ...kinds.map((k) => fmt(med[k][s.name])),
-    (med['kfsd-shared'][s.name] / med.virtiofsd[s.name]).toFixed(2) + 'x',
-    (med['kfsd-image'][s.name] / med.virtiofsd[s.name]).toFixed(2) + 'x',
+    ...pairs.map(([a, b]) => (med[a][s.name] / med[b][s.name]).toFixed(2) + 'x'),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]) => r.map((v, i) => (i < 2 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join('  ');

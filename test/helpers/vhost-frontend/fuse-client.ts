@@ -265,10 +265,23 @@ export class FuseClient {
     return { entry: readEntry(b), fh: new ByteCursor(b, SIZE.ENTRY_OUT).u64() };
   }
 
+  /**
+   * The back-end answered OPEN with ENOSYS (no_open): as the kernel does (fc->no_open), files
+   * are then opened without a request and with handle 0, and closed without RELEASE.
+   */
+  noOpen = false;
+
   async open(nodeid: number, flags = fsConstants.O_RDWR, dir = false): Promise<number> {
+    if (!dir && this.noOpen) return 0;
     const arg = struct(SIZE.OPEN_IN, (c) => c.putU32(flags).putU32(0));
-    const b = await this.ok(dir ? FuseOpcode.OPENDIR : FuseOpcode.OPEN, nodeid, [arg], { replySize: SIZE.OPEN_OUT });
-    return new ByteCursor(b).u64();
+    try {
+      const b = await this.ok(dir ? FuseOpcode.OPENDIR : FuseOpcode.OPEN, nodeid, [arg], { replySize: SIZE.OPEN_OUT });
+      return new ByteCursor(b).u64();
+    } catch (e) {
+      if (dir || !(e instanceof FuseReplyError) || e.code !== 'ENOSYS') throw e;
+      this.noOpen = true;
+      return 0;
+    }
   }
 
   async read(nodeid: number, fh: number, offset: number, size: number, opts: CallOptions = {}): Promise<Buffer> {
@@ -283,6 +296,7 @@ export class FuseClient {
   }
 
   async release(nodeid: number, fh: number, dir = false): Promise<void> {
+    if (!dir && this.noOpen) return;
     const arg = struct(SIZE.RELEASE_IN, (c) => c.putU64(fh).putU32(fsConstants.O_RDWR).putU32(0).putU64(0));
     await this.ok(dir ? FuseOpcode.RELEASEDIR : FuseOpcode.RELEASE, nodeid, [arg]);
   }
