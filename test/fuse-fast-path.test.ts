@@ -384,3 +384,49 @@ test('request statistics time fast-path requests of every opcode, also when a cl
   t.true((timed.get(OP.LOOKUP) ?? 0) >= 4, `LOOKUP timed ${timed.get(OP.LOOKUP) ?? 0} times`);
   t.true((timed.get(OP.GETATTR) ?? 0) >= 4, `GETATTR timed ${timed.get(OP.GETATTR) ?? 0} times`);
 });
+
+test('ext4 image: the first READ of a file just looked up from the image is answered on the fast path when its extent tree lies in i_block; one with index nodes waits for the ordinary path once', async (t) => {
+  const img = makeImage(t, { size: '32M', blockSize: 4096 });
+  const small = Buffer.alloc(3 * 4096 + 100, 0x61);
+  // Every other block written: 6 extents, more than i_block's 4, so the tree gets an index node.
+  const frag = Buffer.alloc(4096, 0x62);
+  {
+    const ext4 = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+    const v = await serve(t, new Ext4FuseFs(ext4));
+    await makeFile(v, 'small', small);
+    const { node, fh } = await makeFile(v, 'frag', frag);
+    for (let i = 1; i < 6; i++) {
+      const w = Buffer.alloc(40);
+      w.writeBigUInt64LE(BigInt(fh), 0);
+      w.writeBigUInt64LE(BigInt(i * 2 * 4096), 8);
+      w.writeUInt32LE(4096, 16);
+      t.is((await v.call(msg(OP.WRITE, node, Buffer.concat([w, frag])))).readInt32LE(4), 0);
+    }
+    await ext4.close();
+  }
+  t.regex(debugfs(img, 'stat /frag'), /\(ETB0\)/, 'frag has an extent tree block');
+  // A new server: nothing of either file is in memory until LOOKUP reads its inode.
+  const ext4 = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  t.teardown(() => ext4.close());
+  // no_open (kfs mount's default): READs with handle 0, no OPEN first to load anything.
+  const fuseFs = new Ext4FuseFs(ext4);
+  fuseFs.noOpen = true;
+  const v = await serve(t, fuseFs);
+  const nodeOf = async (n: string) => Number((await v.call(msg(OP.LOOKUP, 1, name(n)))).readBigUInt64LE(16));
+  const s = await nodeOf('small');
+  const read = (node: number, size: number) => msg(OP.READ, node, readIn(0, 0, size));
+  const fast = v.sync(read(s, small.length), [Buffer.alloc(16 + small.length)], true);
+  t.truthy(fast, 'the first READ of a small file is answered on the fast path');
+  t.true(fast!.subarray(16).equals(small));
+  const f = await nodeOf('frag');
+  t.is(v.sync(read(f, 11 * 4096), [Buffer.alloc(16 + 11 * 4096)], true), null, 'an index node to read: the ordinary path');
+  const slow = await v.call(read(f, 11 * 4096));
+  t.is(slow.readInt32LE(4), 0);
+  const again = v.sync(read(f, 11 * 4096), [Buffer.alloc(16 + 11 * 4096)], true);
+  t.truthy(again, 'once its map is loaded, the fast path');
+  // The same reply but for the request's unique (bytes 8-15 of the header).
+  t.deepEqual([again!.subarray(0, 8), again!.subarray(16)], [slow.subarray(0, 8), slow.subarray(16)]);
+  const want = Buffer.alloc(11 * 4096);
+  for (let i = 0; i < 6; i++) frag.copy(want, i * 2 * 4096);
+  t.true(slow.subarray(16).equals(want), 'holes read as zeros between the six blocks');
+});

@@ -85,12 +85,19 @@ export class ExtentMap {
     const map = new ExtentMap();
     const root = parseNode(iBlock, ino, 'i_block', ROOT_ENTRIES);
     await walk(map, root, ino, io, csumSeed, -1, 0);
-    for (let i = 1; i < map.extents.length; i++) {
-      const a = map.extents[i - 1];
-      const b = map.extents[i];
-      if (a.lblk + a.len > b.lblk) throw new CorruptionError(`inode ${ino}: extents overlap at logical block ${b.lblk}`);
-    }
-    return map;
+    return checkOrder(map, ino);
+  }
+
+  /**
+   * load() without waiting, for a tree that lies wholly in i_block (depth 0: up to four
+   * extents, every small file): null when it has index nodes to read.
+   */
+  static loadInline(ino: number, iBlock: Buffer, io: ExtentTreeIO): ExtentMap | null {
+    const root = parseNode(iBlock, ino, 'i_block', ROOT_ENTRIES);
+    if (root.depth !== 0) return null;
+    const map = new ExtentMap();
+    readLeaf(map, root, ino, io, 0);
+    return checkOrder(map, ino);
   }
 
   /** Tree blocks (leaves and index nodes) a map of n extents is stored in; 0 fits in i_block. */
@@ -323,42 +330,60 @@ function parseNode(buf: Buffer, ino: number, where: string, maxAllowed: number):
   return { depth, entries, max, buf };
 }
 
-async function walk(map: ExtentMap, node: ParsedNode, ino: number, io: ExtentTreeIO, csumSeed: number | null, expectDepth: number, minLblk: number): Promise<void> {
-  if (expectDepth >= 0 && node.depth !== expectDepth) throw new CorruptionError(`inode ${ino}: extent tree depth inconsistent`);
+/** Extents in logical order without overlaps, as the kernel's ext4_valid_extent_entries wants. */
+function checkOrder(map: ExtentMap, ino: number): ExtentMap {
+  for (let i = 1; i < map.extents.length; i++) {
+    const a = map.extents[i - 1];
+    const b = map.extents[i];
+    if (a.lblk + a.len > b.lblk) throw new CorruptionError(`inode ${ino}: extents overlap at logical block ${b.lblk}`);
+  }
+  return map;
+}
+
+/** A leaf node's extents (struct ext4_extent), appended to the map. */
+function readLeaf(map: ExtentMap, node: ParsedNode, ino: number, io: ExtentTreeIO, minLblk: number): void {
   const c = new ByteCursor(node.buf, HEADER_SIZE);
   for (let k = 0; k < node.entries; k++) {
-    if (node.depth === 0) {
-      const lblk = c.u32();
-      const rawLen = c.u16();
-      const hi = c.u16();
-      const lo = c.u32();
-      const unwritten = rawLen > MAX_INIT_LEN;
-      const len = unwritten ? rawLen - MAX_INIT_LEN : rawLen;
-      const pblk = join64(lo, hi);
-      if (len === 0 || pblk === 0 || pblk + len > io.blocksCount || lblk < minLblk) {
-        throw new CorruptionError(`inode ${ino}: extent (logical ${lblk}, physical ${pblk}, length ${len}) is invalid`);
-      }
-      map.extents.push({ lblk, len, pblk, unwritten });
-    } else {
-      const lblk = c.u32();
-      const lo = c.u32();
-      const hi = c.u16();
-      c.skip(2);
-      const child = join64(lo, hi);
-      if (child === 0 || child >= io.blocksCount) throw new CorruptionError(`inode ${ino}: extent index points to block ${child} outside the filesystem`);
-      if (map.treeBlocks.includes(child) || map.treeBlocks.length > 100000) throw new CorruptionError(`inode ${ino}: extent tree has a loop at block ${child}`);
-      map.treeBlocks.push(child);
-      const buf = await io.read(child);
-      const perBlock = Math.floor((io.blockSize - HEADER_SIZE) / ENTRY_SIZE);
-      const childNode = parseNode(buf, ino, `block ${child}`, perBlock);
-      if (csumSeed !== null) {
-        const tailOff = HEADER_SIZE + childNode.max * ENTRY_SIZE;
-        if (tailOff + 4 > io.blockSize) throw new CorruptionError(`inode ${ino}: extent block ${child} has no room for its checksum`);
-        const want = ext4Crc(csumSeed, buf.subarray(0, tailOff));
-        if (buf.readUInt32LE(tailOff) !== want) throw new CorruptionError(`inode ${ino}: extent block ${child} checksum mismatch`);
-      }
-      await walk(map, childNode, ino, io, csumSeed, node.depth - 1, lblk);
+    const lblk = c.u32();
+    const rawLen = c.u16();
+    const hi = c.u16();
+    const lo = c.u32();
+    const unwritten = rawLen > MAX_INIT_LEN;
+    const len = unwritten ? rawLen - MAX_INIT_LEN : rawLen;
+    const pblk = join64(lo, hi);
+    if (len === 0 || pblk === 0 || pblk + len > io.blocksCount || lblk < minLblk) {
+      throw new CorruptionError(`inode ${ino}: extent (logical ${lblk}, physical ${pblk}, length ${len}) is invalid`);
     }
+    map.extents.push({ lblk, len, pblk, unwritten });
+  }
+}
+
+async function walk(map: ExtentMap, node: ParsedNode, ino: number, io: ExtentTreeIO, csumSeed: number | null, expectDepth: number, minLblk: number): Promise<void> {
+  if (expectDepth >= 0 && node.depth !== expectDepth) throw new CorruptionError(`inode ${ino}: extent tree depth inconsistent`);
+  if (node.depth === 0) {
+    readLeaf(map, node, ino, io, minLblk);
+    return;
+  }
+  const c = new ByteCursor(node.buf, HEADER_SIZE);
+  for (let k = 0; k < node.entries; k++) {
+    const lblk = c.u32();
+    const lo = c.u32();
+    const hi = c.u16();
+    c.skip(2);
+    const child = join64(lo, hi);
+    if (child === 0 || child >= io.blocksCount) throw new CorruptionError(`inode ${ino}: extent index points to block ${child} outside the filesystem`);
+    if (map.treeBlocks.includes(child) || map.treeBlocks.length > 100000) throw new CorruptionError(`inode ${ino}: extent tree has a loop at block ${child}`);
+    map.treeBlocks.push(child);
+    const buf = await io.read(child);
+    const perBlock = Math.floor((io.blockSize - HEADER_SIZE) / ENTRY_SIZE);
+    const childNode = parseNode(buf, ino, `block ${child}`, perBlock);
+    if (csumSeed !== null) {
+      const tailOff = HEADER_SIZE + childNode.max * ENTRY_SIZE;
+      if (tailOff + 4 > io.blockSize) throw new CorruptionError(`inode ${ino}: extent block ${child} has no room for its checksum`);
+      const want = ext4Crc(csumSeed, buf.subarray(0, tailOff));
+      if (buf.readUInt32LE(tailOff) !== want) throw new CorruptionError(`inode ${ino}: extent block ${child} checksum mismatch`);
+    }
+    await walk(map, childNode, ino, io, csumSeed, node.depth - 1, lblk);
   }
 }
 

@@ -88,11 +88,12 @@ export class FileIO {
     return this.planMapped(st, await this.store.extents(st), offset, length, alloc);
   }
 
-  /** planRead of a file whose extent map is loaded (st.extents), without waiting; no buffer. */
+  /** planRead without waiting, when the extent map is loaded or lies in i_block (InodeStore.extentsInline); no buffer. */
   planReadLoaded(st: InodeState, offset: number, length: number): ReadPlan | null {
-    if (!st.extents) return null;
+    const map = this.store.extentsInline(st);
+    if (!map) return null;
     if (offset >= st.inode.size || length <= 0) return { out: Buffer.alloc(0), length: 0, segments: [] };
-    return this.planMapped(st, st.extents, offset, length, false);
+    return this.planMapped(st, map, offset, length, false);
   }
 
   private planMapped(st: InodeState, map: ExtentMap, offset: number, length: number, alloc: boolean): ReadPlan {

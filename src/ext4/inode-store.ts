@@ -116,6 +116,19 @@ export class InodeStore {
     return this.attachMap(st, await ExtentMap.load(inode.ino, inode.f.i_block, this.extentIO, this.csumSeedOf(inode)));
   }
 
+  /**
+   * extents() when it needs no block read: the loaded map, or the tree parsed from i_block when
+   * it lies wholly there (ExtentMap.loadInline); null otherwise (index nodes, or not an extent
+   * inode: extents() decides those). The FUSE fast path's READ of a file it has not read yet.
+   */
+  extentsInline(st: InodeState): ExtentMap | null {
+    if (st.extents) return st.extents;
+    const inode = st.inode;
+    if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) return null;
+    const map = ExtentMap.loadInline(inode.ino, inode.f.i_block, this.extentIO);
+    return map && this.attachMap(st, map);
+  }
+
   /** Give a state its extent map; the map reports itself dirty to this store. */
   attachMap(st: InodeState, map: ExtentMap): ExtentMap {
     st.extents = map;
