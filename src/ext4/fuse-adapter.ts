@@ -17,6 +17,7 @@ const FUSE_ROOT = 1;
 const O_TRUNC = 0o1000;
 const O_ACCMODE = 0o3;
 const O_RDONLY = 0;
+const O_RDWR = 2;
 
 export const toNode = (ino: number): number => (ino === ROOT_INO ? FUSE_ROOT : ino);
 export const toIno = (node: number): number => (node === FUSE_ROOT ? ROOT_INO : node === ROOT_INO ? 0 : node);
@@ -248,7 +249,9 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   }
 
   private file(fh: number, node: number): OpenFile {
-    if (fh === 0 && this.noOpen) return { ino: this.ino(node), flags: 0, adopted: true };
+    // no_open: no handle, and the access was checked by the kernel at open(2), as for every
+    // WRITE with fh 0 (noOpen is never set on a read-only image); O_RDWR stands for that.
+    if (fh === 0 && this.noOpen) return { ino: this.ino(node), flags: O_RDWR, adopted: true };
     let f = this.files.get(fh);
     if (!f && this.adoptUnknownHandles) {
       // A handle a previous server of this mount opened (transport/supervisor.ts). It does not
@@ -361,13 +364,8 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   withDaxRuns(node: number, fh: number, foffset: number, len: number, writable: boolean, use: (runs: DaxRun[]) => Promise<void>): Promise<void> {
     const ino = this.ino(node);
     if (this.dirs.get(fh)?.ino === ino) throw new FsError('EINVAL', 'DAX maps regular files only');
-    // With no_open there is no handle (fh 0): the guest's kernel checked the access at open(2),
-    // as it does for the WRITEs that come with fh 0 (noOpen is never set on a read-only image).
-    if (!(fh === 0 && this.noOpen)) {
-      const f = this.files.get(fh);
-      if (!f || f.ino !== ino) throw new FsError('EBADF', `DAX mapping through handle ${fh}, which is not open on this file`);
-      if (writable && (f.flags & O_ACCMODE) === O_RDONLY) throw new FsError('EBADF', 'writable DAX mapping through a read-only handle');
-    }
+    const f = this.file(fh, node);
+    if (writable && (f.flags & O_ACCMODE) === O_RDONLY) throw new FsError('EBADF', 'writable DAX mapping through a read-only handle');
     return this.ext4.withDaxRuns(ino, foffset, len, writable, use);
   }
 

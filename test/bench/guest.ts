@@ -20,6 +20,7 @@ import path from 'node:path';
 import { runGuest, guestAvailable, guestKernelVersion } from '../helpers/guest';
 import { startKfsd, startVirtiofsd, Backend } from '../helpers/backends';
 import { mustRun } from '../helpers/image';
+import { median } from './lib/proc';
 
 const KFS = path.join(__dirname, '..', '..', 'src', 'cli', 'kfs.js');
 
@@ -144,11 +145,6 @@ async function runOne(kind: string, c: Config, work: string): Promise<Result> {
   }
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
-
 async function main(): Promise<void> {
   const c = parseArgs(process.argv.slice(2));
   guestAvailable();
@@ -174,7 +170,7 @@ async function main(): Promise<void> {
     fs.rmSync(work, { recursive: true, force: true });
   }
   const med: Record<string, Result> = {};
-  for (const k of kinds) med[k] = Object.fromEntries(STEPS.map((s) => [s.name, median(rounds[k].map((r) => r[s.name] ?? NaN))]));
+  for (const k of kinds) med[k] = Object.fromEntries(STEPS.map((s) => [s.name, median(rounds[k].map((r) => r[s.name] ?? NaN)) ?? NaN]));
   const fmt = (v: number) => (Number.isFinite(v) ? (v >= 100 ? Math.round(v).toLocaleString('en-US') : v.toFixed(1)) : '-');
   // Ratios to virtiofsd for the kfsd targets present (and of the two kfsd --image modes).
   const pairs: [string, string][] = [];

@@ -360,13 +360,11 @@ function table(c: Config, reports: TargetReport[], cpu = false): string {
   };
   // Both tables read "> 1: kfsd better": rate kfsd/virtiofsd, CPU virtiofsd/kfsd.
   const x = (a: number | undefined, b: number | undefined): string => (a && b ? `${(cpu ? b / a : a / b).toFixed(2)}x` : '-');
-  const mainCpu = (k: TargetKind, w: string): string => {
-    const m = reports.find((t) => t.kind === k)?.mainCpuUsPerOp?.[w];
-    return m === undefined ? '' : ` (${m.toFixed(1)})`;
-  };
   const cell = (k: TargetKind, w: string): string => {
     const v = val(k, w);
-    return cpu ? (v === undefined ? '-' : `${v.toFixed(1)} µs${mainCpu(k, w)}`) : fmt(v);
+    if (!cpu) return fmt(v);
+    const main = reports.find((t) => t.kind === k)?.mainCpuUsPerOp?.[w];
+    return v === undefined ? '-' : `${v.toFixed(1)} µs${main === undefined ? '' : ` (${main.toFixed(1)})`}`;
   };
   const body = WORKLOADS.filter((w) => c.workloads.includes(w.key)).map((w) => [
     w.label(c),
@@ -394,10 +392,10 @@ function mergeRounds(c: Config, rounds: (TargetReport & { round: number })[]): T
       if (!sum) continue;
       merged.results[w] = sum.median;
       merged.quietMedian![w] = { value: sum.quietMedian, of: sum.quietNote };
-      const cpu = median(mine.map((r) => r.cpuUsPerOp[w]).filter((x): x is number => x !== undefined));
-      if (cpu !== null) merged.cpuUsPerOp[w] = cpu;
-      const main = median(mine.map((r) => r.mainCpuUsPerOp?.[w]).filter((x): x is number => x !== undefined));
-      if (main !== null) merged.mainCpuUsPerOp![w] = main;
+      for (const field of ['cpuUsPerOp', 'mainCpuUsPerOp'] as const) {
+        const m = median(mine.map((r) => r[field]?.[w]).filter((x): x is number => x !== undefined));
+        if (m !== null) merged[field]![w] = m;
+      }
       merged.stealPct![w] = Math.max(...mine.map((r) => r.stealPct?.[w] ?? 0));
     }
     return merged;
