@@ -45,7 +45,7 @@ export function renderStatus(s: Status): string {
       parts.push(j.active ? 'in use by this server' : j.needsRecovery ? 'NEEDS RECOVERY (kfs fsck -y replays it)' : 'clean');
       row('journal', parts.join('; '));
       const a = j.activity;
-      if (a) row('', `${a.commits} transactions logged since start, ${a.softCommits} log-only commits, ${a.loggedBlocks} blocks logged, ${a.checkpoints} checkpoints`);
+      if (a) row('', `${a.commits} transactions logged since start, ${a.softCommits} log-only commits (shared log compacted ${a.sharedCompactions} times), ${a.loggedBlocks} blocks logged, ${a.checkpoints} checkpoints`);
     }
   }
   row('snapshots', s.snapshots.note);

@@ -33,7 +33,7 @@ interface StatusJson {
   fs: { blockSize: number; blocks: number; freeBlocks: number; inodes: number; freeInodes: number; features: string[]; availableBlocks: number };
   journal: {
     present: boolean; blocks: number; needsRecovery: boolean; active: boolean; sequence: number;
-    activity: { commits: number; softCommits: number; loggedBlocks: number; checkpoints: number } | null;
+    activity: { commits: number; softCommits: number; sharedCompactions: number; loggedBlocks: number; checkpoints: number } | null;
   };
   snapshots: { supported: boolean; note: string };
   cache: { hitRate: number | null; hits: number; misses: number } | null;
@@ -152,6 +152,7 @@ test.serial('status online: statfs of the mount, request latencies, the mount po
   t.truthy(a, 'a running journal reports its transactions');
   t.true(a.softCommits >= 20, JSON.stringify(a));
   t.true(a.commits >= 1 && a.loggedBlocks >= a.commits, JSON.stringify(a));
+  t.is(a.sharedCompactions, 0, '20 small files fit the shared log without compaction');
   t.true(s.requests!.total > 0);
   const create = s.requests!.opcodes.find((o) => o.opcode === 'create');
   t.truthy(create, JSON.stringify(s.requests));
@@ -167,7 +168,7 @@ test.serial('status online: statfs of the mount, request latencies, the mount po
   t.is(text.code, 0, text.stderr);
   t.regex(text.stdout, /^mount point +\S+mnt$/m);
   t.regex(text.stdout, /^ +create +\d+ +0 /m);
-  t.regex(text.stdout, /^ +\d+ transactions logged since start, \d+ log-only commits, \d+ blocks logged, \d+ checkpoints$/m);
+  t.regex(text.stdout, /^ +\d+ transactions logged since start, \d+ log-only commits \(shared log compacted \d+ times\), \d+ blocks logged, \d+ checkpoints$/m);
   await m.unmount();
   t.is(kfsctlJson<StatusJson>(['-t', img, 'status']).kind, 'offline');
 });

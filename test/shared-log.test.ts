@@ -167,3 +167,70 @@ test('shared log records: a torn record and everything after it are ignored; ano
   t.is(s.contents(4096), null, 'emptied');
   t.false(s.room((1 << 20) / 4096, 4096), 'a commit larger than the memory does not fit');
 });
+
+test.serial('a full shared log is compacted into its other region, not emptied by a durable commit; a death after that loses nothing; e2fsck clean', async (t) => {
+  const image = makeImage(t, { size: '64M', mkfs: 'kfs', dir: tempDir(t, 'shared-compact') });
+  // Two regions of 120 KiB: sixty commits fill one several times.
+  const mem = Buffer.alloc(64 + 2 * 120 * 1024);
+  const f = await Ext4Fs.open(image, { commitIntervalMs: 0, sharedLog: new SharedSoftLog(mem) });
+  const want: ModelState = new Map();
+  await add(f, want, 'first', 1);
+  await f.fsync(2);
+  const j = f.vol.journal!;
+  const durableBefore = j.stats.commits;
+  for (let i = 0; i < 60; i++) {
+    await add(f, want, `f${i}`, i + 2);
+    await f.commitToLog();
+  }
+  t.true(j.stats.sharedCompactions >= 2, `compactions: ${JSON.stringify(j.stats)}`);
+  t.is(j.stats.commits, durableBefore, 'no durable commit: each full region was compacted into the other');
+  const blockSize = f.vol.dev.blockSize;
+  await f.vol.dev.closeNoSync(); // the process dies
+
+  const restarted = new SharedSoftLog(mem);
+  const found = restarted.contents(blockSize)!;
+  t.true(found.records >= 1 && found.records < 60, `records after compaction: ${found.records}`);
+  t.deepEqual(diffTrees(await readImage(image, restarted), want), [], 'every file committed to the shared log is back');
+  assertFsckClean(t, image);
+});
+
+test('shared log compaction: the latest copies go to the other region as one record, which counts only once its state is stored', (t) => {
+  const block = (v: number) => Buffer.alloc(4096, v);
+  const recordBytes = (n: number) => 8 + n * (8 + 4096);
+  // Regions of room for three one-block records.
+  const mem = Buffer.alloc(64 + 2 * 3 * recordBytes(1));
+  const s = new SharedSoftLog(mem);
+  s.append([{ block: 5, buf: block(1) }], 4096);
+  s.append([{ block: 6, buf: block(2) }], 4096);
+  s.append([{ block: 5, buf: block(3) }], 4096);
+  t.false(s.room(1, 4096), 'the region is full');
+  const before = Buffer.from(mem);
+  t.true(s.compact([{ block: 5, buf: block(3) }, { block: 6, buf: block(2) }, { block: 7, buf: block(4) }], 4096));
+  let c = s.contents(4096)!;
+  t.is(c.records, 1);
+  t.deepEqual([...c.blocks].map(([b, buf]) => [b, buf[0]]), [[5, 3], [6, 2], [7, 4]]);
+  t.false(s.room(1, 4096), 'three blocks in one record fill the new region too');
+
+  // A death before the state word was stored: the region written last is not looked at.
+  const torn = Buffer.from(mem);
+  before.copy(torn, 32, 32, 36);
+  c = new SharedSoftLog(torn).contents(4096)!;
+  t.is(c.records, 3, 'the old region stands');
+  t.is(c.blocks.get(5)![0], 3);
+  t.false(c.blocks.has(7));
+
+  // Back into the first region; a restarted server appends after what it kept.
+  t.true(s.compact([{ block: 7, buf: block(8) }], 4096));
+  s.append([{ block: 9, buf: block(9) }], 4096);
+  const again = new SharedSoftLog(mem);
+  c = again.contents(4096)!;
+  t.is(c.records, 2);
+  t.deepEqual([...c.blocks.keys()], [7, 9]);
+  again.keep(c);
+  again.append([{ block: 10, buf: block(10) }], 4096);
+  t.deepEqual([...again.contents(4096)!.blocks.keys()], [7, 9, 10]);
+  t.false(again.compact([5, 6, 7, 8].map((b) => ({ block: b, buf: block(b) })), 4096), 'more than a region holds: a durable commit must take it');
+  t.deepEqual([...again.contents(4096)!.blocks.keys()], [7, 9, 10], 'a refused compaction changes nothing');
+  again.reset();
+  t.is(again.contents(4096), null, 'emptied');
+});

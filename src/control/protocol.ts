@@ -112,12 +112,14 @@ export const StatusSchema = z.object({
      * This server's transactions since it started (Journal.stats); null offline or without a
      * running journal. `commits` counts the transactions written to the journal's log,
      * `softCommits` the log-only commits (commit_before_reply: into the supervisor's shared
-     * memory, or soft transactions in the log, which `commits` then counts too), `checkpoints`
-     * the times the log was written home and emptied.
+     * memory, or soft transactions in the log, which `commits` then counts too),
+     * `sharedCompactions` the times that shared memory was full and compacted (shared-log.ts),
+     * `checkpoints` the times the log was written home and emptied.
      */
     activity: z.object({
       commits: z.number().int(),
       softCommits: z.number().int(),
+      sharedCompactions: z.number().int(),
       loggedBlocks: z.number().int(),
       checkpoints: z.number().int(),
     }).nullable(),

@@ -192,8 +192,8 @@ async function journalState(fs: Ext4Fs): Promise<Status['journal']> {
     activity: null,
   };
   if (vol.journal) {
-    const { commits, softCommits, loggedBlocks, checkpoints } = vol.journal.stats;
-    j.activity = { commits, softCommits, loggedBlocks, checkpoints };
+    const { commits, softCommits, sharedCompactions, loggedBlocks, checkpoints } = vol.journal.stats;
+    j.activity = { commits, softCommits, sharedCompactions, loggedBlocks, checkpoints };
   }
   if (!present || vol.sb.s_journal_inum !== JOURNAL_INO) return j;
   j.inode = JOURNAL_INO;

@@ -42,10 +42,13 @@ const SERVER_STATUS_FD = 4;
 const SERVER_SHARED_LOG_FD = 5;
 /**
  * The shared memory for the servers' log-only commits (src/ext4/journal/shared-log.ts): a
- * sparse memfd; a server fills it from the start again after each durable commit, and makes a
- * durable commit when it is full (at about 2000 commits of four blocks).
+ * sparse memfd of two 32 MiB regions; a server fills the active one from the start again
+ * after each durable commit, compacts into the other when it is full (at about 1600 commits of
+ * five blocks), and makes a durable commit only when the latest copies of all it holds do not
+ * fit a region (more than a transaction of the log can take, anyway). Only the pages written
+ * are memory.
  */
-export const SHARED_LOG_BYTES = 32 << 20;
+export const SHARED_LOG_BYTES = 64 << 20;
 /** FUSE_NOTIFY_RESEND and FUSE_UNIQUE_RESEND arrived with protocol 7.40 (Linux 6.9). */
 const RESEND_MINOR = 40;
 /** Give up after this many servers in a row that died before serving. */

@@ -65,6 +65,8 @@ export interface CommitStats {
   oversized: number;
   /** Log-only commits (see commit). */
   softCommits: number;
+  /** Times the shared log was full and compacted instead of emptied by a durable commit (shared-log.ts). */
+  sharedCompactions: number;
 }
 
 /** Transactions up to this size are built in a buffer the journal keeps (Journal.txnBuffer). */
@@ -87,7 +89,7 @@ export class Journal {
   private soft: { seq: number; at: number; sec: number; nsec: number }[] = [];
   /** Log blocks the soft transactions take. */
   private softBlocks = 0;
-  readonly stats: CommitStats = { commits: 0, loggedBlocks: 0, revokes: 0, checkpoints: 0, oversized: 0, softCommits: 0 };
+  readonly stats: CommitStats = { commits: 0, loggedBlocks: 0, revokes: 0, checkpoints: 0, oversized: 0, softCommits: 0, sharedCompactions: 0 };
 
   /**
    * Where log-only commits go when the supervisor provides shared memory for them
@@ -335,9 +337,17 @@ export class Journal {
     if (dirty.length === 0) return true;
     const bs = this.dev.blockSize;
     const pinned = this.dev.pinnedBlocks + dirty.length;
-    if (!shared.room(dirty.length, bs) || pinned + this.pendingRevokes.size > this.maxTransactionBlocks || pinned > this.dev.capacityBlocks / 2) return false;
-    shared.append(dirty, bs);
-    this.dev.mark(`shared soft commit (${dirty.length} blocks)`);
+    if (pinned + this.pendingRevokes.size > this.maxTransactionBlocks || pinned > this.dev.capacityBlocks / 2) return false;
+    if (shared.room(dirty.length, bs)) {
+      shared.append(dirty, bs);
+      this.dev.mark(`shared soft commit (${dirty.length} blocks)`);
+    } else {
+      // The active region is full of older copies: the latest of each (the pinned blocks) and
+      // this commit's go to the other region as one record (shared-log.ts, compaction).
+      if (!shared.compact(this.dev.pendingEntries(), bs)) return false;
+      this.dev.mark(`shared soft commit (${dirty.length} blocks), log compacted to ${pinned} blocks`);
+      this.stats.sharedCompactions++;
+    }
     this.dev.pinDirty();
     this.stats.softCommits++;
     return true;
