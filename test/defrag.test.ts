@@ -25,8 +25,8 @@ import { checkerboardFreeSpace } from './helpers/free-space';
 import { Ext4Fs } from '../src/ext4/fs';
 import { ROOT_INO } from '../src/ext4/inode';
 import { defragment, DefragResult } from '../src/ext4/defrag';
+import { kfsctlJson, KFSCTL } from './helpers/kfsctl';
 
-const KFSCTL = path.resolve(__dirname, '..', 'ctl', 'kfsctl.js');
 const BS = 4096;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const sha = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
@@ -35,11 +35,6 @@ interface FileRes { path: string; extentsBefore: number; extentsAfter: number; f
 interface DefragRes { files: number; movedBlocks: number; extentsBefore: number; extentsAfter: number; improved: number; worst: FileRes[]; errors: unknown[] }
 interface CheckRes { files: number; worst: { path: string; extents: number; ideal: number; blocks: number }[] }
 
-function kfsctlJson<T>(args: string[], env?: NodeJS.ProcessEnv): T {
-  const r = runCmd(process.execPath, [KFSCTL, ...args, '--json'], { env });
-  if (r.code !== 0) throw new Error(`kfsctl ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
 
 /** kfsctl without blocking this process's event loop (it serves concurrent I/O meanwhile). */
 function kfsctlAsync(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {

@@ -8,22 +8,12 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { assertFsckClean, extentInfo, makeImage, mustRun, requireRoot, runCmd, superblockInfo, tempDir } from './helpers/image';
+import { assertFsckClean, extentInfo, makeImage, mustRun, requireRoot, superblockInfo, tempDir } from './helpers/image';
 import { mountKfs } from './helpers/mount';
 import { checkerboardFreeSpace } from './helpers/free-space';
 import { Ext4Fs } from '../src/ext4/fs';
+import { kfsctl, kfsctlJson } from './helpers/kfsctl';
 
-const KFSCTL = path.resolve(__dirname, '..', 'ctl', 'kfsctl.js');
-
-function kfsctl(args: string[], cwd?: string) {
-  return runCmd(process.execPath, [KFSCTL, ...args], { cwd });
-}
-
-function kfsctlJson<T>(args: string[], cwd?: string): T {
-  const r = kfsctl([...args, '--json'], cwd);
-  if (r.code !== 0) throw new Error(`kfsctl ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
 
 interface StatusJson {
   kind: string;
@@ -133,7 +123,7 @@ test.serial('status online: statfs of the mount, request latencies, the mount po
   mustRun('sync', ['-f', m.dir]);
   // No -t: the kfs filesystem holding the current directory.
   fs.mkdirSync(path.join(m.dir, 'sub'));
-  const s = kfsctlJson<StatusJson>(['status'], path.join(m.dir, 'sub'));
+  const s = kfsctlJson<StatusJson>(['status'], { cwd: path.join(m.dir, 'sub') });
   const sf = fs.statfsSync(m.dir);
   t.is(s.kind, 'mount');
   t.is(s.pid, m.pid);
@@ -200,7 +190,7 @@ test.serial('defrag --check names a file written into checkerboard free space, w
   t.is(bigOnline.ideal, 1);
   t.true(bigOnline.score > 90);
   t.true(online.files >= 200);
-  const text = kfsctl(['defrag', '--check', '--top', '3'], m.dir);
+  const text = kfsctl(['defrag', '--check', '--top', '3'], { cwd: m.dir });
   t.is(text.code, 0, text.stderr);
   t.regex(text.stdout, new RegExp(`^1\\. ${path.resolve(m.dir, 'big').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} +${bigOnline.extents}/1 `, 'm'));
   t.regex(text.stdout, /Fragmentation score +\d+/);
@@ -209,7 +199,7 @@ test.serial('defrag --check names a file written into checkerboard free space, w
   t.is(small.path, '/small');
   t.is(small.files, 200);
   t.is(small.worst.length, 0);
-  const one = kfsctlJson<DefragJson>(['defrag', 'big', '--check'], m.dir);
+  const one = kfsctlJson<DefragJson>(['defrag', 'big', '--check'], { cwd: m.dir });
   t.is(one.files, 1);
   t.is(one.worst[0].extents, bigOnline.extents);
 
@@ -279,7 +269,7 @@ test('CLI mistakes get one line on stderr and a non-zero exit', (t) => {
     { args: ['-t', plain, 'status'], code: 1, msg: /is not on a kfs filesystem/ },
   ];
   for (const c of cases) {
-    const r = kfsctl(c.args, c.cwd);
+    const r = kfsctl(c.args, { cwd: c.cwd });
     const label = `kfsctl ${c.args.join(' ')}`;
     t.is(r.code, c.code, `${label}: ${r.stderr}`);
     const lines = r.stderr.split('\n').filter(Boolean);

@@ -32,11 +32,11 @@ import { createSnapshot, deleteSnapshot, listSnapshots, openSnapshotFs, Snapshot
 import { decodeHeader } from '../src/snapshot/format';
 import { FUSE_SETUPMAPPING_FLAG_READ as MAP_READ, FUSE_SETUPMAPPING_FLAG_WRITE as MAP_WRITE } from '../src/fuse/abi';
 import { spawnKfsd, VhostFrontend } from './helpers/vhost-frontend';
+import { kfsctlJson, KFSCTL } from './helpers/kfsctl';
 
 // Crash images log "finishing the interrupted restore" warnings on purpose.
 setLogLevel('error');
 
-const KFSCTL = path.resolve(__dirname, '..', 'ctl', 'kfsctl.js');
 const MiB = 1 << 20;
 
 /** kfsctl without blocking this process (the DAX front-end lives here and must answer kfsd meanwhile). */
@@ -48,11 +48,6 @@ async function kfsctlJsonAsync<T>(args: string[]): Promise<T> {
   return JSON.parse(r.stdout) as T;
 }
 
-function kfsctlJson<T>(args: string[]): T {
-  const r = runCmd(process.execPath, [KFSCTL, ...args, '--json']);
-  if (r.code !== 0) throw new Error(`kfsctl ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
 
 interface ListJson {
   snapshots: { name: string; bytes: number; slots: number; createdMs: number }[];

@@ -28,6 +28,7 @@ import { snapshotHost, diffSnapshots } from './helpers/tree';
 import { sleep, waitFor } from './posix/util';
 import { rng } from './helpers/rng';
 import { isMutating } from '../src/transport/reply-gate';
+import { kfsctlJson } from './helpers/kfsctl';
 
 const MiB = 1 << 20;
 
@@ -153,7 +154,12 @@ function makeTree(root: string, seed: number, files: number, large: number[]): v
   fs.mkdirSync(path.join(root, 'empty', 'deeper'), { recursive: true });
 }
 
-test.serial('tar -x into the mount survives repeated SIGKILLs of the server: identical tree, same mount, e2fsck clean', async (t) => {
+/**
+ * tar -x under repeated SIGKILLs of the server. `sharedLogBytes`: a shared log that small
+ * (KFS_TEST_FAULT=shared-log-bytes:N), so that every server fills and compacts it many times
+ * and the kills land between and in compactions.
+ */
+async function tarUnderKills(t: ExecutionContext, sharedLogBytes?: number): Promise<void> {
   t.timeout(20 * 60_000);
   const seed = Number(process.env.KFS_SEED ?? Math.floor(Math.random() * 1e9));
   t.log(`KFS_SEED=${seed}`);
@@ -165,7 +171,7 @@ test.serial('tar -x into the mount survives repeated SIGKILLs of the server: ide
   mustRun('tar', ['--format=posix', '-C', src, '-cf', tarball, '.']);
   const image = makeImage(t, { size: '1G', mkfs: 'kfs' });
   const dir = path.join(work, 'mnt');
-  const s = await startSupervised(t, image, dir);
+  const s = await startSupervised(t, image, dir, sharedLogBytes ? { KFS_TEST_FAULT: `shared-log-bytes:${sharedLogBytes}` } : {});
   const id = mountId(dir);
   t.truthy(id);
   const dst = path.join(dir, 'x');
@@ -201,12 +207,22 @@ test.serial('tar -x into the mount survives repeated SIGKILLs of the server: ide
   const got = snapshotHost(dst, { xattrs: false });
   const diffs = diffSnapshots(want, got, { only: ['type', 'mode', 'uid', 'gid', 'nlink', 'size', 'digest', 'target', 'mtimeNs', 'linkGroup'] });
   t.deepEqual(diffs, [], 'the extracted tree is identical to the source');
+  if (sharedLogBytes) {
+    // The server serving now: a hundred more files must have filled its small log and compacted it.
+    for (let i = 0; i < 100; i++) fs.writeFileSync(path.join(dir, `more-${i}`), `${i}`);
+    const a = kfsctlJson<{ journal: { activity: { softCommits: number; sharedCompactions: number } } }>(['-t', dir, 'status']).journal.activity;
+    t.true(a.sharedCompactions > 0, `the ${sharedLogBytes}-byte shared log was compacted: ${JSON.stringify(a)}`);
+  }
 
   const exit = await unmount(s);
   t.deepEqual(exit, { code: 0, signal: null }, 'the supervisor exits 0 after the unmount');
   assertFsckClean(t, image);
   t.regex(s.log(), / closed$/m);
-});
+}
+
+test.serial('tar -x into the mount survives repeated SIGKILLs of the server: identical tree, same mount, e2fsck clean', (t) => tarUnderKills(t));
+
+test.serial('the same with a 1 MiB shared log, compacted many times between and during the kills', (t) => tarUnderKills(t, 1 << 20));
 
 test.serial('resent requests whose effect was committed before the death get the reply they would have got', async (t) => {
   t.timeout(5 * 60_000);

@@ -75,11 +75,20 @@ export interface SuperviseArgs {
 
 // ------------------------------------------------------------------------------ supervisor
 
+/**
+ * Test hook (KFS_TEST_FAULT=shared-log-bytes:N): a smaller shared log, so that a test's
+ * workload fills and compacts it many times within one server's life.
+ */
+function testSharedLogBytes(): number | undefined {
+  const m = /(?:^|,)shared-log-bytes:(\d+)(?:,|$)/.exec(process.env.KFS_TEST_FAULT ?? '');
+  return m && Number(m[1]) >= 64 << 10 ? Number(m[1]) : undefined;
+}
+
 export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => void): Promise<number> {
   const premounted = !!a.premount;
   const devFd = a.premount ? a.premount() : FuseDevice.openDevice();
   // It outlives every server: what one commits there, the next finds (the memfd is the mount's).
-  const sharedLogFd = native.memfdCreate('kfs-shared-log', SHARED_LOG_BYTES);
+  const sharedLogFd = native.memfdCreate('kfs-shared-log', testSharedLogBytes() ?? SHARED_LOG_BYTES);
   let negotiated: Extract<StatusMessage, { t: 'init' }> | null = null;
   let mounted = premounted;
   let readySent = false;
