@@ -234,3 +234,25 @@ test('shared log compaction: the latest copies go to the other region as one rec
   again.reset();
   t.is(again.contents(4096), null, 'emptied');
 });
+
+test('shared log memory is given back only when the log is empty and was written since the last time', (t) => {
+  const released: [number, number][] = [];
+  const mem = Buffer.alloc(64 + 2 * 64 * 1024);
+  const s = new SharedSoftLog(mem, (offset, length) => {
+    released.push([offset, length]);
+    mem.fill(0, offset, offset + length);
+  });
+  t.false(s.releaseIfIdle(), 'new memory: nothing to give back');
+  s.append([{ block: 3, buf: Buffer.alloc(4096, 7) }], 4096);
+  t.false(s.releaseIfIdle(), 'a record is pending: kept');
+  t.deepEqual(released, []);
+  s.reset();
+  t.true(s.releaseIfIdle());
+  t.deepEqual(released, [[4096, mem.length - 4096]], 'everything but the header page');
+  t.false(s.releaseIfIdle(), 'nothing written since');
+  // The log works as before afterwards, from the zeroed memory.
+  s.append([{ block: 4, buf: Buffer.alloc(4096, 9) }], 4096);
+  const c = new SharedSoftLog(mem).contents(4096)!;
+  t.is(c.blocks.get(4)![0], 9);
+  t.is(new SharedSoftLog(Buffer.alloc(64 + 2 * 8200)).releaseIfIdle(), false, 'without a release function the memory is kept');
+});

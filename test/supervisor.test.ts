@@ -371,6 +371,38 @@ test.serial('a readdir that goes on across a restart lists every entry once', as
   assertFsckClean(t, image);
 });
 
+/** Bytes of memory the supervisor's shared-log memfd holds, seen through the server's descriptor for it. */
+function sharedLogResident(serverPid: number): number {
+  for (const fd of fs.readdirSync(`/proc/${serverPid}/fd`)) {
+    const link = `/proc/${serverPid}/fd/${fd}`;
+    let target = '';
+    try {
+      target = fs.readlinkSync(link);
+    } catch {
+      continue;
+    }
+    if (target.startsWith('/memfd:kfs-shared-log')) return fs.statSync(link).blocks * 512;
+  }
+  throw new Error(`server ${serverPid} holds no kfs-shared-log memfd`);
+}
+
+test.serial('the shared log\'s memory goes back to the system once the mount has been idle for a commit interval', async (t) => {
+  t.timeout(2 * 60_000);
+  const { image, dir, s } = await smallMount(t);
+  for (let i = 0; i < 300; i++) fs.writeFileSync(path.join(dir, `f${i}`), `file ${i}\n`);
+  const busy = sharedLogResident(s.serverPid());
+  t.true(busy >= 300 * 1024, `300 log-only commits took ${busy} bytes`);
+  // The periodic commit (5 s) makes it durable; the next one finds nothing changed and gives it back.
+  const released = await waitFor(() => sharedLogResident(s.serverPid()) <= 4096, 20_000);
+  t.true(released, `still ${sharedLogResident(s.serverPid())} bytes after 20 s idle`);
+  // It serves on as before.
+  fs.writeFileSync(path.join(dir, 'after'), 'after\n');
+  t.is(fs.readFileSync(path.join(dir, 'f299'), 'utf8'), 'file 299\n');
+  t.true(sharedLogResident(s.serverPid()) > 4096, 'the next commit writes to it again');
+  t.deepEqual(await unmount(s), { code: 0, signal: null });
+  assertFsckClean(t, image);
+});
+
 test.serial('normal unmount: server and supervisor exit 0; SIGTERM to the supervisor unmounts cleanly', async (t) => {
   const first = await smallMount(t);
   const { image, dir } = first;

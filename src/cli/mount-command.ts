@@ -22,6 +22,7 @@ import { FuseDevice } from '../transport/fusedev';
 import { canMountDirectly, fusermountMount, fusermountUnmount } from '../transport/fusermount';
 import { superviseMount, parseServerLink, serveSupervised, report, ServerLink } from '../transport/supervisor';
 import { SharedSoftLog } from '../ext4/journal/shared-log';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../ext4/file-io';
 import { startControlServer } from '../control';
 import { lockHolders } from '../control/registry';
 import { readMountInfo } from '../util/mountinfo';
@@ -118,8 +119,10 @@ interface MountCliValues {
 function mapSharedLog(link: ServerLink): SharedSoftLog | undefined {
   if (link.sharedLogFd === null) return undefined;
   try {
-    const region = native.mmap(link.sharedLogFd, 0, fs.fstatSync(link.sharedLogFd).size, true);
-    return new SharedSoftLog(region.chunks[0]);
+    const fd = link.sharedLogFd;
+    const region = native.mmap(fd, 0, fs.fstatSync(fd).size, true);
+    // Pages given back when idle: a hole punched in the memfd (its size stays).
+    return new SharedSoftLog(region.chunks[0], (offset, length) => native.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length));
   } catch (e) {
     log.warn(`fuse: the supervisor's shared log cannot be used (${(e as Error).message}); log-only commits go to the journal`);
     return undefined;

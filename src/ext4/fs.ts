@@ -140,7 +140,7 @@ export class Ext4Fs {
         const interval = opts.commitIntervalMs ?? 5000;
         if (interval > 0) {
           fsys.commitTimer = setInterval(() => {
-            fsys.sync(false).catch((e) => log.error(`periodic commit failed: ${(e as Error).message}`));
+            fsys.periodicCommit().catch((e) => log.error(`periodic commit failed: ${(e as Error).message}`));
           }, interval);
           fsys.commitTimer.unref();
         }
@@ -974,6 +974,18 @@ export class Ext4Fs {
   /** Write every dirty inode, extent tree, bitmap, descriptor and the superblock; fsync. */
   sync(fsync = true): Promise<void> {
     return this.lock.run(() => this.syncLocked(fsync));
+  }
+
+  /**
+   * The commit every commit interval. When nothing changed since the last one, the memory the
+   * shared log's records took is given back (SharedSoftLog.releaseIfIdle).
+   */
+  private periodicCommit(): Promise<void> {
+    return this.lock.run(async () => {
+      const idle = !this.vol.isDirty && !this.store.hasDirtyMaps && !this.vol.journal?.softPending;
+      await this.syncLocked(false);
+      if (idle && !this.vol.readOnly && !this.closed) this.vol.releaseIdleMemory();
+    });
   }
 
   private async syncLocked(fsync: boolean): Promise<void> {

@@ -161,6 +161,11 @@ export class InodeStore {
     this.dirtyMaps.delete(st);
   }
 
+  /** Extent maps changed and not yet written back into their trees (flushAll). */
+  get hasDirtyMaps(): boolean {
+    return this.dirtyMaps.size > 0;
+  }
+
   /** Write every dirty extent map back (each commit does this: it costs O(dirty maps)). */
   async flushAll(): Promise<void> {
     while (this.dirtyMaps.size) {

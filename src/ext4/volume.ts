@@ -683,6 +683,11 @@ export class Volume {
     }
   }
 
+  /** Idle for a commit interval: give back the memory of the shared log's records (SharedSoftLog.releaseIfIdle). */
+  releaseIdleMemory(): void {
+    if (this.sharedLog?.releaseIfIdle()) log.debug(`${this.dev.path}: idle; the shared log's memory was given back`);
+  }
+
   get isDirty(): boolean {
     return this.sbDirty || this.dirtyGroups.size > 0 || this.dev.dirtyBlocks > 0;
   }

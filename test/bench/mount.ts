@@ -24,6 +24,10 @@
  * /proc/sys/vm/drop_caches`, mount again. The remount empties the FUSE servers' own caches (kfs
  * keeps up to 256 MiB of blocks), which drop_caches cannot reach; --no-remount only drops the
  * kernel's caches. The time each unmount took (the servers flush dirty data then) is reported too.
+ * Every measured part starts after a host-wide `sync` (not timed): otherwise the image's pages
+ * an earlier part left dirty in the host's page cache are written during the next part, and
+ * an fsync there (seqwrite's conv=fsync) waits for them, which charges a filesystem that
+ * finished the earlier part sooner (less of its data had been written back by the host).
  * After the run each image is checked with e2fsck -fn. --repeat N runs N rounds in turn on fresh
  * images and reports each filesystem's median per workload (all values are in the JSON), and
  * also the geometric mean over the "quiet" medians, those of the rounds run with under 5% CPU
@@ -332,6 +336,7 @@ async function benchTarget(kind: Kind, c: Config, work: string, template: string
       return;
     }
     try {
+      await runOk('sync', [], { timeoutSec: to });
       const cpu0 = t.serverCpu();
       const ticks0 = cpuTicks();
       const m = await fn();

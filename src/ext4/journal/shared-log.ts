@@ -35,6 +35,11 @@
  * A record counts once the state includes it, which is stored after the record is complete,
  * with one aligned 32-bit store (a death cannot tear it): a death in the middle of a commit or
  * a compaction leaves the previous commits intact.
+ *
+ * Memory: the pages written stay the supervisor's (shmem) after the log is emptied, up to the
+ * whole 64 MiB once a busy mount has used both regions. When the filesystem has been idle for a
+ * commit interval with the log empty (releaseIfIdle), they are given back (a hole punched in
+ * the memfd); a busy mount keeps them, as faulting them in again would cost each commit.
  */
 import { ByteCursor } from '../../util/cursor';
 import { log } from '../../util/log';
@@ -69,9 +74,15 @@ export class SharedSoftLog {
   private readonly regionBytes: number;
   /** The state word, stored with one 32-bit write. */
   private readonly state: Uint32Array;
+  /** Records were written since the memory was last given back. */
+  private touched = false;
 
-  /** `mem`: the shared mapping, zero-filled when new (the supervisor's memfd). */
-  constructor(private readonly mem: Buffer) {
+  /**
+   * `mem`: the shared mapping, zero-filled when new (the supervisor's memfd). `release(offset,
+   * length)`: give those bytes' pages back, reading as zeros afterwards (a hole punched in the
+   * memfd); without it the memory is kept.
+   */
+  constructor(private readonly mem: Buffer, private readonly release?: (offset: number, length: number) => void) {
     if (mem.length < HEADER_SIZE + 2 * (RECORD_HEADER_SIZE + 8 + 4096)) throw new RangeError(`shared log of ${mem.length} bytes is too small`);
     if (mem.length > HEADER_SIZE + 2 * (REGION_BIT - 1)) throw new RangeError(`shared log of ${mem.length} bytes is too large`);
     if ((mem.byteOffset + STATE_AT) % 4 !== 0) throw new RangeError('shared log memory must be 4-byte aligned');
@@ -80,6 +91,7 @@ export class SharedSoftLog {
     const { region, used } = this.readState();
     this.region = region;
     this.used = this.header() ? used : 0;
+    this.touched = this.header(); // a previous server's pages
   }
 
   private header(): boolean {
@@ -170,6 +182,7 @@ export class SharedSoftLog {
     if (this.used === 0) this.start(blockSize);
     const end = this.writeRecord(this.regionStart(this.region) + this.used, entries, blockSize);
     this.storeState(this.region, end - this.regionStart(this.region));
+    this.touched = true;
   }
 
   /**
@@ -183,6 +196,7 @@ export class SharedSoftLog {
     const other = this.region ^ 1;
     const end = this.writeRecord(this.regionStart(other), entries, blockSize);
     this.storeState(other, end - this.regionStart(other));
+    this.touched = true;
     return true;
   }
 
@@ -218,6 +232,19 @@ export class SharedSoftLog {
   keep(found: SharedLogContents): void {
     this.storeState(this.readState().region, found.bytes);
     new ByteCursor(this.mem, FLAGS_AT).putU32(0);
+  }
+
+  /**
+   * The filesystem had nothing to commit for a whole commit interval: if the log is empty and
+   * was written since the last time, give its pages back, all but the first (the header's).
+   * True if it did.
+   */
+  releaseIfIdle(): boolean {
+    if (!this.release || this.used !== 0 || !this.touched) return false;
+    const page = 4096;
+    if (this.mem.length > page) this.release(page, this.mem.length - page);
+    this.touched = false;
+    return true;
   }
 
   /** Everything here is in the journal (a durable commit is done): start over. */
