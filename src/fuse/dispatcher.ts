@@ -8,7 +8,7 @@ import { FsError, errnoOf } from '../util/errors';
 import { log } from '../util/log';
 import { constants } from 'node:os';
 import {
-  FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_ROOT_ID, InitFlag, FATTR, FOPEN,
+  FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_ROOT_ID, InitFlag, FATTR, FOPEN, FuseOpcode as Op,
   FUSE_WRITE_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID, FUSE_FSYNC_FDATASYNC, FUSE_SETUPMAPPING_FLAG_WRITE, opcodeName,
 } from './abi';
 import { decodeRequest, decodeOptionsFor, DecodeError, DecodeOptions, DEFAULT_DECODE_OPTIONS, FuseRequest, FuseRequestOf, FuseOpKind } from './request';
@@ -505,7 +505,10 @@ export class FuseSession {
 const SYNC_TIMING_EVERY = 8;
 
 /** The opcodes the fast path answers, with their request kinds (all below 64: syncCounts). */
-const FAST_KINDS: [number, string][] = [[1, 'lookup'], [2, 'forget'], [3, 'getattr'], [14, 'open'], [15, 'read'], [18, 'release'], [22, 'getxattr'], [42, 'batch_forget']];
+const FAST_KINDS: [number, FuseOpKind][] = [
+  [Op.LOOKUP, 'lookup'], [Op.FORGET, 'forget'], [Op.GETATTR, 'getattr'], [Op.OPEN, 'open'], [Op.READ, 'read'],
+  [Op.RELEASE, 'release'], [Op.GETXATTR, 'getxattr'], [Op.BATCH_FORGET, 'batch_forget'],
+];
 
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');

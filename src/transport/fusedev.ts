@@ -15,6 +15,7 @@ import { FsError } from '../util/errors';
 import { FuseSession, Reply } from '../fuse/dispatcher';
 import { notifyResend } from '../fuse/reply';
 import { ReplyGate, isMutating } from './reply-gate';
+import { LargeRequestPool } from '../fuse/request-pool';
 
 export interface MountOptions {
   readOnly?: boolean;
@@ -37,6 +38,8 @@ const DRAIN_MAX_MS = 2;
 export class FuseDevice {
   private poller: FdPollerHandle | null = null;
   private buf: Buffer;
+  /** Copies of large requests (WRITE payloads), reused once answered (fuse/request-pool.ts). */
+  private readonly largeRequests: LargeRequestPool;
   private inflight = 0;
   private ended = false;
   private endResolve!: () => void;
@@ -45,6 +48,7 @@ export class FuseDevice {
 
   private constructor(readonly fd: number, readonly mountpoint: string, private session: FuseSession) {
     this.buf = Buffer.alloc(session.bufferSize);
+    this.largeRequests = new LargeRequestPool(session.bufferSize);
     this.syncReplyBuf = Buffer.alloc(session.bufferSize);
     this.syncDest = [this.syncReplyBuf];
     this.done = new Promise((r) => (this.endResolve = r));
@@ -204,9 +208,15 @@ export class FuseDevice {
         }
       }
       // Copy out: the read buffer is reused while this request is served.
-      const req = Buffer.from(this.buf.subarray(0, n));
+      const store = this.largeRequests.take(n);
+      let req: Buffer;
+      if (store) {
+        this.buf.copy(store, 0, 0, n);
+        req = store.subarray(0, n);
+      } else req = Buffer.from(this.buf.subarray(0, n));
       this.inflight++;
       const handled = this.intercept?.(req) ?? this.session.handle(req);
+      if (store) handled.then(() => this.largeRequests.give(store), () => undefined);
       if (this.gate && isMutating(req)) {
         this.gate.started();
         handled.then(this.gate.onMutationReply, this.gate.onMutationCrash);

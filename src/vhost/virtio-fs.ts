@@ -12,6 +12,7 @@
 import { log } from '../util/log';
 import { FuseSession, Reply } from '../fuse/dispatcher';
 import { inPlaceLength } from '../fuse/reply';
+import { LargeRequestPool } from '../fuse/request-pool';
 import { VirtioDevice } from './backend';
 import { GuestMemory } from './guest-memory';
 import { SplitVirtqueue, DescriptorChain } from './virtqueue';
@@ -26,9 +27,6 @@ const EIO = 5;
  * LOOKUP at most 296, READ 80, a BATCH_FORGET of 253 nodes 4096).
  */
 const SYNC_REQUEST_MAX = 4096;
-/** Requests from this size on are copied into reused buffers (see largeRequests); at most this many kept. */
-const LARGE_REQUEST = 64 << 10;
-const LARGE_REQUEST_POOL = 8;
 /**
  * Reply bytes answered after which the guest is signalled before the rest of the kick's
  * requests are served: it can copy large READ replies while kfsd reads the next ones, instead
@@ -57,6 +55,7 @@ export class VirtioFsDevice implements VirtioDevice {
 
   constructor(private session: FuseSession, private opts: VirtioFsOptions) {
     this.numQueues = 1 + opts.numRequestQueues;
+    this.largeRequests = new LargeRequestPool(session.bufferSize);
   }
 
   /** The DAX window, once the front-end has provided one and the backend channel. */
@@ -186,7 +185,7 @@ export class VirtioFsDevice implements VirtioDevice {
     // Copy the request out of guest memory: the guest can rewrite its buffers at any time and
     // names or lengths checked once must not change under us.
     const len = scratch.readableBytes;
-    const store = len >= LARGE_REQUEST && len <= this.session.bufferSize ? (this.largeRequests.pop() ?? Buffer.allocUnsafeSlow(this.session.bufferSize)) : null;
+    const store = this.largeRequests.take(len);
     let req: Buffer;
     if (store) {
       let at = 0;
@@ -206,7 +205,7 @@ export class VirtioFsDevice implements VirtioDevice {
     this.session.handle(req, chain.writable).then(
       (reply) => {
         this.complete(q, chain, req, reply);
-        if (store) this.recycle(store);
+        if (store) this.largeRequests.give(store);
       },
       (e) => {
         // handle() never rejects by contract; if it does, answer EIO rather than hang the guest.
@@ -217,16 +216,8 @@ export class VirtioFsDevice implements VirtioDevice {
     );
   }
 
-  /**
-   * Buffers for copies of large requests (WRITE payloads), reused once their request is
-   * answered: the dispatcher and the filesystems keep nothing of a request past its reply, and
-   * a fresh 1 MiB Buffer per WRITE costs more in page faults than the copy itself.
-   */
-  private largeRequests: Buffer[] = [];
-
-  private recycle(store: Buffer): void {
-    if (store.length === this.session.bufferSize && this.largeRequests.length < LARGE_REQUEST_POOL) this.largeRequests.push(store);
-  }
+  /** Copies of large requests (WRITE payloads), reused once answered. */
+  private readonly largeRequests: LargeRequestPool;
 
   private complete(q: SplitVirtqueue, chain: DescriptorChain, req: Buffer, reply: Reply): void {
     let written = 0;
