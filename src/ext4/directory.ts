@@ -21,6 +21,11 @@ export interface DirIO {
   read(lblk: number): Promise<Buffer>;
   /** Like read, running `verify` only when the block first comes from disk. */
   readVerified(lblk: number, verify: (buf: Buffer) => void): Promise<Buffer>;
+  /**
+   * The block without I/O, or null: when it is cached (and, if `verified`, readVerified has
+   * checked it or kfs wrote it) and the directory's extent map needs no block read either.
+   */
+  peek(lblk: number, verified: boolean): Buffer | null;
   /** The block was modified in place; persist it (checksums are already set). */
   dirty(lblk: number, buf: Buffer): void;
   /** Add a zeroed block at the end of the directory. */
@@ -148,9 +153,8 @@ export class Directory {
     return dxHash(name, this.hashVersion(root), this.io.hashSeed);
   }
 
-  /** Search one leaf block for a live entry. */
-  private async findIn(lblk: number, name: Buffer): Promise<FoundEntry | null> {
-    const buf = await this.leafBuf(lblk);
+  /** Search one leaf block (its bytes `buf`) for a live entry. */
+  private findIn(buf: Buffer, lblk: number, name: Buffer): FoundEntry | null {
     const off = findDirent(buf, this.end, this.where(lblk), name);
     if (off < 0) return null;
     return { name, inode: buf.readUInt32LE(off), fileType: buf[off + 7], lblk };
@@ -175,7 +179,18 @@ export class Directory {
    */
   private async dxNode(lblk: number): Promise<DxNode> {
     const isRoot = lblk === 0;
-    const buf = await this.io.readVerified(lblk, (b) => DxNode.parse(b, isRoot, this.io.csumSeed, this.where(lblk)));
+    return this.decoded(lblk, await this.io.readVerified(lblk, (b) => DxNode.parse(b, isRoot, this.io.csumSeed, this.where(lblk))));
+  }
+
+  /** dxNode without I/O: null unless the block is cached and was checked. */
+  private dxNodeCached(lblk: number): DxNode | null {
+    const buf = this.io.peek(lblk, true);
+    return buf && this.decoded(lblk, buf);
+  }
+
+  /** The node a checked block holds, decoded once per cached buffer. */
+  private decoded(lblk: number, buf: Buffer): DxNode {
+    const isRoot = lblk === 0;
     const known = decodedNodes.get(buf);
     if (known && known.isRoot === isRoot) return known;
     const node = DxNode.parse(buf, isRoot, this.io.csumSeed, this.where(lblk), false);
@@ -218,24 +233,70 @@ export class Directory {
   }
 
   private async search(name: Buffer): Promise<FoundEntry | null> {
+    const steps = this.searchSteps(name);
+    for (let r = steps.next(); ; ) {
+      if (r.done) return r.value;
+      const need = r.value;
+      r = steps.next(need.node ? await this.dxNode(need.lblk) : await this.leafBuf(need.lblk));
+    }
+  }
+
+  /**
+   * lookup from cached blocks alone (the FUSE fast path's LOOKUP of a name not known yet): the
+   * entry, null when the directory does not hold it, undefined when a block would have to be
+   * read (or is damaged: lookup then reports it). Not for "." and "..".
+   */
+  lookupCached(name: Buffer): FoundEntry | null | undefined {
+    if (isDotName(name)) return undefined;
+    const known = this.known(name);
+    if (known === null) return null;
+    try {
+      const steps = this.searchSteps(name);
+      for (let r = steps.next(); ; ) {
+        if (r.done) {
+          if (r.value) this.noteName(name, r.value.inode);
+          return r.value;
+        }
+        const need = r.value;
+        const block = need.node ? this.dxNodeCached(need.lblk) : this.io.peek(need.lblk, this.csum);
+        if (!block) return undefined;
+        r = steps.next(block);
+      }
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * The search for `name`, written once for both ways of getting blocks (search awaits them,
+   * lookupCached takes them from the cache): it yields each block it needs, an index node or a
+   * leaf, and is handed back the decoded node or the leaf's bytes.
+   */
+  private *searchSteps(name: Buffer): Generator<{ lblk: number; node: boolean }, FoundEntry | null, DxNode | Buffer> {
     if (this.io.indexed && this.io.dirIndex) {
-      const root = await this.root();
+      const root = (yield { lblk: 0, node: true }) as DxNode;
       const { major } = this.hash(name, root);
-      const path = await this.dxPath(major, root);
+      let node = root;
+      let at = root.find(major);
+      for (let level = 0; level <= root.info!.levels; level++) {
+        const lblk = node.entries[at].block;
+        if (lblk === 0 || lblk >= this.io.blockCount()) throw new CorruptionError(`${this.where(0)}: htree points at block ${lblk} outside the directory`);
+        if (level === root.info!.levels) break;
+        node = (yield { lblk, node: true }) as DxNode;
+        at = node.find(major);
+      }
       // Follow continuation leaves: equal hashes may spill into the next leaf (hash | 1).
-      const last = path.nodes[path.nodes.length - 1];
-      let idx = last.at;
-      for (;;) {
-        const found = await this.findIn(last.node.entries[idx].block, name);
+      for (let idx = at; ; idx++) {
+        const lblk = node.entries[idx].block;
+        const found = this.findIn((yield { lblk, node: false }) as Buffer, lblk, name);
         if (found) return found;
-        const next = last.node.entries[idx + 1];
+        const next = node.entries[idx + 1];
         if (!next || ((next.hash & ~1) >>> 0) !== major || !(next.hash & 1)) return null;
-        idx++;
       }
     }
     const n = this.io.blockCount();
     for (let lblk = 0; lblk < n; lblk++) {
-      const found = await this.findIn(lblk, name);
+      const found = this.findIn((yield { lblk, node: false }) as Buffer, lblk, name);
       if (found) return found;
     }
     return null;

@@ -228,6 +228,24 @@ export class Ext4Fs {
     return st;
   }
 
+  /**
+   * LOOKUP without I/O, under peekCached's rule: the named inode's state, null when `parent`
+   * (a directory in memory) does not hold the name, undefined when only lookup() can tell: a
+   * block it needs (directory, index, inode table) is not cached, or the name is "." or "..".
+   */
+  lookupCached(parent: number, name: Buffer): InodeState | null | undefined {
+    const p = this.peekCached(parent);
+    if (!p || !p.inode.isDir() || name.length === 0 || name.length > 255 || name.includes(0x2f) || isDotName(name)) return undefined;
+    const dir = (p.dir ??= new Directory(this.store.dirIO(p)));
+    let ino = dir.known(name);
+    if (ino === undefined) {
+      const e = dir.lookupCached(name);
+      if (e === undefined) return undefined;
+      ino = e && e.inode;
+    }
+    return ino === null ? null : this.store.getCached(ino);
+  }
+
   setattr(ino: number, a: SetAttrIn): Promise<Attr> {
     return this.run(async () => {
       this.writable();

@@ -28,10 +28,14 @@ function fuseAttr(a: Attr): FuseAttr {
 
 function entry(a: Attr): EntryAttr {
   // Spelled out (not a spread of fuseAttr): one allocation on the lookup and READDIRPLUS path.
-  return {
+  const e: EntryAttr = {
     ino: a.ino, size: a.size, blocks: a.blocks, atime: a.atime, mtime: a.mtime, ctime: a.ctime, mode: a.mode, nlink: a.nlink,
     uid: a.uid, gid: a.gid, rdev: a.rdev, blksize: a.blksize, generation: a.ino === ROOT_INO ? 0 : a.generation,
   };
+  // The root (a LOOKUP of ".." in one of its directories, as the kernel's export code sends)
+  // is node 1, not a node 2 the kernel would take for another inode.
+  if (a.ino === ROOT_INO) e.nodeid = FUSE_ROOT;
+  return e;
 }
 
 /**
@@ -122,19 +126,16 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   }
 
   /**
-   * LOOKUP from memory (Directory.known): a name the directory is known to hold, with its
-   * inode in memory, or null for one it is known not to hold (a directory made or listed
-   * here: the LOOKUP before a create).
+   * LOOKUP without I/O (Ext4Fs.lookupCached): a name whose directory blocks and inode are
+   * cached, or that the directory is known to hold (made or listed here), or null for one it
+   * does not hold (the LOOKUP before a create).
    */
   lookupSync(_ctx: RequestContext, parent: number, name: Buffer): EntryAttr | null | undefined {
     const pino = toIno(parent);
     if (!pino) return undefined;
-    const dir = this.ext4.peekCached(pino)?.dir;
-    if (!dir) return undefined;
-    const ino = dir.known(name);
-    if (ino === null || ino === undefined) return ino;
-    const st = this.ext4.peekCached(ino);
-    if (!st) return undefined;
+    const st = this.ext4.lookupCached(pino, name);
+    if (!st) return st;
+    const ino = st.inode.ino;
     // ext4's Attr is an EntryAttr already, except that the root's generation must read 0.
     const a = this.ext4.toAttr(st);
     if (a.ino === ROOT_INO) return entry(a);

@@ -95,6 +95,30 @@ export class InodeStore {
     return this.states.get(ino);
   }
 
+  /**
+   * get() without I/O: the state in memory, or made from the inode's table block when that is
+   * cached. Undefined when only get() can tell (the block is not cached, the inode is not in use,
+   * or it is damaged: get() then gives the error), and when the cache is due a trim (which runs
+   * after an ordinary operation: this path must not grow it without bound).
+   */
+  getCached(ino: number): InodeState | undefined {
+    let st = this.states.get(ino);
+    if (!st) {
+      if (!Number.isInteger(ino) || ino < 1 || ino > this.vol.inodesCount || this.trimDue) return undefined;
+      let inode: Inode | null;
+      try {
+        inode = this.vol.readInodeCached(ino);
+      } catch {
+        return undefined;
+      }
+      if (!inode || inode.links === 0 || inode.mode === 0) return undefined;
+      st = newState(inode, null);
+      this.states.set(ino, st);
+    }
+    st.ref = true;
+    return st;
+  }
+
   /** The extent code's view of the volume (built once: extent maps load and store often). */
   readonly extentIO: ExtentTreeIO;
 
@@ -452,6 +476,11 @@ export class InodeStore {
         const p = map.lookup(lblk);
         if (!p) throw new CorruptionError(`directory inode ${inode.ino} has a hole at block ${lblk}`);
         return vol.dev.readVerified(p, verify);
+      },
+      peek: (lblk, verified) => {
+        const p = store.extentsInline(st)?.lookup(lblk);
+        if (!p) return null;
+        return verified ? vol.dev.cachedVerified(p) : vol.dev.cached(p);
       },
       dirty: (lblk, buf) => {
         const p = st.extents!.lookup(lblk);

@@ -517,7 +517,18 @@ export class Volume {
 
   async readInode(ino: number): Promise<Inode> {
     const { block, offset } = this.inodeLocation(ino);
-    const buf = await this.dev.read(block);
+    return this.decodeInode(ino, await this.dev.read(block), offset);
+  }
+
+  /** readInode when the inode's table block is cached (no I/O); null when it is not. */
+  readInodeCached(ino: number): Inode | null {
+    const { block, offset } = this.inodeLocation(ino);
+    const buf = this.dev.cached(block);
+    return buf && this.decodeInode(ino, buf, offset);
+  }
+
+  /** The inode at `offset` of its table block `buf`, its checksum and extra size checked. */
+  private decodeInode(ino: number, buf: Buffer, offset: number): Inode {
     const raw = buf.subarray(offset, offset + this.inodeSize);
     if (this.metadataCsum && !verifyInodeChecksum(raw, ino, this.csumSeed)) {
       if (!raw.every((x) => x === 0)) throw new CorruptionError(`inode ${ino} checksum mismatch`);

@@ -199,7 +199,7 @@ export class FuseSession {
   }
 
   private entry(a: EntryAttr): EntryOut {
-    return { nodeid: a.ino, generation: a.generation, entry_valid: this.entryTimeout, attr_valid: this.attrTimeout, attr: a };
+    return { nodeid: a.nodeid ?? a.ino, generation: a.generation, entry_valid: this.entryTimeout, attr_valid: this.attrTimeout, attr: a };
   }
 
   private attrReply(unique: bigint, a: FuseAttr): Buffer {

@@ -155,7 +155,7 @@ export class FastPath {
       return this.finish(size);
     }
     this.header(buf, size);
-    encodeEntryOutAt(this.out, SIZE.OUT_HEADER, found.ino, found.generation, this.s.entryTimeout, this.s.attrTimeout, found);
+    encodeEntryOutAt(this.out, SIZE.OUT_HEADER, found.nodeid ?? found.ino, found.generation, this.s.entryTimeout, this.s.attrTimeout, found);
     return this.finish(size);
   }
 

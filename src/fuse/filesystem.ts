@@ -18,6 +18,8 @@ export interface RequestContext {
 export interface EntryAttr extends FuseAttr {
   /** ext4 i_generation: (nodeid, generation) is unique for the filesystem's life. */
   generation: number;
+  /** The FUSE node id, when it is not `ino` (ext4's root, inode 2, is node 1: a LOOKUP of ".."). */
+  nodeid?: number;
 }
 
 export type TimeSet = { sec: number; nsec: number } | 'now';
