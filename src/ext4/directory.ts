@@ -43,6 +43,18 @@ export interface DirIO {
   largeDir: boolean;
 }
 
+/** A block a directory search needs next (Directory.searchSteps): an htree index node or a leaf. */
+interface BlockNeed {
+  lblk: number;
+  node: boolean;
+}
+
+/** The index nodes from the root to a leaf, each with the entry chosen in it, and the leaf. */
+interface DxPath {
+  nodes: { lblk: number; node: DxNode; at: number }[];
+  leaf: number;
+}
+
 /** Decoded htree nodes by the cache buffer they came from (dropped with the buffer). */
 const decodedNodes = new WeakMap<Buffer, DxNode>();
 
@@ -92,7 +104,7 @@ export class Directory {
    */
   known(name: Buffer): number | null | undefined {
     const names = this.names;
-    if (!names) return undefined;
+    if (!names || isDotName(name)) return undefined;
     const ino = names.get(name.toString('latin1'));
     return ino ?? (this.namesComplete ? null : undefined);
   }
@@ -203,14 +215,19 @@ export class Directory {
   }
 
   /** Path from the root to the leaf for `hash`: index nodes with the chosen entry. */
-  private async dxPath(hash: number, root?: DxNode): Promise<{ nodes: { lblk: number; node: DxNode; at: number }[]; leaf: number }> {
+  private async dxPath(hash: number, root?: DxNode): Promise<DxPath> {
     root ??= await this.root();
+    return this.drive(this.pathSteps(hash, root));
+  }
+
+  /** dxPath as steps (see searchSteps): yields each index node below the root it needs. */
+  private *pathSteps(hash: number, root: DxNode): Generator<BlockNeed, DxPath, DxNode | Buffer> {
     const nodes = [{ lblk: 0, node: root, at: root.find(hash) }];
     let cur = nodes[0];
     for (let level = 0; level < root.info!.levels; level++) {
       const lblk = cur.node.entries[cur.at].block;
       if (lblk === 0 || lblk >= this.io.blockCount()) throw new CorruptionError(`${this.where(0)}: htree points at block ${lblk} outside the directory`);
-      const node = await this.dxNode(lblk);
+      const node = (yield { lblk, node: true }) as DxNode;
       cur = { lblk, node, at: node.find(hash) };
       nodes.push(cur);
     }
@@ -232,8 +249,12 @@ export class Directory {
     return found;
   }
 
-  private async search(name: Buffer): Promise<FoundEntry | null> {
-    const steps = this.searchSteps(name);
+  private search(name: Buffer): Promise<FoundEntry | null> {
+    return this.drive(this.searchSteps(name));
+  }
+
+  /** Run steps (searchSteps, pathSteps), reading each block they need. */
+  private async drive<T>(steps: Generator<BlockNeed, T, DxNode | Buffer>): Promise<T> {
     for (let r = steps.next(); ; ) {
       if (r.done) return r.value;
       const need = r.value;
@@ -242,20 +263,21 @@ export class Directory {
   }
 
   /**
-   * lookup from cached blocks alone (the FUSE fast path's LOOKUP of a name not known yet): the
-   * entry, null when the directory does not hold it, undefined when a block would have to be
-   * read (or is damaged: lookup then reports it). Not for "." and "..".
+   * lookup without I/O (the FUSE fast path's LOOKUP): the name's inode from memory (known) or
+   * from the cached blocks, null when the directory does not hold it, undefined when a block
+   * would have to be read (or is damaged: lookup then reports it). Not for "." and "..".
    */
-  lookupCached(name: Buffer): FoundEntry | null | undefined {
+  lookupCached(name: Buffer): number | null | undefined {
     if (isDotName(name)) return undefined;
     const known = this.known(name);
-    if (known === null) return null;
+    if (known !== undefined) return known;
     try {
       const steps = this.searchSteps(name);
       for (let r = steps.next(); ; ) {
         if (r.done) {
-          if (r.value) this.noteName(name, r.value.inode);
-          return r.value;
+          if (!r.value) return null;
+          this.noteName(name, r.value.inode);
+          return r.value.inode;
         }
         const need = r.value;
         const block = need.node ? this.dxNodeCached(need.lblk) : this.io.peek(need.lblk, this.csum);
@@ -272,20 +294,13 @@ export class Directory {
    * lookupCached takes them from the cache): it yields each block it needs, an index node or a
    * leaf, and is handed back the decoded node or the leaf's bytes.
    */
-  private *searchSteps(name: Buffer): Generator<{ lblk: number; node: boolean }, FoundEntry | null, DxNode | Buffer> {
+  private *searchSteps(name: Buffer): Generator<BlockNeed, FoundEntry | null, DxNode | Buffer> {
     if (this.io.indexed && this.io.dirIndex) {
       const root = (yield { lblk: 0, node: true }) as DxNode;
       const { major } = this.hash(name, root);
-      let node = root;
-      let at = root.find(major);
-      for (let level = 0; level <= root.info!.levels; level++) {
-        const lblk = node.entries[at].block;
-        if (lblk === 0 || lblk >= this.io.blockCount()) throw new CorruptionError(`${this.where(0)}: htree points at block ${lblk} outside the directory`);
-        if (level === root.info!.levels) break;
-        node = (yield { lblk, node: true }) as DxNode;
-        at = node.find(major);
-      }
+      const path = yield* this.pathSteps(major, root);
       // Follow continuation leaves: equal hashes may spill into the next leaf (hash | 1).
+      const { node, at } = path.nodes[path.nodes.length - 1];
       for (let idx = at; ; idx++) {
         const lblk = node.entries[idx].block;
         const found = this.findIn((yield { lblk, node: false }) as Buffer, lblk, name);

@@ -235,15 +235,9 @@ export class Ext4Fs {
    */
   lookupCached(parent: number, name: Buffer): InodeState | null | undefined {
     const p = this.peekCached(parent);
-    if (!p || !p.inode.isDir() || name.length === 0 || name.length > 255 || name.includes(0x2f) || isDotName(name)) return undefined;
-    const dir = (p.dir ??= new Directory(this.store.dirIO(p)));
-    let ino = dir.known(name);
-    if (ino === undefined) {
-      const e = dir.lookupCached(name);
-      if (e === undefined) return undefined;
-      ino = e && e.inode;
-    }
-    return ino === null ? null : this.store.getCached(ino);
+    if (!p || !p.inode.isDir() || nameProblem(name, true)) return undefined;
+    const ino = this.dir(p).lookupCached(name);
+    return ino === null || ino === undefined ? ino : this.store.getCached(ino);
   }
 
   setattr(ino: number, a: SetAttrIn): Promise<Attr> {
@@ -1124,10 +1118,17 @@ export function clampTime(t: Timespec): Timespec {
 }
 
 function checkName(name: Buffer, allowDots: boolean): void {
-  if (name.length === 0) throw new FsError('ENOENT', 'empty name');
-  if (name.length > NAME_MAX) throw new FsError('ENAMETOOLONG', `name longer than ${NAME_MAX} bytes`);
-  if (name.includes(0) || name.includes(0x2f)) throw new FsError('EINVAL', 'name contains "/" or NUL');
-  if (!allowDots && isDotName(name)) throw new FsError('EEXIST', `"${name.toString()}" is reserved`);
+  const e = nameProblem(name, allowDots);
+  if (e) throw e;
+}
+
+/** What is wrong with a name for an entry (null: nothing); checkName throws it. */
+function nameProblem(name: Buffer, allowDots: boolean): FsError | null {
+  if (name.length === 0) return new FsError('ENOENT', 'empty name');
+  if (name.length > NAME_MAX) return new FsError('ENAMETOOLONG', `name longer than ${NAME_MAX} bytes`);
+  if (name.includes(0) || name.includes(0x2f)) return new FsError('EINVAL', 'name contains "/" or NUL');
+  if (!allowDots && isDotName(name)) return new FsError('EEXIST', `"${name.toString()}" is reserved`);
+  return null;
 }
 
 /** setuid is cleared on write by an unprivileged writer; setgid too when group-executable. */

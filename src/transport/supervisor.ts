@@ -80,8 +80,13 @@ export interface SuperviseArgs {
  * workload fills and compacts it many times within one server's life.
  */
 function testSharedLogBytes(): number | undefined {
-  const m = /(?:^|,)shared-log-bytes:(\d+)(?:,|$)/.exec(process.env.KFS_TEST_FAULT ?? '');
+  const m = testFaults().map((f) => /^shared-log-bytes:(\d+)$/.exec(f)).find((x) => x);
   return m && Number(m[1]) >= 64 << 10 ? Number(m[1]) : undefined;
+}
+
+/** The test hooks asked for (KFS_TEST_FAULT, comma-separated). */
+function testFaults(): string[] {
+  return (process.env.KFS_TEST_FAULT ?? '').split(',');
 }
 
 export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => void): Promise<number> {
@@ -282,7 +287,7 @@ export function serveSupervised(link: ServerLink, dev: FuseDevice, session: Fuse
   // kill-before-reply:OPCODE (every server: die after the effect of the first request with this
   // opcode, not a resent one, is committed and before its reply is written); no-resend (act as
   // on a kernel without FUSE_NOTIFY_RESEND).
-  const faults = (process.env.KFS_TEST_FAULT ?? '').split(',');
+  const faults = testFaults();
   const fault = link.generation === 0 && faults.includes('kill-at-init') ? 'kill-at-init' : undefined;
   const killOp = faults.map((f) => /^kill-before-reply:(\d+)$/.exec(f)).find((m) => m);
   dev.intercept = (req: Buffer): Promise<Reply> | undefined => {
