@@ -10,6 +10,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { assertFsckClean, debugfs, makeImage, tempDir } from './helpers/image';
 import {
+  ConnectionClosedError,
   spawnKfsd,
   spawnVirtiofsd,
   VhostFrontend,
@@ -256,6 +257,20 @@ test.serial('kfsd --image: SIGTERM while a front-end is connected exits 0 with t
   const dump = join(tempDir(t, 'dump'), 'f49');
   debugfs(image!, `dump /tree/f49 ${dump}`);
   t.true(readFileSync(dump).equals(data));
+});
+
+test.serial('a back-end that dies with requests in flight fails them with ConnectionClosedError instead of hanging', async (t) => {
+  const { backend, socket } = await startBackend(t, 'virtiofsd');
+  const fe = await frontend(t, socket, backend, { queueSize: 16 });
+  await fe.fuse.init();
+  backend.proc.kill('SIGSTOP');
+  // 40 requests on a queue of 16: 16 chains held by the stopped device, 24 waiting for descriptors.
+  const pending = Array.from({ length: 40 }, () => fe.fuse.getattr(ROOT).then(() => 'answered', (e: Error) => e));
+  await new Promise((r) => setTimeout(r, 200));
+  backend.proc.kill('SIGKILL');
+  const results = await Promise.all(pending);
+  t.true(results.every((r) => r instanceof ConnectionClosedError), results.map(String).join('; '));
+  await t.throwsAsync(fe.fuse.getattr(ROOT), { instanceOf: ConnectionClosedError });
 });
 
 test.serial('kfsd --image serves files without OPEN and RELEASE (no_open); --open and --readonly keep handles', async (t) => {

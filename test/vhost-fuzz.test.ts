@@ -244,7 +244,8 @@ async function runChain(target: Target, fe: VhostFrontend, c: ChainCase): Promis
     return d;
   });
   let usedLen: number | null = null;
-  void returned.then((n) => (usedLen = n));
+  // It rejects if the connection drops (the probe then says 'dropped').
+  void returned.then((n) => (usedLen = n), () => undefined);
   const outcome = await target.probe(fe, c.name, mark);
   // A device that keeps working must give every chain back (a guest would wait for it forever).
   if (outcome === 'answered') usedLen = await returned;

@@ -102,8 +102,19 @@ export class VhostFrontend {
   /** Our end of the backend channel, when BACKEND_REQ was negotiated. */
   backendChannel: BackendChannelServer | null = null;
 
+  /** Set by close(): the queues are ours to tear down, not the back-end's doing. */
+  private closing = false;
+
   private constructor(readonly conn: VhostUserConnection, readonly opts: FrontendOptions) {
     this.mem = new GuestMemory(opts.regions ?? DEFAULT_REGIONS);
+    // A back-end that exits or drops the connection never gives back the chains it holds (a CI
+    // run once sat in an idle event loop until ava's timeout after virtiofsd went away): every
+    // request still out fails with the reason instead.
+    void conn.whenClosed().then(() => {
+      if (this.closing) return;
+      const e = new ConnectionClosedError(conn.closeReason ?? 'closed');
+      for (const q of this.queues) q.fail(e);
+    });
   }
 
   /** Connect, negotiate, set up memory and queues; FUSE INIT is left to the caller. */
@@ -269,6 +280,7 @@ export class VhostFrontend {
   }
 
   close(): void {
+    this.closing = true;
     this.conn.close();
     for (const q of this.queues) q.close();
     this.queues.length = 0;

@@ -61,6 +61,11 @@ export class VhostUserConnection {
     return this.closedReason !== null;
   }
 
+  /** Why the connection closed (null while it is open). */
+  get closeReason(): string | null {
+    return this.closedReason;
+  }
+
   /** Resolves when the back-end has closed the connection (or we did). */
   whenClosed(): Promise<void> {
     if (this.closed) return Promise.resolve();

@@ -52,6 +52,7 @@ interface ChainState {
   descs: number[];
   tables: number[];
   onUsed: (len: number) => void;
+  onFail: (e: Error) => void;
 }
 
 const u16 = (v: number): number => v & 0xffff;
@@ -83,6 +84,8 @@ export class SplitVirtqueue {
   private lastUsed: number;
   private flushScheduled = false;
   private poller: FdPollerHandle | null = null;
+  /** Set once the device is gone: every chain still out, and every later submit, rejects with it. */
+  private failure: Error | null = null;
 
   constructor(readonly mem: GuestMemory, readonly index: number, readonly size: number, readonly opts: VirtqueueOptions) {
     const last = mem.regions.length - 1;
@@ -131,7 +134,11 @@ export class SplitVirtqueue {
   /** Wait until `n` descriptors are free. */
   private async takeDescs(n: number): Promise<number[]> {
     if (n > this.size) throw new Error(`chain of ${n} descriptors does not fit a queue of ${this.size}`);
-    while (this.freeDescs.length < n) await new Promise<void>((r) => this.descWaiters.push(r));
+    for (;;) {
+      if (this.failure) throw this.failure;
+      if (this.freeDescs.length >= n) break;
+      await new Promise<void>((r) => this.descWaiters.push(r));
+    }
     return this.freeDescs.splice(this.freeDescs.length - n, n);
   }
 
@@ -143,7 +150,7 @@ export class SplitVirtqueue {
   async submit(segs: Segment[], indirect = false): Promise<number> {
     if (segs.length === 0) throw new Error('empty chain');
     const ids = await this.takeDescs(indirect ? 1 : segs.length);
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       const tables: number[] = [];
       if (indirect) {
         const tgpa = this.mem.alloc(DESC_SIZE * segs.length, 16);
@@ -160,7 +167,7 @@ export class SplitVirtqueue {
           writeDesc(this.desc, ids[i] * DESC_SIZE, { addr: s.gpa, len: s.len, flags: (s.writable ? VRING_DESC_F_WRITE : 0) | (more ? VRING_DESC_F_NEXT : 0), next: more ? ids[i + 1] : 0 });
         });
       }
-      this.makeAvailable(ids[0], { descs: ids, tables, onUsed: resolve });
+      this.makeAvailable(ids[0], { descs: ids, tables, onUsed: resolve, onFail: reject });
     });
   }
 
@@ -173,7 +180,7 @@ export class SplitVirtqueue {
     const ids = await this.takeDescs(count);
     const descs = build(ids);
     descs.forEach((d, i) => writeDesc(this.desc, ids[i] * DESC_SIZE, d));
-    return new Promise((resolve) => this.makeAvailable(ids[0], { descs: ids, tables, onUsed: resolve }));
+    return new Promise((resolve, reject) => this.makeAvailable(ids[0], { descs: ids, tables, onUsed: resolve, onFail: reject }));
   }
 
   /** Fuzzing: put an arbitrary head index in the avail ring (it may name no chain at all). */
@@ -255,6 +262,20 @@ export class SplitVirtqueue {
       if (this.used.readUInt16LE(2) === this.lastUsed) break;
     }
     while (this.descWaiters.length > 0 && this.freeDescs.length > 0) this.descWaiters.shift()!();
+  }
+
+  /**
+   * The device went away (its connection closed): no chain still out will ever come back, so
+   * each one rejects with `e` instead of leaving its caller waiting forever, and so does any
+   * later submit.
+   */
+  fail(e: Error): void {
+    if (this.failure) return;
+    this.failure = e;
+    const chains = [...this.chains.values()];
+    this.chains.clear();
+    for (const c of chains) c.onFail(e);
+    for (const w of this.descWaiters.splice(0)) w();
   }
 
   close(): void {
