@@ -250,8 +250,12 @@ export class VhostFrontend {
       R.SET_VRING_ADDR,
       vringAddr({ index, flags: 0, desc: this.mem.userspaceAddr(q.descGpa), used: this.mem.userspaceAddr(q.usedGpa), avail: this.mem.userspaceAddr(q.availGpa), log: 0 }),
     );
-    await this.must(R.SET_VRING_KICK, u64Payload(index), [q.kickFd]);
+    // CALL before KICK, in QEMU's order (vhost_dev_start sets the guest notifiers first): the
+    // kick starts the ring, and a back-end whose queue thread answers a request before it has
+    // read the call fd signals fd -1 (virtiofsd: "fv_panic: libvhost-user: Error writing
+    // eventfd: Bad file descriptor", which failed this suite now and then).
     await this.must(R.SET_VRING_CALL, u64Payload(index), [q.callFd]);
+    await this.must(R.SET_VRING_KICK, u64Payload(index), [q.kickFd]);
     q.start();
   }
 
