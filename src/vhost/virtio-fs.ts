@@ -28,11 +28,15 @@ const EIO = 5;
  */
 const SYNC_REQUEST_MAX = 4096;
 /**
- * Reply bytes answered after which the guest is signalled before the rest of the kick's
- * requests are served: it can copy large READ replies while kfsd reads the next ones, instead
- * of the two taking turns (sequential 1 MiB reads: 1.2-2x). Small replies are signalled once
- * per kick: signalling every few of them measured slower, the guest then waking more often for
- * fewer replies.
+ * When the guest is signalled about replies answered on the synchronous path:
+ * - With EVENT_IDX, as soon as each one is in the used ring. The guest then takes the replies
+ *   (and queues new requests) while kfsd serves the rest of the kick, instead of the two taking
+ *   turns; used_event keeps this to one call per guest wake-up (the guest re-arms it only when
+ *   it has caught up). Test front-end, 16 in flight (bench:vhost): GETATTR 54-57k → 65-79k/s,
+ *   LOOKUP 47-58k → 84-107k/s; the QEMU guest's steps (one request at a time) unchanged.
+ * - Without EVENT_IDX every signal is a call: once per kick, and early once this many reply
+ *   bytes are waiting, so that the guest copies large READ replies while kfsd reads the next
+ *   ones (sequential 1 MiB reads: 1.2-2x).
  */
 const SIGNAL_EARLY_BYTES = 256 << 10;
 
@@ -112,7 +116,7 @@ export class VirtioFsDevice implements VirtioDevice {
         const written = this.serveSync(q, chain, q.inflight === 0 && !answered && !q.hasAvail());
         if (written < 0) {
           this.serve(q, chain);
-        } else if ((bytes += written) >= SIGNAL_EARLY_BYTES) {
+        } else if ((bytes += written) >= SIGNAL_EARLY_BYTES || q.eventIdx) {
           // Let the guest take these replies (READ data) while the next ones are read.
           if (q.needsInterrupt()) q.interrupt();
           answered = false;
