@@ -174,3 +174,61 @@ test('a close frees the unlinked inodes the kernel still referred to: no orphan 
   t.is(after.ffree, before.ffree, 'the inodes are free');
   t.is(after.bfree, before.bfree, 'their blocks are free');
 });
+
+test('READDIRPLUS in small buffers: every name once with its attributes, one lookup reference per entry sent and none for entries left out', async (t) => {
+  const { s, ext4 } = await session(t);
+  let unique = 100n;
+  const call = async (op: number, node: number, body: Buffer) => out(await s.handle(msg(op, node, body, unique++)));
+  const freeInodes = async () => (await ext4.statfs()).ffree;
+  // Names of many lengths (the record size depends on it); MKNOD (8) each, then FORGET (2) of
+  // that reference, so only READDIRPLUS's references remain.
+  const names = Array.from({ length: 150 }, (_, i) => `${'n'.repeat(1 + (i * 7) % 40)}${i}`);
+  const mk = Buffer.alloc(16);
+  mk.writeUInt32LE(0o100644, 0);
+  const forget = (n: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(n)); return b; };
+  for (const n of names) {
+    const r = await call(8, 1, Buffer.concat([mk, Buffer.from(`${n}\0`)]));
+    t.is(r.error, 0);
+    await s.handle(msg(2, Number(r.body.readBigUInt64LE(0)), forget(1), unique++));
+  }
+  const before = await freeInodes();
+  // OPENDIR (27), then READDIRPLUS (44) with fuse_read_in {fh, offset, size} in buffers of odd
+  // sizes, each far smaller than the directory.
+  const fh = (await call(27, 1, Buffer.alloc(8))).body.readBigUInt64LE(0);
+  const seen = new Map<string, number>();
+  let offset = 0n;
+  for (let i = 0; ; i++) {
+    const size = [700, 4096, 333, 1500][i % 4];
+    const rin = Buffer.alloc(40);
+    rin.writeBigUInt64LE(fh, 0);
+    rin.writeBigUInt64LE(offset, 8);
+    rin.writeUInt32LE(size, 16);
+    const r = await call(44, 1, rin);
+    t.is(r.error, 0);
+    t.true(r.body.length <= size, `reply of ${r.body.length} bytes within the ${size} asked`);
+    if (r.body.length === 0) break;
+    // fuse_direntplus: fuse_entry_out (128: nodeid, generation, valid times, fuse_attr at 40)
+    // then fuse_dirent {ino, off, namelen, type, name} padded to 8.
+    for (let p = 0; p < r.body.length;) {
+      const nodeid = Number(r.body.readBigUInt64LE(p));
+      const mode = r.body.readUInt32LE(p + 40 + 60);
+      offset = r.body.readBigUInt64LE(p + 128 + 8);
+      const namelen = r.body.readUInt32LE(p + 128 + 16);
+      const name = r.body.subarray(p + 152, p + 152 + namelen).toString();
+      p += (152 + namelen + 7) & ~7;
+      if (name === '.' || name === '..' || name === 'lost+found') continue;
+      t.false(seen.has(name), `${name} listed once`);
+      seen.set(name, nodeid);
+      t.is(mode, 0o100644, `${name}: its attributes`);
+    }
+  }
+  t.deepEqual([...seen.keys()].sort(), [...names].sort());
+  // UNLINK (10) every name: each inode stays while its one READDIRPLUS reference is held, and
+  // goes at exactly one FORGET.
+  for (const n of names) t.is((await call(10, 1, Buffer.from(`${n}\0`))).error, 0);
+  await ext4.exclusive(async () => {});
+  t.is(await freeInodes(), before, 'nothing freed while the references are held');
+  for (const node of seen.values()) await s.handle(msg(2, node, forget(1), unique++));
+  await ext4.exclusive(async () => {});
+  t.is(await freeInodes(), before + names.length, 'each freed at its one FORGET');
+});

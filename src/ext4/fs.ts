@@ -93,7 +93,7 @@ const EOF_COOKIE = 2 ** 53 - 1;
 
 interface DirSnapshot {
   entries: DirEntry[];
-  /** The directory it lists and its change count then (see entryAttr). */
+  /** The directory it lists and its change count then (see entryAttrs). */
   dir: Directory;
   changes: number;
 }
@@ -833,7 +833,7 @@ export class Ext4Fs {
    * Entries after `offset`, in hash order. Offsets are hash cookies (like ext4's htree
    * readdir), so they stay valid while the directory changes; "." is 1, ".." is 2.
    */
-  readdir(ino: number, offset: number, handle?: number): Promise<DirEntry[]> {
+  readdir(ino: number, offset: number, handle?: number, limit = Infinity): Promise<DirEntry[]> {
     return this.run(async () => {
       let snap = handle !== undefined ? this.dirHandles.get(handle) : undefined;
       if (!snap || offset === 0) {
@@ -851,22 +851,28 @@ export class Ext4Fs {
         if (e[mid].next <= offset) lo = mid + 1;
         else hi = mid;
       }
-      return e.slice(lo);
+      return e.slice(lo, lo + limit);
     });
   }
 
   /**
-   * Attributes of an entry that readdir (through `handle`) listed as `name` → `ino`: READDIRPLUS
+   * Attributes of entries that readdir (through `handle`) listed as `name` → `ino`: READDIRPLUS
    * answers them for every entry. While the directory is unchanged since the listing, the
    * inode is the entry's, without searching for the name again; otherwise a lookup by name
-   * (null when the name is gone).
+   * (null when the name is gone). All in one operation: the lock and its checks once for a
+   * reply's worth of entries, not per entry.
    */
-  entryAttr(dirIno: number, handle: number, name: Buffer, ino: number): Promise<Attr | null> {
+  entryAttrs(dirIno: number, handle: number, entries: readonly { name: Buffer; ino: number }[]): Promise<(Attr | null)[]> {
     return this.run(async () => {
-      const snap = this.dirHandles.get(handle);
-      const p = this.store.cached(dirIno);
-      if (snap && p && p.dir === snap.dir && snap.dir.changes === snap.changes) return this.toAttr(await this.store.get(ino));
-      return this.lookupLocked(dirIno, name);
+      const out: (Attr | null)[] = [];
+      for (const e of entries) {
+        const snap = this.dirHandles.get(handle);
+        const p = this.store.cached(dirIno);
+        if (snap && p && p.dir === snap.dir && snap.dir.changes === snap.changes) {
+          out.push(this.toAttr(this.store.getCached(e.ino) ?? (await this.store.get(e.ino))));
+        } else out.push(await this.lookupLocked(dirIno, e.name));
+      }
+      return out;
     });
   }
 

@@ -341,19 +341,24 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     return { fh };
   }
 
-  async readdir(_ctx: RequestContext, node: number, fh: number, offset: number): Promise<DirEntryOut[]> {
+  async readdir(_ctx: RequestContext, node: number, fh: number, offset: number, limit?: number): Promise<DirEntryOut[]> {
     const d = this.dirs.get(fh);
     const ino = this.ino(node);
-    const list = await this.ext4.readdir(ino, offset, d && d.ino === ino ? d.handle : undefined);
+    const list = await this.ext4.readdir(ino, offset, d && d.ino === ino ? d.handle : undefined, limit);
     return list.map((e) => ({ name: e.name, node: toNode(e.ino), type: e.type, next: e.next }));
   }
 
-  /** READDIRPLUS's attributes for an entry this handle's readdir listed (see MissPaths in the dispatcher). */
-  async readdirplusEntry(_ctx: RequestContext, parent: number, fh: number, name: Buffer, node: number): Promise<EntryAttr | null> {
+  /** READDIRPLUS's attributes for entries this handle's readdir listed (see MissPaths in the dispatcher). */
+  async readdirplusEntries(_ctx: RequestContext, parent: number, fh: number, entries: readonly DirEntryOut[]): Promise<(EntryAttr | null)[]> {
     const d = this.dirs.get(fh);
     const ino = this.ino(parent);
-    const a = d && d.ino === ino ? await this.ext4.entryAttr(ino, d.handle, name, toIno(node)) : await this.ext4.lookupOrNull(ino, name);
-    return a && this.referenced(a);
+    let attrs: (Attr | null)[];
+    if (d && d.ino === ino) attrs = await this.ext4.entryAttrs(ino, d.handle, entries.map((e) => ({ name: e.name, ino: toIno(e.node) })));
+    else {
+      attrs = [];
+      for (const e of entries) attrs.push(await this.ext4.lookupOrNull(ino, e.name));
+    }
+    return attrs.map((a) => a && this.referenced(a));
   }
 
   // ---- DAX source (virtio-fs: src/vhost/dax-window.ts) ----

@@ -9,7 +9,7 @@ import { log } from '../util/log';
 import { constants } from 'node:os';
 import {
   FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_ROOT_ID, InitFlag, FATTR, FOPEN, FuseOpcode as Op,
-  FUSE_WRITE_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID, FUSE_FSYNC_FDATASYNC, FUSE_SETUPMAPPING_FLAG_WRITE, opcodeName,
+  FUSE_WRITE_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID, FUSE_FSYNC_FDATASYNC, FUSE_SETUPMAPPING_FLAG_WRITE, opcodeName, SIZE, direntAlign,
 } from './abi';
 import { decodeRequest, decodeOptionsFor, DecodeError, DecodeOptions, DEFAULT_DECODE_OPTIONS, FuseRequest, FuseRequestOf, FuseOpKind } from './request';
 import {
@@ -17,7 +17,7 @@ import {
   replyXattrSize, replyInit, replyLseek, replyData, replyDataInPlace, payloadViews, DirentPacker,
 } from './reply';
 import { EntryOut, FuseAttr, ZERO_ATTR } from './structs';
-import { FileSystem, RequestContext, EntryAttr, SetAttrRequest, DaxMapper } from './filesystem';
+import { FileSystem, RequestContext, EntryAttr, SetAttrRequest, DaxMapper, DirEntryOut } from './filesystem';
 import { FastPath, NOT_HANDLED } from './fast-path';
 
 export interface SessionOptions {
@@ -56,11 +56,12 @@ interface MissPaths {
   lookupOrNull?(ctx: RequestContext, parent: number, name: Buffer): Promise<EntryAttr | null>;
   getxattrOrNull?(ctx: RequestContext, node: number, name: string): Promise<Buffer | null>;
   /**
-   * READDIRPLUS: the entry `name` that readdir on handle `fh` of `parent` listed as `node`,
-   * counted as a lookup; null when it is gone. Lets a filesystem skip the name search while
-   * the directory is unchanged since the listing.
+   * READDIRPLUS: the entries that readdir on handle `fh` of `parent` listed, each counted as a
+   * lookup, null for one that is gone; one call for a reply's worth. Lets a filesystem skip the
+   * name searches while the directory is unchanged since the listing, and pay its per-call
+   * costs once.
    */
-  readdirplusEntry?(ctx: RequestContext, parent: number, fh: number, name: Buffer, node: number): Promise<EntryAttr | null>;
+  readdirplusEntries?(ctx: RequestContext, parent: number, fh: number, entries: readonly DirEntryOut[]): Promise<(EntryAttr | null)[]>;
 }
 
 const PAGE = 4096;
@@ -474,32 +475,55 @@ export class FuseSession {
     const plus = req.kind === 'readdirplus';
     const size = Math.min(req.size, this.negotiated!.maxWrite);
     const parent = this.node(req);
-    const entries = await this.fs.readdir(ctx, parent, req.fh, req.offset);
     const packer = new DirentPacker(size, plus);
-    const f = this.fs as FileSystem & MissPaths;
-    for (const e of entries) {
-      if (!plus) {
-        if (!packer.add({ ino: e.node, off: e.next, type: e.type, name: e.name })) break;
-        continue;
+    // No more entries than the smallest records (a name of up to 8 bytes) could fit.
+    const limit = Math.floor(size / direntAlign((plus ? SIZE.DIRENTPLUS : SIZE.DIRENT) + 1));
+    const entries = await this.fs.readdir(ctx, parent, req.fh, req.offset, limit);
+    // The entries that fit, by their record sizes (which also refuse a name the kernel would).
+    let fit = 0;
+    for (let room = packer.room; fit < entries.length; fit++) {
+      const n = packer.recordSize(entries[fit].name);
+      if (n > room) break;
+      room -= n;
+    }
+    if (!plus) {
+      for (let i = 0; i < fit; i++) {
+        const e = entries[i];
+        packer.add({ ino: e.node, off: e.next, type: e.type, name: e.name });
       }
-      const dot = e.name.length <= 2 && (e.name.equals(DOT) || e.name.equals(DOTDOT));
+      return replyData(req.header.unique, packer.finish());
+    }
+    // Attributes for exactly the entries that go out: each is a lookup reference the kernel
+    // takes (fuse_direntplus_link), so none may be taken for an entry left out.
+    const named = entries.slice(0, fit).filter((e) => !isDot(e.name));
+    const attrs = await this.entryAttrs(ctx, parent, req.fh, named);
+    let k = 0;
+    for (let i = 0; i < fit; i++) {
+      const e = entries[i];
       let entry: EntryOut;
-      if (dot) {
+      if (isDot(e.name)) {
         entry = { nodeid: 0, generation: 0, entry_valid: 0, attr_valid: 0, attr: { ...ZERO_ATTR, ino: e.node, mode: e.type << 12 } };
       } else {
-        const a = f.readdirplusEntry ? await f.readdirplusEntry(ctx, parent, req.fh, e.name, e.node) : await this.lookupOrNull(ctx, parent, e.name);
+        const a = attrs[k++];
         if (!a) continue; // removed meanwhile
         entry = this.entry(a);
       }
-      if (!packer.addPlus(entry, { ino: e.node, off: e.next, type: e.type, name: e.name })) {
-        // The kernel never saw this entry: give back the reference lookup took.
-        if (!dot) this.fs.forget?.(entry.nodeid, 1);
-        break;
-      }
+      packer.addPlus(entry, { ino: e.node, off: e.next, type: e.type, name: e.name });
     }
     return replyData(req.header.unique, packer.finish());
   }
+
+  /** READDIRPLUS's attributes: in one call where the filesystem offers it, else a lookup each. */
+  private async entryAttrs(ctx: RequestContext, parent: number, fh: number, entries: DirEntryOut[]): Promise<(EntryAttr | null)[]> {
+    const f = this.fs as FileSystem & MissPaths;
+    if (f.readdirplusEntries) return entries.length ? f.readdirplusEntries(ctx, parent, fh, entries) : [];
+    const out: (EntryAttr | null)[] = [];
+    for (const e of entries) out.push(await this.lookupOrNull(ctx, parent, e.name));
+    return out;
+  }
 }
+
+const isDot = (name: Buffer): boolean => name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT));
 
 /** handleSync times one request in this many for observeSync (latency percentiles are sampled). */
 const SYNC_TIMING_EVERY = 8;

@@ -88,7 +88,12 @@ export interface FileSystem {
   release(ctx: RequestContext, node: number, fh: number): Promise<void>;
   fsync(ctx: RequestContext, node: number, fh: number, datasync: boolean): Promise<void>;
   opendir(ctx: RequestContext, node: number): Promise<OpenResult>;
-  readdir(ctx: RequestContext, node: number, fh: number, offset: number): Promise<DirEntryOut[]>;
+  /**
+   * Entries after `offset` (0: from the start); `limit`: the caller can use no more than this
+   * many (a reply buffer's worth), so a filesystem holding the whole listing need not copy the
+   * rest.
+   */
+  readdir(ctx: RequestContext, node: number, fh: number, offset: number, limit?: number): Promise<DirEntryOut[]>;
   releasedir(ctx: RequestContext, node: number, fh: number): Promise<void>;
   fsyncdir?(ctx: RequestContext, node: number, fh: number, datasync: boolean): Promise<void>;
   statfs(ctx: RequestContext, node: number): Promise<StatfsResult>;

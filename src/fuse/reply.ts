@@ -222,7 +222,7 @@ export class DirentPacker {
   /** Append a fuse_dirent (READDIR). */
   add(d: DirentIn): boolean {
     if (this.plus) throw new RangeError('DirentPacker: add() on a READDIRPLUS packer; use addPlus()');
-    return this.append(SIZE.DIRENT, d, (c) => writeDirentFixed(c, { ino: d.ino, off: d.off, namelen: d.name.length, type: d.type }));
+    return this.append(d, (c) => writeDirentFixed(c, { ino: d.ino, off: d.off, namelen: d.name.length, type: d.type }));
   }
 
   /**
@@ -233,7 +233,7 @@ export class DirentPacker {
    */
   addPlus(entry: EntryOut, d: DirentIn): boolean {
     if (!this.plus) throw new RangeError('DirentPacker: addPlus() on a READDIR packer; use add()');
-    return this.append(SIZE.DIRENTPLUS, d, (c) => {
+    return this.append(d, (c) => {
       writeEntryOut(c, entry);
       writeDirentFixed(c, { ino: d.ino, off: d.off, namelen: d.name.length, type: d.type });
     });
@@ -244,14 +244,27 @@ export class DirentPacker {
     return this.buf.subarray(0, this.used);
   }
 
-  private append(fixed: number, d: DirentIn, writeFixed: (c: ByteCursor) => void): boolean {
-    // fuse_parse_dirfile / parse_dirplusfile refuse (EIO, for the whole listing) an empty name,
-    // one over FUSE_NAME_MAX, or one containing '/': a name like that is damage, not data.
-    const n = d.name.length;
-    if (n === 0 || n > FUSE_NAME_MAX || d.name.includes(0x2f) || d.name.includes(0)) {
-      throw new FsError('EIO', `directory entry name ${JSON.stringify(d.name.toString('latin1'))} cannot be listed`);
+  /**
+   * The bytes a record for `name` takes (fuse_dirent or fuse_direntplus with the name padded to
+   * 8). Throws EIO for a name the kernel would refuse: fuse_parse_dirfile / parse_dirplusfile
+   * fail the whole listing on an empty name, one over FUSE_NAME_MAX, or one containing '/'; a
+   * name like that is damage, not data.
+   */
+  recordSize(name: Buffer): number {
+    const n = name.length;
+    if (n === 0 || n > FUSE_NAME_MAX || name.includes(0x2f) || name.includes(0)) {
+      throw new FsError('EIO', `directory entry name ${JSON.stringify(name.toString('latin1'))} cannot be listed`);
     }
-    const recLen = direntAlign(fixed + n);
+    return direntAlign((this.plus ? SIZE.DIRENTPLUS : SIZE.DIRENT) + n);
+  }
+
+  /** Bytes left for records. */
+  get room(): number {
+    return this.limit - this.used;
+  }
+
+  private append(d: DirentIn, writeFixed: (c: ByteCursor) => void): boolean {
+    const recLen = this.recordSize(d.name);
     if (this.used + recLen > this.limit) return false;
     this.reserve(this.used + recLen);
     const c = new ByteCursor(this.buf, this.used, this.used + recLen);
