@@ -864,13 +864,14 @@ export class Ext4Fs {
    */
   entryAttrs(dirIno: number, handle: number, entries: readonly { name: Buffer; ino: number }[]): Promise<(Attr | null)[]> {
     return this.run(async () => {
+      // Under the lock the directory cannot change between the entries.
+      const snap = this.dirHandles.get(handle);
+      const p = this.store.cached(dirIno);
+      const unchanged = !!snap && !!p && p.dir === snap.dir && snap.dir.changes === snap.changes;
       const out: (Attr | null)[] = [];
       for (const e of entries) {
-        const snap = this.dirHandles.get(handle);
-        const p = this.store.cached(dirIno);
-        if (snap && p && p.dir === snap.dir && snap.dir.changes === snap.changes) {
-          out.push(this.toAttr(this.store.getCached(e.ino) ?? (await this.store.get(e.ino))));
-        } else out.push(await this.lookupLocked(dirIno, e.name));
+        if (unchanged) out.push(this.toAttr(this.store.getCached(e.ino) ?? (await this.store.get(e.ino))));
+        else out.push(await this.lookupLocked(dirIno, e.name));
       }
       return out;
     });
