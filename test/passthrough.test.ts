@@ -488,6 +488,46 @@ test.serial('large directory: readdir through the mount lists exactly the host e
   pfs.forget(dir.ino, 1);
 });
 
+test.serial('server API: readdir in small steps resumes inside what one host read brought; a rewind reads afresh', async (t) => {
+  const e = need();
+  const d = join(e.share, 'steps');
+  fs.mkdirSync(d);
+  const names = Array.from({ length: 700 }, (_, i) => `s${i}-${'y'.repeat(i % 30)}`);
+  for (const n of names) fs.writeFileSync(join(d, n), '');
+  const pfs = e.fs;
+  const dir = await pfs.lookup(ROOT_CTX, 1, Buffer.from('steps'));
+  const h = await pfs.opendir(ROOT_CTX, dir.ino);
+  // Steps of 7, each continuing from the last entry taken, as the dispatcher does when fewer
+  // entries fit a reply than it was handed: every name exactly once, in the host's order.
+  const seen: string[] = [];
+  let first: string | undefined;
+  for (let off = 0, guard = 0; guard < 1000; guard++) {
+    const batch = await pfs.readdir(ROOT_CTX, dir.ino, h.fh, off, 7);
+    if (batch.length === 0) break;
+    t.true(batch.length <= 7);
+    // Take fewer than handed over now and then, so the next call starts inside the batch.
+    const taken = guard % 3 === 0 && batch.length > 2 ? batch.slice(0, 2) : batch;
+    first ??= taken.find((x) => x.name.toString() !== '.' && x.name.toString() !== '..')?.name.toString();
+    seen.push(...taken.map((x) => x.name.toString()));
+    off = taken[taken.length - 1].next;
+  }
+  t.deepEqual(seen.filter((n) => n !== '.' && n !== '..').sort(), [...names].sort());
+  t.is(new Set(seen).size, seen.length, 'no name twice');
+  // A name made after the listing shows after a rewind (offset 0), which reads the host again.
+  fs.writeFileSync(join(d, 'late'), '');
+  const again: string[] = [];
+  for (let off = 0, guard = 0; guard < 1000; guard++) {
+    const batch = await pfs.readdir(ROOT_CTX, dir.ino, h.fh, off, 50);
+    if (batch.length === 0) break;
+    again.push(...batch.map((x) => x.name.toString()));
+    off = batch[batch.length - 1].next;
+  }
+  t.true(again.includes('late'));
+  t.true(again.includes(first!));
+  await pfs.releasedir(ROOT_CTX, dir.ino, h.fh);
+  pfs.forget(dir.ino, 1);
+});
+
 // ------------------------------------------------------------------------------------------
 // Confinement.
 
