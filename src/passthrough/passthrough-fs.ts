@@ -66,7 +66,8 @@ interface Handle {
   dir: boolean;
   /**
    * Directories: what the last getdents64 read (readdir), kept for the calls that continue the
-   * listing from inside it. A READDIRPLUS reply takes ~25 of the ~200 entries a read brings; a
+   * listing from inside it (with what was left of the read before it, when that fell short of
+   * a reply). A READDIRPLUS reply takes ~25 of the ~200 entries a read brings; a
    * read for each would seek the directory back each time, and on an ext4 htree directory a
    * seek to an earlier hash throws away and rebuilds the kernel's readdir state (~0.4 ms a call
    * on a directory of 2000 files).
@@ -566,6 +567,7 @@ export class PassthroughFs implements FileSystem {
     // may be as stale as a buffered readdir's, which POSIX allows for changes after opendir.
     // Offset 0 (a rewind) always reads afresh.
     const ahead = h.readAhead;
+    let kept: DirEntryOut[] = [];
     if (ahead && offset !== 0) {
       let at = -1;
       if (offset === h.readAheadFrom) at = 0;
@@ -573,9 +575,21 @@ export class PassthroughFs implements FileSystem {
         const i = ahead.findIndex((e) => e.next === offset);
         if (i >= 0) at = i + 1;
       }
-      // Past its end: read on from the descriptor, which is already at that offset.
-      if (at >= 0 && at < ahead.length) return ahead.slice(at, at + limit);
+      if (at >= 0) {
+        kept = ahead.slice(at);
+        if (kept.length >= limit) return kept.slice(0, limit);
+      }
     }
+    // Read (on) from the host: after what was kept, the descriptor is already at that offset.
+    const from = kept.length ? kept[kept.length - 1].next : offset;
+    const list = kept.concat(this.readHostDir(h, node, from));
+    h.readAhead = list;
+    h.readAheadFrom = offset;
+    return list.slice(0, limit);
+  }
+
+  /** One getdents64 of a directory handle from `offset`, as entries with client offsets. */
+  private readHostDir(h: Handle, node: number, offset: number): DirEntryOut[] {
     const n = this.node(node);
     const cookies = (n.cookies ??= new CookieMap());
     const cookie = cookies.cookieOf(offset);
@@ -584,15 +598,12 @@ export class PassthroughFs implements FileSystem {
     // d_ino as the node id the entry has or would get (entries share the directory's device,
     // except mount points, whose d_ino is the covered directory's anyway).
     const [devHi, devLo] = n.key.split(':').map(Number);
-    const list = raw.map((e) => ({
+    return raw.map((e) => ({
       name: e.name,
       node: this.table.idFor(devHi, devLo, e.inoHi, e.inoLo),
       type: e.type,
       next: cookies.offsetOf(e.next),
     }));
-    h.readAhead = list;
-    h.readAheadFrom = offset;
-    return list.slice(0, limit);
   }
 
   async releasedir(_ctx: RequestContext, _node: number, fh: number): Promise<void> {
