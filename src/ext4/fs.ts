@@ -859,13 +859,13 @@ export class Ext4Fs {
    * Attributes of entries that readdir (through `handle`) listed as `name` → `ino`: READDIRPLUS
    * answers them for every entry. While the directory is unchanged since the listing, the
    * inode is the entry's, without searching for the name again; otherwise a lookup by name
-   * (null when the name is gone). All in one operation: the lock and its checks once for a
-   * reply's worth of entries, not per entry.
+   * (null when the name is gone); without a handle, always by name. All in one operation: the
+   * lock and its checks once for a reply's worth of entries, not per entry.
    */
-  entryAttrs(dirIno: number, handle: number, entries: readonly { name: Buffer; ino: number }[]): Promise<(Attr | null)[]> {
+  entryAttrs(dirIno: number, handle: number | undefined, entries: readonly { name: Buffer; ino: number }[]): Promise<(Attr | null)[]> {
     return this.run(async () => {
       // Under the lock the directory cannot change between the entries.
-      const snap = this.dirHandles.get(handle);
+      const snap = handle === undefined ? undefined : this.dirHandles.get(handle);
       const p = this.store.cached(dirIno);
       const unchanged = !!snap && !!p && p.dir === snap.dir && snap.dir.changes === snap.changes;
       const out: (Attr | null)[] = [];

@@ -352,12 +352,7 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   async readdirplusEntries(_ctx: RequestContext, parent: number, fh: number, entries: readonly DirEntryOut[]): Promise<(EntryAttr | null)[]> {
     const d = this.dirs.get(fh);
     const ino = this.ino(parent);
-    let attrs: (Attr | null)[];
-    if (d && d.ino === ino) attrs = await this.ext4.entryAttrs(ino, d.handle, entries.map((e) => ({ name: e.name, ino: toIno(e.node) })));
-    else {
-      attrs = [];
-      for (const e of entries) attrs.push(await this.ext4.lookupOrNull(ino, e.name));
-    }
+    const attrs = await this.ext4.entryAttrs(ino, d && d.ino === ino ? d.handle : undefined, entries.map((e) => ({ name: e.name, ino: toIno(e.node) })));
     return attrs.map((a) => a && this.referenced(a));
   }
 
