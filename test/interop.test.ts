@@ -530,6 +530,59 @@ test.serial('a. kfs: first inode in a BLOCK_UNINIT group keeps the block bitmap 
   t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
 });
 
+/**
+ * A new inode alone in its table block starts that block zeroed instead of reading it (as the
+ * kernel's __ext4_get_inode_loc does): creating files one after another reads no inode table
+ * block, and a block whose only other inodes were deleted by the kernel (dtime and old extents
+ * still on disk) is zeroed around the new inode without harm to e2fsck or the kernel.
+ */
+test.serial('a. kfs: a new inode alone in its table block is not read from the image first', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '256M', blockSize: 4096, extraArgs: ['-I', '256'] });
+  // The kernel fills inodes 12..60 (table blocks 0..3 of group 0, 16 inodes a block) with data,
+  // then deletes those of table block 1 (inodes 17..32).
+  const m = loopMount(t, img);
+  for (let i = 0; i < 49; i++) fs.writeFileSync(join(m.dir, `k${i}`), Buffer.alloc(5000, i));
+  const inoOf = (name: string): number => fs.statSync(join(m.dir, name)).ino;
+  const deleted = Array.from({ length: 49 }, (_, i) => `k${i}`).filter((n) => inoOf(n) >= 17 && inoOf(n) <= 32);
+  t.is(deleted.length, 16, 'the kernel gave table block 1 to 16 of the files');
+  const kept = Array.from({ length: 49 }, (_, i) => `k${i}`).filter((n) => !deleted.includes(n)).map(inoOf);
+  for (const n of deleted) fs.unlinkSync(join(m.dir, n));
+  m.unmount();
+
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  const made: [string, number][] = [];
+  try {
+    for (const ino of kept) await f.getattr(ino); // their table blocks are cached now
+    const first = await f.create(2, Buffer.from('n0'), 0o644, 0, 0);
+    t.is(first.ino, 17, 'the first free inode is the first of the emptied table block');
+    made.push(['n0', first.ino]);
+    await f.sync();
+    const misses0 = f.vol.dev.stats.misses;
+    for (let i = 1; i < 80; i++) made.push([`n${i}`, (await f.create(2, Buffer.from(`n${i}`), 0o644, 0, 0)).ino]);
+    await f.sync();
+    // n1..n15 fill block 1; n16.. take the inodes after the kernel's: the first of their table
+    // blocks is shared with the kernel's files (cached by the getattrs), the others start zeroed.
+    t.is(f.vol.dev.stats.misses - misses0, 0, 'no inode table block was read for the 79 new inodes');
+  } finally {
+    await f.close();
+  }
+  const r = fsck(img);
+  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
+  const k = loopMount(t, img, { readOnly: true });
+  try {
+    for (const [name, ino] of made) t.is(fs.statSync(join(k.dir, name)).ino, ino, name);
+    for (let i = 0; i < 49; i++) {
+      const name = `k${i}`;
+      if (deleted.includes(name)) t.false(fs.existsSync(join(k.dir, name)), name);
+      else t.deepEqual(fs.readFileSync(join(k.dir, name)), Buffer.alloc(5000, i), name);
+    }
+  } finally {
+    k.unmount();
+  }
+});
+
 // ---------- b. the kernel writes, kfs reads and modifies ----------
 
 /** Write a file on the host (the kernel) and record it in the model. */
