@@ -743,8 +743,7 @@ export class Ext4Fs {
   private touchAtimeCached(st: InodeState): boolean {
     const was = st.inode.atime;
     st.inode.atime = now();
-    // A dirty extent map writes the inode when it is flushed (InodeStore.write).
-    if (st.extents?.dirty || this.vol.writeInodeCached(st.inode)) return true;
+    if (this.store.markDirty(st) || this.vol.writeInodeCached(st.inode)) return true;
     st.inode.atime = was;
     return false;
   }
@@ -1001,7 +1000,7 @@ export class Ext4Fs {
    */
   private periodicCommit(): Promise<void> {
     return this.lock.run(async () => {
-      const idle = !this.vol.isDirty && !this.store.hasDirtyMaps && !this.vol.journal?.softPending;
+      const idle = !this.vol.isDirty && !this.store.hasDirty && !this.vol.journal?.softPending;
       await this.syncLocked(false);
       if (idle && !this.vol.readOnly && !this.closed) this.vol.releaseIdleMemory();
     });

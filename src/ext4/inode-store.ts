@@ -55,8 +55,11 @@ function iBlockHoldsNoBlocks(inode: Inode): boolean {
 
 export class InodeStore {
   private states = new Map<number, InodeState>();
-  /** States whose extent map is dirty: what flushAll must write (see ExtentMap.onDirty). */
-  private dirtyMaps = new Set<InodeState>();
+  /**
+   * States with changes not yet in the block cache: an inode changed (write()) or its extent map
+   * (ExtentMap.onDirty). What flushAll writes.
+   */
+  private dirty = new Set<InodeState>();
   readonly sectorsPerBlock: number;
 
   constructor(readonly vol: Volume) {
@@ -156,44 +159,58 @@ export class InodeStore {
   /** Give a state its extent map; the map reports itself dirty to this store. */
   attachMap(st: InodeState, map: ExtentMap): ExtentMap {
     st.extents = map;
-    map.onDirty = () => this.dirtyMaps.add(st);
-    if (map.dirty) this.dirtyMaps.add(st);
+    map.onDirty = () => this.dirty.add(st);
+    if (map.dirty) this.dirty.add(st);
     return map;
   }
 
   /**
-   * Serialize the inode into the table (block cache). An inode whose extent map is dirty is
-   * left to flush(), which serializes it with the map's new root, and which every commit runs
-   * first (flushAll before Volume.sync): serializing it here too would be done twice.
+   * The inode changed: serialize it into the table (block cache) at the next flush, which every
+   * commit runs first (flushAll before Volume.sync). A run of changes between commits (a
+   * directory taking entry after entry, a file written in many calls, an inode created and then
+   * given its data) costs one encode and checksum instead of one each. A state get() does not
+   * know (an orphan-list walk's) is written now: get() would read the table block, stale.
    */
   async write(st: InodeState): Promise<void> {
-    if (st.extents?.dirty) return;
-    await this.vol.writeInode(st.inode);
+    if (!this.markDirty(st)) await this.vol.writeInode(st.inode);
   }
 
-  /** Write a dirty extent map back into its tree, then the inode. */
+  /** write() without waiting: false (nothing done) for a state get() does not know. */
+  markDirty(st: InodeState): boolean {
+    if (this.states.get(st.inode.ino) !== st) return false;
+    this.dirty.add(st);
+    return true;
+  }
+
+  /** Write a dirty state back: its extent map into its tree, then the inode into its table block. */
   async flush(st: InodeState): Promise<void> {
-    const map = st.extents;
-    if (map && map.dirty) {
+    if (!this.dirty.delete(st)) return;
+    // Taken out first: a change made while this waits for I/O marks the state dirty again.
+    try {
+      const map = st.extents;
       const inode = st.inode;
-      if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) inode.f.i_flags |= INODE_FLAGS.EXTENTS;
-      const goal = map.extents.length ? map.extents[0].pblk : this.groupGoal(inode.ino);
-      const delta = await map.store(inode.f.i_block, this.extentIO, this.csumSeedOf(inode), goal);
-      if (delta) this.addSectors(inode, delta);
-      await this.write(st);
+      if (map && map.dirty) {
+        if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) inode.f.i_flags |= INODE_FLAGS.EXTENTS;
+        const goal = map.extents.length ? map.extents[0].pblk : this.groupGoal(inode.ino);
+        const delta = await map.store(inode.f.i_block, this.extentIO, this.csumSeedOf(inode), goal);
+        if (delta) this.addSectors(inode, delta);
+      }
+      await this.vol.writeInode(inode);
+    } catch (e) {
+      this.dirty.add(st); // still to write: the commit that ran this fails, the change is kept
+      throw e;
     }
-    this.dirtyMaps.delete(st);
   }
 
-  /** Extent maps changed and not yet written back into their trees (flushAll). */
-  get hasDirtyMaps(): boolean {
-    return this.dirtyMaps.size > 0;
+  /** Changes not yet in the block cache (flushAll). */
+  get hasDirty(): boolean {
+    return this.dirty.size > 0;
   }
 
-  /** Write every dirty extent map back (each commit does this: it costs O(dirty maps)). */
+  /** Write every dirty state back (each commit does this: it costs O(dirty states)). */
   async flushAll(): Promise<void> {
-    while (this.dirtyMaps.size) {
-      const batch = [...this.dirtyMaps];
+    while (this.dirty.size) {
+      const batch = [...this.dirty];
       for (const st of batch) await this.flush(st);
     }
   }
@@ -216,13 +233,16 @@ export class InodeStore {
     for (const [ino, st] of this.states) {
       if (this.states.size <= MAX_CACHED * 0.9 || budget-- <= 0) break;
       if (st.openCount > 0) continue;
-      this.states.delete(ino);
       if (st.ref) {
         st.ref = false;
+        this.states.delete(ino);
         this.states.set(ino, st);
         continue;
       }
+      // Written while get() still finds the state: meanwhile its table block is stale.
       await this.flush(st);
+      if (this.dirty.has(st) || st.openCount > 0 || this.states.get(ino) !== st) continue; // used meanwhile
+      this.states.delete(ino);
     }
     this.trimBlockedAt = this.states.size > MAX_CACHED ? Math.ceil(this.states.size * 1.1) : 0;
   }
@@ -345,7 +365,6 @@ export class InodeStore {
       for (const b of map.treeBlocks) await this.vol.freeBlocks(b, 1);
       map.treeBlocks = [];
       map.dirty = false;
-      this.dirtyMaps.delete(st);
     }
     await freeXattrBlock(st);
     const isDir = inode.isDir();
@@ -355,7 +374,9 @@ export class InodeStore {
     inode.f.i_dtime = Math.floor(Date.now() / 1000) >>> 0;
     inode.f.i_block.fill(0);
     inode.f.i_flags &= ~INODE_FLAGS.EXTENTS;
-    await this.write(st);
+    // Written now, not at the flush: the state leaves `states` and its number is free for reuse.
+    this.dirty.delete(st);
+    await this.vol.writeInode(inode);
     await this.vol.freeInode(inode.ino, isDir);
     this.states.delete(inode.ino);
   }
