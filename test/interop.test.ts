@@ -583,6 +583,51 @@ test.serial('a. kfs: a new inode alone in its table block is not read from the i
   }
 });
 
+/**
+ * Inode changes wait in memory for the next commit (InodeStore.write): when more inodes than the
+ * cache holds (20000) change with no commit, the cache trim must write each one before dropping
+ * it, and an inode read again afterwards comes from its table block with the change in it.
+ */
+test.serial('a. kfs: 22000 inodes changed without a commit outgrow the inode cache and keep every change', async (t) => {
+  t.timeout(4 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '1G', blockSize: 4096, inodes: 65536 });
+  const N = 22000;
+  const sizeOf = (i: number): number => (i * 7919) % 100000;
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  const inos: number[] = [];
+  try {
+    const dir = (await f.mkdir(2, Buffer.from('d'), 0o755, 0, 0)).ino;
+    for (let i = 0; i < N; i++) {
+      const a = await f.create(dir, Buffer.from(`f${i}`), 0o600, 1000 + (i % 7), 100, 0);
+      await f.setattr(a.ino, { size: sizeOf(i) });
+      inos.push(a.ino);
+    }
+    t.true(f.cachedInodes <= 20000, `the inode cache stays bounded (${f.cachedInodes} inodes held)`);
+    // The first files were dropped from the cache long ago: read back from their table blocks.
+    for (let i = 0; i < 200; i++) {
+      const a = await f.getattr(inos[i]);
+      t.is(a.size, sizeOf(i), `f${i} size read back`);
+      t.is(a.uid, 1000 + (i % 7), `f${i} uid read back`);
+    }
+  } finally {
+    await f.close();
+  }
+  const r = fsck(img);
+  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
+  const k = loopMount(t, img, { readOnly: true });
+  try {
+    let bad = 0;
+    for (let i = 0; i < N; i++) {
+      const s = fs.statSync(join(k.dir, 'd', `f${i}`));
+      if (s.size !== sizeOf(i) || s.uid !== 1000 + (i % 7) || (s.mode & 0o777) !== 0o600 || s.ino !== inos[i]) bad++;
+    }
+    t.is(bad, 0, 'the kernel sees every file as kfs changed it');
+  } finally {
+    k.unmount();
+  }
+});
+
 // ---------- b. the kernel writes, kfs reads and modifies ----------
 
 /** Write a file on the host (the kernel) and record it in the model. */

@@ -1081,6 +1081,11 @@ export class Ext4Fs {
     });
   }
 
+  /** Inodes held in memory (the inode cache, bounded). */
+  get cachedInodes(): number {
+    return this.store.cachedCount;
+  }
+
   /** The image's file descriptor (DAX maps ranges of it into a guest). */
   get imageFd(): number {
     return this.vol.dev.fd;

@@ -217,6 +217,11 @@ export class InodeStore {
 
   private trimBlockedAt = 0;
 
+  /** Inodes held in memory (bounded by trim()). */
+  get cachedCount(): number {
+    return this.states.size;
+  }
+
   /** Would trim() do anything? (Checked first: most operations leave nothing to trim.) */
   get trimDue(): boolean {
     return this.states.size > MAX_CACHED && this.states.size >= this.trimBlockedAt;
