@@ -207,6 +207,10 @@ export class Volume {
       const { block, offset } = this.gdtLocation(g);
       const buf = await this.dev.read(block);
       const gd = this.gds[g];
+      const stale = this.staleBitmapCsums.get(g);
+      if (stale?.block) gd.blockBitmapCsum = bitmapChecksum(this.csumSeed, stale.block.subarray(0, this.blocksPerGroup / 8), this.descSize);
+      if (stale?.inode) gd.inodeBitmapCsum = bitmapChecksum(this.csumSeed, stale.inode.subarray(0, this.inodesPerGroup / 8), this.descSize);
+      this.staleBitmapCsums.delete(g);
       encodeGroupDesc(gd, buf, offset, this.descSize);
       if (gdtCsum) {
         gd.checksum = groupDescChecksum(buf, offset, this.descSize, g, csum);
@@ -323,14 +327,24 @@ export class Volume {
     });
   }
 
+  /**
+   * Group g's block and/or inode bitmap changed (`block`, `inode`: the changed bitmap's buffer).
+   * Their checksums in the descriptor are computed when the descriptors are written, once per
+   * commit, not on every allocation (a crc32c over up to a block each time): a bitmap changed
+   * since the last commit is dirty, so it stays cached and nothing verifies it meanwhile.
+   */
   private updateBitmapChecksums(g: number, block?: Buffer, inode?: Buffer): void {
-    const gd = this.gds[g];
     if (this.metadataCsum) {
-      if (block) gd.blockBitmapCsum = bitmapChecksum(this.csumSeed, block.subarray(0, this.blocksPerGroup / 8), this.descSize);
-      if (inode) gd.inodeBitmapCsum = bitmapChecksum(this.csumSeed, inode.subarray(0, this.inodesPerGroup / 8), this.descSize);
+      let stale = this.staleBitmapCsums.get(g);
+      if (!stale) this.staleBitmapCsums.set(g, (stale = { block: null, inode: null }));
+      if (block) stale.block = block;
+      if (inode) stale.inode = inode;
     }
     this.markGroupDirty(g);
   }
+
+  /** Bitmaps whose checksums writeGroupDescs must compute, per group (see updateBitmapChecksums). */
+  private staleBitmapCsums = new Map<number, { block: Buffer | null; inode: Buffer | null }>();
 
   // ---- block allocation ----
 
