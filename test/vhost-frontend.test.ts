@@ -8,6 +8,7 @@ import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { assertFsckClean, debugfs, makeImage, tempDir } from './helpers/image';
 import {
   ConnectionClosedError,
@@ -196,6 +197,43 @@ test.serial('kfsd --image: every request queue it offers, 64 in flight each, ind
   fe.close();
   await backend.stop();
   assertFsckClean(t, image!);
+});
+
+/**
+ * One request at a time, 2 ms apart, as a guest process sends them: 160 GETATTRs (answered on the synchronous
+ * path) and 40 WRITEs (the ordinary path). With --poll-us 0 every request after an answer
+ * finds the queue asleep and needs a kick; with it kfsd watches the ring after each answer and
+ * tells the driver not to kick (avail_event), so almost none are sent.
+ */
+test.serial('kfsd --image --poll-us: a request queue is watched after each answer, so one request at a time needs no kick', async (t) => {
+  const kicksFor = async (extra: string[]): Promise<number> => {
+    const { backend, socket } = await startBackend(t, 'kfsd-image', extra);
+    const fe = await frontend(t, socket, backend);
+    await fe.fuse.init();
+    const { entry, fh } = await fe.fuse.create(1, 'p', 0o644);
+    const q = fe.queues[1];
+    const k0 = q.kicks;
+    let size = 0;
+    for (let i = 0; i < 200; i++) {
+      // A pause as a guest process takes between calls: kfsd has long gone back to its kick
+      // eventfd by then, unless it polls (a client that is quicker than kfsd's return to the
+      // event loop finds the ring still being read and needs no kick either way).
+      await sleep(2);
+      if (i % 5 === 4) {
+        t.is(await fe.fuse.write(entry.nodeid, fh, i, Buffer.from('x')), 1);
+        size = i + 1;
+      } else t.is((await fe.fuse.getattr(entry.nodeid)).size, size);
+    }
+    const kicks = q.kicks - k0;
+    fe.close();
+    t.is((await backend.stop()).code, 0);
+    return kicks;
+  };
+  const plain = await kicksFor(['--poll-us', '0']);
+  const polled = await kicksFor(['--poll-us', '10000']);
+  t.log(`kicks for 200 requests one at a time: ${plain} without polling, ${polled} with --poll-us 10000`);
+  t.true(plain >= 180, `without polling each request kicks (${plain})`);
+  t.true(polled <= 20, `with polling almost none does (${polled})`);
 });
 
 test.serial('kfsd --shared-dir: handshake, FUSE workload, host sees the files', async (t) => {

@@ -38,6 +38,7 @@ const KfsdOptionsSchema = z.object({
   cacheSize: z.coerce.number().int().positive().default(256 << 20),
   open: z.boolean().optional(),
   daxWindow: z.string().regex(/^\d+[KMG]?$/, 'a size such as 1G, 512M or 0').optional(),
+  pollUs: z.coerce.number().int().min(0).max(10000).default(200),
 }).strict();
 type KfsdOptions = z.infer<typeof KfsdOptionsSchema>;
 
@@ -107,6 +108,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
     do {
       const reason = await server.serveOne(() => new VirtioFsDevice(control.track(new FuseSession(served.fs, sessionOpts)), {
         numRequestQueues: MAX_REQUEST_QUEUES, tag: o.tag ?? null, daxWindowSize, daxSource: served.ext4 ? (served.fs as Ext4FuseFs) : null,
+        pollUs: o.pollUs,
       }));
       log.info(`front-end gone: ${reason}`);
       // A guest that is gone cannot release what it held; its unlinked-but-open files are freed now.
@@ -149,6 +151,7 @@ const program = new Command('kfsd')
   .option('--reconnect', 'after the front-end disconnects, wait for a new connection instead of exiting')
   .option('--cache-size <bytes>', 'metadata cache size for --image')
   .option('--open', 'with --image: serve OPEN and RELEASE of regular files (a handle per open) instead of answering OPEN with ENOSYS, after which the guest sends neither (no_open, the default on a writable image)')
+  .option('--poll-us <µs>', 'after answering, watch an idle request queue up to this long for the next request instead of waiting for its kick (default 200, adapting to the guest; 0 = off)')
   .option('--dax-window <size>', 'DAX cache window to ask the front-end for (default 1G with --image; 0 = no DAX); used only by front-ends that negotiate SHMEM')
   .addOption(new Option('--log-level <level>', 'error, warn (default), info, debug').choices(['error', 'warn', 'info', 'debug']))
   .option('--log-file <file>', 'write the log here')

@@ -10,6 +10,7 @@
  * {u8 tag[36]; le32 num_request_queues}.
  */
 import { log } from '../util/log';
+import { native } from '../native';
 import { FuseSession, Reply } from '../fuse/dispatcher';
 import { inPlaceLength } from '../fuse/reply';
 import { LargeRequestPool } from '../fuse/request-pool';
@@ -48,7 +49,14 @@ export interface VirtioFsOptions {
   /** DAX: the cache window to ask the front-end for (bytes, 0 = none) and what maps into it. */
   daxWindowSize?: number;
   daxSource?: DaxSource | null;
+  /** Watch an idle request queue this long after answering before sleeping on its kick (µs; 0 = off). */
+  pollUs?: number;
 }
+
+/** Longest a queue is served in one go when polling (ms). */
+const POLL_BUDGET_MS = 2;
+/** Smallest poll window (µs): below it the window is 0 until a quick request doubles it again. */
+const POLL_MIN_US = 10;
 
 export class VirtioFsDevice implements VirtioDevice {
   readonly numQueues: number;
@@ -100,6 +108,87 @@ export class VirtioFsDevice implements VirtioDevice {
   }
 
   process(q: SplitVirtqueue, mem: GuestMemory): void {
+    const started = performance.now();
+    this.adaptPollWindow(q, started);
+    do this.processAvailable(q, mem);
+    while (this.pollAvail(q, started));
+    if (q.inflight === 0) this.pollStateOf(q).idleSince = performance.now();
+  }
+
+  // ---- polling an idle request queue (VirtioFsOptions.pollUs) ----
+  //
+  // A guest with one request at a time sends its next one soon after it takes our reply, and a
+  // kick costs it a VM exit (expensive under TCG) and us an eventfd wake-up. So after answering,
+  // with nothing in flight, we watch the ring for a while with the guest's kicks suppressed
+  // (SplitVirtqueue.suppressKicks). The window adapts as haltpoll's does: a request that came
+  // within pollUs of the queue going idle doubles it (polling would have caught it), a longer
+  // gap halves it, so a queue that goes quiet soon costs no spinning.
+
+  private readonly pollStates = new WeakMap<SplitVirtqueue, { window: number; idleSince: number }>();
+
+  private pollStateOf(q: SplitVirtqueue): { window: number; idleSince: number } {
+    let st = this.pollStates.get(q);
+    if (!st) this.pollStates.set(q, (st = { window: this.opts.pollUs ?? 0, idleSince: -1 }));
+    return st;
+  }
+
+  /** A kick woke us: grow or shrink the poll window by how long the queue was idle before it. */
+  private adaptPollWindow(q: SplitVirtqueue, now: number): void {
+    const max = this.opts.pollUs ?? 0;
+    if (max <= 0) return;
+    const st = this.pollStateOf(q);
+    if (st.idleSince < 0) return;
+    const gapUs = (now - st.idleSince) * 1000;
+    st.idleSince = -1;
+    if (gapUs <= max) st.window = Math.min(max, Math.max(2 * st.window, POLL_MIN_US));
+    else st.window = st.window / 2 < POLL_MIN_US ? 0 : st.window / 2;
+  }
+
+  /**
+   * Watch an idle request queue for up to its poll window: true when a chain came (kicks are
+   * then still suppressed: the caller serves it, and processAvailable re-arms them). Not the
+   * hiprio queue (FORGETs need no quick answer, and a spin there would hold up a kick on the
+   * request queue, where the guest waits). Bounded: after POLL_BUDGET_MS of serving in one go,
+   * back to the event loop first.
+   */
+  private pollAvail(q: SplitVirtqueue, started: number): boolean {
+    if (q.index === 0 || !q.eventIdx || q.inflight > 0 || q.broken || !q.ready) return false;
+    const us = (this.opts.pollUs ?? 0) > 0 ? this.pollStateOf(q).window : 0;
+    if (us <= 0) return false;
+    const now = performance.now();
+    if (now - started > POLL_BUDGET_MS) {
+      // Served long enough in one go: let the event loop run (other queues, timers, the
+      // front-end's messages), then watch on. Kicks stay armed meanwhile.
+      setImmediate(() => {
+        if (q.inflight === 0) this.pollAfterCompletion(q);
+      });
+      return false;
+    }
+    q.suppressKicks();
+    const end = now + us / 1000;
+    do if (q.hasAvail()) return true;
+    while (performance.now() < end);
+    return q.rearmKick();
+  }
+
+  /**
+   * The last request in flight was answered on the ordinary (asynchronous) path, or process()
+   * used up its budget: poll for the guest's next request as process() does. One that comes is
+   * served through the queue's own kick eventfd (process() needs the backend's current memory
+   * table).
+   */
+  private pollAfterCompletion(q: SplitVirtqueue): void {
+    const now = performance.now();
+    this.pollStateOf(q).idleSince = now;
+    if (!this.pollAvail(q, now)) return;
+    try {
+      native.eventfdWrite(q.kickFd, 1);
+    } catch {
+      q.rearmKick(); // the queue is being stopped: leave it as a kick would find it
+    }
+  }
+
+  private processAvailable(q: SplitVirtqueue, mem: GuestMemory): void {
     let answered = false; // chains given back since the last interrupt
     let bytes = 0; // and the reply bytes in them
     do {
@@ -260,6 +349,7 @@ export class VirtioFsDevice implements VirtioDevice {
     setImmediate(() => {
       this.interruptPending.delete(q);
       if (q.needsInterrupt()) q.interrupt();
+      if (q.inflight === 0) this.pollAfterCompletion(q);
     });
   }
 

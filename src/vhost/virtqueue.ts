@@ -244,6 +244,16 @@ export class SplitVirtqueue {
     return this.avail!.getUint16(2, true) !== this.lastAvail;
   }
 
+  /**
+   * EVENT_IDX: ask the guest not to kick while we watch the ring ourselves (avail_event one
+   * behind what we have taken: vring_need_event never fires for the entries that follow).
+   * rearmKick() undoes it.
+   */
+  suppressKicks(): void {
+    if (!this.eventIdx || !this.used || !this.ready) return;
+    this.used.setUint16(4 + 8 * this.num, (this.lastAvail - 1) & 0xffff, true);
+  }
+
   interrupt(): void {
     if (this.callFd >= 0) native.eventfdWrite(this.callFd, 1);
   }
