@@ -9,6 +9,7 @@
  * Config space (when the front-end asks the back-end, i.e. CONFIG was offered):
  * {u8 tag[36]; le32 num_request_queues}.
  */
+import { performance } from 'node:perf_hooks';
 import { log } from '../util/log';
 import { native } from '../native';
 import { FuseSession, Reply } from '../fuse/dispatcher';
