@@ -568,20 +568,27 @@ test.serial('a. kfs: a new inode alone in its table block is not read from the i
   } finally {
     await f.close();
   }
+  fsckCleanAndKernelSees(t, img, (dir) => {
+    for (const [name, ino] of made) t.is(fs.statSync(join(dir, name)).ino, ino, name);
+    for (let i = 0; i < 49; i++) {
+      const name = `k${i}`;
+      if (deleted.includes(name)) t.false(fs.existsSync(join(dir, name)), name);
+      else t.deepEqual(fs.readFileSync(join(dir, name)), Buffer.alloc(5000, i), name);
+    }
+  });
+});
+
+/** After kfs closed `img`: e2fsck -fn is clean, and `check` runs on the kernel's read-only mount of it. */
+function fsckCleanAndKernelSees(t: ExecutionContext, img: string, check: (dir: string) => void): void {
   const r = fsck(img);
   t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
   const k = loopMount(t, img, { readOnly: true });
   try {
-    for (const [name, ino] of made) t.is(fs.statSync(join(k.dir, name)).ino, ino, name);
-    for (let i = 0; i < 49; i++) {
-      const name = `k${i}`;
-      if (deleted.includes(name)) t.false(fs.existsSync(join(k.dir, name)), name);
-      else t.deepEqual(fs.readFileSync(join(k.dir, name)), Buffer.alloc(5000, i), name);
-    }
+    check(k.dir);
   } finally {
     k.unmount();
   }
-});
+}
 
 /**
  * Inode changes wait in memory for the next commit (InodeStore.write): when more inodes than the
@@ -613,19 +620,14 @@ test.serial('a. kfs: 22000 inodes changed without a commit outgrow the inode cac
   } finally {
     await f.close();
   }
-  const r = fsck(img);
-  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
-  const k = loopMount(t, img, { readOnly: true });
-  try {
+  fsckCleanAndKernelSees(t, img, (dir) => {
     let bad = 0;
     for (let i = 0; i < N; i++) {
-      const s = fs.statSync(join(k.dir, 'd', `f${i}`));
+      const s = fs.statSync(join(dir, 'd', `f${i}`));
       if (s.size !== sizeOf(i) || s.uid !== 1000 + (i % 7) || (s.mode & 0o777) !== 0o600 || s.ino !== inos[i]) bad++;
     }
     t.is(bad, 0, 'the kernel sees every file as kfs changed it');
-  } finally {
-    k.unmount();
-  }
+  });
 });
 
 // ---------- b. the kernel writes, kfs reads and modifies ----------
