@@ -22,7 +22,7 @@ import {
 import {
   JBD2_MAGIC_NUMBER, JBD2_FEATURE_INCOMPAT_64BIT, JBD2_FEATURE_INCOMPAT_CSUM_V3, JBD2_FEATURE_INCOMPAT_REVOKE,
 } from '../src/ext4/journal/superblock';
-import { makeImage, tempDir, fsck, mustRun, loopMount, superblockInfo, kfsCliPath, runCmd, bash } from './helpers/image';
+import { makeImage, tempDir, fsck, mustRun, loopMount, superblockInfo, kfsCliPath, runCmd, bash, debugfs } from './helpers/image';
 import { WriteLog, CrashImageBuilder } from './helpers/write-log';
 import { rng } from './helpers/rng';
 import { readTree, diffTrees, ModelState, openAndRead } from './helpers/crash-workload';
@@ -244,6 +244,29 @@ test.serial('kfs fsck replays our journal, then e2fsck finds the image clean', a
   t.regex(r.stderr, /journal replayed/);
   t.regex(r.stderr, /clean/);
   t.deepEqual(diffTrees(await openAndRead(image), want), []);
+});
+
+/**
+ * The orphan list a crash left is cleaned up at open, and that cleanup (the list's inodes losing
+ * their dtime links, the superblock its head) is one commit: a crash right after the open must
+ * not find the superblock's list emptied while an inode still carries its link.
+ */
+test.serial('orphan cleanup at open commits the inodes with the superblock: a crash right after leaves a clean image', async (t) => {
+  const dir = tempDir(t, 'orph');
+  const img = makeImage(t, { size: '64M', blockSize: 4096, dir });
+  const src = join(dir, 'content');
+  fs.writeFileSync(src, Buffer.alloc(10000, 7));
+  debugfs(img, ['write ' + src + ' a', 'write ' + src + ' b'], { write: true });
+  const ino = (name: string): number => Number(/Inode: (\d+)/.exec(debugfs(img, `stat ${name}`))![1]);
+  const [a, b] = [ino('a'), ino('b')];
+  // A truncate cut short on both (linked inodes on the list): a -> b -> end.
+  debugfs(img, [`ssv last_orphan ${a}`, `sif <${a}> dtime ${b}`, `sif <${b}> dtime 0`], { write: true });
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  t.is(f.vol.sb.s_last_orphan, 0, 'the list was processed at open');
+  await f.vol.dev.closeNoSync(); // the server dies before any later commit
+  const r = runCmd(process.execPath, [kfsCliPath()!, 'fsck', img]);
+  t.is(r.code, 0, `kfs fsck (replay, then e2fsck -fn) exited ${r.code}:\n${r.stdout}${r.stderr}`);
+  t.notRegex(debugfs(img, `stat <${a}>`), /^\s*dtime: /m, 'inode a has no dtime link left (debugfs shows dtime only when set)');
 });
 
 test.serial('fallocate 10 GiB, truncate and punch with a 1 MiB journal: split into transactions that fit the log', async (t) => {

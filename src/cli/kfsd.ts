@@ -38,7 +38,8 @@ const KfsdOptionsSchema = z.object({
   cacheSize: z.coerce.number().int().positive().default(256 << 20),
   open: z.boolean().optional(),
   daxWindow: z.string().regex(/^\d+[KMG]?$/, 'a size such as 1G, 512M or 0').optional(),
-  pollUs: z.coerce.number().int().min(0).max(10000).default(200),
+  // At most 1 ms: the spin holds up the event loop (other queues, vhost-user messages, timers).
+  pollUs: z.coerce.number().int().min(0).max(1000).default(200),
 }).strict();
 type KfsdOptions = z.infer<typeof KfsdOptionsSchema>;
 

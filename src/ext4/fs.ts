@@ -119,8 +119,13 @@ export class Ext4Fs {
     this.files = new FileIO(this.store);
     // Large fallocate/truncate/punch: commit between steps before the transaction outgrows the log.
     this.files.step = async () => {
-      if (this.vol.dev.dirtyBlocks > Math.min(DIRTY_SYNC_BLOCKS, this.vol.maxDirtyBlocks) / 2) await this.syncLocked(false);
+      if (this.pendingBlocks > Math.min(DIRTY_SYNC_BLOCKS, this.vol.maxDirtyBlocks) / 2) await this.syncLocked(false);
     };
+  }
+
+  /** Blocks the next commit will hold: dirty now, or inode table blocks dirty states will dirty. */
+  private get pendingBlocks(): number {
+    return this.vol.dev.dirtyBlocks + this.store.pendingTableBlocks;
   }
 
   static async open(image: string, opts: Ext4FsOptions = {}): Promise<Ext4Fs> {
@@ -136,6 +141,8 @@ export class Ext4Fs {
           const n = await fsys.store.processOrphans((st) => fsys.xattrs.freeBlockOf(st));
           if (n) log.info(`${image}: cleaned up ${n} orphan inode(s) left by an unclean shutdown`);
         }
+        // The orphan list's inode changes go into the mount's commit with its superblock.
+        await fsys.store.flushAll();
         await vol.markMounted();
         const interval = opts.commitIntervalMs ?? 5000;
         if (interval > 0) {
@@ -181,7 +188,7 @@ export class Ext4Fs {
     try {
       const r = await fn();
       if (this.store.trimDue) await this.store.trim();
-      if (this.vol.dev.dirtyBlocks > Math.min(DIRTY_SYNC_BLOCKS, this.vol.maxDirtyBlocks)) await this.syncLocked(false);
+      if (this.pendingBlocks > Math.min(DIRTY_SYNC_BLOCKS, this.vol.maxDirtyBlocks)) await this.syncLocked(false);
       return r;
     } catch (e) {
       if (e instanceof CorruptionError) {

@@ -159,8 +159,8 @@ export class InodeStore {
   /** Give a state its extent map; the map reports itself dirty to this store. */
   attachMap(st: InodeState, map: ExtentMap): ExtentMap {
     st.extents = map;
-    map.onDirty = () => this.dirty.add(st);
-    if (map.dirty) this.dirty.add(st);
+    map.onDirty = () => this.addDirty(st);
+    if (map.dirty) this.addDirty(st);
     return map;
   }
 
@@ -178,13 +178,13 @@ export class InodeStore {
   /** write() without waiting: false (nothing done) for a state get() does not know. */
   markDirty(st: InodeState): boolean {
     if (this.states.get(st.inode.ino) !== st) return false;
-    this.dirty.add(st);
+    this.addDirty(st);
     return true;
   }
 
   /** Write a dirty state back: its extent map into its tree, then the inode into its table block. */
   async flush(st: InodeState): Promise<void> {
-    if (!this.dirty.delete(st)) return;
+    if (!this.removeDirty(st)) return;
     // Taken out first: a change made while this waits for I/O marks the state dirty again.
     try {
       const map = st.extents;
@@ -197,7 +197,7 @@ export class InodeStore {
       }
       await this.vol.writeInode(inode);
     } catch (e) {
-      this.dirty.add(st); // still to write: the commit that ran this fails, the change is kept
+      this.addDirty(st); // still to write: the commit that ran this fails, the change is kept
       throw e;
     }
   }
@@ -205,6 +205,33 @@ export class InodeStore {
   /** Changes not yet in the block cache (flushAll). */
   get hasDirty(): boolean {
     return this.dirty.size > 0;
+  }
+
+  /**
+   * Inode table blocks the dirty states will dirty when flushed: what a commit's transaction
+   * will hold besides the blocks dirty already (Ext4Fs commits early before it outgrows the log).
+   */
+  get pendingTableBlocks(): number {
+    return this.dirtyTableBlocks.size;
+  }
+
+  /** Per inode table block, how many dirty states live in it. */
+  private readonly dirtyTableBlocks = new Map<number, number>();
+
+  private addDirty(st: InodeState): void {
+    if (this.dirty.has(st)) return;
+    this.dirty.add(st);
+    const b = this.vol.inodeTableBlock(st.inode.ino);
+    this.dirtyTableBlocks.set(b, (this.dirtyTableBlocks.get(b) ?? 0) + 1);
+  }
+
+  private removeDirty(st: InodeState): boolean {
+    if (!this.dirty.delete(st)) return false;
+    const b = this.vol.inodeTableBlock(st.inode.ino);
+    const n = (this.dirtyTableBlocks.get(b) ?? 1) - 1;
+    if (n > 0) this.dirtyTableBlocks.set(b, n);
+    else this.dirtyTableBlocks.delete(b);
+    return true;
   }
 
   /** Write every dirty state back (each commit does this: it costs O(dirty states)). */
@@ -380,7 +407,7 @@ export class InodeStore {
     inode.f.i_block.fill(0);
     inode.f.i_flags &= ~INODE_FLAGS.EXTENTS;
     // Written now, not at the flush: the state leaves `states` and its number is free for reuse.
-    this.dirty.delete(st);
+    this.removeDirty(st);
     await this.vol.writeInode(inode);
     await this.vol.freeInode(inode.ino, isDir);
     this.states.delete(inode.ino);

@@ -541,6 +541,11 @@ export class Volume {
 
   // ---- inode table ----
 
+  /** The inode table block holding inode `ino`. */
+  inodeTableBlock(ino: number): number {
+    return this.inodeLocation(ino).block;
+  }
+
   private inodeLocation(ino: number): { block: number; offset: number } {
     if (!Number.isInteger(ino) || ino < 1 || ino > this.sb.s_inodes_count) throw new FsError('ESTALE', `inode ${ino} out of range`);
     const g = this.groupOfInode(ino);

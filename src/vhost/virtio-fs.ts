@@ -111,8 +111,13 @@ export class VirtioFsDevice implements VirtioDevice {
   process(q: SplitVirtqueue, mem: GuestMemory): void {
     const started = performance.now();
     this.adaptPollWindow(q, started);
-    do this.processAvailable(q, mem);
-    while (this.pollAvail(q, started));
+    try {
+      do this.processAvailable(q, mem);
+      while (this.pollAvail(q, started));
+    } catch (e) {
+      q.rearmKick(); // a poll may have left kicks suppressed: the queue must not go deaf
+      throw e;
+    }
     if (q.inflight === 0) this.pollStateOf(q).idleSince = performance.now();
   }
 

@@ -99,6 +99,14 @@ export class SplitVirtqueue {
 
   /** Stop (GET_VRING_BASE): the index to resume from. */
   stop(): number {
+    // Kicks re-armed for whoever takes the ring over (a poll may have suppressed them).
+    if (this.eventIdx && this.used) {
+      try {
+        this.used.setUint16(4 + 8 * this.num, this.lastAvail, true);
+      } catch {
+        // the memory is gone already: nobody can kick into it
+      }
+    }
     this.started = false;
     return this.lastAvail;
   }
