@@ -269,6 +269,34 @@ test.serial('orphan cleanup at open commits the inodes with the superblock: a cr
   t.notRegex(debugfs(img, `stat <${a}>`), /^\s*dtime: /m, 'inode a has no dtime link left (debugfs shows dtime only when set)');
 });
 
+/**
+ * Inode changes wait in memory until the next commit (InodeStore.write). 6000 chmods with no
+ * commit between them touch 1500 inode table blocks of 1 KiB: more than a 1 MiB log holds. The
+ * early commit must count those blocks before they are dirty, or the one commit at the end would
+ * not fit the log and be written in place without atomicity.
+ */
+test.serial('6000 chmods with no commit and a 1 MiB journal: the deferred inode writes are committed in steps that fit the log', async (t) => {
+  const dir = tempDir(t, 'chmod');
+  const image = makeImage(t, { size: '256M', blockSize: 1024, mkfs: 'kfs', extraArgs: ['-J', 'size=1', '-N', '8192'], dir });
+  const f = await Ext4Fs.open(image, { commitIntervalMs: 0 });
+  const inos: number[] = [];
+  for (let i = 0; i < 6000; i++) {
+    inos.push((await f.create(2, Buffer.from(`f${i}`), 0o644, 0, 0)).ino);
+    if (i % 500 === 499) await f.sync();
+  }
+  await f.sync();
+  const before = { ...f.vol.journal!.stats };
+  for (const ino of inos) await f.setattr(ino, { mode: 0o600 });
+  await f.sync();
+  const stats = { ...f.vol.journal!.stats };
+  await f.close();
+  t.log(before, stats);
+  t.is(stats.oversized, 0, 'no transaction outgrew the 1 MiB log: every one was atomic');
+  t.true(stats.commits - before.commits > 2, `the chmods were committed in steps (${stats.commits - before.commits} commits)`);
+  const n = fsck(image);
+  t.is(n.code, 0, n.output);
+});
+
 test.serial('fallocate 10 GiB, truncate and punch with a 1 MiB journal: split into transactions that fit the log', async (t) => {
   const dir = tempDir(t, 'big');
   const image = makeImage(t, { size: '12G', blockSize: 1024, mkfs: 'kfs', extraArgs: ['-J', 'size=1'], dir });
