@@ -66,8 +66,12 @@ export class VirtioFsDevice implements VirtioDevice {
   private interruptPending = new Set<SplitVirtqueue>();
   readonly stats = { requests: 0, badChains: 0 };
 
+  /** VirtioFsOptions.pollUs: the largest poll window (0: no polling, and none of its bookkeeping). */
+  private readonly maxPollUs: number;
+
   constructor(private session: FuseSession, private opts: VirtioFsOptions) {
     this.numQueues = 1 + opts.numRequestQueues;
+    this.maxPollUs = opts.pollUs ?? 0;
     this.largeRequests = new LargeRequestPool(session.bufferSize);
   }
 
@@ -118,7 +122,7 @@ export class VirtioFsDevice implements VirtioDevice {
       q.rearmKick(); // a poll may have left kicks suppressed: the queue must not go deaf
       throw e;
     }
-    if (q.inflight === 0) this.pollStateOf(q).idleSince = performance.now();
+    if (q.inflight === 0 && this.maxPollUs > 0) this.pollStateOf(q).idleSince = performance.now();
   }
 
   // ---- polling an idle request queue (VirtioFsOptions.pollUs) ----
@@ -134,13 +138,13 @@ export class VirtioFsDevice implements VirtioDevice {
 
   private pollStateOf(q: SplitVirtqueue): { window: number; idleSince: number } {
     let st = this.pollStates.get(q);
-    if (!st) this.pollStates.set(q, (st = { window: this.opts.pollUs ?? 0, idleSince: -1 }));
+    if (!st) this.pollStates.set(q, (st = { window: this.maxPollUs, idleSince: -1 }));
     return st;
   }
 
   /** A kick woke us: grow or shrink the poll window by how long the queue was idle before it. */
   private adaptPollWindow(q: SplitVirtqueue, now: number): void {
-    const max = this.opts.pollUs ?? 0;
+    const max = this.maxPollUs;
     if (max <= 0) return;
     const st = this.pollStateOf(q);
     if (st.idleSince < 0) return;
@@ -158,8 +162,8 @@ export class VirtioFsDevice implements VirtioDevice {
    * back to the event loop first.
    */
   private pollAvail(q: SplitVirtqueue, started: number): boolean {
-    if (q.index === 0 || !q.eventIdx || q.inflight > 0 || q.broken || !q.ready) return false;
-    const us = (this.opts.pollUs ?? 0) > 0 ? this.pollStateOf(q).window : 0;
+    if (this.maxPollUs <= 0 || q.index === 0 || !q.eventIdx || q.inflight > 0 || q.broken || !q.ready) return false;
+    const us = this.pollStateOf(q).window;
     if (us <= 0) return false;
     const now = performance.now();
     if (now - started > POLL_BUDGET_MS) {
@@ -355,7 +359,7 @@ export class VirtioFsDevice implements VirtioDevice {
     setImmediate(() => {
       this.interruptPending.delete(q);
       if (q.needsInterrupt()) q.interrupt();
-      if (q.inflight === 0) this.pollAfterCompletion(q);
+      if (q.inflight === 0 && this.maxPollUs > 0) this.pollAfterCompletion(q);
     });
   }
 
