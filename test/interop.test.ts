@@ -578,6 +578,58 @@ test.serial('a. kfs: a new inode alone in its table block is not read from the i
   });
 });
 
+/**
+ * A directory's listing in cookie order is kept while the directory is unchanged (a guest lists
+ * it again after each drop_caches): listed twice, the second listing is the first's entries.
+ * After every kind of change (create, unlink, rename away, rename over, a subdirectory moved
+ * in) the next listing shows it, with the cookies a fresh listing of the image computes.
+ */
+test.serial('a. kfs: a directory listed again while unchanged reuses its listing; each change shows in the next one', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '64M', blockSize: 4096 });
+  const triples = (l: { name: Buffer; ino: number; next: number }[]): [string, number, number][] => l.map((e) => [e.name.toString(), e.ino, e.next]);
+  let f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  const model = new Map<string, number>();
+  let d = 0;
+  try {
+    d = (await f.mkdir(2, Buffer.from('d'), 0o755, 0, 0)).ino;
+    for (let i = 0; i < 300; i++) model.set(`f${i}`, (await f.create(d, Buffer.from(`f${i}`), 0o644, 0, 0)).ino);
+    const sub = (await f.mkdir(2, Buffer.from('sub'), 0o755, 0, 0)).ino;
+    const sorted = (m: Iterable<[string, number]>): [string, number][] => [...m].sort((a, b) => a[0].localeCompare(b[0]));
+    const names = async (): Promise<[string, number][]> => sorted((await f.readdir(d, 0)).filter((e) => !['.', '..'].includes(e.name.toString())).map((e) => [e.name.toString(), e.ino]));
+
+    const first = await f.readdir(d, 0);
+    const again = await f.readdir(d, 0);
+    t.is(again.length, 302);
+    t.true(again.every((e, i) => e === first[i]), 'the unchanged directory was not listed afresh');
+    t.deepEqual(await names(), sorted(model));
+
+    const changes: [string, () => Promise<void>][] = [
+      ['create', async () => void model.set('new', (await f.create(d, Buffer.from('new'), 0o644, 0, 0)).ino)],
+      ['unlink', async () => { await f.unlink(d, Buffer.from('f7')); model.delete('f7'); }],
+      ['rename away', async () => { await f.rename(d, Buffer.from('f8'), 2, Buffer.from('out')); model.delete('f8'); }],
+      ['rename over', async () => { await f.rename(d, Buffer.from('f9'), d, Buffer.from('f10')); model.set('f10', model.get('f9')!); model.delete('f9'); }],
+      ['subdirectory moved in', async () => { await f.rename(2, Buffer.from('sub'), d, Buffer.from('sub')); model.set('sub', sub); }],
+    ];
+    for (const [what, change] of changes) {
+      await f.readdir(d, 0); // listed (and kept) before the change
+      await change();
+      t.deepEqual(await names(), sorted(model), `after ${what}`);
+    }
+    const cached = triples(await f.readdir(d, 0));
+    await f.close();
+    f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+    t.deepEqual(triples(await f.readdir(d, 0)), cached, 'the kept listing has the cookies a fresh one computes');
+  } finally {
+    await f.close();
+  }
+  fsckCleanAndKernelSees(t, img, (dir) => {
+    t.deepEqual(fs.readdirSync(join(dir, 'd')).sort(), [...model.keys()].sort());
+    t.is(fs.statSync(join(dir, 'd', 'f10')).ino, model.get('f10')!);
+  });
+});
+
 /** After kfs closed `img`: e2fsck -fn is clean, and `check` runs on the kernel's read-only mount of it. */
 function fsckCleanAndKernelSees(t: ExecutionContext, img: string, check: (dir: string) => void): void {
   const r = fsck(img);
