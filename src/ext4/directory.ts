@@ -249,6 +249,17 @@ export class Directory {
     return found;
   }
 
+  /**
+   * The inode `name` names, or null: from the names in memory when they tell (no block
+   * searched; a READDIRPLUS of a directory that changed since its listing asks this for every
+   * entry), else as lookup().
+   */
+  async inodeOf(name: Buffer): Promise<number | null> {
+    const known = this.known(name);
+    if (known !== undefined) return known;
+    return (await this.lookup(name))?.inode ?? null;
+  }
+
   private search(name: Buffer): Promise<FoundEntry | null> {
     return this.drive(this.searchSteps(name));
   }

@@ -303,8 +303,8 @@ export class Ext4Fs {
   private async lookupLocked(parent: number, name: Buffer): Promise<Attr | null> {
     checkName(name, true);
     const p = await this.store.get(parent);
-    const e = await this.dir(p).lookup(name);
-    return e ? this.toAttr(await this.store.get(e.inode)) : null;
+    const ino = await this.dir(p).inodeOf(name);
+    return ino === null ? null : this.toAttr(this.store.getCached(ino) ?? (await this.store.get(ino)));
   }
 
   private async newNode(parent: number, name: Buffer, mode: number, uid: number, gid: number, init: (st: InodeState) => Promise<void>, umask = 0): Promise<Attr> {
