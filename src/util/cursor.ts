@@ -53,30 +53,38 @@ export class ByteCursor {
     this.need(1, 'u8');
     return this.buf[this.pos++];
   }
+  // The little-endian accessors read and write bytes themselves after need(): Buffer's
+  // readUInt32LE/writeUInt32LE check offset and value again, and cost ~4x as much per field
+  // (inode and FUSE attribute encoding are tens of fields each).
   u16(): number {
     this.need(2, 'u16');
-    const v = this.buf.readUInt16LE(this.pos);
-    this.pos += 2;
-    return v;
+    const b = this.buf;
+    const p = this.pos;
+    this.pos = p + 2;
+    return b[p] | (b[p + 1] << 8);
   }
   u32(): number {
     this.need(4, 'u32');
-    const v = this.buf.readUInt32LE(this.pos);
-    this.pos += 4;
-    return v;
+    const b = this.buf;
+    const p = this.pos;
+    this.pos = p + 4;
+    return (b[p] | (b[p + 1] << 8) | (b[p + 2] << 16)) + b[p + 3] * 0x1000000;
   }
   i32(): number {
     this.need(4, 'i32');
-    const v = this.buf.readInt32LE(this.pos);
-    this.pos += 4;
-    return v;
+    const b = this.buf;
+    const p = this.pos;
+    this.pos = p + 4;
+    return b[p] | (b[p + 1] << 8) | (b[p + 2] << 16) | (b[p + 3] << 24);
   }
   /** u64 as a number: exact below 2^53, which covers every block, byte and inode count here. */
   u64(): number {
     this.need(8, 'u64');
-    const lo = this.buf.readUInt32LE(this.pos);
-    const hi = this.buf.readUInt32LE(this.pos + 4);
-    this.pos += 8;
+    const b = this.buf;
+    const p = this.pos;
+    this.pos = p + 8;
+    const lo = (b[p] | (b[p + 1] << 8) | (b[p + 2] << 16)) + b[p + 3] * 0x1000000;
+    const hi = (b[p + 4] | (b[p + 5] << 8) | (b[p + 6] << 16)) + b[p + 7] * 0x1000000;
     return hi * 0x100000000 + lo;
   }
   /** u64 exactly, for identifiers that use all 64 bits (FUSE unique, fh, flags). */
@@ -113,21 +121,25 @@ export class ByteCursor {
     this.buf[this.pos++] = v & 0xff;
     return this;
   }
+  // Stores into a Uint8Array keep the low 8 bits, the same bytes as masking first.
   putU16(v: number): this {
     this.need(2, 'u16');
-    this.buf.writeUInt16LE(v & 0xffff, this.pos);
-    this.pos += 2;
+    const b = this.buf;
+    const p = this.pos;
+    b[p] = v;
+    b[p + 1] = v >>> 8;
+    this.pos = p + 2;
     return this;
   }
   putU32(v: number): this {
     this.need(4, 'u32');
-    this.buf.writeUInt32LE(v >>> 0, this.pos);
+    putLe32(this.buf, this.pos, v);
     this.pos += 4;
     return this;
   }
   putI32(v: number): this {
     this.need(4, 'i32');
-    this.buf.writeInt32LE(v | 0, this.pos);
+    putLe32(this.buf, this.pos, v);
     this.pos += 4;
     return this;
   }
@@ -135,8 +147,8 @@ export class ByteCursor {
     this.need(8, 'u64');
     if (typeof v === 'bigint') this.buf.writeBigUInt64LE(v, this.pos);
     else {
-      this.buf.writeUInt32LE(v % 0x100000000 >>> 0, this.pos);
-      this.buf.writeUInt32LE(Math.floor(v / 0x100000000) >>> 0, this.pos + 4);
+      putLe32(this.buf, this.pos, v % 0x100000000 >>> 0);
+      putLe32(this.buf, this.pos + 4, Math.floor(v / 0x100000000) >>> 0);
     }
     this.pos += 8;
     return this;
@@ -199,6 +211,14 @@ export class ByteCursor {
     this.pos += 8;
     return this;
   }
+}
+
+/** The low 32 bits of v (as `v >>> 0`), little-endian at p. */
+function putLe32(b: Buffer, p: number, v: number): void {
+  b[p] = v;
+  b[p + 1] = v >>> 8;
+  b[p + 2] = v >>> 16;
+  b[p + 3] = v >>> 24;
 }
 
 /** Split/join helpers for ext4's lo/hi field pairs. */
