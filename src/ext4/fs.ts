@@ -11,7 +11,7 @@ import { FsError, CorruptionError } from '../util/errors';
 import { log } from '../util/log';
 import { Volume, VolumeOptions } from './volume';
 import { InodeStore, InodeState, now, writeTime } from './inode-store';
-import { Directory, DirEntryInfo, isDotName } from './directory';
+import { Directory, DirEntryInfo, isDotName, DIR_NAMES_MAX } from './directory';
 import { XattrStore } from './xattr-store';
 import { FileIO } from './file-io';
 import { daxRuns } from './dax-map';
@@ -894,7 +894,8 @@ export class Ext4Fs {
     if (kept && kept.changes === d.changes) return kept.entries;
     const changes = d.changes;
     const entries = this.cookieOrder(d, await d.list());
-    if (d.changes === changes) this.listings.set(d, { changes, entries });
+    // Bounded as the names a Directory keeps are: a huge directory's listing is not kept.
+    if (d.changes === changes && entries.length - 2 <= DIR_NAMES_MAX) this.listings.set(d, { changes, entries });
     return entries;
   }
   private readonly listings = new WeakMap<Directory, { changes: number; entries: DirEntry[] }>();

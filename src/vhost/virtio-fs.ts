@@ -222,9 +222,11 @@ export class VirtioFsDevice implements VirtioDevice {
     let bytes = 0; // and the reply bytes in them
     let peak = 0; // the most requests held at once (in flight, plus those taken in one run)
     do {
+      // Those in flight before this run, plus the run (serve() counts its own in inflight).
+      const before = q.inflight;
       let run = 0;
       for (let chain = q.pop(mem); chain; chain = q.pop(mem)) {
-        if (++run + q.inflight > peak) peak = run + q.inflight;
+        if (before + ++run > peak) peak = before + run;
         if (chain.error) {
           this.stats.badChains++;
           log.warn(`virtio-fs: queue ${q.index}: bad descriptor chain ${chain.head}: ${chain.error}`);
@@ -375,13 +377,15 @@ export class VirtioFsDevice implements VirtioDevice {
     // The last request in flight: nothing more of this queue completes in this turn, so the
     // guest (waiting for this answer, if it keeps one request going) is told now rather than
     // after the turn's other callbacks (10-20 µs later).
-    this.interruptPending.delete(q);
-    if (q.needsInterrupt()) q.interrupt();
     const waiters = this.drainWaiters.get(q);
     if (waiters) {
+      // Resolved first (their continuations run after this): a throwing interrupt must not
+      // leave GET_VRING_BASE waiting.
       this.drainWaiters.delete(q);
       for (const w of waiters) w();
     }
+    this.interruptPending.delete(q);
+    if (q.needsInterrupt()) q.interrupt();
     if (this.maxPollUs > 0 && !this.pollQueued.has(q)) {
       this.pollQueued.add(q);
       setImmediate(() => {
