@@ -264,12 +264,17 @@ export class Directory {
     return this.drive(this.searchSteps(name));
   }
 
-  /** Run steps (searchSteps, pathSteps), reading each block they need. */
+  /**
+   * Run steps (searchSteps, pathSteps), reading each block they need. A block already cached
+   * (and verified) is handed over without an await: the reads' promise chains were a good part
+   * of a cached lookup's cost and allocation.
+   */
   private async drive<T>(steps: Generator<BlockNeed, T, DxNode | Buffer>): Promise<T> {
     for (let r = steps.next(); ; ) {
       if (r.done) return r.value;
       const need = r.value;
-      r = steps.next(need.node ? await this.dxNode(need.lblk) : await this.leafBuf(need.lblk));
+      const cached = need.node ? this.dxNodeCached(need.lblk) : this.io.peek(need.lblk, this.csum);
+      r = steps.next(cached ?? (need.node ? await this.dxNode(need.lblk) : await this.leafBuf(need.lblk)));
     }
   }
 
