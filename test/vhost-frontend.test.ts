@@ -200,37 +200,50 @@ test.serial('kfsd --image: every request queue it offers, 64 in flight each, ind
 });
 
 /**
+ * The kicks a front-end sends to kfsd --image (with `extra` options) on its request queue while
+ * `drive` sends requests about file `name`, made first; kfsd must then stop cleanly.
+ */
+async function kicksFor(t: ExecutionContext, extra: string[], name: string, drive: (fe: VhostFrontend, nodeid: number, fh: number) => Promise<void>): Promise<number> {
+  const { backend, socket } = await startBackend(t, 'kfsd-image', extra);
+  const fe = await frontend(t, socket, backend);
+  await fe.fuse.init();
+  const { entry, fh } = await fe.fuse.create(1, name, 0o644);
+  const q = fe.queues[1];
+  const k0 = q.kicks;
+  await drive(fe, entry.nodeid, fh);
+  const kicks = q.kicks - k0;
+  fe.close();
+  t.is((await backend.stop()).code, 0);
+  return kicks;
+}
+
+/** A pause as a guest process takes between calls (a spin: timers have 1 ms steps). */
+function pause(ms: number): void {
+  for (const until = performance.now() + ms; performance.now() < until;);
+}
+
+/**
  * One request at a time, 0.1 ms apart, as a guest process sends them: 160 GETATTRs (answered
  * on the synchronous path) and 40 WRITEs (the ordinary path). With --poll-us 0 every request
  * after an answer finds the queue asleep and needs a kick; with polling kfsd watches the ring
  * after each answer and tells the driver not to kick (avail_event), so few are sent.
  */
 test.serial('kfsd --image --poll-us: a request queue is watched after each answer, so one request at a time needs no kick', async (t) => {
-  const kicksFor = async (extra: string[]): Promise<number> => {
-    const { backend, socket } = await startBackend(t, 'kfsd-image', extra);
-    const fe = await frontend(t, socket, backend);
-    await fe.fuse.init();
-    const { entry, fh } = await fe.fuse.create(1, 'p', 0o644);
-    const q = fe.queues[1];
-    const k0 = q.kicks;
+  const oneAtATime = async (fe: VhostFrontend, nodeid: number, fh: number): Promise<void> => {
     let size = 0;
     for (let i = 0; i < 200; i++) {
-      // A pause as a guest process takes between calls (a spin: timers have 1 ms steps): kfsd
-      // is back waiting for its kick by then, unless it polls (a client quicker than kfsd's
-      // return to the event loop finds the ring still being read and needs no kick either way).
-      for (const until = performance.now() + 0.1; performance.now() < until;);
+      // kfsd is back waiting for its kick by then, unless it polls (a client quicker than
+      // kfsd's return to the event loop finds the ring still being read and needs no kick
+      // either way).
+      pause(0.1);
       if (i % 5 === 4) {
-        t.is(await fe.fuse.write(entry.nodeid, fh, i, Buffer.from('x')), 1);
+        t.is(await fe.fuse.write(nodeid, fh, i, Buffer.from('x')), 1);
         size = i + 1;
-      } else t.is((await fe.fuse.getattr(entry.nodeid)).size, size);
+      } else t.is((await fe.fuse.getattr(nodeid)).size, size);
     }
-    const kicks = q.kicks - k0;
-    fe.close();
-    t.is((await backend.stop()).code, 0);
-    return kicks;
   };
-  const plain = await kicksFor(['--poll-us', '0']);
-  const polled = await kicksFor(['--poll-us', '1000']);
+  const plain = await kicksFor(t, ['--poll-us', '0'], 'p', oneAtATime);
+  const polled = await kicksFor(t, ['--poll-us', '1000'], 'p', oneAtATime);
   t.log(`kicks for 200 requests one at a time: ${plain} without polling, ${polled} with --poll-us 1000`);
   t.true(plain >= 120, `without polling (nearly) each request kicks (${plain})`);
   // Unloaded 200 against under 10 here; with another test file running 164-177 against 70-87
@@ -247,25 +260,15 @@ test.serial('kfsd --image --poll-us: a request queue is watched after each answe
  */
 test.serial('kfsd --image --poll-us: a queue that held several requests at once is not watched after them', async (t) => {
   const bursts = 50;
-  const kicksFor = async (extra: string[]): Promise<number> => {
-    const { backend, socket } = await startBackend(t, 'kfsd-image', extra);
-    const fe = await frontend(t, socket, backend);
-    await fe.fuse.init();
-    const { entry } = await fe.fuse.create(1, 'b', 0o644);
-    const q = fe.queues[1];
-    const k0 = q.kicks;
+  const inBursts = async (fe: VhostFrontend, nodeid: number): Promise<void> => {
     for (let i = 0; i < bursts; i++) {
-      for (const until = performance.now() + 0.1; performance.now() < until;);
-      const sizes = await Promise.all(Array.from({ length: 8 }, () => fe.fuse.getattr(entry.nodeid).then((a) => a.size)));
+      pause(0.1);
+      const sizes = await Promise.all(Array.from({ length: 8 }, () => fe.fuse.getattr(nodeid).then((a) => a.size)));
       t.deepEqual(sizes, new Array(8).fill(0));
     }
-    const kicks = q.kicks - k0;
-    fe.close();
-    t.is((await backend.stop()).code, 0);
-    return kicks;
   };
-  const plain = await kicksFor(['--poll-us', '0']);
-  const polled = await kicksFor(['--poll-us', '1000']);
+  const plain = await kicksFor(t, ['--poll-us', '0'], 'b', inBursts);
+  const polled = await kicksFor(t, ['--poll-us', '1000'], 'b', inBursts);
   t.log(`kicks for ${bursts} bursts of 8: ${plain} without polling, ${polled} with --poll-us 1000`);
   // Polled after each burst (before this rule): 24-40 of 50 here. A burst published while kfsd
   // is still re-checking the ring after the previous one needs no kick either way.
