@@ -594,6 +594,8 @@ test.serial('a. kfs: a directory listed again while unchanged reuses its listing
   let d = 0;
   const sorted = (m: Iterable<[string, number]>): [string, number][] => [...m].sort((a, b) => a[0].localeCompare(b[0]));
   const listed = async (dir: number): Promise<[string, number][]> => sorted((await f.readdir(dir, 0)).map((e) => [e.name.toString(), e.ino]));
+  const triples = (l: { name: Buffer; ino: number; next: number }[]): [string, number, number][] => l.map((e) => [e.name.toString(), e.ino, e.next]);
+  let kept: [string, number, number][] = [];
   try {
     d = (await f.mkdir(2, Buffer.from('d'), 0o755, 0, 0)).ino;
     for (let i = 0; i < 1000; i++) model.set(`file-with-a-longer-name-${i}`, (await f.create(d, Buffer.from(`file-with-a-longer-name-${i}`), 0o644, 0, 0)).ino);
@@ -627,11 +629,19 @@ test.serial('a. kfs: a directory listed again while unchanged reuses its listing
       t.deepEqual(await names(), sorted(model), `after ${what}`);
     }
     t.deepEqual(await listed(sub), [['.', sub], ['..', d]], 'the moved directory lists its new parent as ".."');
+    kept = triples(await f.readdir(d, 0));
   } finally {
     await f.close();
   }
+  const fresh = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  try {
+    t.deepEqual(triples(await fresh.readdir(d, 0)), kept, 'the kept listing has the cookies a fresh one computes');
+  } finally {
+    await fresh.close();
+  }
   fsckCleanAndKernelSees(t, img, (dir) => {
     t.deepEqual(fs.readdirSync(join(dir, 'd')).sort(), [...model.keys()].sort());
+    t.true(fs.statSync(join(dir, 'd')).size > 4096, 'the directory grew past one block (an htree)');
     for (const [name, ino] of model) t.is(fs.statSync(join(dir, 'd', name)).ino, ino, name);
   });
 });

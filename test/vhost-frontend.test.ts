@@ -276,6 +276,25 @@ test.serial('kfsd --image --poll-us: a queue that held several requests at once 
   t.true(polled >= plain * 0.9, `nor with polling (${polled}, against ${plain} without)`);
 });
 
+/**
+ * Two at once is still a guest waiting on its answers: pairs of WRITEs (the ordinary path, each
+ * counted in flight once) published together, 0.1 ms apart, are watched for like single requests.
+ */
+test.serial('kfsd --image --poll-us: a queue that held two requests at once is still watched after them', async (t) => {
+  const pairs = 100;
+  const inPairs = async (fe: VhostFrontend, nodeid: number, fh: number): Promise<void> => {
+    for (let i = 0; i < pairs; i++) {
+      pause(0.1);
+      t.deepEqual(await Promise.all([fe.fuse.write(nodeid, fh, 2 * i, Buffer.from('a')), fe.fuse.write(nodeid, fh, 2 * i + 1, Buffer.from('b'))]), [1, 1]);
+    }
+  };
+  const plain = await kicksFor(t, ['--poll-us', '0'], 'w', inPairs);
+  const polled = await kicksFor(t, ['--poll-us', '1000'], 'w', inPairs);
+  t.log(`kicks for ${pairs} pairs of WRITEs: ${plain} without polling, ${polled} with --poll-us 1000`);
+  t.true(plain >= pairs * 0.6, `without polling (nearly) each pair kicks (${plain} of ${pairs})`);
+  t.true(polled <= plain * 0.65, `with polling far fewer do (${polled} of ${plain})`);
+});
+
 test.serial('kfsd --shared-dir: handshake, FUSE workload, host sees the files', async (t) => {
   const { backend, socket, dir } = await startBackend(t, 'kfsd-dir');
   const fe = await frontend(t, socket, backend, { eventIdx: false });

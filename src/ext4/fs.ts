@@ -896,6 +896,7 @@ export class Ext4Fs {
     const entries = this.cookieOrder(d, await d.list());
     // Bounded as the names a Directory keeps are: a huge directory's listing is not kept.
     if (d.changes === changes && entries.length - 2 <= DIR_NAMES_MAX) this.listings.set(d, { changes, entries });
+    else this.listings.delete(d);
     return entries;
   }
   private readonly listings = new WeakMap<Directory, { changes: number; entries: DirEntry[] }>();

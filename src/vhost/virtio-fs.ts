@@ -379,13 +379,17 @@ export class VirtioFsDevice implements VirtioDevice {
     // after the turn's other callbacks (10-20 µs later).
     const waiters = this.drainWaiters.get(q);
     if (waiters) {
-      // Resolved first (their continuations run after this): a throwing interrupt must not
-      // leave GET_VRING_BASE waiting.
+      // Their continuations (GET_VRING_BASE) run after this turn, so after the interrupt below.
       this.drainWaiters.delete(q);
       for (const w of waiters) w();
     }
     this.interruptPending.delete(q);
-    if (q.needsInterrupt()) q.interrupt();
+    try {
+      if (q.needsInterrupt()) q.interrupt();
+    } catch (e) {
+      // Inside the request's promise callback: a throw would be an unhandled rejection.
+      log.warn(`virtio-fs: queue ${q.index}: interrupt failed: ${(e as Error).message}`);
+    }
     if (this.maxPollUs > 0 && !this.pollQueued.has(q)) {
       this.pollQueued.add(q);
       setImmediate(() => {
