@@ -289,7 +289,11 @@ test.serial('kfsd --image --poll-us: a queue that held two requests at once is s
     }
   };
   const plain = await kicksFor(t, ['--poll-us', '0'], 'w', inPairs);
-  const polled = await kicksFor(t, ['--poll-us', '1000'], 'w', inPairs);
+  // Up to three tries: under load (other test files on both CPUs) the client is descheduled past
+  // the window, which then halves to nothing (96 of 100 once). Counted twice, as before this
+  // rule, a pair is never watched for: 100 of 100 every time.
+  let polled = Infinity;
+  for (let i = 0; i < 3 && !(polled <= plain * 0.65); i++) polled = Math.min(polled, await kicksFor(t, ['--poll-us', '1000'], 'w', inPairs));
   t.log(`kicks for ${pairs} pairs of WRITEs: ${plain} without polling, ${polled} with --poll-us 1000`);
   t.true(plain >= pairs * 0.6, `without polling (nearly) each pair kicks (${plain} of ${pairs})`);
   t.true(polled <= plain * 0.65, `with polling far fewer do (${polled} of ${plain})`);
