@@ -204,7 +204,15 @@ test.serial('kfsd --image: every request queue it offers, 64 in flight each, ind
  * `drive` sends requests about file `name`, made first; kfsd must then stop cleanly.
  */
 async function kicksFor(t: ExecutionContext, extra: string[], name: string, drive: (fe: VhostFrontend, nodeid: number, fh: number) => Promise<void>): Promise<number> {
-  const { backend, socket } = await startBackend(t, 'kfsd-image', extra);
+  return (await pollingOf(t, extra, name, drive)).kicks;
+}
+
+/**
+ * kicksFor, and kfsd's own count of the idle moments where it decided on polling (its log line
+ * when the front-end goes): `serial` after at most two requests held at once, `busy` after more.
+ */
+async function pollingOf(t: ExecutionContext, extra: string[], name: string, drive: (fe: VhostFrontend, nodeid: number, fh: number) => Promise<void>): Promise<{ kicks: number; serial: number; busy: number }> {
+  const { backend, socket } = await startBackend(t, 'kfsd-image', ['--log-level', 'info', ...extra]);
   const fe = await frontend(t, socket, backend);
   await fe.fuse.init();
   const { entry, fh } = await fe.fuse.create(1, name, 0o644);
@@ -214,7 +222,9 @@ async function kicksFor(t: ExecutionContext, extra: string[], name: string, driv
   const kicks = q.kicks - k0;
   fe.close();
   t.is((await backend.stop()).code, 0);
-  return kicks;
+  const m = /polling: (\d+) idle moments after at most two requests at once, (\d+) after more/.exec(backend.output);
+  t.truthy(m, `no polling line in kfsd output: ${backend.output.slice(-1500)}`);
+  return { kicks, serial: Number(m?.[1]), busy: Number(m?.[2]) };
 }
 
 /** A pause as a guest process takes between calls (a spin: timers have 1 ms steps). */
@@ -268,17 +278,21 @@ test.serial('kfsd --image --poll-us: a queue that held several requests at once 
     }
   };
   const plain = await kicksFor(t, ['--poll-us', '0'], 'b', inBursts);
-  const polled = await kicksFor(t, ['--poll-us', '1000'], 'b', inBursts);
-  t.log(`kicks for ${bursts} bursts of 8: ${plain} without polling, ${polled} with --poll-us 1000`);
-  // Polled after each burst (before this rule): 24-40 of 50 here. A burst published while kfsd
-  // is still re-checking the ring after the previous one needs no kick either way.
-  t.true(plain >= bursts * 0.8, `without polling each burst kicks (${plain} of ${bursts})`);
-  t.true(polled >= plain * 0.9, `nor with polling (${polled}, against ${plain} without)`);
+  const polled = await pollingOf(t, ['--poll-us', '1000'], 'b', inBursts);
+  t.log(`${bursts} bursts of 8: kicks ${plain} without polling, ${polled.kicks} with --poll-us 1000; idle moments not watched ${polled.busy}, watched ${polled.serial}`);
+  // kfsd's own count hardly depends on timing: each burst is taken whole (one avail update). A
+  // burst that comes while kfsd still re-checks the ring after the previous one joins its stretch
+  // (under load 45 decisions for 50 bursts); the few watched moments are INIT's and CREATE's.
+  t.true(polled.busy >= bursts / 2 && polled.busy >= (polled.busy + polled.serial) * 0.8, `after (nearly) every burst the queue is not watched (${polled.busy} not watched, ${polled.serial} watched, ${bursts} bursts)`);
+  // The kicks only for the log (polled after each burst, before this rule: 24-40 of 50 here); a
+  // burst published while kfsd still re-checks the ring after the previous one needs no kick.
+  t.true(plain >= bursts * 0.5, `without polling most bursts kick (${plain} of ${bursts})`);
 });
 
 /**
  * Two at once is still a guest waiting on its answers: pairs of WRITEs (the ordinary path, each
- * counted in flight once) published together, 0.1 ms apart, are watched for like single requests.
+ * counted in flight once) published together, 0.1 ms apart, leave the queue to be watched like
+ * single requests. Counted twice, as before the mend, each pair was "several" and never watched.
  */
 test.serial('kfsd --image --poll-us: a queue that held two requests at once is still watched after them', async (t) => {
   const pairs = 100;
@@ -288,15 +302,11 @@ test.serial('kfsd --image --poll-us: a queue that held two requests at once is s
       t.deepEqual(await Promise.all([fe.fuse.write(nodeid, fh, 2 * i, Buffer.from('a')), fe.fuse.write(nodeid, fh, 2 * i + 1, Buffer.from('b'))]), [1, 1]);
     }
   };
-  const plain = await kicksFor(t, ['--poll-us', '0'], 'w', inPairs);
-  // Up to three tries: under load (other test files on both CPUs) the client is descheduled past
-  // the window, which then halves to nothing (96 of 100 once). Counted twice, as before this
-  // rule, a pair is never watched for: 100 of 100 every time.
-  let polled = Infinity;
-  for (let i = 0; i < 3 && !(polled <= plain * 0.65); i++) polled = Math.min(polled, await kicksFor(t, ['--poll-us', '1000'], 'w', inPairs));
-  t.log(`kicks for ${pairs} pairs of WRITEs: ${plain} without polling, ${polled} with --poll-us 1000`);
-  t.true(plain >= pairs * 0.6, `without polling (nearly) each pair kicks (${plain} of ${pairs})`);
-  t.true(polled <= plain * 0.65, `with polling far fewer do (${polled} of ${plain})`);
+  const polled = await pollingOf(t, ['--poll-us', '1000'], 'w', inPairs);
+  t.log(`${pairs} pairs of WRITEs: kicks ${polled.kicks}; idle moments watched ${polled.serial}, not watched ${polled.busy}`);
+  // kfsd's own count does not depend on timing (the kicks do: under load the window halves away).
+  t.is(polled.busy, 0, 'no pair counts as several requests at once');
+  t.true(polled.serial >= pairs, `the queue is left to be watched after every pair (${polled.serial})`);
 });
 
 test.serial('kfsd --shared-dir: handshake, FUSE workload, host sees the files', async (t) => {

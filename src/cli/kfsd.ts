@@ -107,11 +107,13 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   try {
     do {
-      const reason = await server.serveOne(() => new VirtioFsDevice(control.track(new FuseSession(served.fs, sessionOpts)), {
+      let device: VirtioFsDevice | null = null;
+      const reason = await server.serveOne(() => (device = new VirtioFsDevice(control.track(new FuseSession(served.fs, sessionOpts)), {
         numRequestQueues: MAX_REQUEST_QUEUES, tag: o.tag ?? null, daxWindowSize, daxSource: served.ext4 ? (served.fs as Ext4FuseFs) : null,
         pollUs: o.pollUs,
-      }));
-      log.info(`front-end gone: ${reason}`);
+      })));
+      const st = (device as VirtioFsDevice | null)?.stats;
+      log.info(`front-end gone: ${reason}${st ? `; ${st.requests} requests, ${st.badChains} bad chains; polling: ${st.pollSerial} idle moments after at most two requests at once, ${st.pollBusy} after more` : ''}`);
       // A guest that is gone cannot release what it held; its unlinked-but-open files are freed now.
       await served.fs.releaseAll?.();
     } while (o.reconnect && !stopping);

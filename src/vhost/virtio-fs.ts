@@ -80,7 +80,12 @@ export class VirtioFsDevice implements VirtioDevice {
   readonly deviceFeatures = 0n;
   private drainWaiters = new Map<SplitVirtqueue, (() => void)[]>();
   private interruptPending = new Set<SplitVirtqueue>();
-  readonly stats = { requests: 0, badChains: 0 };
+  /**
+   * Requests served, bad descriptor chains; and the idle moments of request queues where
+   * polling was decided (pollUs > 0): `pollSerial` with at most POLL_SERIAL_MAX requests held at
+   * once since the last (watched, if the window was open), `pollBusy` with more (not watched).
+   */
+  readonly stats = { requests: 0, badChains: 0, pollSerial: 0, pollBusy: 0 };
 
   /** VirtioFsOptions.pollUs: the largest poll window (0: no polling, and none of its bookkeeping). */
   private readonly maxPollUs: number;
@@ -182,6 +187,8 @@ export class VirtioFsDevice implements VirtioDevice {
     const st = this.pollStateOf(q);
     const serial = st.peak <= POLL_SERIAL_MAX;
     st.peak = 0; // the queue is idle: count afresh from its next request
+    if (serial) this.stats.pollSerial++;
+    else this.stats.pollBusy++;
     const us = st.window;
     if (us <= 0 || !serial) return false;
     const now = performance.now();
