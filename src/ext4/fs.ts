@@ -886,7 +886,7 @@ export class Ext4Fs {
   /**
    * A directory's entries in cookie order, kept with its Directory while no entry changes
    * (`changes`): listing and hashing every name is most of a READDIR from offset 0 (2,000
-   * entries: 4-8 ms), and a guest lists the same directory again after each drop_caches.
+   * entries: 4-11 ms), and a guest lists the same directory again after each drop_caches.
    * Shared between listings: read only.
    */
   private async orderedListing(d: Directory): Promise<DirEntry[]> {
