@@ -195,9 +195,7 @@ export class VirtioFsDevice implements VirtioDevice {
     if (now - started > POLL_BUDGET_MS) {
       // Served long enough in one go: let the event loop run (other queues, timers, the
       // front-end's messages), then watch on. Kicks stay armed meanwhile.
-      setImmediate(() => {
-        if (q.inflight === 0) this.pollAfterCompletion(q);
-      });
+      this.pollLater(q);
       return false;
     }
     q.suppressKicks();
@@ -397,16 +395,20 @@ export class VirtioFsDevice implements VirtioDevice {
       // Inside the request's promise callback: a throw would be an unhandled rejection.
       log.warn(`virtio-fs: queue ${q.index}: interrupt failed: ${(e as Error).message}`);
     }
-    if (this.maxPollUs > 0 && !this.pollQueued.has(q)) {
-      this.pollQueued.add(q);
-      setImmediate(() => {
-        this.pollQueued.delete(q);
-        if (q.inflight === 0) this.pollAfterCompletion(q);
-      });
-    }
+    if (this.maxPollUs > 0) this.pollLater(q);
   }
 
-  /** Queues whose pollAfterCompletion waits for the end of this turn of the event loop. */
+  /** pollAfterCompletion at the end of this turn of the event loop, once per queue. */
+  private pollLater(q: SplitVirtqueue): void {
+    if (this.pollQueued.has(q)) return;
+    this.pollQueued.add(q);
+    setImmediate(() => {
+      this.pollQueued.delete(q);
+      if (q.inflight === 0) this.pollAfterCompletion(q);
+    });
+  }
+
+  /** Queues whose pollAfterCompletion waits for the end of this turn (pollLater). */
   private pollQueued = new Set<SplitVirtqueue>();
 
   /** One interrupt for all the completions of this turn of the event loop. */

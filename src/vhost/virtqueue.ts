@@ -102,7 +102,7 @@ export class SplitVirtqueue {
     // Kicks re-armed for whoever takes the ring over (a poll may have suppressed them).
     if (this.eventIdx && this.used) {
       try {
-        this.used.setUint16(4 + 8 * this.num, this.lastAvail, true);
+        this.setAvailEvent(this.lastAvail);
       } catch {
         // the memory is gone already: nobody can kick into it
       }
@@ -247,7 +247,7 @@ export class SplitVirtqueue {
    */
   rearmKick(): boolean {
     if (!this.eventIdx || !this.used || !this.ready) return false;
-    this.used.setUint16(4 + 8 * this.num, this.lastAvail, true);
+    this.setAvailEvent(this.lastAvail);
     native.fence();
     return this.avail!.getUint16(2, true) !== this.lastAvail;
   }
@@ -259,7 +259,12 @@ export class SplitVirtqueue {
    */
   suppressKicks(): void {
     if (!this.eventIdx || !this.used || !this.ready) return;
-    this.used.setUint16(4 + 8 * this.num, (this.lastAvail - 1) & 0xffff, true);
+    this.setAvailEvent((this.lastAvail - 1) & 0xffff);
+  }
+
+  /** avail_event, the u16 after the used ring's num elements (virtio 1.x 2.7.10): the guest kicks once it adds past it. */
+  private setAvailEvent(idx: number): void {
+    this.used!.setUint16(4 + 8 * this.num, idx, true);
   }
 
   interrupt(): void {
