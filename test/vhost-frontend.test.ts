@@ -208,10 +208,12 @@ async function kicksFor(t: ExecutionContext, extra: string[], name: string, driv
 }
 
 /**
- * kicksFor, and kfsd's own count of the idle moments where it decided on polling (its log line
- * when the front-end goes): `serial` after at most two requests held at once, `busy` after more.
+ * kicksFor, and kfsd's own counts from its log line when the front-end goes: the idle moments
+ * where it decided on polling, `serial` after at most two requests held at once, `busy` after
+ * more; `caught`, requests its watching found. The kicks depend on timing (under load the
+ * window halves away), so tests assert on kfsd's decisions and only log the kicks.
  */
-async function pollingOf(t: ExecutionContext, extra: string[], name: string, drive: (fe: VhostFrontend, nodeid: number, fh: number) => Promise<void>): Promise<{ kicks: number; serial: number; busy: number }> {
+async function pollingOf(t: ExecutionContext, extra: string[], name: string, drive: (fe: VhostFrontend, nodeid: number, fh: number) => Promise<void>): Promise<{ kicks: number; serial: number; busy: number; caught: number }> {
   const { backend, socket } = await startBackend(t, 'kfsd-image', ['--log-level', 'info', ...extra]);
   const fe = await frontend(t, socket, backend);
   await fe.fuse.init();
@@ -222,9 +224,9 @@ async function pollingOf(t: ExecutionContext, extra: string[], name: string, dri
   const kicks = q.kicks - k0;
   fe.close();
   t.is((await backend.stop()).code, 0);
-  const m = /polling: (\d+) idle moments after at most two requests at once, (\d+) after more/.exec(backend.output);
+  const m = /polling: (\d+) idle moments after at most two requests at once, (\d+) after more; (\d+) requests found by watching/.exec(backend.output);
   t.truthy(m, `no polling line in kfsd output: ${backend.output.slice(-1500)}`);
-  return { kicks, serial: Number(m?.[1]), busy: Number(m?.[2]) };
+  return { kicks, serial: Number(m?.[1]), busy: Number(m?.[2]), caught: Number(m?.[3]) };
 }
 
 /** A pause as a guest process takes between calls (a spin: timers have 1 ms steps). */
@@ -234,9 +236,10 @@ function pause(ms: number): void {
 
 /**
  * One request at a time, 0.1 ms apart, as a guest process sends them: 160 GETATTRs (answered
- * on the synchronous path) and 40 WRITEs (the ordinary path). With --poll-us 0 every request
- * after an answer finds the queue asleep and needs a kick; with polling kfsd watches the ring
- * after each answer and tells the driver not to kick (avail_event), so few are sent.
+ * on the synchronous path) and 40 WRITEs (the ordinary path). kfsd decides after each answer
+ * to watch the ring (the queue held one request), and its watching finds requests that came
+ * with the guest's kick suppressed (avail_event). How many kicks that saves depends on timing:
+ * unloaded 200 against under 10 here, with other test files running 164-177 against 70-87.
  */
 test.serial('kfsd --image --poll-us: a request queue is watched after each answer, so one request at a time needs no kick', async (t) => {
   const oneAtATime = async (fe: VhostFrontend, nodeid: number, fh: number): Promise<void> => {
@@ -252,14 +255,15 @@ test.serial('kfsd --image --poll-us: a request queue is watched after each answe
       } else t.is((await fe.fuse.getattr(nodeid)).size, size);
     }
   };
-  const plain = await kicksFor(t, ['--poll-us', '0'], 'p', oneAtATime);
-  const polled = await kicksFor(t, ['--poll-us', '1000'], 'p', oneAtATime);
-  t.log(`kicks for 200 requests one at a time: ${plain} without polling, ${polled} with --poll-us 1000`);
-  t.true(plain >= 120, `without polling (nearly) each request kicks (${plain})`);
-  // Unloaded 200 against under 10 here; with another test file running 164-177 against 70-87
-  // (kfsd or this client descheduled past the window, which then halves): polling must still
-  // save most kicks.
-  t.true(polled <= plain * 0.65, `with polling far fewer do (${polled} of ${plain})`);
+  const plain = await pollingOf(t, ['--poll-us', '0'], 'p', oneAtATime);
+  const polled = await pollingOf(t, ['--poll-us', '1000'], 'p', oneAtATime);
+  t.log(`200 requests one at a time: kicks ${plain.kicks} without polling, ${polled.kicks} with --poll-us 1000; idle moments watched ${polled.serial}, not ${polled.busy}; found by watching ${polled.caught}`);
+  t.deepEqual([plain.serial, plain.busy, plain.caught], [0, 0, 0], 'with --poll-us 0 nothing is decided or watched');
+  // How many idle moments there are is timing (a request that comes while kfsd still serves the
+  // previous one leaves none between); that none of them counts as busy is not.
+  t.true(polled.serial > 0, `the queue is left to be watched after the answers (${polled.serial} idle moments)`);
+  t.is(polled.busy, 0, 'one request at a time never counts as several');
+  t.true(polled.caught > 0, 'watching finds requests that came without a kick');
 });
 
 /**
@@ -280,13 +284,12 @@ test.serial('kfsd --image --poll-us: a queue that held several requests at once 
   const plain = await kicksFor(t, ['--poll-us', '0'], 'b', inBursts);
   const polled = await pollingOf(t, ['--poll-us', '1000'], 'b', inBursts);
   t.log(`${bursts} bursts of 8: kicks ${plain} without polling, ${polled.kicks} with --poll-us 1000; idle moments not watched ${polled.busy}, watched ${polled.serial}`);
-  // kfsd's own count hardly depends on timing: each burst is taken whole (one avail update). A
-  // burst that comes while kfsd still re-checks the ring after the previous one joins its stretch
-  // (under load 45 decisions for 50 bursts); the few watched moments are INIT's and CREATE's.
-  t.true(polled.busy >= bursts / 2 && polled.busy >= (polled.busy + polled.serial) * 0.8, `after (nearly) every burst the queue is not watched (${polled.busy} not watched, ${polled.serial} watched, ${bursts} bursts)`);
-  // The kicks only for the log (polled after each burst, before this rule: 24-40 of 50 here); a
-  // burst published while kfsd still re-checks the ring after the previous one needs no kick.
-  t.true(plain >= bursts * 0.5, `without polling most bursts kick (${plain} of ${bursts})`);
+  // Each burst is taken whole (one avail update), so every idle moment after one is "busy"; how
+  // many there are is timing (a burst that comes while kfsd still re-checks the ring joins the
+  // previous one's stretch: 39 for 50 bursts under load). The watched ones are INIT's and CREATE's.
+  t.true(polled.busy >= 10, `after the bursts the queue is not watched (${polled.busy} idle moments)`);
+  t.true(polled.serial <= 5, `only the set-up's idle moments are watched (${polled.serial})`);
+  // The kicks are only logged (polled after each burst, before this rule: 24-40 of 50 here).
 });
 
 /**

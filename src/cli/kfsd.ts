@@ -113,7 +113,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
         pollUs: o.pollUs,
       })));
       const st = (device as VirtioFsDevice | null)?.stats;
-      log.info(`front-end gone: ${reason}${st ? `; ${st.requests} requests, ${st.badChains} bad chains; polling: ${st.pollSerial} idle moments after at most two requests at once, ${st.pollBusy} after more` : ''}`);
+      log.info(`front-end gone: ${reason}${st ? `; ${st.requests} requests, ${st.badChains} bad chains; polling: ${st.pollSerial} idle moments after at most two requests at once, ${st.pollBusy} after more; ${st.pollCaught} requests found by watching` : ''}`);
       // A guest that is gone cannot release what it held; its unlinked-but-open files are freed now.
       await served.fs.releaseAll?.();
     } while (o.reconnect && !stopping);

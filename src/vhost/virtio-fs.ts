@@ -60,7 +60,7 @@ const POLL_BUDGET_MS = 2;
 const POLL_MIN_US = 10;
 /**
  * A queue is polled only when, since it last went idle, it never held more than this many
- * requests at once (in flight, or taken one after another without the ring running dry): a
+ * requests at once (in flight, or made available and not yet taken): a
  * guest waiting on each answer. One that keeps several going spreads a kick over many requests
  * and has no wake-up to hide, and on a machine with few CPUs a spin then takes the CPU its
  * producer needs (front-end bench, 16 in flight: create 20-30% slower with polling, kfsd's CPU
@@ -83,9 +83,10 @@ export class VirtioFsDevice implements VirtioDevice {
   /**
    * Requests served, bad descriptor chains; and the idle moments of request queues where
    * polling was decided (pollUs > 0): `pollSerial` with at most POLL_SERIAL_MAX requests held at
-   * once since the last (watched, if the window was open), `pollBusy` with more (not watched).
+   * once since the last (watched, if the window was open), `pollBusy` with more (not watched);
+   * `pollCaught`: watches that found the next request (it came with the guest's kick suppressed).
    */
-  readonly stats = { requests: 0, badChains: 0, pollSerial: 0, pollBusy: 0 };
+  readonly stats = { requests: 0, badChains: 0, pollSerial: 0, pollBusy: 0, pollCaught: 0 };
 
   /** VirtioFsOptions.pollUs: the largest poll window (0: no polling, and none of its bookkeeping). */
   private readonly maxPollUs: number;
@@ -200,7 +201,11 @@ export class VirtioFsDevice implements VirtioDevice {
     }
     q.suppressKicks();
     const end = now + us / 1000;
-    do if (q.hasAvail()) return true;
+    do
+      if (q.hasAvail()) {
+        this.stats.pollCaught++;
+        return true;
+      }
     while (performance.now() < end);
     return q.rearmKick();
   }
@@ -225,13 +230,13 @@ export class VirtioFsDevice implements VirtioDevice {
   private processAvailable(q: SplitVirtqueue, mem: GuestMemory): void {
     let answered = false; // chains given back since the last interrupt
     let bytes = 0; // and the reply bytes in them
-    let peak = 0; // the most requests held at once (in flight, plus those taken in one run)
+    let peak = 0; // the most requests held at once: in flight, this one, and those waiting behind it
     do {
-      // Those in flight before this run, plus the run (serve() counts its own in inflight).
-      const before = q.inflight;
-      let run = 0;
       for (let chain = q.pop(mem); chain; chain = q.pop(mem)) {
-        if (before + ++run > peak) peak = before + run;
+        // An answered one no longer counts: a guest whose next request comes while this loop
+        // still runs (kfsd keeping up with it) is still one request at a time.
+        const held = q.inflight + 1 + q.availCount;
+        if (held > peak) peak = held;
         if (chain.error) {
           this.stats.badChains++;
           log.warn(`virtio-fs: queue ${q.index}: bad descriptor chain ${chain.head}: ${chain.error}`);

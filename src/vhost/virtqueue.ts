@@ -128,6 +128,12 @@ export class SplitVirtqueue {
     return this.ready && this.avail!.getUint16(2, true) !== this.lastAvail;
   }
 
+  /** Chains the guest has made available and we have not taken (at most the ring's size: the index is the guest's). */
+  get availCount(): number {
+    if (!this.ready) return 0;
+    return Math.min((this.avail!.getUint16(2, true) - this.lastAvail) & 0xffff, this.num);
+  }
+
   /** The chain pop() fills: most requests are answered before the next one is taken. */
   private readonly scratch: DescriptorChain & { error?: string } = { head: 0, readable: [], readableBytes: 0, writable: [], writableBytes: 0, error: undefined };
 
