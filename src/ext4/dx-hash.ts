@@ -46,113 +46,120 @@ function dxHackHash(name: Buffer, signed: boolean): number {
  * str2hashbuf_signed / str2hashbuf_unsigned: pack up to num*4 name bytes big-endian-ish into
  * num words, padding with a length-derived pattern so that names differing only in trailing
  * NULs (impossible in a dirent, but the pad also mixes in the length) hash differently.
- * `len` is the remaining length from `off`, which can exceed what is packed.
+ * `len` is the remaining length from `off`, which can exceed what is packed. The words go to
+ * `hashIn` (int32 bits of the C code's u32s), reused for every block: hashing is on the path of
+ * every listing, lookup and insert, so it allocates nothing per name.
  */
-function str2hashbuf(name: Buffer, off: number, len: number, num: number, signed: boolean): number[] {
-  const out: number[] = [];
-  let pad = (len | (len << 8)) >>> 0;
-  pad = (pad | (pad << 16)) >>> 0;
+const hashIn = new Int32Array(8);
+
+function str2hashbuf(name: Buffer, off: number, len: number, num: number, signed: boolean): void {
+  let pad = len | (len << 8);
+  pad |= pad << 16;
   let val = pad;
   const n = Math.min(len, num * 4);
+  let w = 0;
   for (let i = 0; i < n; i++) {
-    val = (charValue(name[off + i], signed) + (val << 8)) >>> 0;
-    if (i % 4 === 3) {
-      out.push(val);
+    val = (charValue(name[off + i], signed) + (val << 8)) | 0;
+    if ((i & 3) === 3) {
+      hashIn[w++] = val;
       val = pad;
     }
   }
-  if (out.length < num) out.push(val);
-  while (out.length < num) out.push(pad);
-  return out;
+  if (w < num) hashIn[w++] = val;
+  while (w < num) hashIn[w++] = pad;
 }
 
-const rol32 = (x: number, s: number): number => ((x << s) | (x >>> (32 - s))) >>> 0;
+/**
+ * rol32 on a sum of u32s: the shifts take their operand modulo 2^32 (ToInt32 / ToUint32), so
+ * the C code's wrapping additions need no truncation first. The result is the int32 bits.
+ */
+const rol = (x: number, s: number): number => (x << s) | (x >>> (32 - s));
 
-// MD4's round functions, built once rather than as four closures per name hashed.
-const mdF = (x: number, y: number, z: number): number => (z ^ (x & (y ^ z))) >>> 0;
-const mdG = (x: number, y: number, z: number): number => (((x & y) >>> 0) + (((x ^ y) & z) >>> 0)) >>> 0;
-const mdH = (x: number, y: number, z: number): number => (x ^ y ^ z) >>> 0;
-type MdFn = (x: number, y: number, z: number) => number;
-const mdR = (f: MdFn, w: number, x: number, y: number, z: number, k: number, s: number): number =>
-  rol32((w + f(x, y, z) + ((k) >>> 0)) >>> 0, s);
+/** MD4's round constants (half_md4_transform's K2, K3; K1 is 0). */
+const K2 = 0x5a827999;
+const K3 = 0x6ed9eba1;
 
-/** half_md4_transform: MD4's three rounds over 8 input words, folded into the 4-word state. */
-function halfMd4Transform(buf: number[], inp: number[]): void {
-  let a = buf[0];
-  let b = buf[1];
-  let c = buf[2];
-  let d = buf[3];
-  const F = mdF;
-  const G = mdG;
-  const H = mdH;
-  const R = mdR;
-  const K1 = 0;
-  const K2 = 0o13240474631; // 0x5a827999
-  const K3 = 0o15666365641; // 0x6ed9eba1
+/**
+ * half_md4_transform: MD4's three rounds over the 8 words in hashIn, folded into the 4-word
+ * state `st` (int32 bits). The round functions are written out: F(x,y,z) = z ^ (x & (y ^ z)),
+ * G(x,y,z) = (x & y) + ((x ^ y) & z), H(x,y,z) = x ^ y ^ z.
+ */
+function halfMd4Transform(st: Int32Array): void {
+  let a = st[0];
+  let b = st[1];
+  let c = st[2];
+  let d = st[3];
+  const x0 = hashIn[0], x1 = hashIn[1], x2 = hashIn[2], x3 = hashIn[3];
+  const x4 = hashIn[4], x5 = hashIn[5], x6 = hashIn[6], x7 = hashIn[7];
 
   // Round 1
-  a = R(F, a, b, c, d, inp[0] + K1, 3);
-  d = R(F, d, a, b, c, inp[1] + K1, 7);
-  c = R(F, c, d, a, b, inp[2] + K1, 11);
-  b = R(F, b, c, d, a, inp[3] + K1, 19);
-  a = R(F, a, b, c, d, inp[4] + K1, 3);
-  d = R(F, d, a, b, c, inp[5] + K1, 7);
-  c = R(F, c, d, a, b, inp[6] + K1, 11);
-  b = R(F, b, c, d, a, inp[7] + K1, 19);
+  a = rol(a + (d ^ (b & (c ^ d))) + x0, 3);
+  d = rol(d + (c ^ (a & (b ^ c))) + x1, 7);
+  c = rol(c + (b ^ (d & (a ^ b))) + x2, 11);
+  b = rol(b + (a ^ (c & (d ^ a))) + x3, 19);
+  a = rol(a + (d ^ (b & (c ^ d))) + x4, 3);
+  d = rol(d + (c ^ (a & (b ^ c))) + x5, 7);
+  c = rol(c + (b ^ (d & (a ^ b))) + x6, 11);
+  b = rol(b + (a ^ (c & (d ^ a))) + x7, 19);
   // Round 2
-  a = R(G, a, b, c, d, inp[1] + K2, 3);
-  d = R(G, d, a, b, c, inp[3] + K2, 5);
-  c = R(G, c, d, a, b, inp[5] + K2, 9);
-  b = R(G, b, c, d, a, inp[7] + K2, 13);
-  a = R(G, a, b, c, d, inp[0] + K2, 3);
-  d = R(G, d, a, b, c, inp[2] + K2, 5);
-  c = R(G, c, d, a, b, inp[4] + K2, 9);
-  b = R(G, b, c, d, a, inp[6] + K2, 13);
+  a = rol(a + (b & c) + ((b ^ c) & d) + x1 + K2, 3);
+  d = rol(d + (a & b) + ((a ^ b) & c) + x3 + K2, 5);
+  c = rol(c + (d & a) + ((d ^ a) & b) + x5 + K2, 9);
+  b = rol(b + (c & d) + ((c ^ d) & a) + x7 + K2, 13);
+  a = rol(a + (b & c) + ((b ^ c) & d) + x0 + K2, 3);
+  d = rol(d + (a & b) + ((a ^ b) & c) + x2 + K2, 5);
+  c = rol(c + (d & a) + ((d ^ a) & b) + x4 + K2, 9);
+  b = rol(b + (c & d) + ((c ^ d) & a) + x6 + K2, 13);
   // Round 3
-  a = R(H, a, b, c, d, inp[3] + K3, 3);
-  d = R(H, d, a, b, c, inp[7] + K3, 9);
-  c = R(H, c, d, a, b, inp[2] + K3, 11);
-  b = R(H, b, c, d, a, inp[6] + K3, 15);
-  a = R(H, a, b, c, d, inp[1] + K3, 3);
-  d = R(H, d, a, b, c, inp[5] + K3, 9);
-  c = R(H, c, d, a, b, inp[0] + K3, 11);
-  b = R(H, b, c, d, a, inp[4] + K3, 15);
+  a = rol(a + (b ^ c ^ d) + x3 + K3, 3);
+  d = rol(d + (a ^ b ^ c) + x7 + K3, 9);
+  c = rol(c + (d ^ a ^ b) + x2 + K3, 11);
+  b = rol(b + (c ^ d ^ a) + x6 + K3, 15);
+  a = rol(a + (b ^ c ^ d) + x1 + K3, 3);
+  d = rol(d + (a ^ b ^ c) + x5 + K3, 9);
+  c = rol(c + (d ^ a ^ b) + x0 + K3, 11);
+  b = rol(b + (c ^ d ^ a) + x4 + K3, 15);
 
-  buf[0] = (buf[0] + a) >>> 0;
-  buf[1] = (buf[1] + b) >>> 0;
-  buf[2] = (buf[2] + c) >>> 0;
-  buf[3] = (buf[3] + d) >>> 0;
+  st[0] = (st[0] + a) | 0;
+  st[1] = (st[1] + b) | 0;
+  st[2] = (st[2] + c) | 0;
+  st[3] = (st[3] + d) | 0;
 }
 
 /** TEA_transform: 16 rounds of the Tiny Encryption Algorithm keyed by 4 name words. */
-function teaTransform(buf: number[], inp: number[]): void {
+function teaTransform(buf: Int32Array): void {
   const DELTA = 0x9e3779b9;
   let sum = 0;
-  let b0 = buf[0];
-  let b1 = buf[1];
-  const [a, b, c, d] = inp;
+  let b0 = buf[0] >>> 0;
+  let b1 = buf[1] >>> 0;
+  const a = hashIn[0], b = hashIn[1], c = hashIn[2], d = hashIn[3];
   for (let n = 0; n < 16; n++) {
     sum = (sum + DELTA) >>> 0;
     b0 = (b0 + ((((b1 << 4) + a) >>> 0) ^ ((b1 + sum) >>> 0) ^ (((b1 >>> 5) + b) >>> 0))) >>> 0;
     b1 = (b1 + ((((b0 << 4) + c) >>> 0) ^ ((b0 + sum) >>> 0) ^ (((b0 >>> 5) + d) >>> 0))) >>> 0;
   }
-  buf[0] = (buf[0] + b0) >>> 0;
-  buf[1] = (buf[1] + b1) >>> 0;
+  buf[0] = (buf[0] + b0) | 0;
+  buf[1] = (buf[1] + b1) | 0;
 }
 
 /** The last seed decoded (a volume has one s_hash_seed; every name hash starts from it). */
 const lastSeed = Buffer.alloc(16);
 let lastWords: readonly number[] | null = null;
 
-function seedWords(seed: Buffer): number[] {
+/** The hash state, set from the seed for each name (int32 bits of the C code's u32 buf[4]). */
+const hashState = new Int32Array(4);
+
+function seedWords(seed: Buffer): Int32Array {
   if (seed.length !== 16) throw new RangeError(`dx hash seed must be 16 bytes, got ${seed.length}`);
-  if (lastWords && sameSeed(seed)) return lastWords.slice();
-  const cur = new ByteCursor(seed);
-  const words = [cur.u32(), cur.u32(), cur.u32(), cur.u32()];
-  // An all-zero s_hash_seed means "never initialised" (pre-htree mkfs), so the MD4 IV is used.
-  lastWords = words.some((w) => w !== 0) ? words : DEFAULT_SEED;
-  seed.copy(lastSeed);
-  return lastWords.slice();
+  if (!lastWords || !sameSeed(seed)) {
+    const cur = new ByteCursor(seed);
+    const words = [cur.u32(), cur.u32(), cur.u32(), cur.u32()];
+    // An all-zero s_hash_seed means "never initialised" (pre-htree mkfs), so the MD4 IV is used.
+    lastWords = words.some((w) => w !== 0) ? words : DEFAULT_SEED;
+    seed.copy(lastSeed);
+  }
+  for (let i = 0; i < 4; i++) hashState[i] = lastWords[i];
+  return hashState;
 }
 
 function sameSeed(seed: Buffer): boolean {
@@ -186,7 +193,7 @@ export function dxHash(name: Buffer, version: number, seed: Buffer): { major: nu
   memoLen = -1;
   const h = computeDxHash(name, version, seed);
   if (name.length <= memoName.length) {
-    name.copy(memoName);
+    for (let i = 0; i < name.length; i++) memoName[i] = name[i];
     memoLen = name.length;
     memoVersion = version;
     memoMajor = h.major;
@@ -208,7 +215,8 @@ function computeDxHash(name: Buffer, version: number, seed: Buffer): { major: nu
     case DX_HASH.HALF_MD4_UNSIGNED: {
       const signed = version === DX_HASH.HALF_MD4;
       for (let off = 0; off < name.length; off += 32) {
-        halfMd4Transform(buf, str2hashbuf(name, off, name.length - off, 8, signed));
+        str2hashbuf(name, off, name.length - off, 8, signed);
+        halfMd4Transform(buf);
       }
       hash = buf[1];
       minor = buf[2];
@@ -218,7 +226,8 @@ function computeDxHash(name: Buffer, version: number, seed: Buffer): { major: nu
     case DX_HASH.TEA_UNSIGNED: {
       const signed = version === DX_HASH.TEA;
       for (let off = 0; off < name.length; off += 16) {
-        teaTransform(buf, str2hashbuf(name, off, name.length - off, 4, signed));
+        str2hashbuf(name, off, name.length - off, 4, signed);
+        teaTransform(buf);
       }
       hash = buf[0];
       minor = buf[1];
