@@ -39,7 +39,7 @@ const KfsdOptionsSchema = z.object({
   open: z.boolean().optional(),
   daxWindow: z.string().regex(/^\d+[KMG]?$/, 'a size such as 1G, 512M or 0').optional(),
   // At most 1 ms: the spin holds up the event loop (other queues, vhost-user messages, timers).
-  pollUs: z.coerce.number().int().min(0).max(1000).default(200),
+  pollUs: z.coerce.number().int().min(0).max(1000).default(500),
 }).strict();
 type KfsdOptions = z.infer<typeof KfsdOptionsSchema>;
 
@@ -154,7 +154,7 @@ const program = new Command('kfsd')
   .option('--reconnect', 'after the front-end disconnects, wait for a new connection instead of exiting')
   .option('--cache-size <bytes>', 'metadata cache size for --image')
   .option('--open', 'with --image: serve OPEN and RELEASE of regular files (a handle per open) instead of answering OPEN with ENOSYS, after which the guest sends neither (no_open, the default on a writable image)')
-  .option('--poll-us <µs>', 'after answering, watch an idle request queue up to this long for the next request instead of waiting for its kick (default 200, adapting to the guest; 0 = off)')
+  .option('--poll-us <µs>', 'after answering, watch an idle request queue up to this long for the next request instead of waiting for its kick (default 500, adapting to the guest; 0 = off)')
   .option('--dax-window <size>', 'DAX cache window to ask the front-end for (default 1G with --image; 0 = no DAX); used only by front-ends that negotiate SHMEM')
   .addOption(new Option('--log-level <level>', 'error, warn (default), info, debug').choices(['error', 'warn', 'info', 'debug']))
   .option('--log-file <file>', 'write the log here')
