@@ -1,7 +1,7 @@
 /**
- * Node's helper threads under SCHED_IDLE (src/util/runtime-threads.ts): in a running kfsd and a
- * `kfs mount` server, V8's compiler/GC threads must yield the CPU, while the main thread and the
- * libuv thread pool that reads and writes the image keep normal scheduling. Read from /proc/PID/task/TID/stat (field
+ * Node's helper threads under SCHED_IDLE (src/util/runtime-threads.ts): a running kfsd's V8
+ * compiler/GC threads must yield the CPU, while its main thread and the libuv thread pool that
+ * reads and writes the image keep normal scheduling. Read from /proc/PID/task/TID/stat (field
  * 41, the policy: 0 SCHED_OTHER, 5 SCHED_IDLE).
  */
 import test from 'ava';
@@ -10,7 +10,6 @@ import path from 'node:path';
 import { native } from '../src/native';
 import { startKfsd } from './helpers/backends';
 import { makeImage, tempDir } from './helpers/image';
-import { mountKfs } from './helpers/mount';
 
 const SCHED_OTHER = 0;
 const SCHED_IDLE = 5;
@@ -54,21 +53,4 @@ test.serial('kfsd: V8 helper threads run under SCHED_IDLE, the main thread and t
   } finally {
     await b.stop();
   }
-});
-
-test.serial('kfs mount: the serving process keeps normal scheduling for its main and I/O threads, SCHED_IDLE for V8\'s', async (t) => {
-  const dir = tempDir(t, 'rtm');
-  const image = makeImage(t, { size: '64M', dir, mkfs: 'kfs' });
-  const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(mnt);
-  const m = await mountKfs(t, image, mnt);
-  fs.writeFileSync(path.join(mnt, 'f'), 'x');
-  const p = policies(m.pid);
-  const idle = [...p.values()].filter((x) => x === SCHED_IDLE).length;
-  const normal = [...p.entries()].filter(([tid, x]) => tid !== m.pid && x === SCHED_OTHER).length;
-  t.log(`server threads: ${p.size}, SCHED_IDLE ${idle}, others with normal scheduling ${normal}`);
-  t.is(p.get(m.pid), SCHED_OTHER);
-  t.true(idle >= 4, `V8's worker threads are SCHED_IDLE (${idle})`);
-  t.true(normal >= 1, `libuv's pool threads keep normal scheduling (${normal})`);
-  await m.unmount();
 });

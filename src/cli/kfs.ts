@@ -7,8 +7,6 @@
  * Subcommand actions report their own failures (setting process.exitCode); commander's parse
  * errors are reformatted here.
  */
-// First: it notes Node's own helper threads before anything starts libuv's thread pool.
-import '../util/runtime-threads';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError } from 'commander';

@@ -26,7 +26,6 @@ import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../ext4/file-io';
 import { startControlServer } from '../control';
 import { lockHolders } from '../control/registry';
 import { readMountInfo } from '../util/mountinfo';
-import { idleRuntimeThreads } from '../util/runtime-threads';
 import { action, UsageError } from './common';
 
 const MountOptionsSchema = z.object({
@@ -132,9 +131,6 @@ function mapSharedLog(link: ServerLink): SharedSoftLog | undefined {
 
 /** Serve the mount in this process until it is unmounted or signalled. */
 export async function serveMount(image: string, mountpoint: string, o: MountOpts, values: MountCliValues, ready: (err?: string) => void): Promise<number> {
-  // V8's compiler and GC threads yield the CPU to the serving thread and the mount's users.
-  const runtime = idleRuntimeThreads();
-  if (runtime.failures.length) log.warn(`runtime helper threads keep normal scheduling: ${runtime.failures.join('; ')}`);
   if (values.snapshot) o = { ...o, ro: true };
   const link = values.serverFds ? parseServerLink(values.serverFds, values.serverGeneration, values.adopt) : null;
   const sharedLog = link && o.commit_before_reply && !o.ro && !values.snapshot ? mapSharedLog(link) : undefined;
