@@ -58,9 +58,6 @@ export interface KfsNative {
   eventfdRead(fd: number): number;
   /** Adds value (1 <= value < 2^53) to the counter. */
   eventfdWrite(fd: number, value: number): void;
-  /** SCHED_IDLE for one thread of this process (native/src/sched.cc): not the main thread (EINVAL), not another
-   *  process's thread (ESRCH). */
-  idleThread(tid: number): void;
   /** Host-directory system calls for PassthroughFs (native/src/passthrough.cc). */
   passthrough: import('./passthrough/host-calls').HostCalls;
 }

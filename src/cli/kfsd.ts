@@ -5,8 +5,6 @@
  * the same Ext4Fs and FUSE dispatcher as `kfs mount`, or a host directory (--shared-dir),
  * confined to it. Option names follow virtiofsd's where they mean the same thing.
  */
-// First: it notes Node's own helper threads before anything starts libuv's thread pool.
-import { idleRuntimeThreads } from '../util/runtime-threads';
 import { Command, CommanderError, Option } from 'commander';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -81,10 +79,6 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   if (o.logFile) logToFile(o.logFile);
   // libuv sizes its thread pool (image and host-file I/O) on first use: set it before any I/O.
   if (o.threadPoolSize) process.env.UV_THREADPOOL_SIZE = String(o.threadPoolSize);
-  // V8's compiler and GC threads yield the CPU to the serving thread and the VMM's threads.
-  const runtime = idleRuntimeThreads();
-  if (runtime.failures.length) log.warn(`runtime helper threads keep normal scheduling: ${runtime.failures.join('; ')}`);
-  else log.debug(`${runtime.idle} runtime helper threads under SCHED_IDLE`);
 
   const daxWindowSize = parseSize(o.daxWindow ?? (o.image ? '1G' : '0'));
   if (daxWindowSize % (2 << 20)) throw new UsageError('--dax-window must be a multiple of 2M (the guest maps 2 MiB ranges)');
