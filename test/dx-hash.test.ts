@@ -134,3 +134,29 @@ test('dxHash rejects unknown versions and bad seeds', (t) => {
   t.throws(() => dxHash(Buffer.from('a'), 6, Buffer.alloc(16)));
   t.throws(() => dxHash(Buffer.from('a'), 1, Buffer.alloc(8)));
 });
+
+test('a hash does not depend on what was hashed before it (the hash state and words are reused between calls)', (t) => {
+  // Reference: each (name, version, seed) hashed first thing after a different, unrelated call.
+  const next = rng(11);
+  const seeds = [Buffer.alloc(16), uuidToBuf(SEEDS[1] as string), uuidToBuf(SEEDS[2] as string)];
+  const names: Buffer[] = [Buffer.alloc(0)];
+  for (let i = 0; i < 300; i++) {
+    const name = Buffer.alloc(1 + (next() % 120)); // up to 4 MD4 blocks and 8 TEA blocks
+    for (let j = 0; j < name.length; j++) name[j] = next() & 0xff;
+    names.push(name);
+  }
+  const cases = names.flatMap((name) => VERSIONS.flatMap((version) => seeds.map((seed) => ({ name, version, seed }))));
+  const reference = cases.map((c) => {
+    dxHash(Buffer.from('unrelated'), DX_HASH.TEA, uuidToBuf(SEEDS[2] as string));
+    return dxHash(c.name, c.version, c.seed);
+  });
+  // Interleaved: reversed order, a long name or a failing call between each pair.
+  let mismatches = 0;
+  for (let i = cases.length - 1; i >= 0; i--) {
+    if (i % 3 === 0) t.throws(() => dxHash(cases[i].name, 1, Buffer.alloc(8)));
+    if (i % 3 === 1) dxHash(names[(i * 7) % names.length], DX_HASH.HALF_MD4_UNSIGNED, seeds[i % 3]);
+    const got = dxHash(cases[i].name, cases[i].version, cases[i].seed);
+    if (got.major !== reference[i].major || got.minor !== reference[i].minor) mismatches++;
+  }
+  t.is(mismatches, 0);
+});
