@@ -62,6 +62,13 @@ export function renderStatus(s: Status): string {
       }
     }
   }
+  if (s.transport) {
+    const t = s.transport;
+    const parts = [`${t.readWhilePolling} of ${t.requests} requests read while polling after a reply (busy_poll_us ${t.busyPollUs})`];
+    const c = t.replyCommits;
+    if (c) parts.push(`commit before reply: ${c.commits} commits for ${c.released} replies, ${c.avgUs === null ? '-' : `${c.avgUs} µs`} each on average`);
+    row('transport', parts.join('; '));
+  }
   if (s.clients) {
     const c = s.clients;
     const parts: string[] = [];

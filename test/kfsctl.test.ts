@@ -29,6 +29,7 @@ interface StatusJson {
   cache: { hitRate: number | null; hits: number; misses: number } | null;
   requests: { total: number; opcodes: { opcode: string; count: number; p50Us: number; p99Us: number }[] } | null;
   clients: { mountpoint: string | null; controlConnections: number } | null;
+  transport?: { requests: number; readWhilePolling: number; busyPollUs: number; replyCommits: { commits: number; released: number; avgUs: number | null } | null } | null;
 }
 
 interface DefragJson {
@@ -109,6 +110,7 @@ test.serial('status offline agrees with dumpe2fs', (t) => {
   t.true(s.snapshots.supported);
   t.is(s.snapshots.note, 'none');
   t.is(s.requests, null);
+  t.is(s.transport, null, 'an image nobody serves has no transport');
   const text = kfsctl(['-t', img, 'status']);
   t.is(text.code, 0, text.stderr);
   t.regex(text.stdout, /^image +\S+fs\.img \(not served/m);
@@ -151,6 +153,16 @@ test.serial('status online: statfs of the mount, request latencies, the mount po
   t.true(s.cache!.hits + s.cache!.misses > 0);
   t.true(s.cache!.hitRate! >= 0 && s.cache!.hitRate! <= 1);
   t.is(s.clients!.mountpoint, path.resolve(m.dir));
+  // The transport's counters: every request the server read, and (commit_before_reply) a commit
+  // before the reply of each of the 20 creates and 20 writes.
+  const tr = s.transport!;
+  t.truthy(tr, 'a host mount reports its transport');
+  t.true(tr.requests >= s.requests!.total, JSON.stringify(tr));
+  t.true(tr.readWhilePolling >= 0 && tr.readWhilePolling <= tr.requests, JSON.stringify(tr));
+  t.is(tr.busyPollUs, 50);
+  t.true(tr.replyCommits!.commits >= 20 && tr.replyCommits!.commits <= tr.replyCommits!.released, JSON.stringify(tr));
+  t.true(tr.replyCommits!.released >= 40, JSON.stringify(tr));
+  t.true(tr.replyCommits!.avgUs! > 0, JSON.stringify(tr));
   // -t IMAGE of a served image goes to its server; so does -t MOUNTPOINT.
   t.is(kfsctlJson<StatusJson>(['-t', img, 'status']).pid, m.pid);
   t.is(kfsctlJson<StatusJson>(['-t', m.dir, 'status']).pid, m.pid);
@@ -159,6 +171,7 @@ test.serial('status online: statfs of the mount, request latencies, the mount po
   t.regex(text.stdout, /^mount point +\S+mnt$/m);
   t.regex(text.stdout, /^ +create +\d+ +0 /m);
   t.regex(text.stdout, /^ +\d+ transactions logged since start, \d+ log-only commits \(shared log compacted \d+ times\), \d+ blocks logged, \d+ checkpoints$/m);
+  t.regex(text.stdout, /^transport +\d+ of \d+ requests read while polling after a reply \(busy_poll_us 50\); commit before reply: \d+ commits for \d+ replies, [\d.]+ µs each on average$/m);
   await m.unmount();
   t.is(kfsctlJson<StatusJson>(['-t', img, 'status']).kind, 'offline');
 });

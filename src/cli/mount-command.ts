@@ -173,6 +173,13 @@ export async function serveMount(image: string, mountpoint: string, o: MountOpts
         resolve();
       });
     }),
+    transport: () => {
+      const c = dev.replyCommits;
+      return {
+        requests: dev.stats.requests, readWhilePolling: dev.stats.polled, busyPollUs: dev.pollAfterReplyUs,
+        replyCommits: c && { commits: c.commits, released: c.released, avgUs: c.commits ? Math.round((c.commitMs * 1000) / c.commits * 10) / 10 : null },
+      };
+    },
   });
   if (values.pidFile) fs.writeFileSync(values.pidFile, `${process.pid}\n`);
   const stop = (sig: string) => {

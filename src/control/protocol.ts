@@ -76,6 +76,25 @@ const LatencySchema = z.object({
 });
 export type OpcodeStats = z.infer<typeof LatencySchema>;
 
+/**
+ * A host mount's /dev/fuse transport (src/transport/fusedev.ts): requests read, those read while
+ * busy-polling after a reply (no wake-up needed), and the commits that held replies back
+ * (commit_before_reply, src/transport/reply-gate.ts).
+ */
+const TransportSchema = z.object({
+  requests: z.number().int(),
+  readWhilePolling: z.number().int(),
+  busyPollUs: z.number(),
+  replyCommits: z.object({
+    commits: z.number().int(),
+    /** Replies released after a commit. */
+    released: z.number().int(),
+    /** Wall time of a commit, on average (null before the first). */
+    avgUs: z.number().nullable(),
+  }).nullable(),
+});
+export type TransportStatus = z.infer<typeof TransportSchema>;
+
 export const StatusSchema = z.object({
   kind: z.enum(['mount', 'kfsd', 'offline']),
   pid: z.number().int().nullable(),
@@ -147,6 +166,8 @@ export const StatusSchema = z.object({
     frontEndConnected: z.boolean().nullable(),
     controlConnections: z.number().int(),
   }).nullable(),
+  /** Host mounts only; absent from servers older than the field. */
+  transport: TransportSchema.nullable().optional(),
 });
 export type Status = z.infer<typeof StatusSchema>;
 

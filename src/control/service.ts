@@ -13,7 +13,7 @@ import { buildBlockMap } from '../ext4/block-map';
 import { defragment } from '../ext4/defrag';
 import { createSnapshot, deleteSnapshot, listSnapshots, restorePath } from '../snapshot';
 import type { RequestStats } from './request-stats';
-import { ArgsSchemas, BlockMap, CommandName, DefragReport, Hello, PROTOCOL_VERSION, Status, ControlError } from './protocol';
+import { ArgsSchemas, BlockMap, CommandName, DefragReport, Hello, PROTOCOL_VERSION, Status, ControlError, TransportStatus } from './protocol';
 
 /** jbd2 superblock header (big-endian, linux/include/linux/jbd2.h journal_superblock_t). */
 const JBD2_MAGIC = 0xc03b3998;
@@ -36,6 +36,8 @@ export interface ServedFs {
    * sees the change when its cache times out (--cache).
    */
   invalidateEntry?: ((parentIno: number, name: Buffer) => Promise<void>) | null;
+  /** A host mount's /dev/fuse transport counters (null elsewhere). */
+  transport?: (() => TransportStatus) | null;
 }
 
 export type Progress = (phase: string, done: number, total: number) => void;
@@ -144,6 +146,7 @@ export async function status(served: ServedFs): Promise<Status> {
       frontEndConnected: served.frontEndConnected ? served.frontEndConnected() : null,
       controlConnections: served.controlConnections(),
     } : null,
+    transport: served.transport ? served.transport() : null,
   };
   if (!fs) return s;
   const vol = fs.vol;

@@ -14,7 +14,7 @@ import { readMountInfo } from '../util/mountinfo';
 import { FsError } from '../util/errors';
 import { FuseSession, Reply } from '../fuse/dispatcher';
 import { notifyResend } from '../fuse/reply';
-import { ReplyGate, isMutating } from './reply-gate';
+import { ReplyGate, ReplyGateStats, isMutating } from './reply-gate';
 import { LargeRequestPool } from '../fuse/request-pool';
 
 export interface MountOptions {
@@ -239,6 +239,11 @@ export class FuseDevice {
   intercept: ((req: Buffer) => Promise<Reply> | undefined) | null = null;
   /** Commit-before-reply (see reply-gate.ts); null: replies go out as soon as they are made. */
   private gate: ReplyGate | null = null;
+
+  /** The commits that held replies back (commitBeforeReply), or null without them. */
+  get replyCommits(): ReplyGateStats | null {
+    return this.gate ? this.gate.stats : null;
+  }
 
   /** Hold replies until `commit` has put the changes behind them into the image. */
   commitBeforeReply(commit: () => Promise<void>): void {
