@@ -64,9 +64,10 @@ export function renderStatus(s: Status): string {
   }
   if (s.transport) {
     const t = s.transport;
-    const parts = [`${t.readWhilePolling} of ${t.requests} requests read while polling after a reply (busy_poll_us ${t.busyPollUs})`];
+    const parts = [`${t.requests} requests read from /dev/fuse since start, ${t.readWhilePolling} of them while polling after a reply (busy_poll_us ${t.busyPollUs})`];
     const c = t.replyCommits;
-    if (c) parts.push(`commit before reply: ${c.commits} commits for ${c.released} replies, ${c.avgUs === null ? '-' : `${c.avgUs} µs`} each on average`);
+    // A round commits what changed (possibly nothing) and releases the replies held for it.
+    if (c) parts.push(`commit before reply: ${c.commits} rounds for ${c.released} replies, ${us(c.avgUs)} each on average`);
     row('transport', parts.join('; '));
   }
   if (s.clients) {

@@ -77,19 +77,22 @@ const LatencySchema = z.object({
 export type OpcodeStats = z.infer<typeof LatencySchema>;
 
 /**
- * A host mount's /dev/fuse transport (src/transport/fusedev.ts): requests read, those read while
- * busy-polling after a reply (no wake-up needed), and the commits that held replies back
- * (commit_before_reply, src/transport/reply-gate.ts).
+ * A host mount's /dev/fuse transport (src/transport/fusedev.ts), since this server started:
+ * requests read from /dev/fuse, those read while busy-polling after a reply (no wake-up needed),
+ * and the commit rounds that held replies back (commit_before_reply, src/transport/reply-gate.ts).
+ * `requests` need not match the per-opcode counts: a restarted server answers a resent change
+ * that already took effect with extra session calls (resend-guard.ts).
  */
 const TransportSchema = z.object({
   requests: z.number().int(),
   readWhilePolling: z.number().int(),
   busyPollUs: z.number(),
   replyCommits: z.object({
+    /** Rounds: one log-only commit (of whatever changed, possibly nothing) and the replies it releases. */
     commits: z.number().int(),
-    /** Replies released after a commit. */
+    /** Replies released after a round. */
     released: z.number().int(),
-    /** Wall time of a commit, on average (null before the first). */
+    /** Wall time of a round, waiting for the filesystem's lock included, on average (null before the first). */
     avgUs: z.number().nullable(),
   }).nullable(),
 });
