@@ -70,6 +70,10 @@ export function renderStatus(s: Status): string {
     if (c) parts.push(`commit before reply: ${c.commits} rounds for ${c.released} replies, ${us(c.avgUs)} each on average`);
     row('transport', parts.join('; '));
   }
+  if (s.vhost) {
+    const v = s.vhost;
+    row('vhost', `${v.requests} requests from the front-end on this connection, ${v.badChains} bad chains; after answering (--poll-us ${v.pollUs}): ${v.idleWatched} idle moments watched, ${v.idleNotWatched} not (more than two requests at once), ${v.foundByWatching} requests found by watching`);
+  }
   if (s.clients) {
     const c = s.clients;
     const parts: string[] = [];

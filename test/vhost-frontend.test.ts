@@ -10,6 +10,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { assertFsckClean, debugfs, makeImage, tempDir } from './helpers/image';
+import { kfsctl, kfsctlJson } from './helpers/kfsctl';
 import {
   ConnectionClosedError,
   spawnKfsd,
@@ -214,7 +215,7 @@ async function kicksFor(t: ExecutionContext, extra: string[], name: string, driv
  * window halves away), so tests assert on kfsd's decisions and only log the kicks.
  */
 async function pollingOf(t: ExecutionContext, extra: string[], name: string, drive: (fe: VhostFrontend, nodeid: number, fh: number) => Promise<void>): Promise<{ kicks: number; serial: number; busy: number; caught: number }> {
-  const { backend, socket } = await startBackend(t, 'kfsd-image', ['--log-level', 'info', ...extra]);
+  const { backend, socket, image } = await startBackend(t, 'kfsd-image', ['--log-level', 'info', ...extra]);
   const fe = await frontend(t, socket, backend);
   await fe.fuse.init();
   const { entry, fh } = await fe.fuse.create(1, name, 0o644);
@@ -222,11 +223,16 @@ async function pollingOf(t: ExecutionContext, extra: string[], name: string, dri
   const k0 = q.kicks;
   await drive(fe, entry.nodeid, fh);
   const kicks = q.kicks - k0;
+  // kfsctl status shows the connection's counts while it lasts: the same as kfsd's last word on it.
+  const status = kfsctlJson<{ vhost: { requests: number; idleWatched: number; idleNotWatched: number; foundByWatching: number } | null }>(['-t', image!, 'status']);
+  t.regex(kfsctl(['-t', image!, 'status']).stdout, /^vhost +\d+ requests from the front-end on this connection, 0 bad chains; after answering \(--poll-us \d+\): \d+ idle moments watched, \d+ not \(more than two requests at once\), \d+ requests found by watching$/m);
   fe.close();
   t.is((await backend.stop()).code, 0);
-  const m = /polling: (\d+) idle moments after at most two requests at once, (\d+) after more; (\d+) requests found by watching/.exec(backend.output);
+  const m = /(\d+) requests, \d+ bad chains; polling: (\d+) idle moments after at most two requests at once, (\d+) after more; (\d+) requests found by watching/.exec(backend.output);
   t.truthy(m, `no polling line in kfsd output: ${backend.output.slice(-1500)}`);
-  return { kicks, serial: Number(m?.[1]), busy: Number(m?.[2]), caught: Number(m?.[3]) };
+  const v = status.vhost;
+  t.deepEqual(v && [v.requests, v.idleWatched, v.idleNotWatched, v.foundByWatching], [Number(m?.[1]), Number(m?.[2]), Number(m?.[3]), Number(m?.[4])], 'kfsctl status and the log agree');
+  return { kicks, serial: Number(m?.[2]), busy: Number(m?.[3]), caught: Number(m?.[4]) };
 }
 
 /** A pause as a guest process takes between calls (a spin: timers have 1 ms steps). */

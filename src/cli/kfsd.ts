@@ -96,7 +96,18 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
     await served.close();
     throw e;
   }
-  const control = await startControlServer({ kind: 'kfsd', image: o.image ?? null, fs: served.ext4 ?? null, vhostSocket: o.socketPath, frontEndConnected: () => server.connected });
+  // The device serving the connected front-end (one per connection), for kfsctl status.
+  let device: VirtioFsDevice | null = null;
+  const control = await startControlServer({
+    kind: 'kfsd', image: o.image ?? null, fs: served.ext4 ?? null, vhostSocket: o.socketPath, frontEndConnected: () => server.connected,
+    vhost: () => {
+      const st = device?.stats;
+      return st ? {
+        requests: st.requests, badChains: st.badChains, pollUs: o.pollUs,
+        idleWatched: st.pollSerial, idleNotWatched: st.pollBusy, foundByWatching: st.pollCaught,
+      } : null;
+    },
+  });
   let stopping = false;
   const stop = (sig: string) => {
     log.info(`${sig}: stopping`);
@@ -107,13 +118,14 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   try {
     do {
-      let device: VirtioFsDevice | null = null;
+      device = null;
       const reason = await server.serveOne(() => (device = new VirtioFsDevice(control.track(new FuseSession(served.fs, sessionOpts)), {
         numRequestQueues: MAX_REQUEST_QUEUES, tag: o.tag ?? null, daxWindowSize, daxSource: served.ext4 ? (served.fs as Ext4FuseFs) : null,
         pollUs: o.pollUs,
       })));
       const st = (device as VirtioFsDevice | null)?.stats;
       log.info(`front-end gone: ${reason}${st ? `; ${st.requests} requests, ${st.badChains} bad chains; polling: ${st.pollSerial} idle moments after at most two requests at once, ${st.pollBusy} after more; ${st.pollCaught} requests found by watching` : ''}`);
+      device = null;
       // A guest that is gone cannot release what it held; its unlinked-but-open files are freed now.
       await served.fs.releaseAll?.();
     } while (o.reconnect && !stopping);

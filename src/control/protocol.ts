@@ -98,6 +98,22 @@ const TransportSchema = z.object({
 });
 export type TransportStatus = z.infer<typeof TransportSchema>;
 
+/**
+ * kfsd's connection to a vhost-user front-end (src/vhost/virtio-fs.ts VirtioFsDevice.stats):
+ * requests taken from its queues, malformed descriptor chains, and its polling of an idle
+ * request queue (--poll-us): the idle moments it decided to watch (the queue held at most two
+ * requests at once), those it did not, and the requests found by watching (no kick needed).
+ */
+const VhostSchema = z.object({
+  requests: z.number().int(),
+  badChains: z.number().int(),
+  pollUs: z.number(),
+  idleWatched: z.number().int(),
+  idleNotWatched: z.number().int(),
+  foundByWatching: z.number().int(),
+});
+export type VhostStatus = z.infer<typeof VhostSchema>;
+
 export const StatusSchema = z.object({
   kind: z.enum(['mount', 'kfsd', 'offline']),
   pid: z.number().int().nullable(),
@@ -171,6 +187,8 @@ export const StatusSchema = z.object({
   }).nullable(),
   /** Host mounts only; absent from servers older than the field. */
   transport: TransportSchema.nullable().optional(),
+  /** kfsd with a front-end connected (this connection's counts); absent from older servers. */
+  vhost: VhostSchema.nullable().optional(),
 });
 export type Status = z.infer<typeof StatusSchema>;
 

@@ -19,7 +19,7 @@ import { log } from '../util/log';
 import { FsError } from '../util/errors';
 import type { Ext4Fs } from '../ext4/fs';
 import type { FuseSession } from '../fuse/dispatcher';
-import { COMMANDS, CommandName, ControlError, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, RequestEnvelopeSchema, TransportStatus } from './protocol';
+import { COMMANDS, CommandName, ControlError, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, RequestEnvelopeSchema, TransportStatus, VhostStatus } from './protocol';
 import { RequestStats } from './request-stats';
 import { controlDir, ensureControlDir, entryBase, writeEntry } from './registry';
 import { runCommand, ServedFs } from './service';
@@ -39,6 +39,8 @@ export interface ControlServerOptions {
   invalidateEntry?: ((parentIno: number, name: Buffer) => Promise<void>) | null;
   /** A host mount: its /dev/fuse transport counters (ServedFs.transport). */
   transport?: (() => TransportStatus) | null;
+  /** kfsd: the current front-end connection's counters (ServedFs.vhost). */
+  vhost?: (() => VhostStatus | null) | null;
   /** Default: <control dir>/<hash>-<pid>.sock. */
   socketPath?: string;
   /** Socket file mode (default 0600). */
@@ -58,7 +60,7 @@ export class ControlServer {
       kind: o.kind, image: o.image ? path.resolve(o.image) : null, fs: o.fs, mountpoint: o.mountpoint ? path.resolve(o.mountpoint) : null,
       vhostSocket: o.vhostSocket ? path.resolve(o.vhostSocket) : null, startedAt: Date.now(), stats: this.stats,
       frontEndConnected: o.frontEndConnected ?? null, controlConnections: () => this.sockets.size,
-      invalidateEntry: o.invalidateEntry ?? null, transport: o.transport ?? null,
+      invalidateEntry: o.invalidateEntry ?? null, transport: o.transport ?? null, vhost: o.vhost ?? null,
     };
     if (o.session) this.stats.track(o.session);
   }

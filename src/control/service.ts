@@ -13,7 +13,7 @@ import { buildBlockMap } from '../ext4/block-map';
 import { defragment } from '../ext4/defrag';
 import { createSnapshot, deleteSnapshot, listSnapshots, restorePath } from '../snapshot';
 import type { RequestStats } from './request-stats';
-import { ArgsSchemas, BlockMap, CommandName, DefragReport, Hello, PROTOCOL_VERSION, Status, ControlError, TransportStatus } from './protocol';
+import { ArgsSchemas, BlockMap, CommandName, DefragReport, Hello, PROTOCOL_VERSION, Status, ControlError, TransportStatus, VhostStatus } from './protocol';
 
 /** jbd2 superblock header (big-endian, linux/include/linux/jbd2.h journal_superblock_t). */
 const JBD2_MAGIC = 0xc03b3998;
@@ -38,6 +38,8 @@ export interface ServedFs {
   invalidateEntry?: ((parentIno: number, name: Buffer) => Promise<void>) | null;
   /** A host mount's /dev/fuse transport counters (null elsewhere). */
   transport?: (() => TransportStatus) | null;
+  /** kfsd: the current front-end connection's counters (null without one). */
+  vhost?: (() => VhostStatus | null) | null;
 }
 
 export type Progress = (phase: string, done: number, total: number) => void;
@@ -147,6 +149,7 @@ export async function status(served: ServedFs): Promise<Status> {
       controlConnections: served.controlConnections(),
     } : null,
     transport: served.transport ? served.transport() : null,
+    vhost: served.vhost ? served.vhost() : null,
   };
   if (!fs) return s;
   const vol = fs.vol;
