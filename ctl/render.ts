@@ -72,7 +72,7 @@ export function renderStatus(s: Status): string {
   }
   if (s.vhost) {
     const v = s.vhost;
-    row('vhost', `${v.requests} requests from the front-end on this connection, ${v.badChains} bad chains; after answering (--poll-us ${v.pollUs}): ${v.idleWatched} idle moments watched, ${v.idleNotWatched} not (more than two requests at once), ${v.foundByWatching} requests found by watching`);
+    row('vhost', `${v.requests} requests from the front-end on this connection, ${v.badChains} bad chains; polling (--poll-us ${v.pollUs}): ${v.idleSerial} idle moments after at most two requests at once (watched while the window is open), ${v.idleBusy} after more (not watched), ${v.watchesFound} watches found the next request`);
   }
   if (s.clients) {
     const c = s.clients;

@@ -183,11 +183,12 @@ test.serial('kfsd serves its control socket too: status names the vhost-user soc
   t.is(entry!.kind, 'kfsd');
   const r = await runAsync(process.execPath, [KFSCTL, '-t', img, 'status', '--json']);
   t.is(r.code, 0, r.stderr);
-  const s = JSON.parse(r.stdout) as { kind: string; pid: number; mountpoint: string; clients: { frontEndConnected: boolean }; requests: { total: number }; journal: { active: boolean } };
+  const s = JSON.parse(r.stdout) as { kind: string; pid: number; mountpoint: string; clients: { frontEndConnected: boolean }; requests: { total: number }; journal: { active: boolean }; vhost: unknown };
   t.is(s.kind, 'kfsd');
   t.is(s.pid, kfsd.pid!);
   t.is(s.mountpoint, vhost);
   t.false(s.clients.frontEndConnected);
+  t.is(s.vhost, null, 'no front-end, no connection counts');
   t.is(s.requests.total, 0);
   t.true(s.journal.active);
   const d = await runAsync(process.execPath, [KFSCTL, '-t', entry!.socket, 'defrag', '--check', '--json']);

@@ -224,14 +224,14 @@ async function pollingOf(t: ExecutionContext, extra: string[], name: string, dri
   await drive(fe, entry.nodeid, fh);
   const kicks = q.kicks - k0;
   // kfsctl status shows the connection's counts while it lasts: the same as kfsd's last word on it.
-  const status = kfsctlJson<{ vhost: { requests: number; idleWatched: number; idleNotWatched: number; foundByWatching: number } | null }>(['-t', image!, 'status']);
-  t.regex(kfsctl(['-t', image!, 'status']).stdout, /^vhost +\d+ requests from the front-end on this connection, 0 bad chains; after answering \(--poll-us \d+\): \d+ idle moments watched, \d+ not \(more than two requests at once\), \d+ requests found by watching$/m);
+  const status = kfsctlJson<{ vhost: { requests: number; idleSerial: number; idleBusy: number; watchesFound: number } | null }>(['-t', image!, 'status']);
+  t.regex(kfsctl(['-t', image!, 'status']).stdout, /^vhost +\d+ requests from the front-end on this connection, 0 bad chains; polling \(--poll-us \d+\): \d+ idle moments after at most two requests at once \(watched while the window is open\), \d+ after more \(not watched\), \d+ watches found the next request$/m);
   fe.close();
   t.is((await backend.stop()).code, 0);
   const m = /(\d+) requests, \d+ bad chains; polling: (\d+) idle moments after at most two requests at once, (\d+) after more; (\d+) requests found by watching/.exec(backend.output);
   t.truthy(m, `no polling line in kfsd output: ${backend.output.slice(-1500)}`);
   const v = status.vhost;
-  t.deepEqual(v && [v.requests, v.idleWatched, v.idleNotWatched, v.foundByWatching], [Number(m?.[1]), Number(m?.[2]), Number(m?.[3]), Number(m?.[4])], 'kfsctl status and the log agree');
+  t.deepEqual(v && [v.requests, v.idleSerial, v.idleBusy, v.watchesFound], [Number(m?.[1]), Number(m?.[2]), Number(m?.[3]), Number(m?.[4])], 'kfsctl status and the log agree');
   return { kicks, serial: Number(m?.[2]), busy: Number(m?.[3]), caught: Number(m?.[4]) };
 }
 

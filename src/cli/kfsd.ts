@@ -104,7 +104,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
       const st = device?.stats;
       return st ? {
         requests: st.requests, badChains: st.badChains, pollUs: o.pollUs,
-        idleWatched: st.pollSerial, idleNotWatched: st.pollBusy, foundByWatching: st.pollCaught,
+        idleSerial: st.pollSerial, idleBusy: st.pollBusy, watchesFound: st.pollCaught,
       } : null;
     },
   });

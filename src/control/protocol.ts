@@ -100,17 +100,19 @@ export type TransportStatus = z.infer<typeof TransportSchema>;
 
 /**
  * kfsd's connection to a vhost-user front-end (src/vhost/virtio-fs.ts VirtioFsDevice.stats):
- * requests taken from its queues, malformed descriptor chains, and its polling of an idle
- * request queue (--poll-us): the idle moments it decided to watch (the queue held at most two
- * requests at once), those it did not, and the requests found by watching (no kick needed).
+ * requests taken from its queues (hiprio's FORGETs included, malformed chains not), malformed
+ * descriptor chains, and its polling of an idle request queue (--poll-us): the idle moments
+ * after at most two requests at once (watched while the adaptive window is open; a moment put
+ * off to the next event-loop turn counts again there), those after more (never watched), and
+ * the watches that found the next request (its kick was not needed).
  */
 const VhostSchema = z.object({
   requests: z.number().int(),
   badChains: z.number().int(),
   pollUs: z.number(),
-  idleWatched: z.number().int(),
-  idleNotWatched: z.number().int(),
-  foundByWatching: z.number().int(),
+  idleSerial: z.number().int(),
+  idleBusy: z.number().int(),
+  watchesFound: z.number().int(),
 });
 export type VhostStatus = z.infer<typeof VhostSchema>;
 
