@@ -18,6 +18,7 @@ import { FileSystem } from '../fuse/filesystem';
 import { VhostUserServer } from '../vhost/server';
 import { VirtioFsDevice } from '../vhost/virtio-fs';
 import { startControlServer } from '../control';
+import type { VhostStatus } from '../control/protocol';
 import { action, applyCliConventions, UsageError } from './common';
 
 /** Request queues offered (GET_QUEUE_NUM answers this + hiprio); QEMU's num-request-queues may not exceed it. */
@@ -98,15 +99,12 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   }
   // The device serving the connected front-end (one per connection), for kfsctl status.
   let device: VirtioFsDevice | null = null;
+  const counts = (): VhostStatus | null => {
+    const st = device?.stats;
+    return st ? { requests: st.requests, badChains: st.badChains, pollUs: o.pollUs, idleSerial: st.pollSerial, idleBusy: st.pollBusy, watchesFound: st.pollCaught } : null;
+  };
   const control = await startControlServer({
-    kind: 'kfsd', image: o.image ?? null, fs: served.ext4 ?? null, vhostSocket: o.socketPath, frontEndConnected: () => server.connected,
-    vhost: () => {
-      const st = device?.stats;
-      return st ? {
-        requests: st.requests, badChains: st.badChains, pollUs: o.pollUs,
-        idleSerial: st.pollSerial, idleBusy: st.pollBusy, watchesFound: st.pollCaught,
-      } : null;
-    },
+    kind: 'kfsd', image: o.image ?? null, fs: served.ext4 ?? null, vhostSocket: o.socketPath, frontEndConnected: () => server.connected, vhost: counts,
   });
   let stopping = false;
   const stop = (sig: string) => {
@@ -123,8 +121,8 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
         numRequestQueues: MAX_REQUEST_QUEUES, tag: o.tag ?? null, daxWindowSize, daxSource: served.ext4 ? (served.fs as Ext4FuseFs) : null,
         pollUs: o.pollUs,
       })));
-      const st = (device as VirtioFsDevice | null)?.stats;
-      log.info(`front-end gone: ${reason}${st ? `; ${st.requests} requests, ${st.badChains} bad chains; polling: ${st.pollSerial} idle moments after at most two requests at once, ${st.pollBusy} after more; ${st.pollCaught} requests found by watching` : ''}`);
+      const c = counts();
+      log.info(`front-end gone: ${reason}${c ? `; ${c.requests} requests, ${c.badChains} bad chains; polling: ${c.idleSerial} idle moments after at most two requests at once, ${c.idleBusy} after more; ${c.watchesFound} requests found by watching` : ''}`);
       device = null;
       // A guest that is gone cannot release what it held; its unlinked-but-open files are freed now.
       await served.fs.releaseAll?.();

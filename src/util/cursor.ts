@@ -68,7 +68,7 @@ export class ByteCursor {
     const b = this.buf;
     const p = this.pos;
     this.pos = p + 4;
-    return (b[p] | (b[p + 1] << 8) | (b[p + 2] << 16)) + b[p + 3] * 0x1000000;
+    return getLe32(b, p);
   }
   i32(): number {
     this.need(4, 'i32');
@@ -83,9 +83,7 @@ export class ByteCursor {
     const b = this.buf;
     const p = this.pos;
     this.pos = p + 8;
-    const lo = (b[p] | (b[p + 1] << 8) | (b[p + 2] << 16)) + b[p + 3] * 0x1000000;
-    const hi = (b[p + 4] | (b[p + 5] << 8) | (b[p + 6] << 16)) + b[p + 7] * 0x1000000;
-    return hi * 0x100000000 + lo;
+    return getLe32(b, p + 4) * 0x100000000 + getLe32(b, p);
   }
   /** u64 exactly, for identifiers that use all 64 bits (FUSE unique, fh, flags). */
   u64n(): bigint {
@@ -211,6 +209,11 @@ export class ByteCursor {
     this.pos += 8;
     return this;
   }
+}
+
+/** The unsigned 32-bit little-endian value at p (the top byte multiplied in: `<< 24` would sign it). */
+function getLe32(b: Buffer, p: number): number {
+  return (b[p] | (b[p + 1] << 8) | (b[p + 2] << 16)) + b[p + 3] * 0x1000000;
 }
 
 /** The low 32 bits of v (as `v >>> 0`), little-endian at p. */
