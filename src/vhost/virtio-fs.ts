@@ -394,12 +394,8 @@ export class VirtioFsDevice implements VirtioDevice {
       for (const w of waiters) w();
     }
     this.interruptPending.delete(q);
-    try {
-      if (q.needsInterrupt()) q.interrupt();
-    } catch (e) {
-      // Inside the request's promise callback: a throw would be an unhandled rejection.
-      log.warn(`virtio-fs: queue ${q.index}: interrupt failed: ${(e as Error).message}`);
-    }
+    // Inside the request's promise callback: a throw would be an unhandled rejection.
+    this.signalSafely(q);
     if (this.maxPollUs > 0) this.pollLater(q);
   }
 
@@ -422,8 +418,20 @@ export class VirtioFsDevice implements VirtioDevice {
     this.interruptPending.add(q);
     setImmediate(() => {
       // Gone from the set: complete() signalled everything when the queue ran empty.
-      if (this.interruptPending.delete(q) && q.needsInterrupt()) q.interrupt();
+      if (this.interruptPending.delete(q)) this.signalSafely(q);
     });
+  }
+
+  /**
+   * Interrupt the guest if it asked to be, from a callback where a throw (the call eventfd
+   * failing) would end the process: logged instead, as the used entries are in place anyway.
+   */
+  private signalSafely(q: SplitVirtqueue): void {
+    try {
+      if (q.needsInterrupt()) q.interrupt();
+    } catch (e) {
+      log.warn(`virtio-fs: queue ${q.index}: interrupt failed: ${(e as Error).message}`);
+    }
   }
 
   drain(q: SplitVirtqueue): Promise<void> {
