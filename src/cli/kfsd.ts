@@ -16,6 +16,7 @@ import { Ext4FuseFs } from '../ext4/fuse-adapter';
 import { FuseSession, SessionOptions } from '../fuse/dispatcher';
 import { FileSystem } from '../fuse/filesystem';
 import { VhostUserServer } from '../vhost/server';
+import { warmUpKfsd } from './warmup';
 import { VirtioFsDevice } from '../vhost/virtio-fs';
 import { startControlServer } from '../control';
 import type { VhostStatus } from '../control/protocol';
@@ -41,13 +42,17 @@ const KfsdOptionsSchema = z.object({
   daxWindow: z.string().regex(/^\d+[KMG]?$/, 'a size such as 1G, 512M or 0').optional(),
   // At most 1 ms: the spin holds up the event loop (other queues, vhost-user messages, timers).
   pollUs: z.coerce.number().int().min(0).max(1000).default(500),
+  jitWarmup: z.boolean().default(true),
 }).strict();
 type KfsdOptions = z.infer<typeof KfsdOptionsSchema>;
 
 /** Seconds the guest may cache names and attributes: 'always' suits an image kfsd owns alone. */
 const TIMEOUTS = { always: 3600, auto: 1, never: 0 } as const;
 
-async function openFileSystem(o: KfsdOptions): Promise<{ fs: FileSystem; close: () => Promise<void>; readOnly: boolean; ext4?: Ext4Fs }> {
+/** What kfsd serves; `closing` once it is about to be closed (the JIT warm-up stops). */
+interface Served { fs: FileSystem; close: () => Promise<void>; readOnly: boolean; ext4?: Ext4Fs; closing?: boolean }
+
+async function openFileSystem(o: KfsdOptions): Promise<Served> {
   if (o.image) {
     if (!fs.existsSync(o.image)) throw new FsError('ENOENT', `image ${o.image} does not exist; create one with: kfs mkfs ${o.image} --size 1G`);
     const ext4 = await Ext4Fs.open(o.image, { readOnly: o.readonly, cacheBytes: o.cacheSize });
@@ -114,6 +119,12 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  // While QEMU starts and the guest boots, compile the request paths (fuse/warmup.ts); the
+  // first request of a front-end, or shutdown, ends it.
+  const warmup = o.jitWarmup
+    ? warmUpKfsd({ kind: o.image ? 'image' : 'shared-dir', noOpen: !o.open, cacheBytes: o.cacheSize }, sessionOpts,
+      () => (stopping || served.closing ? 'shutdown' : (device?.stats.requests ?? 0) > 0 ? 'the first request' : null))
+    : Promise.resolve();
   try {
     do {
       device = null;
@@ -130,6 +141,8 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   } finally {
     server.close('exit');
     control.close();
+    served.closing = true;
+    await warmup;
     await served.close();
   }
   log.info('image flushed; exiting');
@@ -165,6 +178,7 @@ const program = new Command('kfsd')
   .option('--cache-size <bytes>', 'metadata cache size for --image')
   .option('--open', 'with --image: serve OPEN and RELEASE of regular files (a handle per open) instead of answering OPEN with ENOSYS, after which the guest sends neither (no_open, the default on a writable image)')
   .option('--poll-us <µs>', 'after answering, watch an idle request queue up to this long for the next request instead of waiting for its kick (default 500, adapting to the guest; 0 = off)')
+  .option('--no-jit-warmup', 'do not warm the JIT up on a scratch filesystem while waiting for the first request (see README)')
   .option('--dax-window <size>', 'DAX cache window to ask the front-end for (default 1G with --image; 0 = no DAX); used only by front-ends that negotiate SHMEM')
   .addOption(new Option('--log-level <level>', 'error, warn (default), info, debug').choices(['error', 'warn', 'info', 'debug']))
   .option('--log-file <file>', 'write the log here')

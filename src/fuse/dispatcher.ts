@@ -30,6 +30,8 @@ export interface SessionOptions {
   maxWrite?: number;
   writebackCache?: boolean;
   readOnly?: boolean;
+  /** Not a kernel's session (the JIT warm-up's, fuse/warmup.ts): its INIT is logged at debug level only. */
+  internal?: boolean;
 }
 
 /** What was agreed at INIT; a restarted server must know it without seeing INIT again. */
@@ -447,7 +449,9 @@ export class FuseSession {
     const maxPages = flags & InitFlag.MAX_PAGES ? Math.ceil(this.maxWrite / PAGE) : 32;
     const maxWrite = flags & InitFlag.MAX_PAGES ? this.maxWrite : Math.min(this.maxWrite, 32 * PAGE);
     this.adopt({ major: FUSE_KERNEL_VERSION, minor, flags, maxWrite, maxPages });
-    log.info(`fuse: INIT ${req.major}.${req.minor} → ${FUSE_KERNEL_VERSION}.${minor}, flags 0x${flags.toString(16)}, max_write ${maxWrite}`);
+    const line = `fuse: INIT ${req.major}.${req.minor} → ${FUSE_KERNEL_VERSION}.${minor}, flags 0x${flags.toString(16)}, max_write ${maxWrite}`;
+    if (this.opts.internal) log.debug(line);
+    else log.info(line);
     // The kernel reads ahead min(its bdi's read-ahead, this): offer what a READ may carry, so
     // that a larger bdi read-ahead (FuseDevice.setReadAhead) is not cut back at INIT.
     return replyInit(u, initOut(FUSE_KERNEL_VERSION, minor, flags, Math.max(req.max_readahead, maxPages * PAGE), maxWrite, maxPages));

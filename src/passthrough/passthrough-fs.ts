@@ -22,7 +22,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { constants } from 'node:os';
-import { FsError, ErrnoName } from '../util/errors';
+import { FsError, ErrnoName, errnoName } from '../util/errors';
 import { log } from '../util/log';
 import { native } from '../native';
 import {
@@ -84,14 +84,6 @@ function hostError(e: unknown): FsError {
   if (typeof code === 'string' && code in constants.errno) return new FsError(code as ErrnoName, (e as Error).message);
   if (e instanceof TypeError || e instanceof RangeError) return new FsError('EINVAL', e.message);
   return new FsError('EIO', String((e as Error)?.message ?? e));
-}
-
-const ERRNO_NAMES = new Map<number, ErrnoName>();
-for (const [name, errno] of Object.entries(constants.errno) as [ErrnoName, number][]) if (!ERRNO_NAMES.has(errno)) ERRNO_NAMES.set(errno, name);
-
-/** A name for a host errno (aliases such as EAGAIN/EWOULDBLOCK carry the same number). */
-function errnoName(errno: number): ErrnoName {
-  return ERRNO_NAMES.get(errno) ?? 'EIO';
 }
 
 function host<T>(fn: () => T): T {

@@ -22,6 +22,14 @@ export class FsError extends Error {
   }
 }
 
+const ERRNO_NAMES = new Map<number, ErrnoName>();
+for (const [name, errno] of Object.entries(constants.errno) as [ErrnoName, number][]) if (!ERRNO_NAMES.has(errno)) ERRNO_NAMES.set(errno, name);
+
+/** A name for an errno number (aliases such as EAGAIN/EWOULDBLOCK carry the same number); EIO for an unknown one. */
+export function errnoName(errno: number): ErrnoName {
+  return ERRNO_NAMES.get(errno) ?? 'EIO';
+}
+
 export function fsError(code: ErrnoName, message: string): FsError {
   return new FsError(code, message);
 }

@@ -13,6 +13,7 @@ import { constants as fsConstants } from 'node:fs';
 import { constants } from 'node:os';
 import { FATTR, FuseOpcode, InitFlag, SIZE, opcodeName } from '../../../src/fuse/abi';
 import { ByteCursor } from '../../../src/util/cursor';
+import { struct, cstr, inHeader, fuseArgs, GUEST_INIT_FLAGS } from '../../../src/fuse/request-encode';
 import { FsError, type ErrnoName } from '../../../src/util/errors';
 import type { GuestMemory } from './memory';
 import type { Segment, SplitVirtqueue } from './virtqueue';
@@ -90,13 +91,8 @@ export class FuseReplyError extends FsError {
 }
 
 /** NUL-terminated name bytes. */
-export const cstr = (s: string | Buffer): Buffer => Buffer.concat([Buffer.from(s), Buffer.from([0])]);
+export { cstr };
 
-function struct(size: number, fill: (c: ByteCursor) => void): Buffer {
-  const b = Buffer.alloc(size);
-  fill(new ByteCursor(b));
-  return b;
-}
 
 export function readAttr(c: ByteCursor): FuseAttrReply {
   const ino = c.u64();
@@ -146,7 +142,7 @@ export class FuseClient {
 
   /** fuse_in_header followed by the in-args. */
   static header(len: number, opcode: number, unique: bigint, nodeid: number): Buffer {
-    return struct(SIZE.IN_HEADER, (c) => c.putU32(len).putU32(opcode).putU64(unique).putU64(nodeid).putU32(0).putU32(0).putU32(process.pid).putU16(0).putU16(0));
+    return inHeader(len, opcode, unique, nodeid, { uid: 0, gid: 0, pid: process.pid });
   }
 
   /** Send one request and await its reply; the reply's error is returned, not thrown. */
@@ -220,9 +216,7 @@ export class FuseClient {
   }
 
   async init(flags: bigint = DEFAULT_INIT_FLAGS, minor = 38): Promise<InitReply> {
-    const f = flags | InitFlag.INIT_EXT;
-    const body = struct(SIZE.INIT_IN, (c) => c.putU32(7).putU32(minor).putU32(128 * 1024).putU32(Number(f & 0xffffffffn)).putU32(Number(f >> 32n)));
-    const b = await this.ok(FuseOpcode.INIT, 0, [body], { replySize: SIZE.INIT_OUT });
+    const b = await this.ok(FuseOpcode.INIT, 0, [fuseArgs.init(minor, flags)], { replySize: SIZE.INIT_OUT });
     const c = new ByteCursor(b);
     const major = c.u32();
     const gotMinor = c.u32();
@@ -249,19 +243,17 @@ export class FuseClient {
   }
 
   async getattr(nodeid: number): Promise<FuseAttrReply> {
-    const b = await this.ok(FuseOpcode.GETATTR, nodeid, [Buffer.alloc(SIZE.GETATTR_IN)], { replySize: SIZE.ATTR_OUT });
+    const b = await this.ok(FuseOpcode.GETATTR, nodeid, [fuseArgs.getattr()], { replySize: SIZE.ATTR_OUT });
     return readAttr(new ByteCursor(b).skip(16));
   }
 
   async mkdir(parent: number, name: string, mode = 0o755): Promise<EntryReply> {
-    const arg = struct(SIZE.MKDIR_IN, (c) => c.putU32(mode).putU32(0o022));
-    return readEntry(await this.ok(FuseOpcode.MKDIR, parent, [arg, cstr(name)], { replySize: SIZE.ENTRY_OUT }));
+    return readEntry(await this.ok(FuseOpcode.MKDIR, parent, [fuseArgs.mkdir(mode), cstr(name)], { replySize: SIZE.ENTRY_OUT }));
   }
 
   /** CREATE: entry plus an open file handle. */
   async create(parent: number, name: string, mode = 0o644, flags = fsConstants.O_RDWR | 0o100 /* O_CREAT */): Promise<{ entry: EntryReply; fh: number }> {
-    const arg = struct(SIZE.CREATE_IN, (c) => c.putU32(flags).putU32(0o100000 | mode).putU32(0o022).putU32(0));
-    const b = await this.ok(FuseOpcode.CREATE, parent, [arg, cstr(name)], { replySize: SIZE.ENTRY_OUT + SIZE.OPEN_OUT });
+    const b = await this.ok(FuseOpcode.CREATE, parent, [fuseArgs.create(flags, mode), cstr(name)], { replySize: SIZE.ENTRY_OUT + SIZE.OPEN_OUT });
     return { entry: readEntry(b), fh: new ByteCursor(b, SIZE.ENTRY_OUT).u64() };
   }
 
@@ -273,9 +265,8 @@ export class FuseClient {
 
   async open(nodeid: number, flags = fsConstants.O_RDWR, dir = false): Promise<number> {
     if (!dir && this.noOpen) return 0;
-    const arg = struct(SIZE.OPEN_IN, (c) => c.putU32(flags).putU32(0));
     try {
-      const b = await this.ok(dir ? FuseOpcode.OPENDIR : FuseOpcode.OPEN, nodeid, [arg], { replySize: SIZE.OPEN_OUT });
+      const b = await this.ok(dir ? FuseOpcode.OPENDIR : FuseOpcode.OPEN, nodeid, [fuseArgs.open(flags)], { replySize: SIZE.OPEN_OUT });
       return new ByteCursor(b).u64();
     } catch (e) {
       if (dir || !(e instanceof FuseReplyError) || e.code !== 'ENOSYS') throw e;
@@ -285,30 +276,26 @@ export class FuseClient {
   }
 
   async read(nodeid: number, fh: number, offset: number, size: number, opts: CallOptions = {}): Promise<Buffer> {
-    const arg = struct(SIZE.READ_IN, (c) => c.putU64(fh).putU64(offset).putU32(size).putU32(0).putU64(0).putU32(fsConstants.O_RDWR).putU32(0));
-    return this.ok(FuseOpcode.READ, nodeid, [arg], { ...opts, replyData: size });
+    return this.ok(FuseOpcode.READ, nodeid, [fuseArgs.read(fh, offset, size)], { ...opts, replyData: size });
   }
 
   async write(nodeid: number, fh: number, offset: number, data: Buffer, opts: CallOptions = {}): Promise<number> {
-    const arg = struct(SIZE.WRITE_IN, (c) => c.putU64(fh).putU64(offset).putU32(data.length).putU32(0).putU64(0).putU32(fsConstants.O_RDWR).putU32(0));
-    const b = await this.ok(FuseOpcode.WRITE, nodeid, [arg], { ...opts, data, replySize: SIZE.WRITE_OUT });
+    const b = await this.ok(FuseOpcode.WRITE, nodeid, [fuseArgs.write(fh, offset, data.length)], { ...opts, data, replySize: SIZE.WRITE_OUT });
     return new ByteCursor(b).u32();
   }
 
   async release(nodeid: number, fh: number, dir = false): Promise<void> {
     if (!dir && this.noOpen) return;
-    const arg = struct(SIZE.RELEASE_IN, (c) => c.putU64(fh).putU32(fsConstants.O_RDWR).putU32(0).putU64(0));
-    await this.ok(dir ? FuseOpcode.RELEASEDIR : FuseOpcode.RELEASE, nodeid, [arg]);
+    await this.ok(dir ? FuseOpcode.RELEASEDIR : FuseOpcode.RELEASE, nodeid, [fuseArgs.release(fh)]);
   }
 
   async fsync(nodeid: number, fh: number): Promise<void> {
-    await this.ok(FuseOpcode.FSYNC, nodeid, [struct(SIZE.FSYNC_IN, (c) => c.putU64(fh).putU32(0).putU32(0))]);
+    await this.ok(FuseOpcode.FSYNC, nodeid, [fuseArgs.fsync(fh)]);
   }
 
   /** One READDIR call: entries from `offset`, as many as fit `size` bytes. */
   async readdir(nodeid: number, fh: number, offset = 0, size = 8192): Promise<DirentReply[]> {
-    const arg = struct(SIZE.READ_IN, (c) => c.putU64(fh).putU64(offset).putU32(size).putU32(0).putU64(0).putU32(0).putU32(0));
-    const b = await this.ok(FuseOpcode.READDIR, nodeid, [arg], { replyData: size });
+    const b = await this.ok(FuseOpcode.READDIR, nodeid, [fuseArgs.read(fh, offset, size, 0)], { replyData: size });
     const out: DirentReply[] = [];
     const c = new ByteCursor(b);
     while (c.remaining >= SIZE.DIRENT) {
@@ -347,7 +334,7 @@ export class FuseClient {
   }
 
   async rename(parent: number, name: string, newParent: number, newName: string): Promise<void> {
-    await this.ok(FuseOpcode.RENAME, parent, [struct(SIZE.RENAME_IN, (c) => c.putU64(newParent)), cstr(name), cstr(newName)]);
+    await this.ok(FuseOpcode.RENAME, parent, [fuseArgs.rename(newParent), cstr(name), cstr(newName)]);
   }
 
   /** STATFS: {blocks, bfree, files, ffree, bsize}. */
@@ -363,7 +350,7 @@ export class FuseClient {
 
   /** FORGET on the hiprio queue: no reply; resolves when the device returns the chain. */
   async forget(nodeid: number, nlookup: number): Promise<void> {
-    await this.call(FuseOpcode.FORGET, nodeid, [struct(SIZE.FORGET_IN, (c) => c.putU64(nlookup))], { queue: 0, noReply: true });
+    await this.call(FuseOpcode.FORGET, nodeid, [fuseArgs.forget(nlookup)], { queue: 0, noReply: true });
   }
 
   /** SETATTR of the size only (truncate or extend), with the file handle when one is given. */
@@ -403,14 +390,4 @@ export class FuseClient {
 }
 
 /** What a Linux 6.x guest asks for, minus features the tests do not use. */
-export const DEFAULT_INIT_FLAGS =
-  InitFlag.ASYNC_READ |
-  InitFlag.ATOMIC_O_TRUNC |
-  InitFlag.EXPORT_SUPPORT |
-  InitFlag.BIG_WRITES |
-  InitFlag.DONT_MASK |
-  InitFlag.DO_READDIRPLUS |
-  InitFlag.READDIRPLUS_AUTO |
-  InitFlag.PARALLEL_DIROPS |
-  InitFlag.MAX_PAGES |
-  InitFlag.INIT_EXT;
+export const DEFAULT_INIT_FLAGS = GUEST_INIT_FLAGS;
