@@ -90,18 +90,30 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   if (daxWindowSize % (2 << 20)) throw new UsageError('--dax-window must be a multiple of 2M (the guest maps 2 MiB ranges)');
   if (daxWindowSize && o.sharedDir) throw new UsageError('--dax-window works with --image only');
   if (o.open && o.sharedDir) throw new UsageError('--open works with --image only (a shared directory is always served with handles)');
+  // From here on a signal ends kfsd through the clean path (the image flushed), whenever it comes.
+  let stopping = false;
+  let server: VhostUserServer | null = null;
+  const stop = (sig: string) => {
+    log.info(`${sig}: stopping`);
+    stopping = true;
+    server?.close(sig);
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
   const served = await openFileSystem(o);
   const timeout = TIMEOUTS[o.cache ?? (o.image ? 'always' : 'auto')];
   const sessionOpts: SessionOptions = {
     entryTimeout: timeout, attrTimeout: timeout, negativeTimeout: o.image ? timeout : 0, readOnly: served.readOnly,
   };
-  const server = new VhostUserServer({ socketPath: o.socketPath, socketGroup: o.socketGroup });
+  const listening = new VhostUserServer({ socketPath: o.socketPath, socketGroup: o.socketGroup });
   try {
-    server.listen();
+    listening.listen();
   } catch (e) {
     await served.close();
     throw e;
   }
+  server = listening;
+  if (stopping) listening.close('stopping');
   // The device serving the connected front-end (one per connection), for kfsctl status.
   let device: VirtioFsDevice | null = null;
   const counts = (): VhostStatus | null => {
@@ -109,16 +121,8 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
     return st ? { requests: st.requests, badChains: st.badChains, pollUs: o.pollUs, idleSerial: st.pollSerial, idleBusy: st.pollBusy, watchesFound: st.pollCaught } : null;
   };
   const control = await startControlServer({
-    kind: 'kfsd', image: o.image ?? null, fs: served.ext4 ?? null, vhostSocket: o.socketPath, frontEndConnected: () => server.connected, vhost: counts,
+    kind: 'kfsd', image: o.image ?? null, fs: served.ext4 ?? null, vhostSocket: o.socketPath, frontEndConnected: () => listening.connected, vhost: counts,
   });
-  let stopping = false;
-  const stop = (sig: string) => {
-    log.info(`${sig}: stopping`);
-    stopping = true;
-    server.close(sig);
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
   // While QEMU starts and the guest boots, compile the request paths (fuse/warmup.ts); the
   // first request of a front-end, or shutdown, ends it.
   const warmup = o.jitWarmup
@@ -128,7 +132,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   try {
     do {
       device = null;
-      const reason = await server.serveOne(() => (device = new VirtioFsDevice(control.track(new FuseSession(served.fs, sessionOpts)), {
+      const reason = await listening.serveOne(() => (device = new VirtioFsDevice(control.track(new FuseSession(served.fs, sessionOpts)), {
         numRequestQueues: MAX_REQUEST_QUEUES, tag: o.tag ?? null, daxWindowSize, daxSource: served.ext4 ? (served.fs as Ext4FuseFs) : null,
         pollUs: o.pollUs,
       })));
@@ -139,7 +143,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
       await served.fs.releaseAll?.();
     } while (o.reconnect && !stopping);
   } finally {
-    server.close('exit');
+    listening.close('exit');
     control.close();
     served.closing = true;
     await warmup;

@@ -20,6 +20,8 @@ export interface ServerOptions {
 
 export class VhostUserServer {
   private listenFd = -1;
+  /** close() was called (possibly before serveOne: a signal during start-up). */
+  private closed = false;
   private poller: FdPollerHandle | null = null;
   private current: VhostUserBackend | null = null;
   private waiting: ((fd: number) => void) | null = null;
@@ -51,6 +53,7 @@ export class VhostUserServer {
 
   /** Wait for a front-end and serve it until it disconnects; resolves with the reason. */
   async serveOne(makeDevice: () => VirtioDevice): Promise<string> {
+    if (this.closed) return 'server closed';
     const fd = await new Promise<number>((resolve) => (this.waiting = resolve));
     if (fd < 0) return 'server closed';
     log.info('vhost-user: front-end connected');
@@ -64,6 +67,7 @@ export class VhostUserServer {
 
   /** Stop: end the current connection (its queues drain) and stop listening. */
   close(reason: string): void {
+    this.closed = true;
     this.current?.close(reason);
     if (this.waiting) {
       const w = this.waiting;
