@@ -178,8 +178,9 @@ async function tarUnderKills(t: ExecutionContext, sharedLogBytes?: number): Prom
   fs.mkdirSync(dst);
 
   // tar reads the archive from a pipe that this test feeds in parts, so tar cannot finish
-  // before the last kill however fast the machine is: each kill lands while a part is being
-  // fed (tar busy extracting it, or, if the delay outlasts the part, waiting for the next).
+  // before the last kill however fast the machine is. Each kill comes a random moment into a
+  // part, or as soon as the pipe has taken all of it, whichever is first: tar is then still
+  // extracting what it read (up to a pipe's worth), with requests in flight.
   const tar = spawn('tar', ['-C', dst, '-xpf', '-', '--numeric-owner'], { stdio: ['pipe', 'ignore', 'pipe'] });
   let tarErr = '';
   tar.stderr!.on('data', (d: Buffer) => (tarErr += d.toString()));
@@ -194,7 +195,7 @@ async function tarUnderKills(t: ExecutionContext, sharedLogBytes?: number): Prom
   for (let k = 0, at = 0; at < archive.length; k++, at += partBytes) {
     const fed = feed(archive.subarray(at, at + partBytes));
     if (k < KILLS) {
-      await sleep(100 + Math.floor(r() * 500));
+      await Promise.race([sleep(50 + Math.floor(r() * 400)), fed]);
       t.is(tar.exitCode, null, `tar is still running at kill ${k}`);
       const { ms } = await killServer(s, path.join(dir, `probe-${k}`));
       recoveries.push(ms);

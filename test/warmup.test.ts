@@ -10,10 +10,12 @@
  *  - kfsd --image and --shared-dir: the warm-up runs before any front-end, logs what it did,
  *    leaves nothing in /dev/shm, and the served image or directory is untouched.
  *  - The first request of a front-end ends a warm-up that would otherwise go on
- *    (KFS_WARMUP_ROUNDS), and is answered; --no-jit-warmup runs none.
+ *    (KFS_WARMUP_ROUNDS), and is answered; SIGTERM ends it too; --no-jit-warmup runs none.
+ *  - Scratch directories of dead kfsd processes are removed at start-up.
  */
 import test, { type ExecutionContext } from 'ava';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { assertFsckClean, debugfs, makeImage, tempDir } from './helpers/image';
 import { spawnKfsd, VhostFrontend, type Backend } from './helpers/vhost-frontend';
@@ -81,6 +83,15 @@ test('warmUp: shouldStop ends it between two requests; the scratch filesystem is
   assertFsckClean(t, image);
 });
 
+/** The root directory's ctime and mtime lines from debugfs: a warm-up that created anything there changes them. */
+const rootTimes = (image: string): string[] => debugfs(image, 'stat /').split('\n').filter((l) => /^\s*(ctime|mtime):/.test(l));
+
+/** kfsd's descriptors that still point at a scratch file or directory. */
+function scratchFds(pid: number | undefined): string[] {
+  const dir = `/proc/${pid}/fd`;
+  return readdirSync(dir).map((fd) => { try { return readlinkSync(join(dir, fd)); } catch { return ''; } }).filter((l) => l.includes('kfs-warmup-'));
+}
+
 function shmLeft(pid: number | undefined): string[] {
   return readdirSync('/dev/shm').filter((n) => n.startsWith(`kfs-warmup-${pid}-`));
 }
@@ -101,6 +112,8 @@ async function kfsd(t: ExecutionContext, source: string[], extra: string[] = [],
 
 test.serial('kfsd --image warms up before any front-end, on a scratch image: the served image is untouched, /dev/shm left empty', async (t) => {
   const image = makeImage(t, { size: '256M', mkfs: 'kfs' });
+  const times = rootTimes(image);
+  t.is(times.length, 2);
   const { backend, socket } = await kfsd(t, ['--image', image]);
   t.true(await waitFor(() => LINE.test(backend.output), 60_000), backend.output);
   const [, kind, requests, how] = LINE.exec(backend.output)!;
@@ -108,6 +121,7 @@ test.serial('kfsd --image warms up before any front-end, on a scratch image: the
   t.is(how, 'done');
   t.true(Number(requests) > 10_000, `${requests} requests`);
   t.deepEqual(shmLeft(backend.proc.pid), []);
+  t.deepEqual(scratchFds(backend.proc.pid), [], 'no descriptor of the scratch image is left open');
   // The guest sees an empty filesystem.
   const fe = await VhostFrontend.start({ socketPath: socket });
   t.teardown(() => fe.close());
@@ -117,19 +131,24 @@ test.serial('kfsd --image warms up before any front-end, on a scratch image: the
   await fe.close();
   t.deepEqual(await backend.stop(), { code: 0, signal: null });
   assertFsckClean(t, image);
-  t.notRegex(debugfs(image, 'ls -l /'), /warmup/);
+  // Nothing was ever made in it (a warm-up that removed what it made would still change these).
+  t.deepEqual(rootTimes(image), times);
 });
 
 test.serial('kfsd --shared-dir warms up on a scratch directory and leaves the shared one untouched', async (t) => {
   const dir = join(tempDir(t, 'warmup-shared'), 'shared');
   mkdirSync(dir);
+  const before = statSync(dir, { bigint: true });
   const { backend } = await kfsd(t, ['--shared-dir', dir]);
   t.true(await waitFor(() => LINE.test(backend.output), 60_000), backend.output);
   t.is(LINE.exec(backend.output)![1], 'directory');
   t.is(LINE.exec(backend.output)![3], 'done');
   t.deepEqual(readdirSync(dir), []);
   t.deepEqual(shmLeft(backend.proc.pid), []);
+  t.deepEqual(scratchFds(backend.proc.pid), [], 'no descriptor of the scratch directory is left open');
   t.deepEqual(await backend.stop(), { code: 0, signal: null });
+  const after = statSync(dir, { bigint: true });
+  t.deepEqual([after.mtimeNs, after.ctimeNs], [before.mtimeNs, before.ctimeNs], 'nothing was made in the shared directory');
 });
 
 test.serial('the first request of a front-end ends the warm-up, and is answered', async (t) => {
@@ -169,5 +188,19 @@ test.serial('--no-jit-warmup: no warm-up', async (t) => {
   await fe.close();
   t.deepEqual(await backend.stop(), { code: 0, signal: null });
   t.notRegex(backend.output, /warm-up/);
-  t.false(existsSync(join('/dev/shm', `kfs-warmup-${backend.proc.pid}`)));
+  t.deepEqual(shmLeft(backend.proc.pid), []);
+});
+
+test.serial('a scratch directory left by a kfsd that died during its warm-up is removed at the next start; a live one is not', async (t) => {
+  const dead = spawnSync('true').pid!; // exited: its pid names a dead process (reuse within the test is unlikely)
+  const stale = mkdtempSync(join('/dev/shm', `kfs-warmup-${dead}-`));
+  writeFileSync(join(stale, 'scratch.img'), 'left behind');
+  const live = mkdtempSync(join('/dev/shm', `kfs-warmup-${process.pid}-`));
+  t.teardown(() => rmSync(live, { recursive: true, force: true }));
+  const image = makeImage(t, { size: '256M', mkfs: 'kfs' });
+  const { backend } = await kfsd(t, ['--image', image]);
+  t.true(await waitFor(() => LINE.test(backend.output), 60_000), backend.output);
+  t.false(existsSync(stale), `${stale} removed`);
+  t.true(existsSync(live), `${live} (this test's own pid, alive) kept`);
+  t.deepEqual(await backend.stop(), { code: 0, signal: null });
 });

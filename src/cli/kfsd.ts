@@ -94,6 +94,11 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   let stopping = false;
   let server: VhostUserServer | null = null;
   const stop = (sig: string) => {
+    if (stopping) {
+      // A second signal: the user will not wait for the first (a long journal replay, a flush).
+      log.warn(`${sig} again: exiting at once, without flushing`);
+      process.exit(1);
+    }
     log.info(`${sig}: stopping`);
     stopping = true;
     server?.close(sig);
@@ -126,7 +131,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   // While QEMU starts and the guest boots, compile the request paths (fuse/warmup.ts); the
   // first request of a front-end, or shutdown, ends it.
   const warmup = o.jitWarmup
-    ? warmUpKfsd({ kind: o.image ? 'image' : 'shared-dir', noOpen: !o.open, cacheBytes: o.cacheSize }, sessionOpts,
+    ? warmUpKfsd({ kind: o.image ? 'image' : 'shared-dir', noOpen: (served.fs as Ext4FuseFs).noOpen === true, cacheBytes: o.cacheSize }, sessionOpts,
       () => (stopping || served.closing ? 'shutdown' : (device?.stats.requests ?? 0) > 0 ? 'the first request' : null))
     : Promise.resolve();
   try {

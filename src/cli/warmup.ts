@@ -40,7 +40,23 @@ function scratchDir(): string {
   } catch {
     /* no writable /dev/shm: the temporary directory */
   }
+  removeLeftovers(root);
   return fs.mkdtempSync(path.join(root, `kfs-warmup-${process.pid}-`));
+}
+
+/** Scratch directories of kfsd processes that died during their warm-up (SIGKILL, a crash). */
+function removeLeftovers(root: string): void {
+  for (const name of fs.readdirSync(root)) {
+    const m = /^kfs-warmup-(\d+)-/.exec(name);
+    if (!m || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+      continue; // alive (or not ours to signal: EPERM below)
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue;
+    }
+    fs.rmSync(path.join(root, name), { recursive: true, force: true });
+  }
 }
 
 /** An Ext4FuseFs on a fresh scratch image, served as kfsd serves its image (no_open or not). */
@@ -57,7 +73,8 @@ async function scratchImage(noOpen: boolean, cacheBytes: number): Promise<Warmup
   }
   const fuseFs = new Ext4FuseFs(ext4);
   fuseFs.noOpen = noOpen;
-  return { fs: fuseFs, commit: () => ext4.sync(false), close: () => ext4.close() };
+  // Thrown away unwritten: the warm-up's end is the first request's start.
+  return { fs: fuseFs, commit: () => ext4.sync(false), close: () => ext4.discard() };
 }
 
 /** A PassthroughFs on a fresh scratch directory. */
@@ -69,8 +86,9 @@ async function scratchSharedDir(): Promise<WarmupScratch> {
     return {
       fs: pfs,
       close: async () => {
-        await pfs.destroy();
-        fs.rmSync(dir, { recursive: true, force: true });
+        // No syncfs, and the files removed off the event loop: the first request is waiting.
+        await pfs.close(false);
+        await fs.promises.rm(dir, { recursive: true, force: true });
       },
     };
   } catch (e) {
@@ -88,6 +106,7 @@ export async function warmUpKfsd(
   served: { kind: 'image' | 'shared-dir'; noOpen: boolean; cacheBytes: number }, session: SessionOptions, stopReason: () => string | null,
 ): Promise<void> {
   const shouldStop = () => stopReason() !== null;
+  if (shouldStop()) return;
   const kind = served.kind;
   // Writable even when the served filesystem is not: the scratch one is, and its requests must succeed.
   const o: WarmupOptions = { files: WARMUP_FILES, rounds: rounds(), shouldStop, session: { ...session, readOnly: false }, initMinor: 38, initFlags: GUEST_INIT_FLAGS };

@@ -1115,6 +1115,20 @@ export class Ext4Fs {
   }
 
   /** Flush and release the image. The image is closed (and unlocked) even if the flush fails. */
+  /**
+   * Close without writing anything, for a filesystem nobody will open again (the JIT warm-up's
+   * scratch image, unlinked already): no commit, no checkpoint, just the descriptor.
+   */
+  async discard(): Promise<void> {
+    if (this.closed) return;
+    if (this.commitTimer) clearInterval(this.commitTimer);
+    await this.lock.run(async () => {
+      this.closed = true;
+      await Promise.allSettled([...this.readsInFlight]);
+      await this.vol.dev.closeNoSync();
+    });
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.commitTimer) clearInterval(this.commitTimer);

@@ -665,7 +665,19 @@ export class PassthroughFs implements FileSystem {
   }
 
   /** The client is gone (DESTROY, or the daemon stops): drop its nodes and handles, flush. The root stays for a reconnect. */
-  async destroy(): Promise<void> {
+  /** destroy() and the root's descriptors too, for a filesystem not served again; `sync`: syncfs first. */
+  async close(sync = true): Promise<void> {
+    await this.destroy(sync);
+    for (const fd of [this.table.root.fd, this.rootSyncFd]) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        /* already closed */
+      }
+    }
+  }
+
+  async destroy(sync = true): Promise<void> {
     for (const h of this.handles.values()) {
       try {
         fs.closeSync(h.fd);
@@ -675,6 +687,7 @@ export class PassthroughFs implements FileSystem {
     }
     this.handles.clear();
     this.table.clear();
+    if (!sync) return;
     try {
       H.syncfs(this.rootSyncFd);
     } catch (e) {

@@ -251,7 +251,7 @@ export class VirtioFsDevice implements VirtioDevice {
           this.serve(q, chain);
         } else if ((bytes += written) >= SIGNAL_EARLY_BYTES || q.eventIdx) {
           // Let the guest take these replies (READ data) while the next ones are read.
-          if (q.needsInterrupt()) q.interrupt();
+          this.signalSafely(q);
           answered = false;
           bytes = 0;
         } else {
@@ -264,7 +264,7 @@ export class VirtioFsDevice implements VirtioDevice {
       }
     } while (q.rearmKick());
     // One interrupt for everything answered during this kick, without waiting for the loop.
-    if (answered && q.needsInterrupt()) q.interrupt();
+    if (answered) this.signalSafely(q);
     if (this.maxPollUs > 0) {
       const st = this.pollStateOf(q);
       if (peak > st.peak) st.peak = peak;
@@ -423,8 +423,9 @@ export class VirtioFsDevice implements VirtioDevice {
   }
 
   /**
-   * Interrupt the guest if it asked to be, from a callback where a throw (the call eventfd
-   * failing) would end the process: logged instead, as the used entries are in place anyway.
+   * Interrupt the guest if it asked to be. Every caller runs in a callback (a kick's poller, a
+   * promise's, setImmediate) where a throw (the call eventfd failing) would end the process or
+   * be an unhandled rejection: logged instead, as the used entries are in place anyway.
    */
   private signalSafely(q: SplitVirtqueue): void {
     try {
