@@ -55,7 +55,11 @@ function removeLeftovers(root: string): void {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue;
     }
-    fs.rmSync(path.join(root, name), { recursive: true, force: true });
+    try {
+      fs.rmSync(path.join(root, name), { recursive: true, force: true });
+    } catch {
+      /* another user's, or going away meanwhile: not ours to insist on */
+    }
   }
 }
 
