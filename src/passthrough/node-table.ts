@@ -14,6 +14,7 @@ import fs from 'node:fs';
 
 export const ROOT_ID = 1;
 const SYNTHETIC_BASE = 2 ** 52;
+const SYNTHETIC_BASE_N = BigInt(SYNTHETIC_BASE);
 
 export interface HostNode {
   readonly id: number;
@@ -21,6 +22,8 @@ export interface HostNode {
   readonly fd: number;
   /** `devHi:devLo:inoHi:inoLo`, exact for 64-bit values. */
   readonly key: string;
+  /** Its byLocalIno key (the inode number on the share's own device), or -1. */
+  readonly local: number;
   /** S_IFMT bits: an inode's type never changes. */
   readonly type: number;
   /** FUSE lookup count (not kept for the root, which is never forgotten). */
@@ -41,7 +44,7 @@ export class CookieMap {
   private cookies: bigint[] = [];
 
   offsetOf(cookie: bigint): number {
-    if (cookie < BigInt(SYNTHETIC_BASE)) return Number(cookie);
+    if (cookie < SYNTHETIC_BASE_N) return Number(cookie);
     let off = this.toOffset.get(cookie);
     if (off === undefined) {
       off = SYNTHETIC_BASE + this.cookies.length;
@@ -76,11 +79,11 @@ export class NodeTable {
 
   constructor(rootFd: number, rootKey: string, private readonly rootDev: string) {
     [this.rootDevHi, this.rootDevLo] = rootDev.split(':').map(Number);
-    this.root = { id: ROOT_ID, fd: rootFd, key: rootKey, type: 0o040000, refs: 1 };
-    this.byId.set(ROOT_ID, this.root);
-    this.byKey.set(rootKey, this.root);
     const [, , inoHi, inoLo] = rootKey.split(':').map(Number);
     const local = this.localIno(this.rootDevHi, this.rootDevLo, inoHi, inoLo);
+    this.root = { id: ROOT_ID, fd: rootFd, key: rootKey, local, type: 0o040000, refs: 1 };
+    this.byId.set(ROOT_ID, this.root);
+    this.byKey.set(rootKey, this.root);
     if (local >= 0) this.byLocalIno.set(local, this.root);
   }
 
@@ -99,11 +102,10 @@ export class NodeTable {
 
   /** The node id an inode has or would get (readdir's d_ino for entries not looked up). */
   idFor(devHi: number, devLo: number, inoHi: number, inoLo: number): number {
-    const key = `${devHi}:${devLo}:${inoHi}:${inoLo}`;
-    const known = this.byKey.get(key);
-    if (known) return known.id;
-    if (`${devHi}:${devLo}` === this.rootDev && inoHi < 2 ** 20 && !(inoHi === 0 && inoLo === 1)) return inoHi * 2 ** 32 + inoLo;
-    return 0;
+    // The share's own inodes (nearly every entry) by number, without building a key string.
+    const local = this.localIno(devHi, devLo, inoHi, inoLo);
+    if (local >= 0) return this.byLocalIno.get(local)?.id ?? (local === 1 ? 0 : local);
+    return this.byKey.get(`${devHi}:${devLo}:${inoHi}:${inoLo}`)?.id ?? 0;
   }
 
   /**
@@ -121,7 +123,7 @@ export class NodeTable {
     }
     let id = this.idFor(devHi, devLo, inoHi, inoLo);
     if (id === 0 || this.byId.has(id)) id = this.nextSynthetic++;
-    const node: HostNode = { id, fd, key: key ?? `${devHi}:${devLo}:${inoHi}:${inoLo}`, type, refs: 1 };
+    const node: HostNode = { id, fd, key: key ?? `${devHi}:${devLo}:${inoHi}:${inoLo}`, local, type, refs: 1 };
     this.byId.set(id, node);
     this.byKey.set(node.key, node);
     if (local >= 0) this.byLocalIno.set(local, node);
@@ -147,9 +149,7 @@ export class NodeTable {
     if (node.refs > 0) return;
     this.byId.delete(id);
     this.byKey.delete(node.key);
-    const [devHi, devLo, inoHi, inoLo] = node.key.split(':').map(Number);
-    const local = this.localIno(devHi, devLo, inoHi, inoLo);
-    if (local >= 0) this.byLocalIno.delete(local);
+    if (node.local >= 0) this.byLocalIno.delete(node.local);
     try {
       fs.closeSync(node.fd);
     } catch {
