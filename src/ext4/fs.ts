@@ -1119,22 +1119,22 @@ export class Ext4Fs {
    * Close without writing anything, for a filesystem nobody will open again (the JIT warm-up's
    * scratch image, unlinked already): no commit, no checkpoint, just the descriptor.
    */
-  async discard(): Promise<void> {
-    if (this.closed) return;
-    if (this.commitTimer) clearInterval(this.commitTimer);
-    await this.lock.run(async () => {
-      this.closed = true;
-      await Promise.allSettled([...this.readsInFlight]);
-      await this.vol.dev.closeNoSync();
-    });
+  discard(): Promise<void> {
+    return this.shut(false);
   }
 
-  async close(): Promise<void> {
+  close(): Promise<void> {
+    return this.shut(true);
+  }
+
+  /** close() (`flush`) or discard(). */
+  private async shut(flush: boolean): Promise<void> {
     if (this.closed) return;
     if (this.commitTimer) clearInterval(this.commitTimer);
     await this.lock.run(async () => {
       this.closed = true;
       await Promise.allSettled([...this.readsInFlight]);
+      if (!flush) return this.vol.dev.closeNoSync();
       try {
         if (!this.vol.readOnly) {
           await this.store.flushAll();
