@@ -14,8 +14,7 @@
  *  - Scratch directories of dead kfsd processes are removed at start-up.
  */
 import test, { type ExecutionContext } from 'ava';
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { assertFsckClean, debugfs, makeImage, tempDir } from './helpers/image';
 import { spawnKfsd, VhostFrontend, type Backend } from './helpers/vhost-frontend';
@@ -192,7 +191,7 @@ test.serial('--no-jit-warmup: no warm-up', async (t) => {
 });
 
 test.serial('a scratch directory left by a kfsd that died during its warm-up is removed at the next start; a live one is not', async (t) => {
-  const dead = spawnSync('true').pid!; // exited: its pid names a dead process (reuse within the test is unlikely)
+  const dead = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8')) + 1; // no process can have it
   const stale = mkdtempSync(join('/dev/shm', `kfs-warmup-${dead}-`));
   writeFileSync(join(stale, 'scratch.img'), 'left behind');
   const live = mkdtempSync(join('/dev/shm', `kfs-warmup-${process.pid}-`));

@@ -130,9 +130,13 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   });
   // While QEMU starts and the guest boots, compile the request paths (fuse/warmup.ts); the
   // first request of a front-end, or shutdown, ends it.
+  let requestSeen = false;
   const warmup = o.jitWarmup
     ? warmUpKfsd({ kind: o.image ? 'image' : 'shared-dir', noOpen: (served.fs as Ext4FuseFs).noOpen === true, cacheBytes: o.cacheSize }, sessionOpts,
-      () => (stopping || served.closing ? 'shutdown' : (device?.stats.requests ?? 0) > 0 ? 'the first request' : null))
+      () => {
+        if ((device?.stats.requests ?? 0) > 0) requestSeen = true; // sticky: the device goes at a disconnect
+        return stopping || served.closing ? 'shutdown' : requestSeen ? 'the first request' : null;
+      })
     : Promise.resolve();
   try {
     do {

@@ -44,22 +44,31 @@ function scratchDir(): string {
   return fs.mkdtempSync(path.join(root, `kfs-warmup-${process.pid}-`));
 }
 
-/** Scratch directories of kfsd processes that died during their warm-up (SIGKILL, a crash). */
+/**
+ * Scratch directories of kfsd processes that died during their warm-up (SIGKILL, a crash).
+ * Only directories this user owns that nobody else can write into (as mkdtemp makes them):
+ * /dev/shm is writable by everyone, and a recursive removal by root of a directory another
+ * user controls could be steered outside it (a subdirectory swapped for a symlink).
+ * Best effort: nothing here may cancel the warm-up.
+ */
 function removeLeftovers(root: string): void {
-  for (const name of fs.readdirSync(root)) {
-    const m = /^kfs-warmup-(\d+)-/.exec(name);
-    if (!m || Number(m[1]) === process.pid) continue;
-    try {
-      process.kill(Number(m[1]), 0);
-      continue; // alive (or not ours to signal: EPERM below)
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue;
+  try {
+    for (const name of fs.readdirSync(root)) {
+      const m = /^kfs-warmup-(\d+)-/.exec(name);
+      if (!m || Number(m[1]) === process.pid) continue;
+      const dir = path.join(root, name);
+      const st = fs.lstatSync(dir, { throwIfNoEntry: false });
+      if (!st || !st.isDirectory() || st.uid !== process.geteuid?.() || (st.mode & 0o022) !== 0) continue;
+      try {
+        process.kill(Number(m[1]), 0);
+        continue; // alive, or not ours to signal (EPERM)
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue;
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
     }
-    try {
-      fs.rmSync(path.join(root, name), { recursive: true, force: true });
-    } catch {
-      /* another user's, or going away meanwhile: not ours to insist on */
-    }
+  } catch {
+    /* unreadable, or going away meanwhile */
   }
 }
 
@@ -110,13 +119,14 @@ export async function warmUpKfsd(
   served: { kind: 'image' | 'shared-dir'; noOpen: boolean; cacheBytes: number }, session: SessionOptions, stopReason: () => string | null,
 ): Promise<void> {
   const shouldStop = () => stopReason() !== null;
-  if (shouldStop()) return;
   const kind = served.kind;
   // Writable even when the served filesystem is not: the scratch one is, and its requests must succeed.
   const o: WarmupOptions = { files: WARMUP_FILES, rounds: rounds(), shouldStop, session: { ...session, readOnly: false }, initMinor: 38, initFlags: GUEST_INIT_FLAGS };
   try {
-    const scratch = kind === 'image' ? await scratchImage(served.noOpen, served.cacheBytes) : await scratchSharedDir();
-    const r = await warmUp(scratch, o);
+    // Already told to stop (a signal during start-up, a quick front-end): no scratch to build.
+    const r = shouldStop()
+      ? { requests: 0, ms: 0, ended: 'stopped' }
+      : await warmUp(kind === 'image' ? await scratchImage(served.noOpen, served.cacheBytes) : await scratchSharedDir(), o);
     const how = r.ended === 'done' ? 'done' : r.ended === 'stopped' ? `stopped by ${stopReason() ?? 'request'}` : `ended early: ${r.ended}`;
     const line = `JIT warm-up on a scratch ${kind === 'image' ? 'image' : 'directory'}: ${r.requests} requests in ${r.ms.toFixed(0)} ms (${how})`;
     if (r.ended === 'done' || r.ended === 'stopped') log.info(line);

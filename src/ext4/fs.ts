@@ -1114,7 +1114,6 @@ export class Ext4Fs {
     return this.vol.dev.fd;
   }
 
-  /** Flush and release the image. The image is closed (and unlocked) even if the flush fails. */
   /**
    * Close without writing anything, for a filesystem nobody will open again (the JIT warm-up's
    * scratch image, unlinked already): no commit, no checkpoint, just the descriptor.
@@ -1123,6 +1122,7 @@ export class Ext4Fs {
     return this.shut(false);
   }
 
+  /** Flush and release the image. The image is closed (and unlocked) even if the flush fails. */
   close(): Promise<void> {
     return this.shut(true);
   }

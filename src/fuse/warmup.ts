@@ -183,6 +183,9 @@ async function round(c: SessionClient, dirName: string, files: number): Promise<
     await c.call(Op.BATCH_FORGET, 0, [fuseArgs.batchForget(batch.map((nodeid) => ({ nodeid, nlookup: refs.get(nodeid) ?? 0 })))]);
     for (const node of batch) refs.delete(node);
   }
+  // Any other node a reply referred to (none today: READDIRPLUS gives "." and ".." no node).
+  const rest = [...refs].map(([nodeid, nlookup]) => ({ nodeid, nlookup }));
+  if (rest.length) await c.call(Op.BATCH_FORGET, 0, [fuseArgs.batchForget(rest)]);
   await c.call(Op.RMDIR, ROOT, [cstr(dirName)]);
   await c.call(Op.FORGET, dir, [fuseArgs.forget(1)]);
 }

@@ -664,7 +664,6 @@ export class PassthroughFs implements FileSystem {
     return this.destroy();
   }
 
-  /** The client is gone (DESTROY, or the daemon stops): drop its nodes and handles, flush. The root stays for a reconnect. */
   /** destroy() and the root's descriptors too, for a filesystem not served again; `sync`: syncfs first. */
   async close(sync = true): Promise<void> {
     await this.destroy(sync);
@@ -677,6 +676,7 @@ export class PassthroughFs implements FileSystem {
     }
   }
 
+  /** The client is gone (DESTROY, or the daemon stops): drop its nodes and handles, flush (`sync`). The root stays for a reconnect. */
   async destroy(sync = true): Promise<void> {
     for (const h of this.handles.values()) {
       try {
