@@ -49,8 +49,8 @@ type KfsdOptions = z.infer<typeof KfsdOptionsSchema>;
 /** Seconds the guest may cache names and attributes: 'always' suits an image kfsd owns alone. */
 const TIMEOUTS = { always: 3600, auto: 1, never: 0 } as const;
 
-/** What kfsd serves; `closing` once it is about to be closed (the JIT warm-up stops). */
-interface Served { fs: FileSystem; close: () => Promise<void>; readOnly: boolean; ext4?: Ext4Fs; closing?: boolean }
+/** What kfsd serves; `noOpen`: OPEN of a regular file is answered ENOSYS (the JIT warm-up serves its scratch alike). */
+interface Served { fs: FileSystem; close: () => Promise<void>; readOnly: boolean; noOpen: boolean; ext4?: Ext4Fs }
 
 async function openFileSystem(o: KfsdOptions): Promise<Served> {
   if (o.image) {
@@ -61,7 +61,7 @@ async function openFileSystem(o: KfsdOptions): Promise<Served> {
     // kernel sends no more OPEN or RELEASE: two requests fewer per open(2)/close(2). Not on a
     // read-only image: there an OPEN for writing must fail (EROFS) at open(2), not at the write.
     fuseFs.noOpen = !o.open && !ext4.readOnly;
-    return { fs: fuseFs, close: () => ext4.close(), readOnly: ext4.readOnly, ext4 };
+    return { fs: fuseFs, close: () => ext4.close(), readOnly: ext4.readOnly, noOpen: fuseFs.noOpen, ext4 };
   }
   const dir = o.sharedDir!;
   const st = fs.statSync(dir, { throwIfNoEntry: false });
@@ -69,7 +69,7 @@ async function openFileSystem(o: KfsdOptions): Promise<Served> {
   if (!st.isDirectory()) throw new FsError('ENOTDIR', `--shared-dir ${dir} is not a directory; name the directory to share`);
   const { PassthroughFs } = await import('../passthrough/passthrough-fs');
   const pfs = await PassthroughFs.open(dir, { readOnly: o.readonly });
-  return { fs: pfs, close: () => pfs.destroy(), readOnly: o.readonly };
+  return { fs: pfs, close: () => pfs.destroy(), readOnly: o.readonly, noOpen: false };
 }
 
 async function kfsdAction(values: Record<string, unknown>): Promise<number> {
@@ -131,11 +131,12 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   // While QEMU starts and the guest boots, compile the request paths (fuse/warmup.ts); the
   // first request of a front-end, or shutdown, ends it.
   let requestSeen = false;
+  let exiting = false; // the serving loop has ended (a signal, or a front-end gone without --reconnect)
   const warmup = o.jitWarmup
-    ? warmUpKfsd({ kind: o.image ? 'image' : 'shared-dir', noOpen: (served.fs as Ext4FuseFs).noOpen === true, cacheBytes: o.cacheSize }, sessionOpts,
+    ? warmUpKfsd({ kind: o.image ? 'image' : 'shared-dir', noOpen: served.noOpen, cacheBytes: o.cacheSize }, sessionOpts,
       () => {
         if ((device?.stats.requests ?? 0) > 0) requestSeen = true; // sticky: the device goes at a disconnect
-        return stopping || served.closing ? 'shutdown' : requestSeen ? 'the first request' : null;
+        return stopping || exiting ? 'shutdown' : requestSeen ? 'the first request' : null;
       })
     : Promise.resolve();
   try {
@@ -154,7 +155,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   } finally {
     listening.close('exit');
     control.close();
-    served.closing = true;
+    exiting = true;
     await warmup;
     await served.close();
   }
