@@ -528,6 +528,57 @@ test.serial('server API: readdir in small steps resumes inside what one host rea
   pfs.forget(dir.ino, 1);
 });
 
+/** This process's descriptors that name `file` (readlink of /proc/self/fd/N, " (deleted)" or not). */
+function fdsOn(file: string): number[] {
+  const out: number[] = [];
+  for (const n of fs.readdirSync('/proc/self/fd')) {
+    try {
+      const target = fs.readlinkSync(`/proc/self/fd/${n}`);
+      if (target === file || target === `${file} (deleted)`) out.push(Number(n));
+    } catch {
+      /* closed meanwhile (readdirSync's own descriptor) */
+    }
+  }
+  return out;
+}
+
+test.serial('server API: a forgotten node\'s descriptor is closed (off the event loop), so an unlinked file is freed; destroy closes the rest at once', async (t) => {
+  const e = need();
+  const d = join(e.share, 'forgotten');
+  fs.mkdirSync(d);
+  const pfs = await PassthroughFs.open(d);
+  try {
+    const before = pfs.nodeCount;
+    const files = ['a', 'b', 'c'].map((n) => join(d, n));
+    for (const f of files) fs.writeFileSync(f, Buffer.alloc(1 << 20, 7));
+    const nodes = [];
+    for (const n of ['a', 'b', 'c']) nodes.push(await pfs.lookup(ROOT_CTX, 1, Buffer.from(n)));
+    t.deepEqual(files.map((f) => fdsOn(f).length), [1, 1, 1], 'one O_PATH descriptor per node');
+    // Two names go while held, as a guest's rm sends UNLINK before the FORGET.
+    await pfs.unlink(ROOT_CTX, 1, Buffer.from('a'));
+    await pfs.unlink(ROOT_CTX, 1, Buffer.from('b'));
+    t.is(fdsOn(files[0]).length, 1, 'the held node keeps the unlinked inode');
+    pfs.forget(nodes[0].ino, 1);
+    pfs.forget(nodes[1].ino, 1);
+    t.is(pfs.nodeCount, before + 1, 'the nodes leave the table at once');
+    // The same name made again is a new node, while the old descriptors may still be closing.
+    fs.writeFileSync(files[0], 'new');
+    const again = await pfs.lookup(ROOT_CTX, 1, Buffer.from('a'));
+    t.is(again.size, 3);
+    t.not(again.ino, nodes[0].ino, 'a new inode, a new node id');
+    const deadline = Date.now() + 30_000;
+    while ((fdsOn(files[1]).length > 0 || fdsOn(files[0]).length > 1) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    t.deepEqual(fdsOn(files[1]), [], 'the unlinked file\'s last descriptor was closed');
+    t.is(fdsOn(files[0]).length, 1, 'only the new node\'s descriptor names a');
+    // DESTROY (the client is gone): the remaining nodes' descriptors are closed before it returns.
+    await pfs.destroy(false);
+    t.deepEqual([...files.map(fdsOn), fdsOn(files[2])].flat(), []);
+    t.is(pfs.nodeCount, 1, 'only the root is left');
+  } finally {
+    await pfs.close(false);
+  }
+});
+
 // ------------------------------------------------------------------------------------------
 // Confinement.
 

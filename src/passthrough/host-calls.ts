@@ -45,6 +45,8 @@ export interface HostCalls {
   access(fd: number, mask: number, uid: number, gid: number): void;
   /** Raise RLIMIT_NOFILE as far as allowed; returns the new soft limit. */
   raiseFdLimit(): number;
+  /** close(2) the descriptors on a libuv worker, in one job; they are the worker's from the call on. */
+  closeInBackground(fds: Int32Array): void;
   constants: { O_PATH: number; O_TMPFILE: number; O_NOFOLLOW: number; O_DIRECTORY: number; O_CLOEXEC: number; UTIME_NOW: number; UTIME_OMIT: number };
 }
 
