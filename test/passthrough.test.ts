@@ -24,6 +24,8 @@ import fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassthroughFs } from '../src/passthrough/passthrough-fs';
+import { parseDirents } from '../src/passthrough/host-calls';
+import { native } from '../src/native';
 import { RequestContext } from '../src/fuse/filesystem';
 import { errnoOf } from '../src/util/errors';
 import { setLogLevel } from '../src/util/log';
@@ -526,6 +528,58 @@ test.serial('server API: readdir in small steps resumes inside what one host rea
   t.true(again.includes(first!));
   await pfs.releasedir(ROOT_CTX, dir.ino, h.fh);
   pfs.forget(dir.ino, 1);
+});
+
+test('native readdir: reading on (null) and from cookies lists every name once; parseDirents refuses a record that lies about its length', (t) => {
+  const d = fs.mkdtempSync(join(tmpdir(), 'kfs-dirents-'));
+  try {
+    const names = Array.from({ length: 500 }, (_, i) => `n${i}-${'z'.repeat(i % 40)}`);
+    for (const n of names) fs.writeFileSync(join(d, n), '');
+    const fd = fs.openSync(d, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    try {
+      const H = native.passthrough;
+      const list = (seekEach: boolean): { names: string[]; cookies: bigint[] } => {
+        const out: string[] = [];
+        const cookies: bigint[] = [];
+        let cookie = 0n;
+        for (let calls = 0; calls < 10_000; calls++) {
+          const buf = Buffer.alloc(1024); // a few records per call
+          const got = parseDirents(buf, H.readdir(fd, seekEach || calls === 0 ? cookie : null, buf));
+          if (got.length === 0) break;
+          for (const e of got) {
+            out.push(e.name.toString());
+            cookies.push(e.next);
+          }
+          cookie = got[got.length - 1].next;
+        }
+        return { names: out, cookies };
+      };
+      const on = list(false);
+      const seeking = list(true);
+      const want = ['.', '..', ...names].sort();
+      t.deepEqual([...on.names].sort(), want);
+      t.deepEqual(seeking.names, on.names, 'the same order either way');
+      // From a cookie in the middle: exactly the rest.
+      const mid = 250;
+      const buf = Buffer.alloc(64 << 10);
+      const rest = parseDirents(buf, H.readdir(fd, on.cookies[mid], buf)).map((e) => e.name.toString());
+      t.deepEqual(rest, on.names.slice(mid + 1, mid + 1 + rest.length));
+      t.true(rest.length > 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+    // A record whose d_reclen runs past what getdents64 returned, or is too short for a name.
+    const rec = Buffer.alloc(32);
+    rec.writeUInt16LE(64, 16); // d_reclen 64 in 32 bytes
+    rec.write('x\0', 19);
+    t.throws(() => parseDirents(rec, 32), { code: 'EIO' });
+    rec.writeUInt16LE(0, 16);
+    t.throws(() => parseDirents(rec, 32), { code: 'EIO' });
+    rec.writeUInt16LE(24, 16);
+    t.is(parseDirents(rec, 24)[0].name.toString(), 'x');
+  } finally {
+    fs.rmSync(d, { recursive: true, force: true });
+  }
 });
 
 /** This process's descriptors that name `file` (readlink of /proc/self/fd/N, " (deleted)" or not). */

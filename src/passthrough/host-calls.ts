@@ -5,6 +5,9 @@
  * symlink. Failures throw errors carrying the host's errno and code. Optional (uid, gid, umask)
  * run the call with that fsuid/fsgid and umask on the calling thread (-1: unchanged).
  */
+import { ByteCursor } from '../util/cursor';
+import { FsError } from '../util/errors';
+
 export interface HostCalls {
   openat2(dirfd: number, name: Buffer, flags: number, mode: number, uid?: number, gid?: number, umask?: number): number;
   /** openat2(dirfd, name, O_PATH | O_NOFOLLOW) confined beneath dirfd: the fd, or -errno (no exception). */
@@ -35,8 +38,12 @@ export interface HostCalls {
   setxattr(fd: number, name: string, value: Buffer, flags: number): void;
   removexattr(fd: number, name: string): void;
   fstatfs(fd: number): { blocks: number; bfree: number; bavail: number; files: number; ffree: number; bsize: number; namelen: number; frsize: number };
-  /** One getdents64 of at most bufferBytes from position cookie (0 or an earlier `next`). */
-  readdir(dirfd: number, cookie: bigint, bufferBytes: number): HostDirent[];
+  /**
+   * One getdents64 into `buffer` (1 KiB..1 MiB) from position cookie (0 or an earlier `next`;
+   * null: from where the descriptor stands, without a seek): the bytes of linux_dirent64 records
+   * it holds (parseDirents), 0 at the end.
+   */
+  readdir(dirfd: number, cookie: bigint | null, buffer: Buffer): number;
   lseek(fd: number, offset: number, whence: number): number;
   copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): number;
   /** fd must be a real descriptor, not O_PATH. */
@@ -51,6 +58,7 @@ export interface HostCalls {
 }
 
 export interface HostDirent {
+  /** A view into the buffer getdents64 filled. */
   name: Buffer;
   inoHi: number;
   inoLo: number;
@@ -58,6 +66,32 @@ export interface HostDirent {
   type: number;
   /** The position after this entry (the host's d_off: ext4 hash cookies use 63 bits). */
   next: bigint;
+}
+
+/** Where d_name starts in a linux_dirent64. */
+const DIRENT64_NAME = 19;
+
+/**
+ * The first `bytes` of a getdents64 buffer as entries. Each linux_dirent64 (getdents64(2)):
+ * d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name NUL-terminated, padded to d_reclen.
+ */
+export function parseDirents(buf: Buffer, bytes: number): HostDirent[] {
+  const out: HostDirent[] = [];
+  const c = new ByteCursor(buf, 0, bytes);
+  while (c.remaining > 0) {
+    const at = c.pos;
+    const inoLo = c.u32();
+    const inoHi = c.u32();
+    const next = c.i64n();
+    const reclen = c.u16();
+    const type = c.u8();
+    // Never trust a length blindly: a record holds its header and the name with its NUL.
+    if (reclen <= DIRENT64_NAME || at + reclen > bytes) throw new FsError('EIO', `getdents64 record of ${reclen} bytes at ${at} of ${bytes}`);
+    const name = new ByteCursor(buf, c.pos, at + reclen).cstring();
+    c.seek(at + reclen);
+    out.push({ name, inoHi, inoLo, type, next });
+  }
+  return out;
 }
 
 /** Indexes into the fstatat output array. */

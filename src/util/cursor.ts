@@ -92,6 +92,13 @@ export class ByteCursor {
     this.pos += 8;
     return v;
   }
+  /** s64 exactly (getdents64's d_off). */
+  i64n(): bigint {
+    this.need(8, 'i64');
+    const v = this.buf.readBigInt64LE(this.pos);
+    this.pos += 8;
+    return v;
+  }
   i64(): number {
     this.need(8, 'i64');
     const v = this.buf.readBigInt64LE(this.pos);
