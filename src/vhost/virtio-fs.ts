@@ -201,12 +201,13 @@ export class VirtioFsDevice implements VirtioDevice {
     }
     q.suppressKicks();
     const end = now + us / 1000;
-    do
+    do {
       if (q.hasAvail()) {
         this.stats.pollCaught++;
         return true;
       }
-    while (performance.now() < end);
+      native.schedYield();
+    } while (performance.now() < end);
     return q.rearmKick();
   }
 
