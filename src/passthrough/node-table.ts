@@ -169,7 +169,12 @@ export class NodeTable {
   private closeForgotten(): void {
     const fds = Int32Array.from(this.closing);
     this.closing = [];
-    native.passthrough.closeInBackground(fds);
+    try {
+      native.passthrough.closeInBackground(fds);
+    } catch {
+      // Not queued (this runs as a microtask, where a throw would end the process): close here.
+      for (const fd of fds) closeQuietly(fd);
+    }
   }
 
   /**
