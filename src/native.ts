@@ -9,8 +9,6 @@ export interface KfsNative {
   readInto(fd: number, buf: Buffer): number;
   /** readInto, retried (with sched_yield between tries) for up to `micros` while the fd is empty; -EAGAIN if nothing came. */
   readPolling(fd: number, buf: Buffer, micros: number): number;
-  /** sched_yield(2): let a task waiting for this CPU run before spinning on. */
-  schedYield(): void;
   /** One preadv2 into buffers (1..IOV_MAX) from position: bytes read (short at end of file, or with nowait when only
    *  part is in the page cache), or -errno. nowait (RWF_NOWAIT): -EAGAIN when nothing is cached (read on the thread pool
    *  instead); without it the call may wait for the disk. */

@@ -108,14 +108,6 @@ static Napi::Value ReadPolling(const Napi::CallbackInfo& info) {
   }
 }
 
-// schedYield(): sched_yield(2), for a loop that spins waiting for another process (kfsd watching
-// a virtqueue): a task woken onto this CPU meanwhile runs first instead of waiting for the
-// spinner's time slice to end.
-static Napi::Value SchedYield(const Napi::CallbackInfo& info) {
-  sched_yield();
-  return info.Env().Undefined();
-}
-
 // One preadv2 with flags RWF_NOWAIT (nowait) or 0, retried on EINTR: the byte count or -errno.
 static Napi::Value Preadv2Result(Napi::Env env, int fd, const struct iovec* iov, int n, int64_t pos, bool nowait) {
   ssize_t got;
@@ -184,7 +176,6 @@ void InitFile(Napi::Env env, Napi::Object exports) {
   exports.Set("preadvAt", Napi::Function::New(env, PreadvAt));
   exports.Set("readInto", Napi::Function::New(env, ReadInto));
   exports.Set("readPolling", Napi::Function::New(env, ReadPolling));
-  exports.Set("schedYield", Napi::Function::New(env, SchedYield));
   exports.Set("preadv", Napi::Function::New(env, Preadv));
   exports.Set("flock", Napi::Function::New(env, Flock));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));

@@ -201,13 +201,12 @@ export class VirtioFsDevice implements VirtioDevice {
     }
     q.suppressKicks();
     const end = now + us / 1000;
-    do {
+    do
       if (q.hasAvail()) {
         this.stats.pollCaught++;
         return true;
       }
-      native.schedYield();
-    } while (performance.now() < end);
+    while (performance.now() < end);
     return q.rearmKick();
   }
 
