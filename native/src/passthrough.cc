@@ -522,8 +522,7 @@ Napi::Value Fstatfs(const Napi::CallbackInfo& info) {
 // linux_dirent64 records, parsed by the caller: an object per entry built here cost ~2 µs, most
 // of a listing's time) from the position `cookie` (0 = start; otherwise a d_off seen before, which
 // the host filesystem accepts back through lseek, as telldir/seekdir do), or with null from where
-// the descriptor stands. Only seek when the position differs: on an ext4 htree directory an
-// lseek makes the next getdents64 rebuild its readdir state from that hash.
+// the descriptor stands, without the lseek.
 Napi::Value Readdir(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = -1;
@@ -628,26 +627,31 @@ Napi::Value RaiseFdLimit(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(nrl.rlim_cur));
 }
 
-// closeInBackground(fds): close(2) each descriptor on a libuv worker thread, in one job. A node's
-// last O_PATH descriptor to an unlinked inode is where the host filesystem evicts it (ext4 frees
-// its blocks and inode in that close: 13-80 µs each on this machine), and a guest's rm sends the
-// FORGETs for those right behind its UNLINKs: closed on the event loop, they held up the next
-// request. The caller hands the descriptors over: it must not use or close them again.
+// closeInBackground(fds) -> Promise: close(2) each descriptor on a libuv worker thread, in one
+// job; the promise settles when all are closed. A node's last O_PATH descriptor to an unlinked
+// inode is where the host filesystem evicts it (ext4 frees its blocks and inode in that close:
+// 13-80 µs each on this machine), and a guest's rm sends the FORGETs for those right behind its
+// UNLINKs: closed on the event loop, they held up the next request. The caller hands the
+// descriptors over: it must not use or close them again.
 class CloseWorker : public Napi::AsyncWorker {
  public:
-  CloseWorker(Napi::Env env, std::vector<int> fds) : Napi::AsyncWorker(env, "kfs.closeInBackground"), fds_(std::move(fds)) {}
+  CloseWorker(Napi::Env env, std::vector<int> fds)
+      : Napi::AsyncWorker(env, "kfs.closeInBackground"), fds_(std::move(fds)), done_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() const { return done_.Promise(); }
   void Execute() override {
     for (int fd : fds_) close(fd);  // EINTR or EBADF: the descriptor is gone either way (close(2))
   }
+  void OnOK() override { done_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { done_.Reject(e.Value()); }
 
  private:
   std::vector<int> fds_;
+  Napi::Promise::Deferred done_;
 };
 
 Napi::Value CloseInBackground(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    {
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
     ThrowType(env, "fds must be an Int32Array");
     return env.Undefined();
   }
@@ -661,8 +665,10 @@ Napi::Value CloseInBackground(const Napi::CallbackInfo& info) {
     }
     fds.push_back(a[i]);
   }
-  if (!fds.empty()) (new CloseWorker(env, std::move(fds)))->Queue();  // deletes itself when done
-  return env.Undefined();
+  auto* worker = new CloseWorker(env, std::move(fds));  // deletes itself after OnOK / OnError
+  Napi::Promise done = worker->Promise();
+  worker->Queue();
+  return done;
 }
 
 }  // namespace

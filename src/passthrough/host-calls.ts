@@ -52,8 +52,8 @@ export interface HostCalls {
   access(fd: number, mask: number, uid: number, gid: number): void;
   /** Raise RLIMIT_NOFILE as far as allowed; returns the new soft limit. */
   raiseFdLimit(): number;
-  /** close(2) the descriptors on a libuv worker, in one job; they are the worker's from the call on. */
-  closeInBackground(fds: Int32Array): void;
+  /** close(2) the descriptors on a libuv worker, in one job; they are the worker's from the call on. Settles when all are closed. */
+  closeInBackground(fds: Int32Array): Promise<void>;
   constants: { O_PATH: number; O_TMPFILE: number; O_NOFOLLOW: number; O_DIRECTORY: number; O_CLOEXEC: number; UTIME_NOW: number; UTIME_OMIT: number };
 }
 
@@ -71,6 +71,10 @@ export interface HostDirent {
 /** Where d_name starts in a linux_dirent64. */
 const DIRENT64_NAME = 19;
 
+function badDirent(what: string): FsError {
+  return new FsError('EIO', `host getdents64 returned ${what}`);
+}
+
 /**
  * The first `bytes` of a getdents64 buffer as entries. Each linux_dirent64 (getdents64(2)):
  * d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name NUL-terminated, padded to d_reclen.
@@ -80,15 +84,19 @@ export function parseDirents(buf: Buffer, bytes: number): HostDirent[] {
   const c = new ByteCursor(buf, 0, bytes);
   while (c.remaining > 0) {
     const at = c.pos;
+    // Never trust a length blindly: a record holds its header and a name ending in NUL.
+    if (c.remaining <= DIRENT64_NAME) throw badDirent(`a header cut short at ${at} of ${bytes}`);
     const inoLo = c.u32();
     const inoHi = c.u32();
     const next = c.i64n();
     const reclen = c.u16();
     const type = c.u8();
-    // Never trust a length blindly: a record holds its header and the name with its NUL.
-    if (reclen <= DIRENT64_NAME || at + reclen > bytes) throw new FsError('EIO', `getdents64 record of ${reclen} bytes at ${at} of ${bytes}`);
-    const name = new ByteCursor(buf, c.pos, at + reclen).cstring();
-    c.seek(at + reclen);
+    const end = at + reclen;
+    if (reclen <= DIRENT64_NAME || end > bytes) throw badDirent(`a record of ${reclen} bytes at ${at} of ${bytes}`);
+    const nul = buf.indexOf(0, c.pos);
+    if (nul < 0 || nul >= end) throw badDirent(`a name without its NUL at ${at}`);
+    const name = c.cstring();
+    c.seek(end);
     out.push({ name, inoHi, inoLo, type, next });
   }
   return out;

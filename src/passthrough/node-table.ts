@@ -1,7 +1,8 @@
 /**
  * The node table of PassthroughFs, as in virtiofsd: one entry per host inode the client holds,
  * keyed by (st_dev, st_ino), with an O_PATH descriptor and the FUSE lookup count. FORGET and
- * BATCH_FORGET lower the count; at zero the descriptor is closed and the entry goes.
+ * BATCH_FORGET lower the count; at zero the entry goes and its descriptor is closed on a
+ * libuv worker (closeInBackground).
  *
  * Node ids: the root is 1 (FUSE_ROOT_ID). Other inodes on the shared directory's own device
  * use their host inode number (below 2^52), so `stat` through the mount shows the host's
@@ -82,6 +83,13 @@ export class NodeTable {
    * hiprio thread does not.
    */
   private closing: number[] = [];
+  private closeScheduled = false;
+  /**
+   * The close job on the worker. One at a time: freeing large files can take a worker for a
+   * while, and the pool's other threads serve READs and fsyncs; what is forgotten meanwhile
+   * waits in `closing` for the next job.
+   */
+  private closer: Promise<void> | null = null;
   private readonly rootDevHi: number;
   private readonly rootDevLo: number;
   readonly root: HostNode;
@@ -157,7 +165,14 @@ export class NodeTable {
     node.refs -= n;
     if (node.refs > 0) return;
     this.drop(node);
-    if (this.closing.push(node.fd) === 1) queueMicrotask(() => this.closeForgotten());
+    this.closing.push(node.fd);
+    if (!this.closeScheduled && !this.closer) {
+      this.closeScheduled = true;
+      queueMicrotask(() => {
+        this.closeScheduled = false;
+        this.closeForgotten();
+      });
+    }
   }
 
   private drop(node: HostNode): void {
@@ -166,20 +181,34 @@ export class NodeTable {
     if (node.local >= 0) this.byLocalIno.delete(node.local);
   }
 
+  /** Hand what `closing` holds to the worker, unless a job is running (its end comes back here). */
   private closeForgotten(): void {
+    if (this.closer || this.closing.length === 0) return;
     const fds = Int32Array.from(this.closing);
     this.closing = [];
+    let job: Promise<void>;
     try {
-      native.passthrough.closeInBackground(fds);
+      job = native.passthrough.closeInBackground(fds);
     } catch {
       // Not queued (this runs as a microtask, where a throw would end the process): close here.
       for (const fd of fds) closeQuietly(fd);
+      return;
     }
+    this.closer = job.catch(() => undefined).then(() => {
+      this.closer = null;
+      this.closeForgotten();
+    });
+  }
+
+  /** Resolves once every descriptor handed to the worker so far is closed. */
+  async closed(): Promise<void> {
+    while (this.closer) await this.closer;
   }
 
   /**
    * Drop every node but the root (DESTROY: the client holds nothing any more), closing their
-   * descriptors before it returns, so that a closed PassthroughFs holds nothing on the host.
+   * descriptors and the forgotten ones not yet handed to the worker before it returns; closed()
+   * then waits for the worker's.
    */
   clear(): void {
     for (const node of [...this.byId.values()]) {
