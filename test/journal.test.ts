@@ -442,3 +442,22 @@ test.serial('soft commits torn by a power loss: kfs replays up to the torn one a
   t.deepEqual(diffTrees(await openAndRead(firstTorn), after), []);
   t.is(fsck(firstTorn).code, 0);
 });
+
+test.serial('close() runs after the operations queued before it; one queued after it fails EIO and changes nothing; a second close() waits and does nothing', async (t) => {
+  const image = makeImage(t, { size: '64M', dir: tempDir(t, 'kclose') });
+  const f = await Ext4Fs.open(image, {});
+  // Queued in this order behind the operation lock, without awaiting in between.
+  const before = f.mkdir(2, Buffer.from('before'), 0o755, 0, 0);
+  const closing = f.close();
+  const again = f.close();
+  const after = f.mkdir(2, Buffer.from('after'), 0o755, 0, 0);
+  await t.notThrowsAsync(before);
+  await t.notThrowsAsync(closing);
+  await t.notThrowsAsync(again);
+  await t.throwsAsync(after, { code: 'EIO' });
+  const r = fsck(image);
+  t.is(r.code, 0, r.output);
+  const ls = debugfs(image, 'ls -l /');
+  t.regex(ls, /\sbefore\b/);
+  t.notRegex(ls, /\safter\b/);
+});

@@ -186,6 +186,8 @@ export class Ext4Fs {
     const wait = this.lock.acquire();
     if (wait) await wait;
     try {
+      // Again with the lock: a close() that was queued first has run by now.
+      if (this.closed) throw new FsError('EIO', 'filesystem is closed');
       const r = await fn();
       if (this.store.trimDue) await this.store.trim();
       if (this.pendingBlocks > Math.min(DIRTY_SYNC_BLOCKS, this.vol.maxDirtyBlocks)) await this.syncLocked(false);
@@ -1132,6 +1134,7 @@ export class Ext4Fs {
     if (this.closed) return;
     if (this.commitTimer) clearInterval(this.commitTimer);
     await this.lock.run(async () => {
+      if (this.closed) return; // a second close() waited for the first
       this.closed = true;
       await Promise.allSettled([...this.readsInFlight]);
       if (!flush) return this.vol.dev.closeNoSync();
