@@ -461,3 +461,25 @@ test.serial('close() runs after the operations queued before it; one queued afte
   t.regex(ls, /\sbefore\b/);
   t.notRegex(ls, /\safter\b/);
 });
+
+test.serial('a second close() on an idle filesystem waits for the first one\'s flush; a read queued before discard() is answered from the open image', async (t) => {
+  const image = makeImage(t, { size: '64M', dir: tempDir(t, 'kclose2') });
+  const f = await Ext4Fs.open(image, {});
+  await f.mkdir(2, Buffer.from('made'), 0o755, 0, 0);
+  const first = f.close(); // takes the free lock at once and marks the filesystem closed
+  await f.close();
+  // The second close returned: the first one's flush is done, the image clean on disk.
+  const r = fsck(image);
+  t.is(r.code, 0, r.output);
+  t.regex(debugfs(image, 'ls -l /'), /\smade\b/);
+  await first;
+
+  const g = await Ext4Fs.open(image, {});
+  const data = Buffer.alloc(256 << 10, 0x5a);
+  const a = await g.create(2, Buffer.from('data'), 0o644, 0, 0);
+  t.is(await g.write(a.ino, 0, data), data.length);
+  const read = g.read(a.ino, 0, data.length);
+  const discarded = g.discard(); // closes the image's descriptor without a flush
+  t.true((await read).equals(data));
+  await discarded;
+});

@@ -640,9 +640,9 @@ test.serial('server API: a forgotten node\'s descriptor is closed (off the event
     await pfs.close(false);
   }
   // DESTROY (the client is gone) closes every descriptor before it returns: the nodes still
-  // held, those forgotten in the same turn (not yet handed to the worker), and those on the
-  // worker, whose job is held back 200 ms here (it then closes as ever). A fresh server, so that
-  // no earlier job is still running.
+  // held, those forgotten while a job runs (waiting for it to end), and those on the worker,
+  // whose job is held back 200 ms here (it then closes as ever). A fresh server, so that no
+  // earlier job is still running.
   const pfs2 = await PassthroughFs.open(d);
   const H = native.passthrough;
   const handOver = H.closeInBackground;
@@ -662,6 +662,21 @@ test.serial('server API: a forgotten node\'s descriptor is closed (off the event
   } finally {
     H.closeInBackground = handOver;
     await pfs2.close(false);
+  }
+  // Forgotten in the same turn as DESTROY, with no job running: closed by destroy itself, not
+  // by a job (held back again, so that one would come too late).
+  const pfs3 = await PassthroughFs.open(d);
+  H.closeInBackground = (fds) => new Promise((resolve, reject) => setTimeout(() => handOver.call(H, fds).then(resolve, reject), 200));
+  try {
+    fs.writeFileSync(join(d, 'last'), Buffer.alloc(64 << 10, 7));
+    const last = await pfs3.lookup(ROOT_CTX, 1, Buffer.from('last'));
+    await pfs3.unlink(ROOT_CTX, 1, Buffer.from('last'));
+    pfs3.forget(last.ino, 1);
+    await pfs3.destroy(false);
+    t.deepEqual(fdTargets().filter((target) => target.startsWith(`${d}/`)), []);
+  } finally {
+    H.closeInBackground = handOver;
+    await pfs3.close(false);
   }
 });
 

@@ -695,47 +695,45 @@ export class Ext4Fs {
    */
   async read(ino: number, offset: number, length: number): Promise<Buffer> {
     const outside = this.vol.journal !== null;
-    const plan = await this.run(async () => {
+    const { plan, io } = await this.run(async () => {
       const st = await this.store.get(ino);
       if (st.inode.isDir()) throw new FsError('EISDIR', 'is a directory');
       const p = await this.files.planRead(st, offset, length);
       if (!outside) await this.files.readPlanned(p);
       await this.touchAtime(st);
-      return p;
+      return { plan: p, io: outside && p.segments.length > 0 ? this.startRead(this.files.readPlanned(p)) : null };
     });
-    if (!outside || plan.segments.length === 0) return plan.out;
-    const io = this.files.readPlanned(plan);
-    this.readsInFlight.add(io);
-    try {
-      return await io;
-    } finally {
-      this.readsInFlight.delete(io);
-    }
+    return io ? io : plan.out;
   }
 
   /** read() into `dest` (consecutive views of at least `length` bytes): no buffer of its own, no copy. */
   async readInto(ino: number, offset: number, length: number, dest: readonly Buffer[]): Promise<number> {
     const outside = this.vol.journal !== null;
-    const plan = await this.run(async () => {
+    const { plan, io } = await this.run(async () => {
       const st = await this.store.get(ino);
       if (st.inode.isDir()) throw new FsError('EISDIR', 'is a directory');
       const p = await this.files.planRead(st, offset, length, false);
       if (!outside) await this.files.readPlannedInto(p, dest);
       await this.touchAtime(st);
-      return p;
+      return { plan: p, io: outside ? this.startRead(this.files.readPlannedInto(p, dest)) : null };
     });
-    if (!outside) return plan.length;
-    const io = this.files.readPlannedInto(plan, dest);
-    this.readsInFlight.add(io);
-    try {
-      return await io;
-    } finally {
-      this.readsInFlight.delete(io);
-    }
+    return io ? io : plan.length;
   }
 
   /** Reads running outside the lock (see read()). */
   private readsInFlight = new Set<Promise<unknown>>();
+
+  /**
+   * Track a read of planned extents, started while the lock is still held: a commit or close
+   * queued behind the reader then finds it in readsInFlight and waits for it (started after the
+   * lock's release, it could begin after a close that had already closed the image).
+   */
+  private startRead<T>(io: Promise<T>): Promise<T> {
+    this.readsInFlight.add(io);
+    const done = () => this.readsInFlight.delete(io);
+    io.then(done, done);
+    return io;
+  }
 
   /**
    * relatime (the kernel's default): update atime when it is not newer than mtime or ctime,
@@ -1121,20 +1119,23 @@ export class Ext4Fs {
    * scratch image, unlinked already): no commit, no checkpoint, just the descriptor.
    */
   discard(): Promise<void> {
-    return this.shut(false);
+    return (this.shutting ??= this.shut(false));
   }
 
-  /** Flush and release the image. The image is closed (and unlocked) even if the flush fails. */
+  /**
+   * Flush and release the image. The image is closed (and unlocked) even if the flush fails.
+   * Every close() (or discard()) after the first waits for that one and shares its outcome.
+   */
   close(): Promise<void> {
-    return this.shut(true);
+    return (this.shutting ??= this.shut(true));
   }
 
-  /** close() (`flush`) or discard(). */
+  private shutting: Promise<void> | null = null;
+
+  /** close() (`flush`) or discard(), once. */
   private async shut(flush: boolean): Promise<void> {
-    if (this.closed) return;
     if (this.commitTimer) clearInterval(this.commitTimer);
     await this.lock.run(async () => {
-      if (this.closed) return; // a second close() waited for the first
       this.closed = true;
       await Promise.allSettled([...this.readsInFlight]);
       if (!flush) return this.vol.dev.closeNoSync();

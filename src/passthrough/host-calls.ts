@@ -95,7 +95,7 @@ export function parseDirents(buf: Buffer, bytes: number): HostDirent[] {
     if (reclen <= DIRENT64_NAME || end > bytes) throw badDirent(`a record of ${reclen} bytes at ${at} of ${bytes}`);
     const nul = buf.indexOf(0, c.pos);
     if (nul < 0 || nul >= end) throw badDirent(`a name without its NUL at ${at}`);
-    const name = c.cstring();
+    const name = c.bytes(nul - c.pos);
     c.seek(end);
     out.push({ name, inoHi, inoLo, type, next });
   }

@@ -188,7 +188,7 @@ export class NodeTable {
     this.closing = [];
     let job: Promise<void>;
     try {
-      job = native.passthrough.closeInBackground(fds);
+      job = Promise.resolve(native.passthrough.closeInBackground(fds));
     } catch {
       // Not queued (this runs as a microtask, where a throw would end the process): close here.
       for (const fd of fds) closeQuietly(fd);
@@ -200,7 +200,10 @@ export class NodeTable {
     });
   }
 
-  /** Resolves once every descriptor handed to the worker so far is closed. */
+  /**
+   * Resolves once every descriptor handed to the worker so far is closed (and those handed on
+   * meanwhile). Not those still waiting in `closing` with no job running: after clear(), none.
+   */
   async closed(): Promise<void> {
     while (this.closer) await this.closer;
   }
