@@ -224,7 +224,8 @@ export class NodeTable {
   }
 }
 
-function closeQuietly(fd: number): void {
+/** close(2), where there is no error to report: the descriptor is gone either way. */
+export function closeQuietly(fd: number): void {
   try {
     fs.closeSync(fd);
   } catch {

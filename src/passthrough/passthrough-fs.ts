@@ -29,7 +29,7 @@ import {
   FileSystem, RequestContext, EntryAttr, SetAttrRequest, OpenResult, DirEntryOut, StatfsResult, TimeSet,
 } from '../fuse/filesystem';
 import { FuseAttr } from '../fuse/structs';
-import { HostNode, NodeTable, CookieMap, ROOT_ID } from './node-table';
+import { HostNode, NodeTable, CookieMap, ROOT_ID, closeQuietly } from './node-table';
 import { Stat, parseDirents } from './host-calls';
 
 const H = native.passthrough;
@@ -522,12 +522,9 @@ export class PassthroughFs implements FileSystem {
     if (!h || h.dir) return;
     this.handles.delete(fh);
     // Closed here, as releasedir does: handing close(2) to a libuv worker costs a thread wake-up
-    // (futex, and an IPI on a VM) that is several times the close itself.
-    try {
-      fs.closeSync(h.fd);
-    } catch {
-      /* RELEASE has no error to report: the descriptor is gone either way (close(2)) */
-    }
+    // (futex, and an IPI on a VM) that is several times the close itself. RELEASE has no error
+    // to report.
+    closeQuietly(h.fd);
   }
 
   private async syncFd(fd: number, datasync: boolean): Promise<void> {
@@ -682,24 +679,13 @@ export class PassthroughFs implements FileSystem {
   /** destroy() and the root's descriptors too, for a filesystem not served again; `sync`: syncfs first. */
   async close(sync = true): Promise<void> {
     await this.destroy(sync);
-    for (const fd of [this.table.root.fd, this.rootSyncFd]) {
-      try {
-        fs.closeSync(fd);
-      } catch {
-        /* already closed */
-      }
-    }
+    closeQuietly(this.table.root.fd);
+    closeQuietly(this.rootSyncFd);
   }
 
   /** The client is gone (DESTROY, or the daemon stops): drop its nodes and handles, flush (`sync`). The root stays for a reconnect. */
   async destroy(sync = true): Promise<void> {
-    for (const h of this.handles.values()) {
-      try {
-        fs.closeSync(h.fd);
-      } catch {
-        /* already closed */
-      }
-    }
+    for (const h of this.handles.values()) closeQuietly(h.fd);
     this.handles.clear();
     this.table.clear();
     // Nothing of the client's stays open on the host once this returns.
