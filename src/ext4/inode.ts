@@ -150,9 +150,15 @@ export class Inode {
     return decodeExtraTime(this.f[base], this.hasExtra(extra) ? this.f[extra] : undefined);
   }
   private setTime(base: 'i_atime' | 'i_mtime' | 'i_ctime' | 'i_crtime', extra: 'i_atime_extra' | 'i_mtime_extra' | 'i_ctime_extra' | 'i_crtime_extra', t: Timespec): void {
+    if (!this.hasExtra(extra)) {
+      // No extra field (a 128-byte inode): whole seconds, signed 32-bit; the kernel clamps such
+      // an inode's times to 1901-2038 (ext4's s_time_min/s_time_max without extra isize).
+      this.f[base] = Math.min(Math.max(t.sec, -(2 ** 31)), 2 ** 31 - 1) >>> 0;
+      return;
+    }
     const e = encodeExtraTime(t);
     this.f[base] = e.base;
-    if (this.hasExtra(extra)) this.f[extra] = e.extra;
+    this.f[extra] = e.extra;
   }
   get atime(): Timespec { return this.getTime('i_atime', 'i_atime_extra'); }
   set atime(t: Timespec) { this.setTime('i_atime', 'i_atime_extra', t); }
@@ -194,7 +200,10 @@ let encodeScratch = Buffer.alloc(INODE_FIELDS_SIZE);
  * rest of a lookup.
  */
 function decodeInodeFields(raw: Buffer): InodeFields {
-  const c = new ByteCursor(raw, 0, Math.min(raw.length, INODE_FIELDS_SIZE));
+  // A 128-byte inode (s_inode_size 128: mke2fs -I 128, or its "floppy" type) ends before the
+  // extra fields; they read as zero (i_extra_isize 0), as Struct.decode read them.
+  if (raw.length < INODE_FIELDS_SIZE) raw = Buffer.concat([raw, Buffer.alloc(INODE_FIELDS_SIZE - raw.length)]);
+  const c = new ByteCursor(raw, 0, INODE_FIELDS_SIZE);
   return {
     i_mode: c.u16(), i_uid: c.u16(), i_size_lo: c.u32(), i_atime: c.u32(), i_ctime: c.u32(), i_mtime: c.u32(),
     i_dtime: c.u32(), i_gid: c.u16(), i_links_count: c.u16(), i_blocks_lo: c.u32(), i_flags: c.u32(), i_version: c.u32(),

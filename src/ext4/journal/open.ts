@@ -19,6 +19,12 @@ import { needsRecovery, recoverInPlace, recoverInMemory } from './recovery';
 export function checkSuperblock(dev: BlockDevice, raw: Buffer): SuperblockFields {
   const sb = SuperblockLayout.decode(raw);
   if (sb.s_magic !== EXT4_MAGIC) throw new FsError('EINVAL', `${dev.path} is not an ext2/3/4 filesystem (bad superblock magic 0x${sb.s_magic.toString(16)})`);
+  // bigalloc is ro_compat, but even reading needs it: bitmaps, free counts and s_blocks_per_group
+  // (which may exceed 8 x block size) count clusters. Refused here, before the geometry check
+  // takes its geometry for damage.
+  if (sb.s_feature_ro_compat & RO_COMPAT.bigalloc) {
+    throw new FsError('EINVAL', `${dev.path} uses ext4 features kfs does not support: bigalloc (make the image without -O bigalloc)`);
+  }
   if (sb.s_log_block_size > 6 || sb.s_inodes_per_group === 0 || sb.s_blocks_per_group === 0 ||
       sb.s_blocks_per_group > 8 * (1024 << sb.s_log_block_size) || sb.s_inodes_per_group > 8 * (1024 << sb.s_log_block_size)) {
     throw new CorruptionError('superblock geometry is impossible (block size, blocks or inodes per group)');

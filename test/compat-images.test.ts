@@ -1,0 +1,119 @@
+/**
+ * Images made by mkfs.ext4 with settings other than the defaults:
+ *  - 128-byte inodes (`-I 128`; mke2fs's "floppy" type): no extra fields, so no nanoseconds,
+ *    no crtime, no checksum_hi and no in-inode xattrs, and times are signed 32-bit seconds,
+ *    which the kernel clamps to 1901-12-13 20:45:52 .. 2038-01-19 03:14:07. The kernel writes a
+ *    tree, kfs reads it exactly, changes it, and e2fsck -fn and the kernel agree with kfs.
+ *  - features kfs does not implement: refused at open with the feature's name (incompat ones
+ *    and bigalloc, whose cluster-counted geometry must not be taken for damage), or opened
+ *    read-only (unknown ro_compat features such as quota), as the kernel does.
+ * Needs root (loop mounts) and e2fsprogs.
+ */
+import test, { ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import { join } from 'node:path';
+import { Ext4Fs } from '../src/ext4/fs';
+import { makeImage, loopMount, fsck, requireRoot } from './helpers/image';
+
+const S32_MAX = 2 ** 31 - 1;
+const S32_MIN = -(2 ** 31);
+
+function fileData(i: number): Buffer {
+  return Buffer.alloc(1000 + 517 * i, `file ${i} `);
+}
+
+async function openedOrError(img: string, readOnly = false): Promise<string> {
+  try {
+    const f = await Ext4Fs.open(img, { commitIntervalMs: 0, readOnly });
+    const ro = f.readOnly;
+    await f.close();
+    return ro ? 'opened read-only' : 'opened read-write';
+  } catch (e) {
+    return `refused: ${(e as Error).message}`;
+  }
+}
+
+async function smallInodes(t: ExecutionContext, blockSize: 1024 | 4096): Promise<void> {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '64M', blockSize, extraArgs: ['-I', '128'] });
+  t.is(fs.readFileSync(img).readUInt16LE(1024 + 0x58), 128, 's_inode_size is 128');
+
+  // The kernel writes: files, an htree directory, a symlink, an xattr (in a block: no room in
+  // the inode), a time with nanoseconds it must drop.
+  const k = loopMount(t, img);
+  fs.mkdirSync(join(k.dir, 'd'));
+  for (let i = 0; i < 400; i++) fs.writeFileSync(join(k.dir, 'd', `f${i}`), fileData(i));
+  fs.symlinkSync('d/f1', join(k.dir, 'link'));
+  fs.writeFileSync(join(k.dir, 'x'), 'xattr holder');
+  fs.utimesSync(join(k.dir, 'x'), new Date(1_700_000_000_123), new Date(1_700_000_000_987));
+  const kernelMtime = fs.statSync(join(k.dir, 'x')).mtimeMs;
+  k.unmount();
+  t.is(kernelMtime, 1_700_000_000_000, 'the kernel keeps whole seconds in a 128-byte inode');
+
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  let made = 0;
+  try {
+    t.false(f.readOnly);
+    const d = (await f.lookup(2, Buffer.from('d'))).ino;
+    for (let i = 0; i < 400; i += 37) {
+      const a = await f.lookup(d, Buffer.from(`f${i}`));
+      t.deepEqual(await f.read(a.ino, 0, a.size + 10), fileData(i), `f${i} as the kernel wrote it`);
+    }
+    const x = await f.lookup(2, Buffer.from('x'));
+    t.deepEqual(x.mtime, { sec: 1_700_000_000, nsec: 0 });
+    t.is((await f.readlink((await f.lookup(2, Buffer.from('link'))).ino)).toString(), 'd/f1');
+
+    // kfs changes it: a new file with data, an xattr, times out of the 32-bit range and with
+    // nanoseconds, an unlink and a rename in the htree directory.
+    const n = await f.create(2, Buffer.from('new'), 0o644, 0, 0);
+    made = n.ino;
+    t.is(await f.write(n.ino, 0, fileData(7)), fileData(7).length);
+    await f.setxattr(n.ino, 'user.k', Buffer.from('v'));
+    const after = await f.setattr(n.ino, { mtime: { sec: 2_208_988_800, nsec: 5 }, atime: { sec: -5_364_662_400, nsec: 0 } }); // 2040, 1800
+    t.deepEqual(after.mtime, { sec: S32_MAX, nsec: 0 }, 'a 2040 mtime is clamped to 2038, as the kernel does');
+    t.deepEqual(after.atime, { sec: S32_MIN, nsec: 0 }, 'an 1800 atime is clamped to 1901');
+    const y = await f.setattr(x.ino, { mtime: { sec: 1_800_000_000, nsec: 999_999_999 } });
+    t.deepEqual(y.mtime, { sec: 1_800_000_000, nsec: 0 }, 'nanoseconds are dropped');
+    await f.unlink(d, Buffer.from('f3'));
+    await f.rename(d, Buffer.from('f4'), 2, Buffer.from('moved'));
+  } finally {
+    await f.close();
+  }
+
+  const r = fsck(img);
+  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
+  const k2 = loopMount(t, img, { readOnly: true });
+  try {
+    const st = fs.statSync(join(k2.dir, 'new'), { bigint: true });
+    t.is(Number(st.ino), made);
+    t.deepEqual(fs.readFileSync(join(k2.dir, 'new')), fileData(7));
+    t.is(st.mtimeNs, BigInt(S32_MAX) * 1_000_000_000n);
+    t.is(st.atimeNs, BigInt(S32_MIN) * 1_000_000_000n);
+    t.is(fs.statSync(join(k2.dir, 'x')).mtimeMs, 1_800_000_000_000);
+    t.false(fs.existsSync(join(k2.dir, 'd', 'f3')));
+    t.deepEqual(fs.readFileSync(join(k2.dir, 'moved')), fileData(4));
+    t.is(fs.readdirSync(join(k2.dir, 'd')).length, 398);
+  } finally {
+    k2.unmount();
+  }
+}
+
+test.serial('128-byte inodes, 4 KiB blocks: kernel writes, kfs reads and changes, e2fsck and the kernel agree', (t) => smallInodes(t, 4096));
+test.serial('128-byte inodes, 1 KiB blocks: kernel writes, kfs reads and changes, e2fsck and the kernel agree', (t) => smallInodes(t, 1024));
+
+test.serial('features kfs does not implement: refused by name, or read-only for unknown ro_compat ones', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  const cases: { args: string[]; expect: RegExp }[] = [
+    { args: ['-O', 'bigalloc', '-C', '16384'], expect: /^refused: .*does not support: bigalloc/ },
+    { args: ['-O', 'inline_data'], expect: /^refused: .*does not support: inline_data/ },
+    { args: ['-O', 'meta_bg,^resize_inode'], expect: /^refused: .*does not support: meta_bg/ },
+    { args: ['-O', 'encrypt'], expect: /^refused: .*does not support: encrypt/ },
+    { args: ['-O', 'quota'], expect: /^opened read-only$/ },
+  ];
+  for (const c of cases) {
+    const img = makeImage(t, { size: '64M', extraArgs: c.args, name: `${c.args.join('').replace(/[^a-z0-9]/gi, '')}.img` });
+    t.regex(await openedOrError(img), c.expect, `mkfs.ext4 ${c.args.join(' ')}`);
+    t.is(fsck(img).code, 0, `the image made with ${c.args.join(' ')} is untouched`);
+  }
+});
