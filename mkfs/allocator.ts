@@ -10,7 +10,7 @@
  * allocated lives in per-group bitmaps (bit i = block first_block + i) created on first use, so
  * a 16 TiB layout only holds bitmaps for the few groups that receive metadata or data.
  */
-import { groupHasSuperblock } from '../src/ext4/superblock';
+import { sparseSuperBackup } from '../src/ext4/superblock';
 
 export class BlockAllocator {
   private readonly maps = new Map<number, Uint8Array>();
@@ -26,7 +26,7 @@ export class BlockAllocator {
   lastBlock(g: number): number { return g === this.groups - 1 ? this.total - 1 : this.firstBlock(g) + this.bpg - 1; }
   groupBlocks(g: number): number { return this.lastBlock(g) - this.firstBlock(g) + 1; }
   groupOf(b: number): number { return Math.floor((b - this.fdb) / this.bpg); }
-  hasSuper(g: number): boolean { return groupHasSuperblock(g, this.sparse); }
+  hasSuper(g: number): boolean { return sparseSuperBackup(g, this.sparse); }
   /** Superblock + descriptor blocks at the start of group g. */
   reservedLen(g: number): number { return this.hasSuper(g) ? 1 + this.descBlocks : 0; }
   sbGdtTotal(): number {

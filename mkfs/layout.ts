@@ -25,7 +25,7 @@
  * numbers (exact up to 2^53, far past ext4's 2^48 blocks).
  */
 import { FsError } from '../src/util/errors';
-import { groupHasSuperblock } from '../src/ext4/superblock';
+import { sparseSuperBackup } from '../src/ext4/superblock';
 import { GroupDesc, BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED } from '../src/ext4/group-desc';
 import { BlockSize, FeatureName, FeatureSet } from './options';
 import { BlockAllocator } from './allocator';
@@ -223,7 +223,7 @@ function initializeGeometry(
       throw new FsError('EINVAL', `the inode tables do not fit in the ${bpg}-block groups of a ${sizeText} filesystem; pass a smaller -N or a larger -i`);
     }
     // A short last group must hold its own metadata plus 50 blocks, or it is dropped.
-    const lastHasSuper = groupHasSuperblock(groups - 1, sparse);
+    const lastHasSuper = sparseSuperBackup(groups - 1, sparse);
     const lastOverhead = 2 + itb + (lastHasSuper ? 1 + descBlocks : 0);
     const rem = (blocks - fdb) % bpg;
     if (groups === 1 && rem && rem < lastOverhead) {

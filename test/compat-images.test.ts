@@ -117,3 +117,85 @@ test.serial('features kfs does not implement: refused by name, or read-only for 
     t.is(fsck(img).code, 0, `the image made with ${c.args.join(' ')} is untouched`);
   }
 });
+
+/**
+ * sparse_super2: superblock backups only in the (at most two) groups s_backup_bgs names, here
+ * groups 1 and 7 of eight. kfs filling the filesystem must not take the last group's backup
+ * for free space (sparse_super's rule has none there) nor leave groups 3 and 5's supposed
+ * backups marked in use when it first initializes their bitmaps.
+ */
+test.serial('sparse_super2: kfs fills the filesystem around the backups s_backup_bgs names', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  const img = makeImage(t, { size: '64M', blockSize: 1024, extraArgs: ['-O', 'sparse_super2'] });
+  // The backup in group 7: at its first block, s_magic 0xef53, s_block_group_nr 7.
+  const backupAt = (1 + 7 * 8192) * 1024;
+  const backup = (): Buffer => {
+    const fd = fs.openSync(img, 'r');
+    try {
+      const b = Buffer.alloc(1024);
+      fs.readSync(fd, b, 0, 1024, backupAt);
+      return b;
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+  const before = backup();
+  t.is(before.readUInt16LE(0x38), 0xef53, 'mke2fs put a backup superblock in group 7');
+  t.is(before.readUInt16LE(0x5a), 7);
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  const chunk = Buffer.alloc(1 << 20);
+  const files: number[] = [];
+  try {
+    for (let i = 0; ; i++) {
+      const a = await f.create(2, Buffer.from(`fill${i}`), 0o644, 0, 0);
+      files.push(a.ino);
+      try {
+        for (let mb = 0; mb < 8; mb++) await f.write(a.ino, mb << 20, chunk.fill(i * 8 + mb));
+      } catch (e) {
+        t.is((e as { code?: string }).code, 'ENOSPC');
+        break;
+      }
+    }
+    t.true((await f.statfs()).bfree < 2048, 'the filesystem is full');
+  } finally {
+    await f.close();
+  }
+  const r = fsck(img);
+  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
+  t.deepEqual(backup(), before, 'the backup superblock in group 7 is intact');
+});
+
+/**
+ * Without the filetype feature a directory entry has no file type (the byte belongs to a
+ * 16-bit name_len): every entry kfs writes, "." and ".." of new directories and of an htree
+ * root included, has 0 there, which e2fsck -fn checks.
+ */
+test.serial('no filetype feature: kfs writes entries without file types', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '64M', extraArgs: ['-O', '^filetype'] });
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  try {
+    const d = (await f.mkdir(2, Buffer.from('d'), 0o755, 0, 0)).ino;
+    for (let i = 0; i < 300; i++) await f.create(d, Buffer.from(`file-with-a-long-name-${i}`), 0o644, 0, 0); // an htree
+    await f.symlink(d, Buffer.from('link'), Buffer.from('file-with-a-long-name-1'), 0, 0);
+    await f.mknod(d, Buffer.from('fifo'), 0o010644, 0, 0, 0);
+    const sub = (await f.mkdir(d, Buffer.from('sub'), 0o755, 0, 0)).ino;
+    await f.rename(d, Buffer.from('sub'), 2, Buffer.from('sub2')); // its ".." changes
+    await f.link(sub, 2, Buffer.from('not-allowed')).catch(() => undefined);
+    const named = (await f.readdir(d, 0)).filter((e) => e.name.toString() !== '.' && e.name.toString() !== '..');
+    t.is(named.length, 302);
+    t.true(named.every((e) => e.type === 0), 'readdir reports DT_UNKNOWN for every name');
+  } finally {
+    await f.close();
+  }
+  const r = fsck(img);
+  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
+  const k = loopMount(t, img, { readOnly: true });
+  try {
+    t.is(fs.readdirSync(join(k.dir, 'd')).length, 302);
+    t.true(fs.statSync(join(k.dir, 'sub2')).isDirectory());
+  } finally {
+    k.unmount();
+  }
+});

@@ -16,11 +16,11 @@ import { XattrStore } from './xattr-store';
 import { FileIO } from './file-io';
 import { daxRuns } from './dax-map';
 import type { DaxRun } from '../vhost/dax-window';
-import { fileTypeOfMode, FT, packDirBlock, sealDirBlock, entriesEnd } from './dirent';
+import { fileTypeOfMode, packDirBlock, sealDirBlock, entriesEnd } from './dirent';
 import {
   Timespec, ROOT_INO, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK, INODE_FLAGS,
 } from './inode';
-import { RO_COMPAT, groupHasSuperblock } from './superblock';
+import { INCOMPAT, RO_COMPAT, groupHasSuperblock } from './superblock';
 import { parseVfsAcl, encodeVfsAcl, aclEquivMode, aclChmod, aclCreateMasq } from './acl';
 import { XATTR_CREATE, XATTR_REPLACE } from './xattr-store';
 
@@ -286,6 +286,14 @@ export class Ext4Fs {
 
   // ---- names ----
 
+  /**
+   * The file_type byte of a new directory entry: without the filetype feature an entry has none
+   * (the byte is the high half of a 16-bit name_len, so 0; e2fsck -fn counts any other value).
+   */
+  private direntType(mode: number): number {
+    return this.vol.hasIncompat(INCOMPAT.filetype) ? fileTypeOfMode(mode) : 0;
+  }
+
   private dir(st: InodeState): Directory {
     if (!st.inode.isDir()) throw new FsError('ENOTDIR', `inode ${st.inode.ino} is not a directory`);
     return (st.dir ??= new Directory(this.store.dirIO(st)));
@@ -333,7 +341,7 @@ export class Ext4Fs {
       if (acls?.access) await this.xattrs.set(st, 'system.posix_acl_access', acls.access, 0);
       if (acls?.defaults && isDir) await this.xattrs.set(st, 'system.posix_acl_default', acls.defaults, 0);
       await this.store.write(st);
-      await d.add(name, st.inode.ino, fileTypeOfMode(mode));
+      await d.add(name, st.inode.ino, this.direntType(mode));
     } catch (e) {
       // ENOSPC part-way (a directory or symlink block, a directory that must grow): give the
       // inode and its blocks back so nothing is left unattached.
@@ -420,8 +428,8 @@ export class Ext4Fs {
       const buf = this.vol.dev.zeroed(r.pblk);
       const csumSeed = this.store.csumSeedOf(st.inode);
       packDirBlock(buf, entriesEnd(bs, csumSeed !== null), [
-        { inode: st.inode.ino, name: Buffer.from('.'), fileType: FT.DIR },
-        { inode: parent, name: Buffer.from('..'), fileType: FT.DIR },
+        { inode: st.inode.ino, name: Buffer.from('.'), fileType: this.direntType(S_IFDIR) },
+        { inode: parent, name: Buffer.from('..'), fileType: this.direntType(S_IFDIR) },
       ]);
       sealDirBlock(buf, csumSeed);
       // Its names are all known (none): LOOKUPs of names not made yet are answered from memory.
@@ -493,7 +501,7 @@ export class Ext4Fs {
       const p = await this.store.get(newParent);
       const d = this.dir(p);
       if (await d.lookup(newName)) throw new FsError('EEXIST', `${newName.toString()} exists`);
-      await d.add(newName, ino, fileTypeOfMode(st.inode.mode));
+      await d.add(newName, ino, this.direntType(st.inode.mode));
       st.inode.links++;
       const t = now();
       st.inode.ctime = t;
@@ -588,8 +596,8 @@ export class Ext4Fs {
         const dst = await this.store.get(te!.inode);
         const dstIsDir = dst.inode.isDir();
         if (dstIsDir && parent !== newParent) await this.checkNotAncestor(te!.inode, parent);
-        await sd.replace(name, dst.inode.ino, fileTypeOfMode(dst.inode.mode));
-        await td.replace(newName, src.inode.ino, fileTypeOfMode(src.inode.mode));
+        await sd.replace(name, dst.inode.ino, this.direntType(dst.inode.mode));
+        await td.replace(newName, src.inode.ino, this.direntType(src.inode.mode));
         if (parent !== newParent) {
           if (srcIsDir) await this.dir(src).setDotDot(newParent);
           if (dstIsDir) await this.dir(dst).setDotDot(parent);
@@ -608,9 +616,9 @@ export class Ext4Fs {
           if (srcIsDir && !vDir) throw new FsError('ENOTDIR', `${newName.toString()} is not a directory`);
           if (!srcIsDir && vDir) throw new FsError('EISDIR', `${newName.toString()} is a directory`);
           if (vDir && !(await this.dir(victim).isEmpty())) throw new FsError('ENOTEMPTY', `${newName.toString()} is not empty`);
-          await td.replace(newName, src.inode.ino, fileTypeOfMode(src.inode.mode));
+          await td.replace(newName, src.inode.ino, this.direntType(src.inode.mode));
         } else {
-          await td.add(newName, src.inode.ino, fileTypeOfMode(src.inode.mode));
+          await td.add(newName, src.inode.ino, this.direntType(src.inode.mode));
         }
         // Re-read the source directory: the target add may have reorganized a shared directory.
         await this.dir(sp).remove(name);
@@ -1008,7 +1016,7 @@ export class Ext4Fs {
     let n = v.firstDataBlock;
     for (let g = 0; g < v.groupCount; g++) n += 2 + itable;
     const gdt = Math.ceil((v.groupCount * v.descSize) / v.blockSize) + v.sb.s_reserved_gdt_blocks;
-    for (let g = 0; g < v.groupCount; g++) if (groupHasSuperblock(g, v.hasRoCompat(RO_COMPAT.sparse_super))) n += 1 + gdt;
+    for (let g = 0; g < v.groupCount; g++) if (groupHasSuperblock(g, v.sb)) n += 1 + gdt;
     return (this.overhead = n);
   }
 

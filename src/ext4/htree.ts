@@ -96,14 +96,19 @@ export class DxNode {
     return this.entries.length >= this.limit;
   }
 
-  /** Encode into buf (root: the caller keeps "." and ".." in bytes 0..23). */
+  /**
+   * Encode into buf. A root is written over the directory's block 0, whose "." and ".." file
+   * types it keeps (FT_DIR, or 0 on a filesystem without the filetype feature).
+   */
   write(buf: Buffer, csumSeed: number | null, dotIno?: number, dotdotIno?: number): void {
     const bs = buf.length;
+    const dotType = buf[7];
+    const dotdotType = buf[19];
     buf.fill(0);
     if (this.isRoot) {
       const c = new ByteCursor(buf);
-      c.putU32(dotIno ?? 0).putU16(12).putU8(1).putU8(2).putBytes(Buffer.from('.\0\0\0', 'latin1'));
-      c.putU32(dotdotIno ?? 0).putU16(bs - 12).putU8(2).putU8(2).putBytes(Buffer.from('..\0\0', 'latin1'));
+      c.putU32(dotIno ?? 0).putU16(12).putU8(1).putU8(dotType).putBytes(Buffer.from('.\0\0\0', 'latin1'));
+      c.putU32(dotdotIno ?? 0).putU16(bs - 12).putU8(2).putU8(dotdotType).putBytes(Buffer.from('..\0\0', 'latin1'));
       c.putU32(0).putU8(this.info!.hashVersion).putU8(8).putU8(this.info!.levels).putU8(0);
     } else {
       new ByteCursor(buf).putU32(0).putU16(bs).putU8(0).putU8(0);

@@ -98,8 +98,19 @@ export const sbBlocksCount = (s: SuperblockFields): number => join64(s.s_blocks_
 export const sbFreeBlocks = (s: SuperblockFields): number => join64(s.s_free_blocks_count_lo, s.s_free_blocks_count_hi);
 export const sbReservedBlocks = (s: SuperblockFields): number => join64(s.s_r_blocks_count_lo, s.s_r_blocks_count_hi);
 
-/** Group numbers that hold a superblock backup (sparse_super: 0, 1, powers of 3, 5, 7). */
-export function groupHasSuperblock(group: number, sparseSuper: boolean): boolean {
+/**
+ * Does group g hold a superblock backup (and so the descriptor table and its reserve)?
+ * ext4_bg_has_super: group 0 always; with sparse_super2 only the two groups in s_backup_bgs
+ * (0: none); with sparse_super groups 1 and the powers of 3, 5 and 7; without it every group.
+ */
+export function groupHasSuperblock(group: number, sb: Pick<SuperblockFields, 's_feature_compat' | 's_feature_ro_compat' | 's_backup_bgs'>): boolean {
+  if (group === 0) return true;
+  if (sb.s_feature_compat & COMPAT.sparse_super2) return group === sb.s_backup_bgs.readUInt32LE(0) || group === sb.s_backup_bgs.readUInt32LE(4);
+  return sparseSuperBackup(group, (sb.s_feature_ro_compat & RO_COMPAT.sparse_super) !== 0);
+}
+
+/** The rule without sparse_super2 (what kfs mkfs makes): with sparse_super groups 0, 1 and the powers of 3, 5 and 7, else all. */
+export function sparseSuperBackup(group: number, sparseSuper: boolean): boolean {
   if (!sparseSuper || group <= 1) return true;
   for (const base of [3, 5, 7]) {
     let p = base;

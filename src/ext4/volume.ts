@@ -261,7 +261,7 @@ export class Volume {
 
   /** Number of metadata blocks (superblock backup + GDT + reserved GDT) at a group's start. */
   private groupSuperOverhead(g: number): number {
-    if (!groupHasSuperblock(g, this.hasRoCompat(RO_COMPAT.sparse_super))) return 0;
+    if (!groupHasSuperblock(g, this.sb)) return 0;
     const gdtBlocks = Math.ceil((this.groupCount * this.descSize) / this.blockSize);
     return 1 + gdtBlocks + this.sb.s_reserved_gdt_blocks;
   }

@@ -8,7 +8,7 @@
  * the superblock backup and descriptor table copies at the group's start (sparse_super) and
  * any group's bitmaps and inode table placed inside the group (flex_bg).
  */
-import { SuperblockLayout, SuperblockFields, INCOMPAT, RO_COMPAT, sbBlocksCount, groupHasSuperblock, SUPERBLOCK_SIZE } from '../ext4/superblock';
+import { SuperblockLayout, SuperblockFields, INCOMPAT, sbBlocksCount, groupHasSuperblock, SUPERBLOCK_SIZE } from '../ext4/superblock';
 import { GroupDesc, decodeGroupDesc, BG_BLOCK_UNINIT } from '../ext4/group-desc';
 
 export class FsGeometry {
@@ -20,7 +20,6 @@ export class FsGeometry {
   readonly inodeSize: number;
   readonly descSize: number;
   readonly groupCount: number;
-  readonly sparseSuper: boolean;
   readonly reservedGdt: number;
   readonly inodeTableBlocks: number;
 
@@ -33,7 +32,6 @@ export class FsGeometry {
     this.inodeSize = sb.s_rev_level === 0 ? 128 : sb.s_inode_size;
     this.descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
     this.groupCount = Math.ceil((this.blocksCount - this.firstDataBlock) / this.blocksPerGroup);
-    this.sparseSuper = !!(sb.s_feature_ro_compat & RO_COMPAT.sparse_super);
     this.reservedGdt = sb.s_reserved_gdt_blocks;
     this.inodeTableBlocks = Math.ceil((this.inodesPerGroup * this.inodeSize) / this.blockSize);
   }
@@ -86,7 +84,7 @@ export class FsGeometry {
     }
     const buf = Buffer.alloc(this.blockSize);
     const first = this.groupFirst(g);
-    if (groupHasSuperblock(g, this.sparseSuper)) for (let i = 0; i < 1 + this.gdtBlocks + this.reservedGdt; i++) setBit(buf, i);
+    if (groupHasSuperblock(g, this.sb)) for (let i = 0; i < 1 + this.gdtBlocks + this.reservedGdt; i++) setBit(buf, i);
     const mark = (b: number, count: number) => {
       for (let k = 0; k < count; k++) {
         const rel = b + k - first;
