@@ -4,6 +4,10 @@
  *    no crtime, no checksum_hi and no in-inode xattrs, and times are signed 32-bit seconds,
  *    which the kernel clamps to 1901-12-13 20:45:52 .. 2038-01-19 03:14:07. The kernel writes a
  *    tree, kfs reads it exactly, changes it, and e2fsck -fn and the kernel agree with kfs.
+ *  - ext2 and ext3 images: their files are block maps (direct, single, double and triple
+ *    indirect blocks), which kfs reads; without the extent feature the filesystem opens
+ *    read-only. Made ext4 by tune2fs -O extent, a block-mapped file kfs changes is stored as an
+ *    extent tree and its indirect blocks are reused or freed (ext4_ext_migrate's outcome).
  *  - features kfs does not implement: refused at open with the feature's name (incompat ones
  *    and bigalloc, whose cluster-counted geometry must not be taken for damage), or opened
  *    read-only (unknown ro_compat features such as quota), as the kernel does.
@@ -13,7 +17,8 @@ import test, { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import { join } from 'node:path';
 import { Ext4Fs } from '../src/ext4/fs';
-import { makeImage, loopMount, fsck, requireRoot } from './helpers/image';
+import { createHash } from 'node:crypto';
+import { makeImage, loopMount, fsck, requireRoot, mustRun, tempDir, runCmd, kfsCliPath } from './helpers/image';
 
 const S32_MAX = 2 ** 31 - 1;
 const S32_MIN = -(2 ** 31);
@@ -198,4 +203,169 @@ test.serial('no filetype feature: kfs writes entries without file types', async 
   } finally {
     k.unmount();
   }
+});
+
+/** What the tree below `root` holds, as the kernel shows it: path, type, size, mode, target or content hash. */
+function hostTree(root: string): string[] {
+  const out: string[] = [];
+  const walk = (rel: string): void => {
+    for (const name of fs.readdirSync(join(root, rel)).sort()) {
+      if (!rel && name === 'lost+found') continue;
+      const p = rel ? `${rel}/${name}` : name;
+      const st = fs.lstatSync(join(root, p));
+      if (st.isDirectory()) {
+        out.push(`${p} dir ${(st.mode & 0o7777).toString(8)}`);
+        walk(p);
+      } else if (st.isSymbolicLink()) out.push(`${p} link ${fs.readlinkSync(join(root, p))}`);
+      else out.push(`${p} file ${st.size} ${(st.mode & 0o7777).toString(8)} ${createHash('sha1').update(fs.readFileSync(join(root, p))).digest('hex')}`);
+    }
+  };
+  walk('');
+  return out;
+}
+
+/** The same listing through kfs. */
+async function kfsTree(f: Ext4Fs): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (ino: number, rel: string): Promise<void> => {
+    const names = (await f.readdir(ino, 0)).map((e) => e.name.toString()).filter((n) => n !== '.' && n !== '..' && !(rel === '' && n === 'lost+found')).sort();
+    for (const name of names) {
+      const p = rel ? `${rel}/${name}` : name;
+      const a = await f.lookup(ino, Buffer.from(name));
+      const type = a.mode & 0o170000;
+      if (type === 0o040000) {
+        out.push(`${p} dir ${(a.mode & 0o7777).toString(8)}`);
+        await walk(a.ino, p);
+      } else if (type === 0o120000) out.push(`${p} link ${(await f.readlink(a.ino)).toString()}`);
+      else out.push(`${p} file ${a.size} ${(a.mode & 0o7777).toString(8)} ${createHash('sha1').update(await f.read(a.ino, 0, a.size)).digest('hex')}`);
+    }
+  };
+  await walk(2, '');
+  return out;
+}
+
+/**
+ * An ext2/ext3 image of 1 KiB blocks written by the kernel: an htree directory, files that
+ * reach the double-indirect range, a sparse file whose last block is triple-indirect (past
+ * 12 + 256 + 65536 blocks), a slow symlink (its target in a block) and a fast one.
+ */
+function blockMappedImage(t: ExecutionContext, mkfs: 'mkfs.ext2' | 'mkfs.ext3'): { img: string; tree: string[] } {
+  const img = join(tempDir(t, 'img'), 'old.img');
+  mustRun(mkfs, ['-q', '-F', '-b', '1024', img, '96M']);
+  const k = loopMount(t, img);
+  try {
+    fs.mkdirSync(join(k.dir, 'd'), { mode: 0o750 });
+    for (let i = 0; i < 400; i++) fs.writeFileSync(join(k.dir, 'd', `entry-${i}`), `${i}\n`);
+    fs.writeFileSync(join(k.dir, 'double'), Buffer.alloc(3 << 20, 'double-indirect '));
+    const fd = fs.openSync(join(k.dir, 'sparse'), 'w');
+    fs.writeSync(fd, Buffer.from('head'), 0, 4, 0);
+    fs.writeSync(fd, Buffer.from('tail of a triple-indirect block'), 0, 31, 80 << 20);
+    fs.closeSync(fd);
+    fs.symlinkSync('t'.repeat(200), join(k.dir, 'slow-link'));
+    fs.symlinkSync('double', join(k.dir, 'fast-link'));
+    return { img, tree: hostTree(k.dir) };
+  } finally {
+    k.unmount();
+  }
+}
+
+for (const mkfs of ['mkfs.ext2', 'mkfs.ext3'] as const) {
+  test.serial(`${mkfs} image: kfs reads every block-mapped file as the kernel does, and opens it read-only`, async (t) => {
+    t.timeout(2 * 60 * 1000);
+    requireRoot(t);
+    const { img, tree } = blockMappedImage(t, mkfs);
+    const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+    try {
+      t.true(f.readOnly, 'no extent feature: read-only');
+      t.deepEqual(await kfsTree(f), tree);
+      await t.throwsAsync(() => f.create(2, Buffer.from('new'), 0o644, 0, 0), { message: /read-only|EROFS/ });
+    } finally {
+      await f.close();
+    }
+    t.is(fsck(img).code, 0);
+  });
+}
+
+test.serial('ext3 made ext4 by tune2fs: kfs changes block-mapped files, which become extent trees; e2fsck and the kernel agree', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const { img } = blockMappedImage(t, 'mkfs.ext3');
+  mustRun('tune2fs', ['-O', 'extent,dir_nlink,extra_isize,huge_file', img]);
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  try {
+    t.false(f.readOnly);
+    const double = await f.lookup(2, Buffer.from('double'));
+    t.is(await f.write(double.ino, 3 << 20, Buffer.from('appended')), 8); // a new block: the map changes
+    const sparse = await f.lookup(2, Buffer.from('sparse'));
+    await f.setattr(sparse.ino, { size: 10 << 20 }); // drops the triple-indirect block
+    const d = (await f.lookup(2, Buffer.from('d'))).ino;
+    for (let i = 400; i < 800; i++) await f.create(d, Buffer.from(`entry-${i}`), 0o644, 0, 0); // the directory grows
+    for (let i = 0; i < 100; i++) await f.unlink(d, Buffer.from(`entry-${i}`)); // block-mapped inodes freed
+    await f.unlink(2, Buffer.from('slow-link'));
+  } finally {
+    await f.close();
+  }
+  const r = fsck(img);
+  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
+  const k = loopMount(t, img, { readOnly: true });
+  try {
+    const dbl = fs.readFileSync(join(k.dir, 'double'));
+    t.is(dbl.length, (3 << 20) + 8);
+    t.deepEqual(dbl.subarray(0, 3 << 20), Buffer.alloc(3 << 20, 'double-indirect '));
+    t.is(dbl.subarray(3 << 20).toString(), 'appended');
+    t.is(fs.statSync(join(k.dir, 'sparse')).size, 10 << 20);
+    t.is(fs.readFileSync(join(k.dir, 'sparse')).subarray(0, 4).toString(), 'head');
+    t.is(fs.readdirSync(join(k.dir, 'd')).length, 700);
+    t.is(fs.readFileSync(join(k.dir, 'd', 'entry-399'), 'utf8'), '399\n');
+    t.false(fs.existsSync(join(k.dir, 'slow-link')));
+    t.regex(mustRun('lsattr', ['-d', join(k.dir, 'double')]), /e/, 'the changed file is an extent tree now');
+  } finally {
+    k.unmount();
+  }
+});
+
+test.serial('ext3 with a journal to replay: kfs reads the block-mapped journal and replays it in memory', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const dir = tempDir(t, 'img');
+  const img = join(dir, 'ext3.img');
+  const copy = join(dir, 'crashed.img');
+  mustRun('mkfs.ext3', ['-q', '-F', img, '64M']);
+  const k = loopMount(t, img);
+  try {
+    fs.mkdirSync(join(k.dir, 'd'));
+    for (let i = 0; i < 50; i++) fs.writeFileSync(join(k.dir, 'd', `g${i}`), `${i}`);
+    mustRun('sync', ['-f', join(k.dir, 'd')]); // committed to the journal; the image file is copied while mounted
+    fs.copyFileSync(img, copy);
+  } finally {
+    k.unmount();
+  }
+  t.regex(mustRun('dumpe2fs', ['-h', copy]), /needs_recovery/, 'the copy is a crashed ext3 with a journal to replay');
+  const f = await Ext4Fs.open(copy, { commitIntervalMs: 0, readOnly: true });
+  try {
+    const d = await f.lookup(2, Buffer.from('d'));
+    t.is((await f.readdir(d.ino, 0)).length, 52);
+    t.is((await f.read((await f.lookup(d.ino, Buffer.from('g49'))).ino, 0, 10)).toString(), '49');
+  } finally {
+    await f.close();
+  }
+});
+
+test.serial('kfs mount of an ext3 image says it mounted read-only, and why', async (t) => {
+  t.timeout(60 * 1000);
+  requireRoot(t);
+  const dir = tempDir(t, 'img');
+  const img = join(dir, 'ext3.img');
+  const mnt = join(dir, 'mnt');
+  fs.mkdirSync(mnt);
+  mustRun('mkfs.ext3', ['-q', '-F', img, '32M']);
+  const r = runCmd(process.execPath, [kfsCliPath()!, 'mount', img, mnt]);
+  try {
+    t.is(r.code, 0, r.stderr);
+    t.regex(r.stderr, /^kfs mount: .*ext3\.img: mounted read-only: no extent feature .*\n$/);
+    t.throws(() => fs.writeFileSync(join(mnt, 'new'), 'x'), { code: 'EROFS' });
+  } finally {
+    runCmd(process.execPath, [kfsCliPath()!, 'umount', mnt]);
+  }
+  t.is(fsck(img).code, 0);
 });

@@ -130,7 +130,7 @@ function mapSharedLog(link: ServerLink): SharedSoftLog | undefined {
 }
 
 /** Serve the mount in this process until it is unmounted or signalled. */
-export async function serveMount(image: string, mountpoint: string, o: MountOpts, values: MountCliValues, ready: (err?: string) => void): Promise<number> {
+export async function serveMount(image: string, mountpoint: string, o: MountOpts, values: MountCliValues, ready: (err?: string, note?: string) => void): Promise<number> {
   if (values.snapshot) o = { ...o, ro: true };
   const link = values.serverFds ? parseServerLink(values.serverFds, values.serverGeneration, values.adopt) : null;
   const sharedLog = link && o.commit_before_reply && !o.ro && !values.snapshot ? mapSharedLog(link) : undefined;
@@ -193,7 +193,9 @@ export async function serveMount(image: string, mountpoint: string, o: MountOpts
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
   log.info(`serving ${image} at ${mountpoint}`);
-  ready();
+  // Asked for read-write but read-only (unknown ro_compat features, an ext2/ext3 image): the
+  // user is told at mount time, not at the first EROFS.
+  ready(undefined, !o.ro && ext4.readOnly ? `${image}: mounted ${ext4.vol.readOnlyReason ?? 'read-only'}` : undefined);
   await dev.done;
   if (link) report(link, { t: 'unmounted' });
   // Let requests already read finish before the image is closed.
@@ -228,17 +230,18 @@ async function mountAction(image: string, mountpoint: string, values: MountCliVa
     if (values.serverFds) {
       const link = parseServerLink(values.serverFds, values.serverGeneration, values.adopt);
       try {
-        return await serveMount(image, mountpoint, o, values, (err) => report(link, err ? { t: 'error', message: err } : { t: 'serving' }));
+        return await serveMount(image, mountpoint, o, values, (err, note) => report(link, err ? { t: 'error', message: err } : { t: 'serving', note }));
       } catch (e) {
         report(link, { t: 'error', message: (e as Error).message.replace(/^E[A-Z]+: /, '') });
         throw e;
       }
     }
     const readyFd = values.readyFd ? Number(values.readyFd) : null;
-    const ready = (err?: string) => {
-      if (readyFd === null) return;
+    const ready = (err?: string, note?: string) => {
+      if (readyFd === null) return; // --foreground: the note was logged where the volume opened
       try {
-        fs.writeSync(readyFd, err ? `error ${err}\n` : 'ready\n');
+        // One line: "ready", "ready <note>" or "error <message>".
+        fs.writeSync(readyFd, err ? `error ${err.replace(/\n/g, ' ')}\n` : note ? `ready ${note.replace(/\n/g, ' ')}\n` : 'ready\n');
         fs.closeSync(readyFd);
       } catch {
         /* parent gone */
@@ -277,7 +280,8 @@ async function mountAction(image: string, mountpoint: string, values: MountCliVa
     });
     child.on('exit', (code) => resolve(text.trim() || `error the mount process exited with code ${code}`));
   });
-  if (word === 'ready') {
+  if (word === 'ready' || word.startsWith('ready ')) {
+    if (word !== 'ready') process.stderr.write(`kfs mount: ${word.slice('ready '.length)}\n`);
     child.unref();
     (pipe as unknown as { destroy(): void }).destroy();
     return 0;

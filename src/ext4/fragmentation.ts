@@ -17,6 +17,7 @@ import { FsError } from '../util/errors';
 import type { Ext4Fs } from './fs';
 import { InodeStore } from './inode-store';
 import { Extent, ExtentMap, MAX_INIT_LEN } from './extents';
+import { holdsBlockMap, loadIndirectMap } from './indirect';
 import { Inode, INODE_FLAGS, ROOT_INO } from './inode';
 import { INCOMPAT } from './superblock';
 import { Volume } from './volume';
@@ -38,10 +39,19 @@ export function hasExtentTree(inode: Inode): boolean {
   return inode.isReg() || inode.isDir() || inode.isSymlink();
 }
 
+/** An ext2/3 block map in i_block (indirect.ts), with at least one block. */
+function hasBlockMap(inode: Inode): boolean {
+  return !inode.hasFlag(INODE_FLAGS.EXTENTS) && !inode.hasFlag(INODE_FLAGS.INLINE_DATA) && holdsBlockMap(inode) && inode.f.i_block.some((b) => b !== 0);
+}
+
 /** A file's extents without touching the store's state (see the file comment). */
 export async function readFileExtents(store: InodeStore, ino: number, inode: Inode): Promise<FileExtents | null> {
   const st = store.cached(ino);
   if (st?.extents) return { extents: st.extents.extents.map((e) => ({ ...e })), treeBlocks: st.extents.treeBlocks.slice() };
+  if (hasBlockMap(inode)) {
+    const map = await loadIndirectMap(ino, inode.f.i_block, store.extentIO);
+    return { extents: map.extents, treeBlocks: map.treeBlocks };
+  }
   if (!hasExtentTree(inode)) return null;
   const map = await ExtentMap.load(ino, inode.f.i_block, store.extentIO, store.csumSeedOf(inode));
   return { extents: map.extents, treeBlocks: map.treeBlocks };

@@ -8,6 +8,7 @@ import { Volume } from './volume';
 import { COMPAT, INCOMPAT, RO_COMPAT, featureNames, sbReservedBlocks } from './superblock';
 import { JOURNAL_INO, INODE_FLAGS } from './inode';
 import { ExtentMap } from './extents';
+import { loadIndirectMap } from './indirect';
 import { InodeStore } from './inode-store';
 import { decodeJournalSuperblock, JBD2_MAGIC_NUMBER } from './journal/superblock';
 import { GroupDesc, BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED } from './group-desc';
@@ -102,16 +103,16 @@ export async function describeImage(image: string, opts: { perGroup?: boolean } 
     };
     if (vol.hasJournal() && sb.s_journal_inum === JOURNAL_INO) {
       const ji = await vol.readInode(JOURNAL_INO);
-      if (ji.hasFlag(INODE_FLAGS.EXTENTS)) {
-        const store = new InodeStore(vol);
-        const map = await ExtentMap.load(JOURNAL_INO, ji.f.i_block, store.extentIO, store.csumSeedOf(ji));
-        const first = map.lookup(0);
-        if (first) {
-          const buf = await vol.dev.read(first);
-          const jsb = decodeJournalSuperblock(buf);
-          if (jsb.h_magic === JBD2_MAGIC_NUMBER) {
-            info.journal = { inode: JOURNAL_INO, blocks: jsb.s_maxlen, sequence: jsb.s_sequence, start: jsb.s_start, features: jsb.s_feature_incompat };
-          }
+      const store = new InodeStore(vol);
+      const map = ji.hasFlag(INODE_FLAGS.EXTENTS)
+        ? await ExtentMap.load(JOURNAL_INO, ji.f.i_block, store.extentIO, store.csumSeedOf(ji))
+        : await loadIndirectMap(JOURNAL_INO, ji.f.i_block, store.extentIO); // ext3
+      const first = map.lookup(0);
+      if (first) {
+        const buf = await vol.dev.read(first);
+        const jsb = decodeJournalSuperblock(buf);
+        if (jsb.h_magic === JBD2_MAGIC_NUMBER) {
+          info.journal = { inode: JOURNAL_INO, blocks: jsb.s_maxlen, sequence: jsb.s_sequence, start: jsb.s_start, features: jsb.s_feature_incompat };
         }
       }
     }

@@ -10,6 +10,7 @@ import { CorruptionError, FsError } from '../util/errors';
 import { Volume } from './volume';
 import { Inode, INODE_FLAGS, S_IFDIR, Timespec } from './inode';
 import { ExtentMap, ExtentTreeIO } from './extents';
+import { holdsBlockMap, loadIndirectMap } from './indirect';
 import { DirIO, Directory } from './directory';
 import { INCOMPAT, COMPAT } from './superblock';
 
@@ -46,11 +47,6 @@ export function writeTime(): Timespec {
   const t = Date.now();
   const ms = t - (t % 4);
   return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1000000 };
-}
-
-/** Without EXTENTS_FL, i_block of a symlink or device node holds its target or number, not blocks. */
-function iBlockHoldsNoBlocks(inode: Inode): boolean {
-  return inode.isSymlink() || (inode.type !== S_IFDIR && !inode.isReg());
 }
 
 export class InodeStore {
@@ -134,11 +130,10 @@ export class InodeStore {
     const inode = st.inode;
     if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) {
       if (inode.hasFlag(INODE_FLAGS.INLINE_DATA)) throw new FsError('EOPNOTSUPP', `inode ${inode.ino} uses inline data, which kfs does not support`);
-      // Block-mapped (ext2/3 style) files: only empty ones can be handled (converted on write).
-      if (inode.f.i_block.some((b) => b !== 0) && !iBlockHoldsNoBlocks(inode)) {
-        throw new FsError('EOPNOTSUPP', `inode ${inode.ino} uses indirect block maps (ext2/3 format), which kfs does not support`);
-      }
-      return this.attachMap(st, new ExtentMap());
+      // Block-mapped (ext2/3 style): read into the same map; a change stores it as an extent
+      // tree (indirect.ts). A device node's or fast symlink's i_block holds no blocks.
+      if (!holdsBlockMap(inode) || inode.f.i_block.every((b) => b === 0)) return this.attachMap(st, new ExtentMap());
+      return this.attachMap(st, await loadIndirectMap(inode.ino, inode.f.i_block, this.extentIO));
     }
     return this.attachMap(st, await ExtentMap.load(inode.ino, inode.f.i_block, this.extentIO, this.csumSeedOf(inode)));
   }
@@ -390,7 +385,7 @@ export class InodeStore {
   /** Free an inode whose last link and last open are gone: data, xattr block, bitmap bit. */
   async destroy(st: InodeState, freeXattrBlock: (st: InodeState) => Promise<void>): Promise<void> {
     const inode = st.inode;
-    if (inode.hasFlag(INODE_FLAGS.EXTENTS)) {
+    if (inode.hasFlag(INODE_FLAGS.EXTENTS) || holdsBlockMap(inode)) {
       const map = await this.extents(st);
       if (this.beforeRelease) await this.beforeRelease(inode.ino, 0, map.endLblk * this.vol.blockSize);
       for (const r of map.remove(0, map.endLblk)) await this.vol.freeBlocks(r.pblk, r.len);

@@ -57,7 +57,8 @@ const MAX_FAILED_STARTS = 5;
 type StatusMessage =
   | { t: 'mounted' }
   | { t: 'init'; major: number; minor: number; flags: string; maxWrite: number; maxPages: number; kernelMinor: number; resend: boolean }
-  | { t: 'serving' }
+  /** note: what the user should know about the mount (it fell back to read-only, and why). */
+  | { t: 'serving'; note?: string }
   | { t: 'error'; message: string }
   | { t: 'unmounted' };
 
@@ -89,7 +90,7 @@ function testFaults(): string[] {
   return (process.env.KFS_TEST_FAULT ?? '').split(',');
 }
 
-export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => void): Promise<number> {
+export async function superviseMount(a: SuperviseArgs, ready: (err?: string, note?: string) => void): Promise<number> {
   const premounted = !!a.premount;
   const devFd = a.premount ? a.premount() : FuseDevice.openDevice();
   // It outlives every server: what one commits there, the next finds (the memfd is the mount's).
@@ -155,7 +156,7 @@ export async function superviseMount(a: SuperviseArgs, ready: (err?: string) => 
             deathAt = 0;
             if (!readySent) {
               readySent = true;
-              ready();
+              ready(undefined, m.note);
             }
             break;
           case 'error':

@@ -15,8 +15,9 @@ import { CorruptionError, FsError } from '../../util/errors';
 import { log } from '../../util/log';
 import { SuperblockFields, INCOMPAT, COMPAT, sbBlocksCount } from '../superblock';
 import { decodeGroupDesc } from '../group-desc';
-import { ExtentMap, ExtentTreeIO } from '../extents';
-import { JOURNAL_INO } from '../inode';
+import { ExtentMap, ExtentTreeIO, EXTENT_MAGIC } from '../extents';
+import { loadIndirectMap } from '../indirect';
+import { INODE_FLAGS, JOURNAL_INO } from '../inode';
 import {
   JournalSuperblock, decodeJournalSuperblock, encodeJournalSuperblock, journalSuperblockChecksum, setJournalSuperblockChecksum,
   JBD2_MAGIC_NUMBER, JBD2_SUPERBLOCK_V1, JBD2_SUPERBLOCK_V2, JBD2_DESCRIPTOR_BLOCK, JBD2_COMMIT_BLOCK, JBD2_REVOKE_BLOCK,
@@ -67,8 +68,12 @@ export async function locateJournal(dev: BlockDevice, sb: SuperblockFields): Pro
     return b;
   };
   let iBlock: Buffer;
+  // An extent tree (ext4) or an ext3 block map: the inode's EXTENTS_FL says; the superblock's
+  // copy of i_block does not carry the flags, but an extent root starts with its magic.
+  let extentTree: boolean;
   if (sb.s_jnl_backup_type === EXT3_JNL_BACKUP_BLOCKS && sb.s_journal_inum === JOURNAL_INO) {
     iBlock = Buffer.from(sb.s_jnl_blocks.subarray(0, 60));
+    extentTree = iBlock.readUInt16LE(0) === EXTENT_MAGIC;
   } else {
     const descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
     const ino = sb.s_journal_inum;
@@ -80,6 +85,7 @@ export async function locateJournal(dev: BlockDevice, sb: SuperblockFields): Pro
     const byte = ((ino - 1) % sb.s_inodes_per_group) * inodeSize;
     const itb = await raw(gd.inodeTable + Math.floor(byte / bs));
     iBlock = Buffer.from(itb.subarray((byte % bs) + 40, (byte % bs) + 100)); // i_block at 0x28
+    extentTree = (itb.readUInt32LE((byte % bs) + 0x20) & INODE_FLAGS.EXTENTS) !== 0; // i_flags at 0x20
   }
   // The journal's extents must lie inside the filesystem (and the image): a damaged
   // s_jnl_blocks backup or journal inode is then EIO here, not a read at an absurd offset.
@@ -90,7 +96,7 @@ export async function locateJournal(dev: BlockDevice, sb: SuperblockFields): Pro
     allocMeta: () => { throw new Error('read-only extent walk'); },
     freeMeta: () => { throw new Error('read-only extent walk'); },
   };
-  const map = await ExtentMap.load(sb.s_journal_inum, iBlock, io, null);
+  const map = extentTree ? await ExtentMap.load(sb.s_journal_inum, iBlock, io, null) : await loadIndirectMap(sb.s_journal_inum, iBlock, io);
   const extents = map.extents.map((e) => ({ lblk: e.lblk, len: e.len, pblk: e.pblk }));
   const count = extents.reduce((m, e) => Math.max(m, e.lblk + e.len), 0);
   if (count === 0) throw new CorruptionError('the journal inode maps no blocks');
