@@ -369,3 +369,40 @@ test.serial('kfs mount of an ext3 image says it mounted read-only, and why', asy
   }
   t.is(fsck(img).code, 0);
 });
+
+/**
+ * A kernel that crashed with fast commits in its journal (-O fast_commit, fsync) leaves a log
+ * kfs does not replay: opening says so and what to do; after e2fsck -fy replays it, kfs sees
+ * every fsync'd file.
+ */
+test.serial('a crashed fast_commit journal: refused with the way out, readable after e2fsck replays it', async (t) => {
+  t.timeout(60 * 1000);
+  requireRoot(t);
+  const dir = tempDir(t, 'img');
+  const img = join(dir, 'fc.img');
+  const copy = join(dir, 'crashed.img');
+  mustRun('mkfs.ext4', ['-q', '-F', '-O', 'fast_commit', img, '64M']);
+  const k = loopMount(t, img);
+  try {
+    fs.mkdirSync(join(k.dir, 'd'));
+    mustRun('sync', ['-f', join(k.dir, 'd')]);
+    for (let i = 0; i < 10; i++) {
+      const fd = fs.openSync(join(k.dir, 'd', `g${i}`), 'w');
+      fs.writeSync(fd, `${i}`);
+      fs.fsyncSync(fd); // a fast commit
+      fs.closeSync(fd);
+    }
+    fs.copyFileSync(img, copy);
+  } finally {
+    k.unmount();
+  }
+  t.regex(await openedOrError(copy, true), /^refused: .*fast_commit.*e2fsck -fy/);
+  t.true(fsck(copy, ['-fy']).code <= 1, 'e2fsck replays it');
+  const f = await Ext4Fs.open(copy, { commitIntervalMs: 0, readOnly: true });
+  try {
+    const d = await f.lookup(2, Buffer.from('d'));
+    t.is((await f.readdir(d.ino, 0)).length, 12);
+  } finally {
+    await f.close();
+  }
+});

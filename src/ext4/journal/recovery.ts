@@ -118,7 +118,9 @@ export async function readJournalSuperblock(dev: BlockDevice, file: JournalFile)
   }
   if (jsb.s_feature_incompat & ~KNOWN_INCOMPAT) {
     const fc = jsb.s_feature_incompat & JBD2_FEATURE_INCOMPAT_FAST_COMMIT ? ' (fast_commit)' : '';
-    throw new FsError('EINVAL', `the journal uses features kfs does not support: 0x${(jsb.s_feature_incompat & ~KNOWN_INCOMPAT).toString(16)}${fc}`);
+    // The kernel clears fast_commit at a clean unmount: only a crashed kernel's journal has it,
+    // and e2fsck can replay that one.
+    throw new FsError('EINVAL', `the journal uses features kfs does not support: 0x${(jsb.s_feature_incompat & ~KNOWN_INCOMPAT).toString(16)}${fc}; replay it with e2fsck -fy (or mount and unmount it with the kernel's ext4) first`);
   }
   if (hasCsum(logFormatOf(jsb)) && journalSuperblockChecksum(raw) !== jsb.s_checksum) {
     throw new CorruptionError('journal superblock checksum mismatch (run e2fsck)');
