@@ -8,6 +8,8 @@
  *    indirect blocks), which kfs reads; without the extent feature the filesystem opens
  *    read-only. Made ext4 by tune2fs -O extent, a block-mapped file kfs changes is stored as an
  *    extent tree and its indirect blocks are reused or freed (ext4_ext_migrate's outcome).
+ *  - meta_bg: each meta group's descriptor block at the start of its first group, with backups
+ *    in its second and last; kfs finds the descriptors there and allocates around them.
  *  - features kfs does not implement: refused at open with the feature's name (incompat ones
  *    and bigalloc, whose cluster-counted geometry must not be taken for damage), or opened
  *    read-only (unknown ro_compat features such as quota), as the kernel does.
@@ -112,7 +114,6 @@ test.serial('features kfs does not implement: refused by name, or read-only for 
   const cases: { args: string[]; expect: RegExp }[] = [
     { args: ['-O', 'bigalloc', '-C', '16384'], expect: /^refused: .*does not support: bigalloc/ },
     { args: ['-O', 'inline_data'], expect: /^refused: .*does not support: inline_data/ },
-    { args: ['-O', 'meta_bg,^resize_inode'], expect: /^refused: .*does not support: meta_bg/ },
     { args: ['-O', 'encrypt'], expect: /^refused: .*does not support: encrypt/ },
     { args: ['-O', 'quota'], expect: /^opened read-only$/ },
   ];
@@ -404,5 +405,50 @@ test.serial('a crashed fast_commit journal: refused with the way out, readable a
     t.is((await f.readdir(d.ino, 0)).length, 12);
   } finally {
     await f.close();
+  }
+});
+
+test.serial('meta_bg, 1 KiB blocks (two meta groups of 16 groups): kfs fills the filesystem around the descriptor blocks', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '256M', blockSize: 1024, extraArgs: ['-O', 'meta_bg,^resize_inode'] });
+  const k = loopMount(t, img);
+  fs.mkdirSync(join(k.dir, 'old'));
+  for (let i = 0; i < 40; i++) fs.writeFileSync(join(k.dir, 'old', `f${i}`), fileData(i));
+  k.unmount();
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  const sizes: number[] = [];
+  try {
+    t.false(f.readOnly);
+    const old = (await f.lookup(2, Buffer.from('old'))).ino;
+    for (let i = 0; i < 40; i += 7) t.deepEqual(await f.read((await f.lookup(old, Buffer.from(`f${i}`))).ino, 0, 1 << 20), fileData(i));
+    // 16 MiB files until the space runs out: every group, both meta groups, gets data.
+    for (let i = 0; ; i++) {
+      const a = await f.create(2, Buffer.from(`fill${i}`), 0o644, 0, 0);
+      try {
+        await f.write(a.ino, 0, Buffer.alloc(16 << 20, i + 1));
+        sizes.push(16 << 20);
+      } catch (e) {
+        t.is((e as { code?: string }).code, 'ENOSPC');
+        sizes.push((await f.getattr(a.ino)).size);
+        break;
+      }
+    }
+  } finally {
+    await f.close();
+  }
+  t.true(sizes.length >= 12, `filled ${sizes.length} files`);
+  const r = fsck(img);
+  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
+  const k2 = loopMount(t, img, { readOnly: true });
+  try {
+    for (let i = 0; i < sizes.length; i += 5) {
+      const b = fs.readFileSync(join(k2.dir, `fill${i}`));
+      t.is(b.length, sizes[i]);
+      t.true(b.every((x) => x === i + 1), `fill${i} as kfs wrote it`);
+    }
+    t.deepEqual(fs.readFileSync(join(k2.dir, 'old', 'f39')), fileData(39));
+  } finally {
+    k2.unmount();
   }
 });

@@ -17,7 +17,7 @@ import { CorruptionError } from '../util/errors';
 import { BG_BLOCK_UNINIT, BG_INODE_UNINIT } from './group-desc';
 import { JOURNAL_INO, RESIZE_INO, ROOT_INO } from './inode';
 import { InodeStore } from './inode-store';
-import { groupHasSuperblock } from './superblock';
+import { groupBaseMetaBlocks } from './superblock';
 import { Volume } from './volume';
 import { measureFile, readFileExtents, readInodeView } from './fragmentation';
 
@@ -77,11 +77,10 @@ export async function buildBlockMap(store: InodeStore, opts: BlockMapOptions = {
     for (let b = start; b < Math.min(blocks, start + len); b++) cls[b] = c;
   };
   meta(0, vol.firstDataBlock, C.superblock);
-  const gdtBlocks = Math.ceil((vol.groupCount * vol.descSize) / vol.blockSize) + vol.sb.s_reserved_gdt_blocks;
   const itableBlocks = Math.ceil((vol.inodesPerGroup * vol.inodeSize) / vol.blockSize);
   for (let g = 0; g < vol.groupCount; g++) {
     const gd = vol.gds[g];
-    if (groupHasSuperblock(g, vol.sb)) meta(vol.groupFirstBlock(g), 1 + gdtBlocks, C.superblock);
+    meta(vol.groupFirstBlock(g), groupBaseMetaBlocks(g, vol.sb), C.superblock);
     meta(gd.blockBitmap, 1, C.bitmap);
     meta(gd.inodeBitmap, 1, C.bitmap);
     meta(gd.inodeTable, itableBlocks, C['inode-table']);

@@ -38,7 +38,7 @@ import type { InodeState } from './inode-store';
 import { ExtentMap, Mapping, MAX_INIT_LEN } from './extents';
 import { Inode, ROOT_INO } from './inode';
 import { BG_BLOCK_UNINIT } from './group-desc';
-import { groupHasSuperblock } from './superblock';
+import { groupBaseMetaBlocks } from './superblock';
 import { BlockRun, Volume, findZero, testBit, setBit } from './volume';
 import { checkFragmentation, FileFragmentation, FragmentationReport, measureFile, readFileExtents, readInodeView } from './fragmentation';
 
@@ -599,9 +599,7 @@ async function groupBitmap(vol: Volume, g: number): Promise<Buffer> {
   const mark = (b: number, count: number) => {
     for (let k = 0; k < count; k++) if (b + k >= first && b + k < first + n) setBit(bm, b + k - first);
   };
-  if (groupHasSuperblock(g, vol.sb)) {
-    mark(first, 1 + Math.ceil((vol.groupCount * vol.descSize) / vol.blockSize) + vol.sb.s_reserved_gdt_blocks);
-  }
+  mark(first, groupBaseMetaBlocks(g, vol.sb));
   const itable = Math.ceil((vol.inodesPerGroup * vol.inodeSize) / vol.blockSize);
   for (const o of vol.gds) {
     mark(o.blockBitmap, 1);

@@ -20,7 +20,7 @@ import { fileTypeOfMode, packDirBlock, sealDirBlock, entriesEnd } from './dirent
 import {
   Timespec, ROOT_INO, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK, INODE_FLAGS,
 } from './inode';
-import { INCOMPAT, RO_COMPAT, groupHasSuperblock } from './superblock';
+import { INCOMPAT, RO_COMPAT, groupBaseMetaBlocks } from './superblock';
 import { parseVfsAcl, encodeVfsAcl, aclEquivMode, aclChmod, aclCreateMasq } from './acl';
 import { XATTR_CREATE, XATTR_REPLACE } from './xattr-store';
 
@@ -1015,8 +1015,7 @@ export class Ext4Fs {
     const itable = Math.ceil((v.inodesPerGroup * v.inodeSize) / v.blockSize);
     let n = v.firstDataBlock;
     for (let g = 0; g < v.groupCount; g++) n += 2 + itable;
-    const gdt = Math.ceil((v.groupCount * v.descSize) / v.blockSize) + v.sb.s_reserved_gdt_blocks;
-    for (let g = 0; g < v.groupCount; g++) if (groupHasSuperblock(g, v.sb)) n += 1 + gdt;
+    for (let g = 0; g < v.groupCount; g++) n += groupBaseMetaBlocks(g, v.sb);
     return (this.overhead = n);
   }
 

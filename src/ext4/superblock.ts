@@ -65,7 +65,7 @@ export const RO_COMPAT = {
 
 /** What kfs implements. Unknown incompat: refuse; unknown ro_compat: read-only; compat: ignore. */
 export const SUPPORTED_INCOMPAT = INCOMPAT.filetype | INCOMPAT.recover | INCOMPAT.extent | INCOMPAT['64bit'] |
-  INCOMPAT.flex_bg | INCOMPAT.csum_seed | INCOMPAT.large_dir;
+  INCOMPAT.flex_bg | INCOMPAT.csum_seed | INCOMPAT.large_dir | INCOMPAT.meta_bg;
 export const SUPPORTED_RO_COMPAT = RO_COMPAT.sparse_super | RO_COMPAT.large_file | RO_COMPAT.huge_file |
   RO_COMPAT.dir_nlink | RO_COMPAT.extra_isize | RO_COMPAT.metadata_csum | RO_COMPAT.gdt_csum;
 
@@ -107,6 +107,47 @@ export function groupHasSuperblock(group: number, sb: Pick<SuperblockFields, 's_
   if (group === 0) return true;
   if (sb.s_feature_compat & COMPAT.sparse_super2) return group === sb.s_backup_bgs.readUInt32LE(0) || group === sb.s_backup_bgs.readUInt32LE(4);
   return sparseSuperBackup(group, (sb.s_feature_ro_compat & RO_COMPAT.sparse_super) !== 0);
+}
+
+/** Descriptors per descriptor block, and descriptor blocks in all (s_gdb_count), from the superblock alone. */
+function descGeometry(sb: SuperblockFields): { perBlock: number; gdbCount: number } {
+  const blockSize = 1024 << sb.s_log_block_size;
+  const descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
+  const perBlock = blockSize / descSize;
+  const groups = Math.ceil((sbBlocksCount(sb) - sb.s_first_data_block) / sb.s_blocks_per_group);
+  return { perBlock, gdbCount: Math.ceil(groups / perBlock) };
+}
+
+/**
+ * Where group g's descriptor lives (the primary copy): ext4's descriptor_loc. Descriptor block
+ * n follows the primary superblock unless meta_bg puts it (n >= s_first_meta_bg) at the start
+ * of the first group of its meta group (after that group's superblock backup, if any).
+ */
+export function groupDescLocation(g: number, sb: SuperblockFields): { block: number; offset: number } {
+  const { perBlock } = descGeometry(sb);
+  const n = Math.floor(g / perBlock);
+  const offset = (g % perBlock) * (sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32);
+  if (!(sb.s_feature_incompat & INCOMPAT.meta_bg) || n < sb.s_first_meta_bg) return { block: sb.s_first_data_block + 1 + n, offset };
+  const first = n * perBlock;
+  return { block: sb.s_first_data_block + first * sb.s_blocks_per_group + (groupHasSuperblock(first, sb) ? 1 : 0), offset };
+}
+
+/**
+ * Blocks at the start of group g that hold its superblock backup, descriptor blocks (or their
+ * backups) and reserved descriptor blocks: ext4_num_base_meta_blocks. Without meta_bg a group
+ * with a superblock copy holds all s_gdb_count descriptor blocks and the reserve; with it, a
+ * meta group's first, second and last groups hold its one descriptor block (groups below
+ * s_first_meta_bg meta groups keep the old layout, with s_first_meta_bg descriptor blocks).
+ */
+export function groupBaseMetaBlocks(g: number, sb: SuperblockFields): number {
+  const { perBlock, gdbCount } = descGeometry(sb);
+  const hasSuper = groupHasSuperblock(g, sb) ? 1 : 0;
+  const metaBg = (sb.s_feature_incompat & INCOMPAT.meta_bg) !== 0;
+  if (!metaBg || g < sb.s_first_meta_bg * perBlock) {
+    return hasSuper ? 1 + (metaBg ? sb.s_first_meta_bg : gdbCount) + sb.s_reserved_gdt_blocks : 0;
+  }
+  const first = Math.floor(g / perBlock) * perBlock;
+  return hasSuper + (g === first || g === first + 1 || g === first + perBlock - 1 ? 1 : 0);
 }
 
 /** The rule without sparse_super2 (what kfs mkfs makes): with sparse_super groups 0, 1 and the powers of 3, 5 and 7, else all. */

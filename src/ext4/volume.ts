@@ -19,7 +19,7 @@ import { join64, lo32, hi32 } from '../util/cursor';
 import { ext4Crc } from './crc';
 import {
   SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, COMPAT, INCOMPAT, RO_COMPAT,
-  SUPPORTED_RO_COMPAT, featureNames, sbBlocksCount, sbFreeBlocks, groupHasSuperblock, FLAG_UNSIGNED_HASH, STATE_VALID,
+  SUPPORTED_RO_COMPAT, featureNames, sbBlocksCount, sbFreeBlocks, groupBaseMetaBlocks, groupDescLocation, FLAG_UNSIGNED_HASH, STATE_VALID,
 } from './superblock';
 import {
   GroupDesc, decodeGroupDesc, encodeGroupDesc, groupDescChecksum, bitmapChecksum, GROUP_DESC_CHECKSUM_OFFSET,
@@ -182,8 +182,7 @@ export class Volume {
   // ---- group descriptors ----
 
   private gdtLocation(group: number): { block: number; offset: number } {
-    const perBlock = this.blockSize / this.descSize;
-    return { block: this.firstDataBlock + 1 + Math.floor(group / perBlock), offset: (group % perBlock) * this.descSize };
+    return groupDescLocation(group, this.sb);
   }
 
   private async loadGroupDescs(): Promise<void> {
@@ -264,11 +263,9 @@ export class Volume {
     return this.sb.s_flags & FLAG_UNSIGNED_HASH ? 3 : 0;
   }
 
-  /** Number of metadata blocks (superblock backup + GDT + reserved GDT) at a group's start. */
+  /** Number of metadata blocks (superblock backup, descriptor blocks, reserve) at a group's start. */
   private groupSuperOverhead(g: number): number {
-    if (!groupHasSuperblock(g, this.sb)) return 0;
-    const gdtBlocks = Math.ceil((this.groupCount * this.descSize) / this.blockSize);
-    return 1 + gdtBlocks + this.sb.s_reserved_gdt_blocks;
+    return groupBaseMetaBlocks(g, this.sb);
   }
 
   // ---- bitmaps ----

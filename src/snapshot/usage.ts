@@ -8,7 +8,7 @@
  * the superblock backup and descriptor table copies at the group's start (sparse_super) and
  * any group's bitmaps and inode table placed inside the group (flex_bg).
  */
-import { SuperblockLayout, SuperblockFields, INCOMPAT, sbBlocksCount, groupHasSuperblock, SUPERBLOCK_SIZE } from '../ext4/superblock';
+import { SuperblockLayout, SuperblockFields, INCOMPAT, sbBlocksCount, groupBaseMetaBlocks, groupDescLocation, SUPERBLOCK_SIZE } from '../ext4/superblock';
 import { GroupDesc, decodeGroupDesc, BG_BLOCK_UNINIT } from '../ext4/group-desc';
 
 export class FsGeometry {
@@ -20,7 +20,6 @@ export class FsGeometry {
   readonly inodeSize: number;
   readonly descSize: number;
   readonly groupCount: number;
-  readonly reservedGdt: number;
   readonly inodeTableBlocks: number;
 
   constructor(readonly sb: SuperblockFields) {
@@ -32,7 +31,6 @@ export class FsGeometry {
     this.inodeSize = sb.s_rev_level === 0 ? 128 : sb.s_inode_size;
     this.descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
     this.groupCount = Math.ceil((this.blocksCount - this.firstDataBlock) / this.blocksPerGroup);
-    this.reservedGdt = sb.s_reserved_gdt_blocks;
     this.inodeTableBlocks = Math.ceil((this.inodesPerGroup * this.inodeSize) / this.blockSize);
   }
 
@@ -45,7 +43,7 @@ export class FsGeometry {
   }
 
   get gdtBlocks(): number {
-    return Math.ceil((this.groupCount * this.descSize) / this.blockSize);
+    return Math.ceil(this.groupCount / (this.blockSize / this.descSize));
   }
 
   groupOf(block: number): number {
@@ -60,9 +58,9 @@ export class FsGeometry {
     return g === this.groupCount - 1 ? this.blocksCount - this.groupFirst(g) : this.blocksPerGroup;
   }
 
-  /** The descriptor table blocks of the primary copy. */
+  /** Descriptor block i of the primary copy (after the superblock, or in its meta group with meta_bg). */
   gdtBlock(i: number): number {
-    return this.firstDataBlock + 1 + i;
+    return groupDescLocation(i * (this.blockSize / this.descSize), this.sb).block;
   }
 
   decodeGdt(blocks: Buffer[]): GroupDesc[] {
@@ -84,7 +82,7 @@ export class FsGeometry {
     }
     const buf = Buffer.alloc(this.blockSize);
     const first = this.groupFirst(g);
-    if (groupHasSuperblock(g, this.sb)) for (let i = 0; i < 1 + this.gdtBlocks + this.reservedGdt; i++) setBit(buf, i);
+    for (let i = 0, n = groupBaseMetaBlocks(g, this.sb); i < n; i++) setBit(buf, i);
     const mark = (b: number, count: number) => {
       for (let k = 0; k < count; k++) {
         const rel = b + k - first;
