@@ -452,3 +452,19 @@ test.serial('meta_bg, 1 KiB blocks (two meta groups of 16 groups): kfs fills the
     k2.unmount();
   }
 });
+
+test.serial('a whole-disk image (MBR or GPT) is refused with how to reach its partition', async (t) => {
+  const dir = tempDir(t, 'img');
+  const img = join(dir, 'disk.img');
+  fs.writeFileSync(img, Buffer.alloc(4 << 20));
+  const fd = fs.openSync(img, 'r+');
+  fs.writeSync(fd, Buffer.from([0x55, 0xaa]), 0, 2, 510);
+  fs.closeSync(fd);
+  t.regex(await openedOrError(img, true), /^refused: .*bad superblock magic.*an MBR partition table.*partx --show/);
+  const fd2 = fs.openSync(img, 'r+');
+  fs.writeSync(fd2, Buffer.from('EFI PART'), 0, 8, 512);
+  fs.closeSync(fd2);
+  t.regex(await openedOrError(img, true), /a GPT partition table/);
+  fs.writeFileSync(img, Buffer.alloc(4 << 20));
+  t.regex(await openedOrError(img, true), /^refused: [^;]*bad superblock magic 0x0\)$/, 'an image of zeros gets the plain message');
+});

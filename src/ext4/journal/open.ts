@@ -122,6 +122,7 @@ export async function readSuperblockAtOpen(dev: BlockDevice, readOnly: boolean, 
   try {
     sb = checkSuperblock(dev, raw);
   } catch (e) {
+    if (raw.readUInt16LE(0x38) !== EXT4_MAGIC) await explainNotExt4(dev, e as Error);
     // A torn write mixes sectors of two versions of the superblock, which agree on the
     // geometry and the journal's location: the damaged primary still locates the journal
     // (a filesystem of one group has no backup). Failing that, the first backup does.
@@ -136,6 +137,23 @@ export async function readSuperblockAtOpen(dev: BlockDevice, readOnly: boolean, 
     return sb;
   }
   return replay(dev, sb, readOnly, undefined, boot);
+}
+
+/**
+ * An image without the ext4 magic may be a whole disk (a VM's, say) whose ext4 is in a
+ * partition: say so, and where the partitions are, rather than only "bad magic". Throws `e`,
+ * its message extended when the first sectors hold an MBR or a GPT.
+ */
+async function explainNotExt4(dev: BlockDevice, e: Error): Promise<never> {
+  const head = Buffer.alloc(1024);
+  await dev.readAt(head, 0).catch(() => undefined);
+  let table: string | null = null;
+  if (head.toString('latin1', 512, 520) === 'EFI PART') table = 'a GPT partition table';
+  else if (head.readUInt16LE(510) === 0xaa55) table = 'an MBR partition table';
+  if (table) {
+    e.message += `; it starts with ${table}, so it is a whole disk: serve one of its partitions (partx --show ${dev.path} lists them in 512-byte sectors; losetup -o START*512 --sizelimit SECTORS*512 -f --show ${dev.path} makes one a device to mount)`;
+  }
+  throw e;
 }
 
 /** Replay an image's journal if it needs recovery, changing nothing else (kfs fsck). */
