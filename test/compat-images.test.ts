@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import { join } from 'node:path';
 import { Ext4Fs } from '../src/ext4/fs';
 import { createHash } from 'node:crypto';
-import { makeImage, loopMount, fsck, requireRoot, mustRun, tempDir, runCmd, kfsCliPath } from './helpers/image';
+import { makeImage, loopMount, fsck, requireRoot, mustRun, tempDir, runCmd, kfsCliPath, debugfs } from './helpers/image';
 
 const S32_MAX = 2 ** 31 - 1;
 const S32_MIN = -(2 ** 31);
@@ -467,4 +467,35 @@ test.serial('a whole-disk image (MBR or GPT) is refused with how to reach its pa
   t.regex(await openedOrError(img, true), /a GPT partition table/);
   fs.writeFileSync(img, Buffer.alloc(4 << 20));
   t.regex(await openedOrError(img, true), /^refused: [^;]*bad superblock magic 0x0\)$/, 'an image of zeros gets the plain message');
+});
+
+/** Crafted block maps: a block past the end, an indirect block named twice (a loop). EIO, no hang. */
+test.serial('damaged ext2 block maps give EIO, not a hang or a read outside the filesystem', async (t) => {
+  t.timeout(60 * 1000);
+  requireRoot(t);
+  const dir = tempDir(t, 'img');
+  const good = join(dir, 'good.img');
+  mustRun('mkfs.ext2', ['-q', '-F', '-b', '1024', good, '16M']);
+  const k = loopMount(t, good);
+  fs.writeFileSync(join(k.dir, 'f'), Buffer.alloc(300_000, 7)); // direct, single and double indirect
+  k.unmount();
+  const stat = debugfs(good, 'stat /f');
+  const ind = Number(/\(IND\):(\d+)/.exec(stat)![1]);
+  const cases: [string, RegExp][] = [
+    ['block[IND] 99999999', /indirect block 99999999 is past the end/],
+    [`block[DIND] ${ind}`, new RegExp(`indirect block ${ind} is named twice`)],
+    ['block[3] 16384', /data block 16384 is past the end/],
+  ];
+  for (const [change, expect] of cases) {
+    const img = join(dir, 'bad.img');
+    fs.copyFileSync(good, img);
+    debugfs(img, `sif /f ${change}`, { write: true });
+    const f = await Ext4Fs.open(img, { commitIntervalMs: 0, readOnly: true });
+    try {
+      const a = await f.lookup(2, Buffer.from('f'));
+      await t.throwsAsync(() => f.read(a.ino, 0, 300_000), { code: 'EIO', message: expect }, change);
+    } finally {
+      await f.close();
+    }
+  }
 });
