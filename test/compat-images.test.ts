@@ -126,28 +126,31 @@ test.serial('features kfs does not implement: refused by name, or read-only for 
 
 /**
  * sparse_super2: superblock backups only in the (at most two) groups s_backup_bgs names, here
- * groups 1 and 7 of eight. kfs filling the filesystem must not take the last group's backup
- * for free space (sparse_super's rule has none there) nor leave groups 3 and 5's supposed
- * backups marked in use when it first initializes their bitmaps.
+ * groups 1 and 10 of eleven. kfs filling the filesystem must not take group 10's backup (and
+ * its descriptor copy and reserve) for free space (sparse_super's rule has none there) nor
+ * leave groups 3, 5, 7 and 9's supposed backups marked in use when it first initializes their
+ * bitmaps.
  */
 test.serial('sparse_super2: kfs fills the filesystem around the backups s_backup_bgs names', async (t) => {
   t.timeout(2 * 60 * 1000);
-  const img = makeImage(t, { size: '64M', blockSize: 1024, extraArgs: ['-O', 'sparse_super2'] });
-  // The backup in group 7: at its first block, s_magic 0xef53, s_block_group_nr 7.
-  const backupAt = (1 + 7 * 8192) * 1024;
+  const img = makeImage(t, { size: '88M', blockSize: 1024, extraArgs: ['-O', 'sparse_super2'] });
+  t.regex(mustRun('dumpe2fs', ['-h', img]), /Backup block groups:\s+1 10\b/);
+  // The backup in group 10: at its first block, s_magic 0xef53, s_block_group_nr 10; then
+  // the descriptor copy and the reserve (258 blocks in all, compared whole).
+  const backupAt = (1 + 10 * 8192) * 1024;
   const backup = (): Buffer => {
     const fd = fs.openSync(img, 'r');
     try {
-      const b = Buffer.alloc(1024);
-      fs.readSync(fd, b, 0, 1024, backupAt);
+      const b = Buffer.alloc(258 * 1024);
+      fs.readSync(fd, b, 0, b.length, backupAt);
       return b;
     } finally {
       fs.closeSync(fd);
     }
   };
   const before = backup();
-  t.is(before.readUInt16LE(0x38), 0xef53, 'mke2fs put a backup superblock in group 7');
-  t.is(before.readUInt16LE(0x5a), 7);
+  t.is(before.readUInt16LE(0x38), 0xef53, 'mke2fs put a backup superblock in group 10');
+  t.is(before.readUInt16LE(0x5a), 10);
   const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
   const chunk = Buffer.alloc(1 << 20);
   const files: number[] = [];
@@ -168,7 +171,7 @@ test.serial('sparse_super2: kfs fills the filesystem around the backups s_backup
   }
   const r = fsck(img);
   t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
-  t.deepEqual(backup(), before, 'the backup superblock in group 7 is intact');
+  t.true(backup().equals(before), 'the backup superblock, descriptors and reserve in group 10 are intact');
 });
 
 /**
@@ -258,6 +261,7 @@ function blockMappedImage(t: ExecutionContext, mkfs: 'mkfs.ext2' | 'mkfs.ext3'):
     fs.mkdirSync(join(k.dir, 'd'), { mode: 0o750 });
     for (let i = 0; i < 400; i++) fs.writeFileSync(join(k.dir, 'd', `entry-${i}`), `${i}\n`);
     fs.writeFileSync(join(k.dir, 'double'), Buffer.alloc(3 << 20, 'double-indirect '));
+    fs.writeFileSync(join(k.dir, 'victim'), Buffer.alloc(2 << 20, 'to be unlinked '));
     const fd = fs.openSync(join(k.dir, 'sparse'), 'w');
     fs.writeSync(fd, Buffer.from('head'), 0, 4, 0);
     fs.writeSync(fd, Buffer.from('tail of a triple-indirect block'), 0, 31, 80 << 20);
@@ -303,6 +307,7 @@ test.serial('ext3 made ext4 by tune2fs: kfs changes block-mapped files, which be
     for (let i = 400; i < 800; i++) await f.create(d, Buffer.from(`entry-${i}`), 0o644, 0, 0); // the directory grows
     for (let i = 0; i < 100; i++) await f.unlink(d, Buffer.from(`entry-${i}`)); // block-mapped inodes freed
     await f.unlink(2, Buffer.from('slow-link'));
+    await f.unlink(2, Buffer.from('victim')); // its single and double indirect blocks are freed too
   } finally {
     await f.close();
   }
@@ -319,6 +324,7 @@ test.serial('ext3 made ext4 by tune2fs: kfs changes block-mapped files, which be
     t.is(fs.readdirSync(join(k.dir, 'd')).length, 700);
     t.is(fs.readFileSync(join(k.dir, 'd', 'entry-399'), 'utf8'), '399\n');
     t.false(fs.existsSync(join(k.dir, 'slow-link')));
+    t.false(fs.existsSync(join(k.dir, 'victim')));
     t.regex(mustRun('lsattr', ['-d', join(k.dir, 'double')]), /e/, 'the changed file is an extent tree now');
   } finally {
     k.unmount();
@@ -342,6 +348,13 @@ test.serial('ext3 with a journal to replay: kfs reads the block-mapped journal a
     k.unmount();
   }
   t.regex(mustRun('dumpe2fs', ['-h', copy]), /needs_recovery/, 'the copy is a crashed ext3 with a journal to replay');
+  // The directory's block is in the journal: zeroed in the copy, only a replay brings it back.
+  const dirBlock = Number(mustRun('debugfs', ['-c', '-R', 'blocks /d', copy]).trim().split(/\s+/)[0]);
+  t.true(dirBlock > 0);
+  t.regex(mustRun('debugfs', ['-R', 'logdump -a', copy]), new RegExp(`FS block ${dirBlock} logged`), 'the directory block is in the journal');
+  const fd = fs.openSync(copy, 'r+');
+  fs.writeSync(fd, Buffer.alloc(1024), 0, 1024, dirBlock * 1024);
+  fs.closeSync(fd);
   const f = await Ext4Fs.open(copy, { commitIntervalMs: 0, readOnly: true });
   try {
     const d = await f.lookup(2, Buffer.from('d'));

@@ -17,6 +17,14 @@ import { Inode } from './inode';
 
 const DIRECT = 12;
 const I_BLOCK_ENTRIES = 15;
+/** ext4_lblk_t is 32-bit: the kernel never maps a logical block at or past 2^32. */
+const LBLK_LIMIT = 2 ** 32;
+/**
+ * Pieces a map may have. A crafted map of alternating pointers makes one extent per block (a
+ * 128 MiB image made a 1.9 GB map); a real file this fragmented would be one of millions of
+ * blocks scattered one by one, which kfs refuses rather than risk the server's memory.
+ */
+const MAX_EXTENTS = 1 << 20;
 
 /** Read the block map rooted in i_block. Every block number must lie inside the filesystem. */
 export async function loadIndirectMap(ino: number, iBlock: Buffer, io: Pick<ExtentTreeIO, 'blockSize' | 'read' | 'blocksCount'>): Promise<ExtentMap> {
@@ -26,14 +34,19 @@ export async function loadIndirectMap(ino: number, iBlock: Buffer, io: Pick<Exte
   // An indirect block named twice would be walked twice (or, named by itself, without end in a
   // crafted image): each may appear once, which bounds the walk by the filesystem's size.
   const seen = new Set<number>();
+  // No file maps more blocks (data and indirect) than the filesystem has.
+  let pointers = 0;
   const check = (b: number, what: string): void => {
     if (b >= io.blocksCount) throw new CorruptionError(`inode ${ino}: ${what} block ${b} is past the end of the filesystem (${io.blocksCount} blocks)`);
+    if (++pointers > io.blocksCount) throw new CorruptionError(`inode ${ino}: its block map names more blocks than the filesystem has`);
   };
   // Logical blocks come in ascending order: a block continuing the last extent on disk joins it.
   const data = (lblk: number, pblk: number): void => {
     check(pblk, 'data');
+    if (lblk >= LBLK_LIMIT) throw new CorruptionError(`inode ${ino}: block map reaches logical block ${lblk}, past 2^32`);
     const e = map.extents[map.extents.length - 1];
     if (e && e.lblk + e.len === lblk && e.pblk + e.len === pblk && e.len < MAX_INIT_LEN) e.len++;
+    else if (map.extents.length >= MAX_EXTENTS) throw new CorruptionError(`inode ${ino}: block map in over ${MAX_EXTENTS} pieces, more than kfs loads`);
     else map.extents.push({ lblk, pblk, len: 1, unwritten: false });
   };
   // Walk the indirect block `b` of the given level (1: it lists data blocks) mapping from lblk.
@@ -47,6 +60,7 @@ export async function loadIndirectMap(ino: number, iBlock: Buffer, io: Pick<Exte
     for (let k = 0; k < perBlock; k++) {
       const p = buf.readUInt32LE(k * 4);
       if (p === 0) continue;
+      if (lblk + k * span >= LBLK_LIMIT) throw new CorruptionError(`inode ${ino}: block map reaches logical block ${lblk + k * span}, past 2^32`);
       if (level === 1) data(lblk + k, p);
       else await walk(p, level - 1, lblk + k * span);
     }

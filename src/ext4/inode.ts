@@ -192,6 +192,8 @@ const EXTRA_END = {
   i_crtime_extra: InodeLayout.offsetOf('i_crtime_extra') + 4,
 } as const;
 let encodeScratch = Buffer.alloc(INODE_FIELDS_SIZE);
+/** A short inode padded with zeros for decodeInodeFields (which copies what it keeps). */
+const shortInodeScratch = Buffer.alloc(INODE_FIELDS_SIZE);
 
 /**
  * InodeLayout decoded as one object literal in layout order, the same reads Struct.decode makes.
@@ -202,7 +204,11 @@ let encodeScratch = Buffer.alloc(INODE_FIELDS_SIZE);
 function decodeInodeFields(raw: Buffer): InodeFields {
   // A 128-byte inode (s_inode_size 128: mke2fs -I 128, or its "floppy" type) ends before the
   // extra fields; they read as zero (i_extra_isize 0), as Struct.decode read them.
-  if (raw.length < INODE_FIELDS_SIZE) raw = Buffer.concat([raw, Buffer.alloc(INODE_FIELDS_SIZE - raw.length)]);
+  if (raw.length < INODE_FIELDS_SIZE) {
+    raw.copy(shortInodeScratch);
+    shortInodeScratch.fill(0, raw.length);
+    raw = shortInodeScratch;
+  }
   const c = new ByteCursor(raw, 0, INODE_FIELDS_SIZE);
   return {
     i_mode: c.u16(), i_uid: c.u16(), i_size_lo: c.u32(), i_atime: c.u32(), i_ctime: c.u32(), i_mtime: c.u32(),

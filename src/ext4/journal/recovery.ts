@@ -69,11 +69,13 @@ export async function locateJournal(dev: BlockDevice, sb: SuperblockFields): Pro
   };
   let iBlock: Buffer;
   // An extent tree (ext4) or an ext3 block map: the inode's EXTENTS_FL says; the superblock's
-  // copy of i_block does not carry the flags, but an extent root starts with its magic.
+  // copy of i_block does not carry the flags. An extent root there has its magic, eh_max 4 and
+  // a depth of at most 5; a block map's first two words are block numbers, which pass all
+  // three only by accident (a journal at a block ending in 0xf30a passes the first alone).
   let extentTree: boolean;
   if (sb.s_jnl_backup_type === EXT3_JNL_BACKUP_BLOCKS && sb.s_journal_inum === JOURNAL_INO) {
     iBlock = Buffer.from(sb.s_jnl_blocks.subarray(0, 60));
-    extentTree = iBlock.readUInt16LE(0) === EXTENT_MAGIC;
+    extentTree = iBlock.readUInt16LE(0) === EXTENT_MAGIC && iBlock.readUInt16LE(2) <= 4 && iBlock.readUInt16LE(4) === 4 && iBlock.readUInt16LE(6) <= 5;
   } else {
     const descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
     const ino = sb.s_journal_inum;
@@ -116,10 +118,10 @@ export async function readJournalSuperblock(dev: BlockDevice, file: JournalFile)
     jsb.s_feature_ro_compat = 0;
   }
   if (jsb.s_feature_incompat & ~KNOWN_INCOMPAT) {
-    const fc = jsb.s_feature_incompat & JBD2_FEATURE_INCOMPAT_FAST_COMMIT ? ' (fast_commit)' : '';
     // The kernel clears fast_commit at a clean unmount: only a crashed kernel's journal has it,
     // and e2fsck can replay that one.
-    throw new FsError('EINVAL', `the journal uses features kfs does not support: 0x${(jsb.s_feature_incompat & ~KNOWN_INCOMPAT).toString(16)}${fc}; replay it with e2fsck -fy (or mount and unmount it with the kernel's ext4) first`);
+    const fc = jsb.s_feature_incompat & JBD2_FEATURE_INCOMPAT_FAST_COMMIT ? " (fast_commit); replay it with e2fsck -fy (or mount and unmount it with the kernel's ext4) first" : '';
+    throw new FsError('EINVAL', `the journal uses features kfs does not support: 0x${(jsb.s_feature_incompat & ~KNOWN_INCOMPAT).toString(16)}${fc}`);
   }
   if (hasCsum(logFormatOf(jsb)) && journalSuperblockChecksum(raw) !== jsb.s_checksum) {
     throw new CorruptionError('journal superblock checksum mismatch (run e2fsck)');
