@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import { join } from 'node:path';
 import { Ext4Fs } from '../src/ext4/fs';
 import { createHash } from 'node:crypto';
-import { makeImage, loopMount, fsck, requireRoot, mustRun, tempDir, runCmd, kfsCliPath, debugfs } from './helpers/image';
+import { makeImage, loopMount, fsck, fsckCleanAndKernelSees, requireRoot, mustRun, tempDir, runCmd, kfsCliPath, debugfs } from './helpers/image';
 
 const S32_MAX = 2 ** 31 - 1;
 const S32_MIN = -(2 ** 31);
@@ -88,22 +88,17 @@ async function smallInodes(t: ExecutionContext, blockSize: 1024 | 4096): Promise
     await f.close();
   }
 
-  const r = fsck(img);
-  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
-  const k2 = loopMount(t, img, { readOnly: true });
-  try {
-    const st = fs.statSync(join(k2.dir, 'new'), { bigint: true });
+  fsckCleanAndKernelSees(t, img, (dir) => {
+    const st = fs.statSync(join(dir, 'new'), { bigint: true });
     t.is(Number(st.ino), made);
-    t.deepEqual(fs.readFileSync(join(k2.dir, 'new')), fileData(7));
+    t.deepEqual(fs.readFileSync(join(dir, 'new')), fileData(7));
     t.is(st.mtimeNs, BigInt(S32_MAX) * 1_000_000_000n);
     t.is(st.atimeNs, BigInt(S32_MIN) * 1_000_000_000n);
-    t.is(fs.statSync(join(k2.dir, 'x')).mtimeMs, 1_800_000_000_000);
-    t.false(fs.existsSync(join(k2.dir, 'd', 'f3')));
-    t.deepEqual(fs.readFileSync(join(k2.dir, 'moved')), fileData(4));
-    t.is(fs.readdirSync(join(k2.dir, 'd')).length, 398);
-  } finally {
-    k2.unmount();
-  }
+    t.is(fs.statSync(join(dir, 'x')).mtimeMs, 1_800_000_000_000);
+    t.false(fs.existsSync(join(dir, 'd', 'f3')));
+    t.deepEqual(fs.readFileSync(join(dir, 'moved')), fileData(4));
+    t.is(fs.readdirSync(join(dir, 'd')).length, 398);
+  });
 }
 
 test.serial('128-byte inodes, 4 KiB blocks: kernel writes, kfs reads and changes, e2fsck and the kernel agree', (t) => smallInodes(t, 4096));
@@ -189,24 +184,18 @@ test.serial('no filetype feature: kfs writes entries without file types', async 
     for (let i = 0; i < 300; i++) await f.create(d, Buffer.from(`file-with-a-long-name-${i}`), 0o644, 0, 0); // an htree
     await f.symlink(d, Buffer.from('link'), Buffer.from('file-with-a-long-name-1'), 0, 0);
     await f.mknod(d, Buffer.from('fifo'), 0o010644, 0, 0, 0);
-    const sub = (await f.mkdir(d, Buffer.from('sub'), 0o755, 0, 0)).ino;
+    await f.mkdir(d, Buffer.from('sub'), 0o755, 0, 0);
     await f.rename(d, Buffer.from('sub'), 2, Buffer.from('sub2')); // its ".." changes
-    await f.link(sub, 2, Buffer.from('not-allowed')).catch(() => undefined);
     const named = (await f.readdir(d, 0)).filter((e) => e.name.toString() !== '.' && e.name.toString() !== '..');
     t.is(named.length, 302);
     t.true(named.every((e) => e.type === 0), 'readdir reports DT_UNKNOWN for every name');
   } finally {
     await f.close();
   }
-  const r = fsck(img);
-  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
-  const k = loopMount(t, img, { readOnly: true });
-  try {
-    t.is(fs.readdirSync(join(k.dir, 'd')).length, 302);
-    t.true(fs.statSync(join(k.dir, 'sub2')).isDirectory());
-  } finally {
-    k.unmount();
-  }
+  fsckCleanAndKernelSees(t, img, (dir) => {
+    t.is(fs.readdirSync(join(dir, 'd')).length, 302);
+    t.true(fs.statSync(join(dir, 'sub2')).isDirectory());
+  });
 });
 
 /** What the tree below `root` holds, as the kernel shows it: path, type, size, mode, target or content hash. */
@@ -311,24 +300,19 @@ test.serial('ext3 made ext4 by tune2fs: kfs changes block-mapped files, which be
   } finally {
     await f.close();
   }
-  const r = fsck(img);
-  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
-  const k = loopMount(t, img, { readOnly: true });
-  try {
-    const dbl = fs.readFileSync(join(k.dir, 'double'));
+  fsckCleanAndKernelSees(t, img, (dir) => {
+    const dbl = fs.readFileSync(join(dir, 'double'));
     t.is(dbl.length, (3 << 20) + 8);
     t.deepEqual(dbl.subarray(0, 3 << 20), Buffer.alloc(3 << 20, 'double-indirect '));
     t.is(dbl.subarray(3 << 20).toString(), 'appended');
-    t.is(fs.statSync(join(k.dir, 'sparse')).size, 10 << 20);
-    t.is(fs.readFileSync(join(k.dir, 'sparse')).subarray(0, 4).toString(), 'head');
-    t.is(fs.readdirSync(join(k.dir, 'd')).length, 700);
-    t.is(fs.readFileSync(join(k.dir, 'd', 'entry-399'), 'utf8'), '399\n');
-    t.false(fs.existsSync(join(k.dir, 'slow-link')));
-    t.false(fs.existsSync(join(k.dir, 'victim')));
-    t.regex(mustRun('lsattr', ['-d', join(k.dir, 'double')]), /e/, 'the changed file is an extent tree now');
-  } finally {
-    k.unmount();
-  }
+    t.is(fs.statSync(join(dir, 'sparse')).size, 10 << 20);
+    t.is(fs.readFileSync(join(dir, 'sparse')).subarray(0, 4).toString(), 'head');
+    t.is(fs.readdirSync(join(dir, 'd')).length, 700);
+    t.is(fs.readFileSync(join(dir, 'd', 'entry-399'), 'utf8'), '399\n');
+    t.false(fs.existsSync(join(dir, 'slow-link')));
+    t.false(fs.existsSync(join(dir, 'victim')));
+    t.regex(mustRun('lsattr', ['-d', join(dir, 'double')]), /e/, 'the changed file is an extent tree now');
+  });
 });
 
 test.serial('ext3 with a journal to replay: kfs reads the block-mapped journal and replays it in memory', async (t) => {
@@ -451,19 +435,14 @@ test.serial('meta_bg, 1 KiB blocks (two meta groups of 16 groups): kfs fills the
     await f.close();
   }
   t.true(sizes.length >= 12, `filled ${sizes.length} files`);
-  const r = fsck(img);
-  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
-  const k2 = loopMount(t, img, { readOnly: true });
-  try {
+  fsckCleanAndKernelSees(t, img, (dir) => {
     for (let i = 0; i < sizes.length; i += 5) {
-      const b = fs.readFileSync(join(k2.dir, `fill${i}`));
+      const b = fs.readFileSync(join(dir, `fill${i}`));
       t.is(b.length, sizes[i]);
       t.true(b.every((x) => x === i + 1), `fill${i} as kfs wrote it`);
     }
-    t.deepEqual(fs.readFileSync(join(k2.dir, 'old', 'f39')), fileData(39));
-  } finally {
-    k2.unmount();
-  }
+    t.deepEqual(fs.readFileSync(join(dir, 'old', 'f39')), fileData(39));
+  });
 });
 
 test.serial('a whole-disk image (MBR or GPT) is refused with how to reach its partition', async (t) => {

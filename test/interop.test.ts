@@ -19,7 +19,7 @@ import { Ext4Fs, RENAME_EXCHANGE } from '../src/ext4/fs';
 import { Timespec } from '../src/ext4/inode';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../src/ext4/file-io';
 import {
-  makeImage, loopMount, extentInfo, inodeStat, fsck, htreeLevels, bash, mustRun, requireRoot, tempDir, debugfs,
+  makeImage, loopMount, extentInfo, inodeStat, fsck, htreeLevels, bash, mustRun, requireRoot, tempDir, debugfs, fsckCleanAndKernelSees,
 } from './helpers/image';
 import { Checks } from './helpers/checks';
 import {
@@ -647,16 +647,6 @@ test.serial('a. kfs: a directory listed again while unchanged reuses its listing
 });
 
 /** After kfs closed `img`: e2fsck -fn is clean, and `check` runs on the kernel's read-only mount of it. */
-function fsckCleanAndKernelSees(t: ExecutionContext, img: string, check: (dir: string) => void): void {
-  const r = fsck(img);
-  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
-  const k = loopMount(t, img, { readOnly: true });
-  try {
-    check(k.dir);
-  } finally {
-    k.unmount();
-  }
-}
 
 /**
  * Inode changes wait in memory for the next commit (InodeStore.write): when more inodes than the

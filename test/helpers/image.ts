@@ -310,3 +310,15 @@ export function loopMount(t: ExecutionContext, image: string, opts: { readOnly?:
   t.teardown(() => m.unmount());
   return m;
 }
+
+/** e2fsck -fn must pass; then `check` runs against a read-only kernel loop mount of the image. */
+export function fsckCleanAndKernelSees(t: ExecutionContext, img: string, check: (dir: string) => void): void {
+  const r = fsck(img);
+  t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
+  const k = loopMount(t, img, { readOnly: true });
+  try {
+    check(k.dir);
+  } finally {
+    k.unmount();
+  }
+}
