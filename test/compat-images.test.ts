@@ -405,10 +405,28 @@ test.serial('a crashed fast_commit journal: refused with the way out, readable a
   }
 });
 
-test.serial('meta_bg, 1 KiB blocks (two meta groups of 16 groups): kfs fills the filesystem around the descriptor blocks', async (t) => {
+/**
+ * Two meta_bg layouts: mke2fs's (s_first_meta_bg 0: two meta groups of 16 groups, 64-byte
+ * descriptors), and resize2fs's kind, where the first meta groups keep the old layout
+ * (MKE2FS_FIRST_META_BG=2; 32-byte descriptors, 32 groups a meta group: two descriptor blocks
+ * after the superblock for the first 64 groups, then a partial third meta group of 11 without
+ * the third descriptor copy its last group would hold), with sparse_super2's backups in
+ * groups 1 and 74 (74: a superblock copy and no descriptor block).
+ */
+const META_BG_LAYOUTS: { title: string; size: string; args: string[]; env?: NodeJS.ProcessEnv; firstMetaBg: number }[] = [
+  { title: 'two meta groups of 16 groups', size: '256M', args: ['-O', 'meta_bg,^resize_inode'], firstMetaBg: 0 },
+  {
+    title: 's_first_meta_bg 2, 32-byte descriptors, a partial last meta group, sparse_super2 backups in groups 1 and 74', size: '600M',
+    args: ['-O', 'meta_bg,^resize_inode,^64bit,sparse_super2', '-E', 'num_backup_sb=2'], env: { ...process.env, MKE2FS_FIRST_META_BG: '2' }, firstMetaBg: 2,
+  },
+];
+
+for (const layout of META_BG_LAYOUTS) test.serial(`meta_bg, 1 KiB blocks (${layout.title}): kfs fills the filesystem around the descriptor blocks`, async (t) => {
   t.timeout(2 * 60 * 1000);
   requireRoot(t);
-  const img = makeImage(t, { size: '256M', blockSize: 1024, extraArgs: ['-O', 'meta_bg,^resize_inode'] });
+  const img = join(tempDir(t, 'img'), 'meta.img');
+  mustRun('mkfs.ext4', ['-q', '-F', '-b', '1024', ...layout.args, img, layout.size], { env: layout.env });
+  t.regex(mustRun('dumpe2fs', ['-h', img]), new RegExp(layout.firstMetaBg ? `First meta block group:\\s+${layout.firstMetaBg}\\b` : 'meta_bg'));
   const k = loopMount(t, img);
   fs.mkdirSync(join(k.dir, 'old'));
   for (let i = 0; i < 40; i++) fs.writeFileSync(join(k.dir, 'old', `f${i}`), fileData(i));
@@ -422,14 +440,13 @@ test.serial('meta_bg, 1 KiB blocks (two meta groups of 16 groups): kfs fills the
     // 16 MiB files until the space runs out: every group, both meta groups, gets data.
     for (let i = 0; ; i++) {
       const a = await f.create(2, Buffer.from(`fill${i}`), 0o644, 0, 0);
-      try {
-        await f.write(a.ino, 0, Buffer.alloc(16 << 20, i + 1));
-        sizes.push(16 << 20);
-      } catch (e) {
-        t.is((e as { code?: string }).code, 'ENOSPC');
-        sizes.push((await f.getattr(a.ino)).size);
-        break;
-      }
+      // A write at a full disk comes back short, or fails ENOSPC when nothing fit.
+      const n = await f.write(a.ino, 0, Buffer.alloc(16 << 20, i + 1)).catch((e: { code?: string }) => {
+        t.is(e.code, 'ENOSPC');
+        return 0;
+      });
+      sizes.push(n);
+      if (n < 16 << 20) break;
     }
   } finally {
     await f.close();
@@ -445,18 +462,31 @@ test.serial('meta_bg, 1 KiB blocks (two meta groups of 16 groups): kfs fills the
   });
 });
 
-test.serial('a whole-disk image (MBR or GPT) is refused with how to reach its partition', async (t) => {
+test.serial('a whole-disk image (MBR or GPT) is refused with how to reach its partition; a FAT image is not called one', async (t) => {
   const dir = tempDir(t, 'img');
   const img = join(dir, 'disk.img');
+  const write = (bytes: Buffer, at: number): void => {
+    const fd = fs.openSync(img, 'r+');
+    fs.writeSync(fd, bytes, 0, bytes.length, at);
+    fs.closeSync(fd);
+  };
+  // An MBR: one Linux partition (type 0x83) from sector 2048.
   fs.writeFileSync(img, Buffer.alloc(4 << 20));
-  const fd = fs.openSync(img, 'r+');
-  fs.writeSync(fd, Buffer.from([0x55, 0xaa]), 0, 2, 510);
-  fs.closeSync(fd);
+  const entry = Buffer.alloc(16);
+  entry[4] = 0x83;
+  entry.writeUInt32LE(2048, 8);
+  entry.writeUInt32LE(4096, 12);
+  write(entry, 446);
+  write(Buffer.from([0x55, 0xaa]), 510);
   t.regex(await openedOrError(img, true), /^refused: .*bad superblock magic.*an MBR partition table.*partx --show/);
-  const fd2 = fs.openSync(img, 'r+');
-  fs.writeSync(fd2, Buffer.from('EFI PART'), 0, 8, 512);
-  fs.closeSync(fd2);
+  write(Buffer.from('EFI PART'), 512);
   t.regex(await openedOrError(img, true), /a GPT partition table/);
+  // A FAT boot sector ends in 0x55aa too; its "FAT" type string says what it is.
+  fs.writeFileSync(img, Buffer.alloc(4 << 20));
+  write(entry, 446);
+  write(Buffer.from([0x55, 0xaa]), 510);
+  write(Buffer.from('FAT32   '), 82);
+  t.regex(await openedOrError(img, true), /^refused: [^;]*bad superblock magic 0x0\)$/, 'a FAT image is not called a disk');
   fs.writeFileSync(img, Buffer.alloc(4 << 20));
   t.regex(await openedOrError(img, true), /^refused: [^;]*bad superblock magic 0x0\)$/, 'an image of zeros gets the plain message');
 });
@@ -489,5 +519,19 @@ test.serial('damaged ext2 block maps give EIO, not a hang or a read outside the 
     } finally {
       await f.close();
     }
+  }
+});
+
+/** Superblock values the kernel refuses at mount (ext4_fill_super) are damage, caught before they cost anything. */
+test.serial('an impossible first meta group or descriptor size is refused as damage', async (t) => {
+  const cases: { args: string[]; set: string; expect: RegExp }[] = [
+    { args: ['-O', 'meta_bg,^resize_inode'], set: 'first_meta_bg 4000000000', expect: /first meta group 4000000000 is past the \d+ descriptor blocks/ },
+    { args: [], set: 'desc_size 16', expect: /descriptor size 16 is impossible/ },
+    { args: [], set: 'desc_size 96', expect: /descriptor size 96 is impossible/ },
+  ];
+  for (const c of cases) {
+    const img = makeImage(t, { size: '64M', extraArgs: c.args, name: `${c.set.replace(/\W/g, '')}.img` });
+    debugfs(img, `ssv ${c.set}`, { write: true });
+    t.regex(await openedOrError(img), c.expect, c.set);
   }
 });

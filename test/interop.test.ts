@@ -646,8 +646,6 @@ test.serial('a. kfs: a directory listed again while unchanged reuses its listing
   });
 });
 
-/** After kfs closed `img`: e2fsck -fn is clean, and `check` runs on the kernel's read-only mount of it. */
-
 /**
  * Inode changes wait in memory for the next commit (InodeStore.write): when more inodes than the
  * cache holds (20000) change with no commit, the cache trim must write each one before dropping

@@ -311,7 +311,7 @@ export function loopMount(t: ExecutionContext, image: string, opts: { readOnly?:
   return m;
 }
 
-/** e2fsck -fn must pass; then `check` runs against a read-only kernel loop mount of the image. */
+/** After kfs closed `img`: e2fsck -fn must pass, then `check` runs on the kernel's read-only loop mount of it. */
 export function fsckCleanAndKernelSees(t: ExecutionContext, img: string, check: (dir: string) => void): void {
   const r = fsck(img);
   t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);

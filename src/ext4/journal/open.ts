@@ -34,6 +34,16 @@ export function checkSuperblock(dev: BlockDevice, raw: Buffer): SuperblockFields
   if (sb.s_first_data_block >= sbBlocksCount(sb) || sb.s_first_data_block > (sb.s_log_block_size === 0 ? 1 : 0)) {
     throw new CorruptionError(`superblock's first data block ${sb.s_first_data_block} is impossible for ${1024 << sb.s_log_block_size}-byte blocks`);
   }
+  // ext4_fill_super: a 64-bit descriptor is a power of two from 64 to 1024 bytes; meta_bg's
+  // first meta group cannot lie past the descriptor blocks (CVE-2016-10208).
+  if (sb.s_feature_incompat & INCOMPAT['64bit'] && (sb.s_desc_size < 64 || sb.s_desc_size > 1024 || (sb.s_desc_size & (sb.s_desc_size - 1)) !== 0)) {
+    throw new CorruptionError(`superblock's descriptor size ${sb.s_desc_size} is impossible`);
+  }
+  if (sb.s_feature_incompat & INCOMPAT.meta_bg) {
+    const perBlock = (1024 << sb.s_log_block_size) / (sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32);
+    const descBlocks = Math.ceil(Math.ceil((sbBlocksCount(sb) - sb.s_first_data_block) / sb.s_blocks_per_group) / perBlock);
+    if (sb.s_first_meta_bg > descBlocks) throw new CorruptionError(`superblock's first meta group ${sb.s_first_meta_bg} is past the ${descBlocks} descriptor blocks`);
+  }
   if (sb.s_feature_ro_compat & RO_COMPAT.metadata_csum) {
     if (sb.s_checksum_type !== 1) throw new CorruptionError(`unknown superblock checksum type ${sb.s_checksum_type}`);
     if (superblockChecksum(raw) !== sb.s_checksum) throw new CorruptionError('superblock checksum mismatch (try e2fsck -b <backup> to recover)');
@@ -149,11 +159,27 @@ async function explainNotExt4(dev: BlockDevice, e: Error): Promise<never> {
   await dev.readAt(head, 0).catch(() => undefined);
   let table: string | null = null;
   if (head.toString('latin1', 512, 520) === 'EFI PART') table = 'a GPT partition table';
-  else if (head.readUInt16LE(510) === 0xaa55) table = 'an MBR partition table';
+  else if (head.readUInt16LE(510) === 0xaa55 && !isFatOrNtfs(head) && hasMbrPartition(head, dev.size)) table = 'an MBR partition table';
   if (table) {
     e.message += `; it starts with ${table}, so it is a whole disk: serve one of its partitions (partx --show ${dev.path} lists them in 512-byte sectors; losetup -o START*512 --sizelimit SECTORS*512 -f --show ${dev.path} makes one a device to mount)`;
   }
   throw e;
+}
+
+/** A FAT, NTFS or exFAT boot sector also ends in 0x55aa: their OEM and type strings tell. */
+function isFatOrNtfs(sector: Buffer): boolean {
+  const oem = sector.toString('latin1', 3, 11);
+  return oem === 'NTFS    ' || oem === 'EXFAT   ' || sector.toString('latin1', 54, 57) === 'FAT' || sector.toString('latin1', 82, 85) === 'FAT';
+}
+
+/** An MBR entry (of four at 446) that could be a partition: boot flag 0 or 0x80, a type, a start inside the image. */
+function hasMbrPartition(sector: Buffer, size: number): boolean {
+  for (let i = 0; i < 4; i++) {
+    const e = 446 + 16 * i;
+    const start = sector.readUInt32LE(e + 8);
+    if ((sector[e] === 0 || sector[e] === 0x80) && sector[e + 4] !== 0 && start >= 1 && start * 512 < size) return true;
+  }
+  return false;
 }
 
 /** Replay an image's journal if it needs recovery, changing nothing else (kfs fsck). */
