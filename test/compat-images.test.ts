@@ -10,6 +10,8 @@
  *    extent tree and its indirect blocks are reused or freed (ext4_ext_migrate's outcome).
  *  - meta_bg: each meta group's descriptor block at the start of its first group, with backups
  *    in its second and last; kfs finds the descriptors there and allocates around them.
+ *  - inline_data: files and directories whose bytes live in the inode (i_block, then the
+ *    system.data xattr) are read as the kernel shows them; the filesystem opens read-only.
  *  - features kfs does not implement: refused at open with the feature's name (incompat ones
  *    and bigalloc, whose cluster-counted geometry must not be taken for damage), or opened
  *    read-only (unknown ro_compat features such as quota), as the kernel does.
@@ -108,7 +110,7 @@ test.serial('features kfs does not implement: refused by name, or read-only for 
   t.timeout(2 * 60 * 1000);
   const cases: { args: string[]; expect: RegExp }[] = [
     { args: ['-O', 'bigalloc', '-C', '16384'], expect: /^refused: .*does not support: bigalloc/ },
-    { args: ['-O', 'inline_data'], expect: /^refused: .*does not support: inline_data/ },
+    { args: ['-O', 'inline_data'], expect: /^opened read-only$/ },
     { args: ['-O', 'encrypt'], expect: /^refused: .*does not support: encrypt/ },
     { args: ['-O', 'quota'], expect: /^opened read-only$/ },
   ];
@@ -534,4 +536,46 @@ test.serial('an impossible first meta group or descriptor size is refused as dam
     debugfs(img, `ssv ${c.set}`, { write: true });
     t.regex(await openedOrError(img), c.expect, c.set);
   }
+});
+
+test.serial('inline_data image: kfs reads inline files and directories as the kernel does, read-only', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '64M', extraArgs: ['-O', 'inline_data'] });
+  const k = loopMount(t, img);
+  let tree: string[];
+  const sizes = [0, 1, 59, 60, 61, 100, 140, 150, 5000];
+  try {
+    for (const n of sizes) fs.writeFileSync(join(k.dir, `f${n}`), Buffer.alloc(n, `inline ${n} `));
+    fs.mkdirSync(join(k.dir, 'small'));
+    for (let i = 0; i < 4; i++) fs.writeFileSync(join(k.dir, 'small', `t${i}`), `tiny ${i}`);
+    fs.mkdirSync(join(k.dir, 'empty'));
+    fs.mkdirSync(join(k.dir, 'grown'));
+    for (let i = 0; i < 200; i++) fs.writeFileSync(join(k.dir, 'grown', `entry-${i}`), `${i}`);
+    fs.symlinkSync('s'.repeat(100), join(k.dir, 'slow-link'));
+    mustRun('setfattr', ['-n', 'user.a', '-v', 'kept', join(k.dir, 'f100')]);
+    tree = hostTree(k.dir);
+    t.regex(mustRun('lsattr', ['-d', join(k.dir, 'small'), join(k.dir, 'f100')]), /N.* .*small\n.*N.* .*f100/, 'the kernel made them inline');
+  } finally {
+    k.unmount();
+  }
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  try {
+    t.true(f.readOnly, 'inline_data: read-only');
+    t.deepEqual(await kfsTree(f), tree);
+    const f100 = await f.lookup(2, Buffer.from('f100'));
+    t.deepEqual(await f.listxattr(f100.ino), ['user.a'], 'system.data is not a user attribute');
+    t.is(await f.getxattrOrNull(f100.ino, 'system.data'), null);
+    // readInto over two views (the guest's buffers), from an offset inside i_block to past it.
+    const a = Buffer.alloc(30);
+    const b = Buffer.alloc(60);
+    t.is(await f.readInto(f100.ino, 40, 90, [a, b]), 60);
+    t.deepEqual(Buffer.concat([a, b]).subarray(0, 60), Buffer.alloc(100, 'inline 100 ').subarray(40));
+    t.is(await f.lseek(f100.ino, 10, 3 /* SEEK_DATA */), 10);
+    t.is(await f.lseek(f100.ino, 10, 4 /* SEEK_HOLE */), 100);
+    await t.throwsAsync(() => f.create(2, Buffer.from('new'), 0o644, 0, 0), { code: 'EROFS' });
+  } finally {
+    await f.close();
+  }
+  t.is(fsck(img).code, 0);
 });

@@ -116,6 +116,7 @@ export class Ext4Fs {
   private constructor(readonly vol: Volume) {
     this.store = new InodeStore(vol);
     this.xattrs = new XattrStore(this.store);
+    this.store.inlineTail = (st) => this.xattrs.find(st, INLINE_DATA_XATTR);
     this.files = new FileIO(this.store);
     // Large fallocate/truncate/punch: commit between steps before the transaction outgrows the log.
     this.files.step = async () => {
@@ -931,10 +932,12 @@ export class Ext4Fs {
   // ---- xattrs ----
 
   getxattr(ino: number, name: string): Promise<Buffer> {
+    if (name === INLINE_DATA_XATTR) return Promise.reject(new FsError('ENODATA', `${name} is ext4's own`));
     return this.run(async () => this.xattrs.get(await this.store.get(ino), name));
   }
   /** getxattr, with null for an absent attribute (the kernel asks for security.capability on every write). */
   getxattrOrNull(ino: number, name: string): Promise<Buffer | null> {
+    if (name === INLINE_DATA_XATTR) return Promise.resolve(null);
     return this.run(async () => this.xattrs.find(await this.store.get(ino), name));
   }
   /** No extended attributes at all (in the inode or a block): getxattr of any name is ENODATA. */
@@ -942,7 +945,7 @@ export class Ext4Fs {
     return this.xattrs.none(st);
   }
   listxattr(ino: number): Promise<string[]> {
-    return this.run(async () => this.xattrs.list(await this.store.get(ino)));
+    return this.run(async () => (await this.xattrs.list(await this.store.get(ino))).filter((n) => n !== INLINE_DATA_XATTR));
   }
   setxattr(ino: number, name: string, value: Buffer, flags = 0): Promise<void> {
     return this.run(async () => {
@@ -1166,6 +1169,9 @@ export class Ext4Fs {
     });
   }
 }
+
+/** Where an inline-data inode keeps its bytes past i_block (fs/ext4/inline.c): not a user's xattr, so hidden as the kernel hides it. */
+const INLINE_DATA_XATTR = 'system.data';
 
 /** ext4 stores seconds in 34 bits from -2^31 (1901) to 2^34 - 2^31 - 1 (2446); beyond: clamp. */
 const TIME_MIN = -(2 ** 31);

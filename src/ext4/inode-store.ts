@@ -12,6 +12,7 @@ import { Inode, INODE_FLAGS, S_IFDIR, Timespec } from './inode';
 import { ExtentMap, ExtentTreeIO } from './extents';
 import { holdsBlockMap, loadIndirectMap } from './indirect';
 import { DirIO, Directory } from './directory';
+import { FT, direntSize, entriesEnd, packDirBlock, parseDirBlock, sealDirBlock } from './dirent';
 import { INCOMPAT, COMPAT } from './superblock';
 
 export interface InodeState {
@@ -503,7 +504,20 @@ export class InodeStore {
   }
 
   /** The directory I/O adapter for the Directory code. */
+  /**
+   * The rest of an inline-data inode after its 60 bytes of i_block: the value of its
+   * system.data xattr (fs/ext4/inline.c). Set by Ext4Fs, which owns the xattr code.
+   */
+  inlineTail: ((st: InodeState) => Promise<Buffer | null>) | null = null;
+
+  /** All of an inline-data inode's bytes (EXT4_INLINE_DATA_FL): i_block, then system.data. */
+  async inlineData(st: InodeState): Promise<Buffer> {
+    const tail = this.inlineTail ? await this.inlineTail(st) : null;
+    return tail && tail.length ? Buffer.concat([st.inode.f.i_block, tail]) : Buffer.from(st.inode.f.i_block);
+  }
+
   dirIO(st: InodeState): DirIO {
+    if (st.inode.hasFlag(INODE_FLAGS.INLINE_DATA)) return inlineDirIO(this, st);
     const vol = this.vol;
     const inode = st.inode;
     const bs = vol.blockSize;
@@ -556,3 +570,61 @@ export class InodeStore {
     };
   }
 }
+
+/**
+ * An inline directory (EXT4_INLINE_DATA_FL) seen as one linear block, read-only: i_block holds
+ * the parent's inode number (no "." or ".." entries) and then entries to byte 60, system.data
+ * holds more entries (ext4_inline_data_dirent...). They are packed, after "." and "..", into a
+ * block of the usual size, so Directory lists and looks up in it as in any one-block directory.
+ * kfs opens inline_data filesystems read-only, so nothing ever writes through it.
+ */
+function inlineDirIO(store: InodeStore, st: InodeState): DirIO {
+  const vol = store.vol;
+  const inode = st.inode;
+  const bs = vol.blockSize;
+  const csumSeed = store.csumSeedOf(inode);
+  const where = `inline directory inode ${inode.ino}`;
+  const block = async (): Promise<Buffer> => {
+    const raw = await store.inlineData(st);
+    if (raw.length < 60) throw new CorruptionError(`${where}: i_block is ${raw.length} bytes`);
+    const dirType = vol.hasIncompat(INCOMPAT.filetype) ? FT.DIR : 0;
+    const entries: { inode: number; name: Buffer; fileType: number }[] = [
+      { inode: inode.ino, name: Buffer.from('.'), fileType: dirType },
+      { inode: raw.readUInt32LE(0), name: Buffer.from('..'), fileType: dirType },
+    ];
+    for (const part of [raw.subarray(4, 60), raw.subarray(60)]) {
+      if (part.length === 0) continue;
+      for (const d of parseDirBlock(part, part.length, where)) if (d.inode) entries.push({ inode: d.inode, name: Buffer.from(d.name), fileType: d.fileType });
+    }
+    const buf = Buffer.alloc(bs);
+    const end = entriesEnd(bs, csumSeed !== null);
+    let need = 0;
+    for (const e of entries) need += direntSize(e.name.length);
+    if (need > end) throw new CorruptionError(`${where}: its entries do not fit a block`);
+    packDirBlock(buf, end, entries);
+    sealDirBlock(buf, csumSeed);
+    return buf;
+  };
+  const readOnly = (): never => {
+    throw new FsError('EROFS', `${where}: kfs does not write inline directories`);
+  };
+  return {
+    ino: inode.ino,
+    blockSize: bs,
+    csumSeed,
+    blockCount: () => 1,
+    read: (lblk) => (lblk === 0 ? block() : Promise.reject(new CorruptionError(`${where} has no block ${lblk}`))),
+    readVerified: (lblk) => (lblk === 0 ? block() : Promise.reject(new CorruptionError(`${where} has no block ${lblk}`))),
+    peek: () => null,
+    dirty: readOnly,
+    append: () => Promise.reject(new FsError('EROFS', `${where}: kfs does not write inline directories`)),
+    indexed: false,
+    setIndexed: readOnly,
+    dirIndex: vol.hasCompat(COMPAT.dir_index),
+    defHashVersion: vol.sb.s_def_hash_version,
+    unsignedDelta: vol.hashUnsignedDelta,
+    hashSeed: vol.sb.s_hash_seed,
+    largeDir: vol.hasIncompat(INCOMPAT.large_dir),
+  };
+}
+

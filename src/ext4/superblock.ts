@@ -64,6 +64,8 @@ export const RO_COMPAT = {
 } as const;
 
 /** What kfs implements. Unknown incompat: refuse; unknown ro_compat: read-only; compat: ignore. */
+/** Incompat features kfs reads but does not write: such an image opens read-only (Volume.fromDevice). */
+export const READABLE_INCOMPAT = INCOMPAT.inline_data;
 export const SUPPORTED_INCOMPAT = INCOMPAT.filetype | INCOMPAT.recover | INCOMPAT.extent | INCOMPAT['64bit'] |
   INCOMPAT.flex_bg | INCOMPAT.csum_seed | INCOMPAT.large_dir | INCOMPAT.meta_bg;
 export const SUPPORTED_RO_COMPAT = RO_COMPAT.sparse_super | RO_COMPAT.large_file | RO_COMPAT.huge_file |
