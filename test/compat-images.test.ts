@@ -571,6 +571,7 @@ test.serial('inline_data image: kfs reads inline files and directories as the ke
     const b = Buffer.alloc(60);
     t.is(await f.readInto(f100.ino, 40, 90, [a, b]), 60);
     t.deepEqual(Buffer.concat([a, b]).subarray(0, 60), Buffer.alloc(100, 'inline 100 ').subarray(40));
+    await t.throwsAsync(() => f.getxattr(f100.ino, 'system.data'), { code: 'EOPNOTSUPP' });
     t.is(await f.lseek(f100.ino, 10, 3 /* SEEK_DATA */), 10);
     t.is(await f.lseek(f100.ino, 10, 4 /* SEEK_HOLE */), 100);
     await t.throwsAsync(() => f.create(2, Buffer.from('new'), 0o644, 0, 0), { code: 'EROFS' });
@@ -578,4 +579,56 @@ test.serial('inline_data image: kfs reads inline files and directories as the ke
     await f.close();
   }
   t.is(fsck(img).code, 0);
+});
+
+/**
+ * Inline directories and files in corners: 1 KiB inodes, so a directory's entries spill from
+ * i_block into system.data, with some deleted (gaps); one below a subdirectory (its ".." is
+ * not the root); then, by debugfs, a size past the stored bytes (zeros, as the kernel reads),
+ * both the inline and extents flags (damage, as ext4_iget says), and an inline file whose
+ * system.data is gone (damage).
+ */
+test.serial('inline_data corners: entries in system.data, "..", a size past the data, damaged flags', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '64M', extraArgs: ['-O', 'inline_data', '-I', '1024'] });
+  const k = loopMount(t, img);
+  let grown: Buffer;
+  try {
+    fs.mkdirSync(join(k.dir, 'sub'));
+    fs.mkdirSync(join(k.dir, 'sub', 'inl'));
+    for (let i = 0; i < 16; i++) fs.writeFileSync(join(k.dir, 'sub', 'inl', `a-long-entry-name-${i}`), `${i}`);
+    for (const i of [1, 5, 6, 11]) fs.unlinkSync(join(k.dir, 'sub', 'inl', `a-long-entry-name-${i}`));
+    fs.writeFileSync(join(k.dir, 'f60'), Buffer.alloc(60, 'sixty '));
+    fs.writeFileSync(join(k.dir, 'both'), Buffer.alloc(30, 'b'));
+    fs.writeFileSync(join(k.dir, 'gone'), Buffer.alloc(30, 'g'));
+    t.regex(mustRun('lsattr', ['-d', join(k.dir, 'sub', 'inl')]), /^\S*N\S* /, 'the directory is still inline');
+  } finally {
+    k.unmount();
+  }
+  t.true(Number(/Size of inline data: (\d+)/.exec(debugfs(img, 'stat /sub/inl'))![1]) > 60, 'its entries reach into system.data');
+  debugfs(img, ['sif /f60 size 5000', 'sif /both flags 0x10080000', 'ea_rm /gone system.data'], { write: true });
+  const k2 = loopMount(t, img, { readOnly: true });
+  try {
+    grown = fs.readFileSync(join(k2.dir, 'f60'));
+  } finally {
+    k2.unmount();
+  }
+  t.is(grown.length, 5000);
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0, readOnly: true });
+  try {
+    const sub = (await f.lookup(2, Buffer.from('sub'))).ino;
+    const inl = (await f.lookup(sub, Buffer.from('inl'))).ino;
+    t.is((await f.lookup(inl, Buffer.from('..'))).ino, sub, '".." of an inline directory');
+    const listed = (await f.readdir(inl, 0)).map((e) => e.name.toString()).sort();
+    t.deepEqual(listed, ['.', '..', ...[0, 2, 3, 4, 7, 8, 9, 10, 12, 13, 14, 15].map((i) => `a-long-entry-name-${i}`)].sort());
+    const f60 = await f.lookup(2, Buffer.from('f60'));
+    t.deepEqual(await f.read(f60.ino, 0, 6000), grown, 'past the stored bytes: zeros, as the kernel reads');
+    const both = await f.lookupOrNull(2, Buffer.from('both')).catch((e: Error) => e);
+    t.regex(String(both instanceof Error ? both.message : 'no error'), /both inline data and extents flags/);
+    const gone = await f.lookup(2, Buffer.from('gone'));
+    await t.throwsAsync(() => f.read(gone.ino, 0, 100), { code: 'EIO', message: /no system.data/ });
+  } finally {
+    await f.close();
+  }
 });

@@ -4,7 +4,7 @@
  * Unwritten extents read as zeros; partial blocks written into holes or unwritten extents are
  * zero-filled around the data so that no stale disk content is ever exposed.
  */
-import { CorruptionError, FsError } from '../util/errors';
+import { FsError } from '../util/errors';
 import { INODE_FLAGS } from './inode';
 import { InodeStore, InodeState } from './inode-store';
 import type { ExtentMap } from './extents';
@@ -98,10 +98,13 @@ export class FileIO {
   async planRead(st: InodeState, offset: number, length: number, alloc = true): Promise<ReadPlan> {
     if (offset >= st.inode.size || length <= 0) return { out: Buffer.alloc(0), length: 0, segments: [] };
     if (st.inode.hasFlag(INODE_FLAGS.INLINE_DATA)) {
+      // Past what is stored, up to the size, reads as zeros (ext4_read_inline_folio).
       length = Math.min(length, st.inode.size - offset);
       const data = await this.store.inlineData(st);
-      if (data.length < st.inode.size) throw new CorruptionError(`inode ${st.inode.ino}: ${data.length} bytes of inline data for a size of ${st.inode.size}`);
-      return { out: alloc ? Buffer.alloc(length) : Buffer.alloc(0), length, segments: [], inline: data.subarray(offset, offset + length) };
+      const inline = data.subarray(Math.min(offset, data.length), Math.min(offset + length, data.length));
+      const out = alloc ? Buffer.alloc(length) : Buffer.alloc(0);
+      if (alloc) inline.copy(out); // in the plan already: a caller may take out without readPlanned
+      return { out, length, segments: [], inline };
     }
     return this.planMapped(st, await this.store.extents(st), offset, length, alloc);
   }
@@ -168,6 +171,7 @@ export class FileIO {
     const dev = this.store.vol.dev;
     if (plan.inline) {
       copyInto(dest, plan.inline);
+      if (plan.inline.length < plan.length) zeroRange(dest, plan.inline.length, plan.length);
       return plan.length;
     }
     const io: Promise<void>[] = [];
@@ -197,7 +201,6 @@ export class FileIO {
   /** Read a plan's segments (holes and unwritten extents stay zero). */
   async readPlanned(plan: ReadPlan): Promise<Buffer> {
     const dev = this.store.vol.dev;
-    if (plan.inline) plan.inline.copy(plan.out);
     await Promise.all(plan.segments.map((g) => dev.readAt(plan.out, g.disk, g.at, g.len)));
     return plan.out;
   }

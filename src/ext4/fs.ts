@@ -116,7 +116,7 @@ export class Ext4Fs {
   private constructor(readonly vol: Volume) {
     this.store = new InodeStore(vol);
     this.xattrs = new XattrStore(this.store);
-    this.store.inlineTail = (st) => this.xattrs.find(st, INLINE_DATA_XATTR);
+    this.store.inlineTail = (st) => this.xattrs.findInInode(st, INLINE_DATA_XATTR);
     this.files = new FileIO(this.store);
     // Large fallocate/truncate/punch: commit between steps before the transaction outgrows the log.
     this.files.step = async () => {
@@ -932,7 +932,7 @@ export class Ext4Fs {
   // ---- xattrs ----
 
   getxattr(ino: number, name: string): Promise<Buffer> {
-    if (name === INLINE_DATA_XATTR) return Promise.reject(new FsError('ENODATA', `${name} is ext4's own`));
+    if (name === INLINE_DATA_XATTR) return Promise.reject(new FsError('EOPNOTSUPP', `${name} is ext4's own`));
     return this.run(async () => this.xattrs.get(await this.store.get(ino), name));
   }
   /** getxattr, with null for an absent attribute (the kernel asks for security.capability on every write). */

@@ -27,6 +27,13 @@ export interface InodeState {
 }
 
 /** Every state has the same shape (one hidden class keeps property loads monomorphic). */
+/** Flags no inode may carry together: ext4_iget refuses inline data with extents (EUCLEAN). */
+function checkFlags(inode: Inode): void {
+  if (inode.hasFlag(INODE_FLAGS.INLINE_DATA) && inode.hasFlag(INODE_FLAGS.EXTENTS)) {
+    throw new CorruptionError(`inode ${inode.ino} has both inline data and extents flags`);
+  }
+}
+
 function newState(inode: Inode, extents: ExtentMap | null): InodeState {
   return { inode, extents, openCount: 0, ref: false, dir: null };
 }
@@ -86,6 +93,7 @@ export class InodeStore {
     if (!Number.isInteger(ino) || ino < 1 || ino > this.vol.inodesCount) throw new FsError('ESTALE', `inode ${ino} does not exist`);
     const inode = await this.vol.readInode(ino);
     if (inode.links === 0 || inode.mode === 0) throw new FsError('ESTALE', `inode ${ino} is not in use`);
+    checkFlags(inode);
     st = newState(inode, null);
     this.states.set(ino, st);
     return st;
@@ -112,6 +120,7 @@ export class InodeStore {
         return undefined;
       }
       if (!inode || inode.links === 0 || inode.mode === 0) return undefined;
+      if (inode.hasFlag(INODE_FLAGS.INLINE_DATA) && inode.hasFlag(INODE_FLAGS.EXTENTS)) return undefined; // get() says why
       st = newState(inode, null);
       this.states.set(ino, st);
     }
@@ -130,7 +139,7 @@ export class InodeStore {
     if (st.extents) return st.extents;
     const inode = st.inode;
     if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) {
-      if (inode.hasFlag(INODE_FLAGS.INLINE_DATA)) throw new FsError('EOPNOTSUPP', `inode ${inode.ino} uses inline data, which kfs does not support`);
+      if (inode.hasFlag(INODE_FLAGS.INLINE_DATA)) throw new FsError('EOPNOTSUPP', `inode ${inode.ino} keeps its data inline: it has no blocks to map`);
       // Block-mapped (ext2/3 style): read into the same map; a change stores it as an extent
       // tree (indirect.ts). A device node's or fast symlink's i_block holds no blocks.
       if (!holdsBlockMap(inode) || inode.f.i_block.every((b) => b === 0)) return this.attachMap(st, new ExtentMap());
@@ -508,12 +517,16 @@ export class InodeStore {
    * The rest of an inline-data inode after its 60 bytes of i_block: the value of its
    * system.data xattr (fs/ext4/inline.c). Set by Ext4Fs, which owns the xattr code.
    */
-  inlineTail: ((st: InodeState) => Promise<Buffer | null>) | null = null;
+  inlineTail: ((st: InodeState) => Buffer | null) | null = null;
 
-  /** All of an inline-data inode's bytes (EXT4_INLINE_DATA_FL): i_block, then system.data. */
+  /**
+   * All of an inline-data inode's bytes (EXT4_INLINE_DATA_FL): i_block, then system.data, which
+   * must be in the inode (ext4_find_inline_data_nolock: without it the kernel calls it damage).
+   */
   async inlineData(st: InodeState): Promise<Buffer> {
-    const tail = this.inlineTail ? await this.inlineTail(st) : null;
-    return tail && tail.length ? Buffer.concat([st.inode.f.i_block, tail]) : Buffer.from(st.inode.f.i_block);
+    const tail = this.inlineTail?.(st) ?? null;
+    if (!tail) throw new CorruptionError(`inode ${st.inode.ino} has inline data but no system.data attribute in the inode`);
+    return tail.length ? Buffer.concat([st.inode.f.i_block, tail]) : Buffer.from(st.inode.f.i_block);
   }
 
   dirIO(st: InodeState): DirIO {

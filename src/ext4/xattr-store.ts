@@ -61,6 +61,12 @@ export class XattrStore {
     return v;
   }
 
+  /** An attribute from the inode's own xattr area only (where ext4 keeps system.data), or null. */
+  findInInode(st: InodeState, name: string): Buffer | null {
+    if (!st.inode.hasInodeXattrHeader(XATTR_MAGIC) || this.areaSize(st) < 4) return null;
+    return parseInodeXattrs(st.inode.xattrArea()).find((e) => e.name === name)?.value ?? null;
+  }
+
   /** No attributes in the inode's area or a block. */
   none(st: InodeState): boolean {
     return !st.inode.fileAcl && !st.inode.hasInodeXattrHeader(XATTR_MAGIC);
