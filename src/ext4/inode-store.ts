@@ -26,7 +26,6 @@ export interface InodeState {
   dir: Directory | null;
 }
 
-/** Every state has the same shape (one hidden class keeps property loads monomorphic). */
 /** Flags no inode may carry together: ext4_iget refuses inline data with extents (EUCLEAN). */
 function checkFlags(inode: Inode): void {
   if (inode.hasFlag(INODE_FLAGS.INLINE_DATA) && inode.hasFlag(INODE_FLAGS.EXTENTS)) {
@@ -34,6 +33,7 @@ function checkFlags(inode: Inode): void {
   }
 }
 
+/** Every state has the same shape (one hidden class keeps property loads monomorphic). */
 function newState(inode: Inode, extents: ExtentMap | null): InodeState {
   return { inode, extents, openCount: 0, ref: false, dir: null };
 }
