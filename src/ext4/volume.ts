@@ -133,11 +133,13 @@ export class Volume {
     let reason: string | null = null;
     const badRo = sb.s_feature_ro_compat & ~SUPPORTED_RO_COMPAT;
     if (badRo && !readOnly) reason = `read-only: unsupported ro_compat features ${featureNames(RO_COMPAT, badRo).join(', ')}`;
-    // An ext2/ext3 filesystem: its files are block maps, which kfs reads (indirect.ts) but does
-    // not write; an extent tree would need the extent feature, which only a tool should turn on.
+    // inline_data: kfs reads inline files and directories (InodeStore.inlineData) but does not
+    // write them.
     if (sb.s_feature_incompat & READABLE_INCOMPAT && !readOnly && !reason) {
       reason = `read-only: ${featureNames(INCOMPAT, sb.s_feature_incompat & READABLE_INCOMPAT).join(', ')} (kfs reads inline files and directories but does not write them)`;
     }
+    // An ext2/ext3 filesystem: its files are block maps, which kfs reads (indirect.ts) but does
+    // not write; an extent tree would need the extent feature, which only a tool should turn on.
     if (!(sb.s_feature_incompat & INCOMPAT.extent) && !readOnly && !reason) {
       reason = 'read-only: no extent feature (an ext2/ext3 filesystem; kfs reads its block-mapped files but writes only extent trees: tune2fs -O extent,... makes it ext4)';
     }
