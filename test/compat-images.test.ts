@@ -31,12 +31,19 @@ function fileData(i: number): Buffer {
   return Buffer.alloc(1000 + 517 * i, `file ${i} `);
 }
 
+/** Open img with Ext4Fs, run fn, and close it whatever fn did. */
+async function withExt4<T>(img: string, opts: Parameters<typeof Ext4Fs.open>[1], fn: (f: Ext4Fs) => Promise<T>): Promise<T> {
+  const f = await Ext4Fs.open(img, opts);
+  try {
+    return await fn(f);
+  } finally {
+    await f.close();
+  }
+}
+
 async function openedOrError(img: string, readOnly = false): Promise<string> {
   try {
-    const f = await Ext4Fs.open(img, { commitIntervalMs: 0, readOnly });
-    const ro = f.readOnly;
-    await f.close();
-    return ro ? 'opened read-only' : 'opened read-write';
+    return await withExt4(img, { commitIntervalMs: 0, readOnly }, async (f) => (f.readOnly ? 'opened read-only' : 'opened read-write'));
   } catch (e) {
     return `refused: ${(e as Error).message}`;
   }
@@ -60,9 +67,8 @@ async function smallInodes(t: ExecutionContext, blockSize: 1024 | 4096): Promise
   k.unmount();
   t.is(kernelMtime, 1_700_000_000_000, 'the kernel keeps whole seconds in a 128-byte inode');
 
-  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
   let made = 0;
-  try {
+  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
     t.false(f.readOnly);
     const d = (await f.lookup(2, Buffer.from('d'))).ino;
     for (let i = 0; i < 400; i += 37) {
@@ -86,9 +92,7 @@ async function smallInodes(t: ExecutionContext, blockSize: 1024 | 4096): Promise
     t.deepEqual(y.mtime, { sec: 1_800_000_000, nsec: 0 }, 'nanoseconds are dropped');
     await f.unlink(d, Buffer.from('f3'));
     await f.rename(d, Buffer.from('f4'), 2, Buffer.from('moved'));
-  } finally {
-    await f.close();
-  }
+  });
 
   fsckCleanAndKernelSees(t, img, (dir) => {
     const st = fs.statSync(join(dir, 'new'), { bigint: true });
@@ -148,10 +152,9 @@ test.serial('sparse_super2: kfs fills the filesystem around the backups s_backup
   const before = backup();
   t.is(before.readUInt16LE(0x38), 0xef53, 'mke2fs put a backup superblock in group 10');
   t.is(before.readUInt16LE(0x5a), 10);
-  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
   const chunk = Buffer.alloc(1 << 20);
   const files: number[] = [];
-  try {
+  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
     for (let i = 0; ; i++) {
       const a = await f.create(2, Buffer.from(`fill${i}`), 0o644, 0, 0);
       files.push(a.ino);
@@ -163,9 +166,7 @@ test.serial('sparse_super2: kfs fills the filesystem around the backups s_backup
       }
     }
     t.true((await f.statfs()).bfree < 2048, 'the filesystem is full');
-  } finally {
-    await f.close();
-  }
+  });
   const r = fsck(img);
   t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
   t.true(backup().equals(before), 'the backup superblock, descriptors and reserve in group 10 are intact');
@@ -180,8 +181,7 @@ test.serial('no filetype feature: kfs writes entries without file types', async 
   t.timeout(2 * 60 * 1000);
   requireRoot(t);
   const img = makeImage(t, { size: '64M', extraArgs: ['-O', '^filetype'] });
-  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
-  try {
+  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
     const d = (await f.mkdir(2, Buffer.from('d'), 0o755, 0, 0)).ino;
     for (let i = 0; i < 300; i++) await f.create(d, Buffer.from(`file-with-a-long-name-${i}`), 0o644, 0, 0); // an htree
     await f.symlink(d, Buffer.from('link'), Buffer.from('file-with-a-long-name-1'), 0, 0);
@@ -191,9 +191,7 @@ test.serial('no filetype feature: kfs writes entries without file types', async 
     const named = (await f.readdir(d, 0)).filter((e) => e.name.toString() !== '.' && e.name.toString() !== '..');
     t.is(named.length, 302);
     t.true(named.every((e) => e.type === 0), 'readdir reports DT_UNKNOWN for every name');
-  } finally {
-    await f.close();
-  }
+  });
   fsckCleanAndKernelSees(t, img, (dir) => {
     t.is(fs.readdirSync(join(dir, 'd')).length, 302);
     t.true(fs.statSync(join(dir, 'sub2')).isDirectory());
@@ -270,14 +268,11 @@ for (const mkfs of ['mkfs.ext2', 'mkfs.ext3'] as const) {
     t.timeout(2 * 60 * 1000);
     requireRoot(t);
     const { img, tree } = blockMappedImage(t, mkfs);
-    const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
-    try {
+    await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
       t.true(f.readOnly, 'no extent feature: read-only');
       t.deepEqual(await kfsTree(f), tree);
       await t.throwsAsync(() => f.create(2, Buffer.from('new'), 0o644, 0, 0), { message: /read-only|EROFS/ });
-    } finally {
-      await f.close();
-    }
+    });
     t.is(fsck(img).code, 0);
   });
 }
@@ -287,8 +282,7 @@ test.serial('ext3 made ext4 by tune2fs: kfs changes block-mapped files, which be
   requireRoot(t);
   const { img } = blockMappedImage(t, 'mkfs.ext3');
   mustRun('tune2fs', ['-O', 'extent,dir_nlink,extra_isize,huge_file', img]);
-  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
-  try {
+  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
     t.false(f.readOnly);
     const double = await f.lookup(2, Buffer.from('double'));
     t.is(await f.write(double.ino, 3 << 20, Buffer.from('appended')), 8); // a new block: the map changes
@@ -299,9 +293,7 @@ test.serial('ext3 made ext4 by tune2fs: kfs changes block-mapped files, which be
     for (let i = 0; i < 100; i++) await f.unlink(d, Buffer.from(`entry-${i}`)); // block-mapped inodes freed
     await f.unlink(2, Buffer.from('slow-link'));
     await f.unlink(2, Buffer.from('victim')); // its single and double indirect blocks are freed too
-  } finally {
-    await f.close();
-  }
+  });
   fsckCleanAndKernelSees(t, img, (dir) => {
     const dbl = fs.readFileSync(join(dir, 'double'));
     t.is(dbl.length, (3 << 20) + 8);
@@ -341,14 +333,11 @@ test.serial('ext3 with a journal to replay: kfs reads the block-mapped journal a
   const fd = fs.openSync(copy, 'r+');
   fs.writeSync(fd, Buffer.alloc(1024), 0, 1024, dirBlock * 1024);
   fs.closeSync(fd);
-  const f = await Ext4Fs.open(copy, { commitIntervalMs: 0, readOnly: true });
-  try {
+  await withExt4(copy, { commitIntervalMs: 0, readOnly: true }, async (f) => {
     const d = await f.lookup(2, Buffer.from('d'));
     t.is((await f.readdir(d.ino, 0)).length, 52);
     t.is((await f.read((await f.lookup(d.ino, Buffer.from('g49'))).ino, 0, 10)).toString(), '49');
-  } finally {
-    await f.close();
-  }
+  });
 });
 
 test.serial('kfs mount of an ext3 image says it mounted read-only, and why', async (t) => {
@@ -398,13 +387,10 @@ test.serial('a crashed fast_commit journal: refused with the way out, readable a
   }
   t.regex(await openedOrError(copy, true), /^refused: .*fast_commit.*e2fsck -fy/);
   t.true(fsck(copy, ['-fy']).code <= 1, 'e2fsck replays it');
-  const f = await Ext4Fs.open(copy, { commitIntervalMs: 0, readOnly: true });
-  try {
+  await withExt4(copy, { commitIntervalMs: 0, readOnly: true }, async (f) => {
     const d = await f.lookup(2, Buffer.from('d'));
     t.is((await f.readdir(d.ino, 0)).length, 12);
-  } finally {
-    await f.close();
-  }
+  });
 });
 
 /**
@@ -433,9 +419,8 @@ for (const layout of META_BG_LAYOUTS) test.serial(`meta_bg, 1 KiB blocks (${layo
   fs.mkdirSync(join(k.dir, 'old'));
   for (let i = 0; i < 40; i++) fs.writeFileSync(join(k.dir, 'old', `f${i}`), fileData(i));
   k.unmount();
-  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
   const sizes: number[] = [];
-  try {
+  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
     t.false(f.readOnly);
     const old = (await f.lookup(2, Buffer.from('old'))).ino;
     for (let i = 0; i < 40; i += 7) t.deepEqual(await f.read((await f.lookup(old, Buffer.from(`f${i}`))).ino, 0, 1 << 20), fileData(i));
@@ -450,9 +435,7 @@ for (const layout of META_BG_LAYOUTS) test.serial(`meta_bg, 1 KiB blocks (${layo
       sizes.push(n);
       if (n < 16 << 20) break;
     }
-  } finally {
-    await f.close();
-  }
+  });
   t.true(sizes.length >= 12, `filled ${sizes.length} files`);
   fsckCleanAndKernelSees(t, img, (dir) => {
     for (let i = 0; i < sizes.length; i += 5) {
@@ -514,13 +497,10 @@ test.serial('damaged ext2 block maps give EIO, not a hang or a read outside the 
     const img = join(dir, 'bad.img');
     fs.copyFileSync(good, img);
     debugfs(img, `sif /f ${change}`, { write: true });
-    const f = await Ext4Fs.open(img, { commitIntervalMs: 0, readOnly: true });
-    try {
+    await withExt4(img, { commitIntervalMs: 0, readOnly: true }, async (f) => {
       const a = await f.lookup(2, Buffer.from('f'));
       await t.throwsAsync(() => f.read(a.ino, 0, 300_000), { code: 'EIO', message: expect }, change);
-    } finally {
-      await f.close();
-    }
+    });
   }
 });
 
@@ -559,8 +539,7 @@ test.serial('inline_data image: kfs reads inline files and directories as the ke
   } finally {
     k.unmount();
   }
-  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
-  try {
+  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
     t.true(f.readOnly, 'inline_data: read-only');
     t.deepEqual(await kfsTree(f), tree);
     const f100 = await f.lookup(2, Buffer.from('f100'));
@@ -575,9 +554,7 @@ test.serial('inline_data image: kfs reads inline files and directories as the ke
     t.is(await f.lseek(f100.ino, 10, 3 /* SEEK_DATA */), 10);
     t.is(await f.lseek(f100.ino, 10, 4 /* SEEK_HOLE */), 100);
     await t.throwsAsync(() => f.create(2, Buffer.from('new'), 0o644, 0, 0), { code: 'EROFS' });
-  } finally {
-    await f.close();
-  }
+  });
   t.is(fsck(img).code, 0);
 });
 
@@ -615,8 +592,7 @@ test.serial('inline_data corners: entries in system.data, "..", a size past the 
     k2.unmount();
   }
   t.is(grown.length, 5000);
-  const f = await Ext4Fs.open(img, { commitIntervalMs: 0, readOnly: true });
-  try {
+  await withExt4(img, { commitIntervalMs: 0, readOnly: true }, async (f) => {
     const sub = (await f.lookup(2, Buffer.from('sub'))).ino;
     const inl = (await f.lookup(sub, Buffer.from('inl'))).ino;
     t.is((await f.lookup(inl, Buffer.from('..'))).ino, sub, '".." of an inline directory');
@@ -628,7 +604,5 @@ test.serial('inline_data corners: entries in system.data, "..", a size past the 
     t.regex(String(both instanceof Error ? both.message : 'no error'), /both inline data and extents flags/);
     const gone = await f.lookup(2, Buffer.from('gone'));
     await t.throwsAsync(() => f.read(gone.ino, 0, 100), { code: 'EIO', message: /no system.data/ });
-  } finally {
-    await f.close();
-  }
+  });
 });

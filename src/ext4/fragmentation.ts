@@ -17,7 +17,7 @@ import { FsError } from '../util/errors';
 import type { Ext4Fs } from './fs';
 import { InodeStore } from './inode-store';
 import { Extent, ExtentMap, MAX_INIT_LEN } from './extents';
-import { holdsBlockMap, loadIndirectMap } from './indirect';
+import { hasBlockMap, loadIndirectMap } from './indirect';
 import { Inode, INODE_FLAGS, ROOT_INO } from './inode';
 import { INCOMPAT } from './superblock';
 import { Volume } from './volume';
@@ -37,11 +37,6 @@ export async function readInodeView(store: InodeStore, ino: number): Promise<Ino
 export function hasExtentTree(inode: Inode): boolean {
   if (!inode.hasFlag(INODE_FLAGS.EXTENTS)) return false;
   return inode.isReg() || inode.isDir() || inode.isSymlink();
-}
-
-/** An ext2/3 block map in i_block (indirect.ts), with at least one block. */
-function hasBlockMap(inode: Inode): boolean {
-  return !inode.hasFlag(INODE_FLAGS.EXTENTS) && !inode.hasFlag(INODE_FLAGS.INLINE_DATA) && holdsBlockMap(inode) && inode.f.i_block.some((b) => b !== 0);
 }
 
 /** A file's extents without touching the store's state (see the file comment). */

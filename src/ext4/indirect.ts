@@ -13,7 +13,7 @@
  */
 import { CorruptionError } from '../util/errors';
 import { ExtentMap, ExtentTreeIO, MAX_INIT_LEN } from './extents';
-import { Inode } from './inode';
+import { Inode, INODE_FLAGS } from './inode';
 
 const DIRECT = 12;
 const I_BLOCK_ENTRIES = 15;
@@ -86,4 +86,9 @@ export async function loadIndirectMap(ino: number, iBlock: Buffer, io: Pick<Exte
 export function holdsBlockMap(inode: Inode): boolean {
   if (inode.isDir() || inode.isReg()) return true;
   return inode.isSymlink() && inode.size >= I_BLOCK_ENTRIES * 4;
+}
+
+/** An ext2/3 block map with at least one block in i_block: what loadIndirectMap reads. */
+export function hasBlockMap(inode: Inode): boolean {
+  return !inode.hasFlag(INODE_FLAGS.EXTENTS) && !inode.hasFlag(INODE_FLAGS.INLINE_DATA) && holdsBlockMap(inode) && inode.f.i_block.some((b) => b !== 0);
 }

@@ -10,7 +10,7 @@ import { CorruptionError, FsError } from '../util/errors';
 import { Volume } from './volume';
 import { Inode, INODE_FLAGS, S_IFDIR, Timespec } from './inode';
 import { ExtentMap, ExtentTreeIO } from './extents';
-import { holdsBlockMap, loadIndirectMap } from './indirect';
+import { hasBlockMap, holdsBlockMap, loadIndirectMap } from './indirect';
 import { DirIO, Directory } from './directory';
 import { FT, direntSize, entriesEnd, packDirBlock, parseDirBlock, sealDirBlock } from './dirent';
 import { INCOMPAT, COMPAT } from './superblock';
@@ -27,10 +27,8 @@ export interface InodeState {
 }
 
 /** Flags no inode may carry together: ext4_iget refuses inline data with extents (EUCLEAN). */
-function checkFlags(inode: Inode): void {
-  if (inode.hasFlag(INODE_FLAGS.INLINE_DATA) && inode.hasFlag(INODE_FLAGS.EXTENTS)) {
-    throw new CorruptionError(`inode ${inode.ino} has both inline data and extents flags`);
-  }
+function inlineWithExtents(inode: Inode): boolean {
+  return inode.hasFlag(INODE_FLAGS.INLINE_DATA) && inode.hasFlag(INODE_FLAGS.EXTENTS);
 }
 
 /** Every state has the same shape (one hidden class keeps property loads monomorphic). */
@@ -93,7 +91,7 @@ export class InodeStore {
     if (!Number.isInteger(ino) || ino < 1 || ino > this.vol.inodesCount) throw new FsError('ESTALE', `inode ${ino} does not exist`);
     const inode = await this.vol.readInode(ino);
     if (inode.links === 0 || inode.mode === 0) throw new FsError('ESTALE', `inode ${ino} is not in use`);
-    checkFlags(inode);
+    if (inlineWithExtents(inode)) throw new CorruptionError(`inode ${ino} has both inline data and extents flags`);
     st = newState(inode, null);
     this.states.set(ino, st);
     return st;
@@ -120,7 +118,7 @@ export class InodeStore {
         return undefined;
       }
       if (!inode || inode.links === 0 || inode.mode === 0) return undefined;
-      if (inode.hasFlag(INODE_FLAGS.INLINE_DATA) && inode.hasFlag(INODE_FLAGS.EXTENTS)) return undefined; // get() says why
+      if (inlineWithExtents(inode)) return undefined; // get() says why
       st = newState(inode, null);
       this.states.set(ino, st);
     }
@@ -142,7 +140,7 @@ export class InodeStore {
       if (inode.hasFlag(INODE_FLAGS.INLINE_DATA)) throw new FsError('EOPNOTSUPP', `inode ${inode.ino} keeps its data inline: it has no blocks to map`);
       // Block-mapped (ext2/3 style): read into the same map; a change stores it as an extent
       // tree (indirect.ts). A device node's or fast symlink's i_block holds no blocks.
-      if (!holdsBlockMap(inode) || inode.f.i_block.every((b) => b === 0)) return this.attachMap(st, new ExtentMap());
+      if (!hasBlockMap(inode)) return this.attachMap(st, new ExtentMap());
       return this.attachMap(st, await loadIndirectMap(inode.ino, inode.f.i_block, this.extentIO));
     }
     return this.attachMap(st, await ExtentMap.load(inode.ino, inode.f.i_block, this.extentIO, this.csumSeedOf(inode)));
@@ -597,7 +595,10 @@ function inlineDirIO(store: InodeStore, st: InodeState): DirIO {
   const bs = vol.blockSize;
   const csumSeed = store.csumSeedOf(inode);
   const where = `inline directory inode ${inode.ino}`;
-  const block = async (): Promise<Buffer> => {
+  // Built once per Directory: the volume is read-only, so the inode never changes under it.
+  let built: Promise<Buffer> | null = null;
+  const block = (): Promise<Buffer> => (built ??= build());
+  const build = async (): Promise<Buffer> => {
     const raw = await store.inlineData(st);
     if (raw.length < 60) throw new CorruptionError(`${where}: i_block is ${raw.length} bytes`);
     const dirType = vol.hasIncompat(INCOMPAT.filetype) ? FT.DIR : 0;

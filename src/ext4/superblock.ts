@@ -111,13 +111,13 @@ export function groupHasSuperblock(group: number, sb: Pick<SuperblockFields, 's_
   return sparseSuperBackup(group, (sb.s_feature_ro_compat & RO_COMPAT.sparse_super) !== 0);
 }
 
-/** Descriptors per descriptor block, and descriptor blocks in all (s_gdb_count), from the superblock alone. */
-function descGeometry(sb: SuperblockFields): { perBlock: number; gdbCount: number } {
+/** Descriptor size, descriptors per descriptor block, and descriptor blocks in all (s_gdb_count), from the superblock alone. */
+export function descGeometry(sb: SuperblockFields): { descSize: number; perBlock: number; gdbCount: number } {
   const blockSize = 1024 << sb.s_log_block_size;
   const descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
   const perBlock = blockSize / descSize;
   const groups = Math.ceil((sbBlocksCount(sb) - sb.s_first_data_block) / sb.s_blocks_per_group);
-  return { perBlock, gdbCount: Math.ceil(groups / perBlock) };
+  return { descSize, perBlock, gdbCount: Math.ceil(groups / perBlock) };
 }
 
 /**
@@ -126,9 +126,9 @@ function descGeometry(sb: SuperblockFields): { perBlock: number; gdbCount: numbe
  * of the first group of its meta group (after that group's superblock backup, if any).
  */
 export function groupDescLocation(g: number, sb: SuperblockFields): { block: number; offset: number } {
-  const { perBlock } = descGeometry(sb);
+  const { descSize, perBlock } = descGeometry(sb);
   const n = Math.floor(g / perBlock);
-  const offset = (g % perBlock) * (sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32);
+  const offset = (g % perBlock) * descSize;
   if (!(sb.s_feature_incompat & INCOMPAT.meta_bg) || n < sb.s_first_meta_bg) return { block: sb.s_first_data_block + 1 + n, offset };
   const first = n * perBlock;
   return { block: sb.s_first_data_block + first * sb.s_blocks_per_group + (groupHasSuperblock(first, sb) ? 1 : 0), offset };

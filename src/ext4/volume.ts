@@ -186,15 +186,11 @@ export class Volume {
 
   // ---- group descriptors ----
 
-  private gdtLocation(group: number): { block: number; offset: number } {
-    return groupDescLocation(group, this.sb);
-  }
-
   private async loadGroupDescs(): Promise<void> {
     const csum = { metadataCsum: this.metadataCsum, csumSeed: this.csumSeed, uuid: this.sb.s_uuid };
     const gdtCsum = this.metadataCsum || !!(this.sb.s_feature_ro_compat & RO_COMPAT.gdt_csum);
     for (let g = 0; g < this.groupCount; g++) {
-      const { block, offset } = this.gdtLocation(g);
+      const { block, offset } = groupDescLocation(g, this.sb);
       const buf = await this.dev.read(block);
       const gd = decodeGroupDesc(buf, offset, this.descSize);
       if (gdtCsum && groupDescChecksum(buf, offset, this.descSize, g, csum) !== gd.checksum) {
@@ -213,7 +209,7 @@ export class Volume {
     const csum = { metadataCsum: this.metadataCsum, csumSeed: this.csumSeed, uuid: this.sb.s_uuid };
     const gdtCsum = this.metadataCsum || !!(this.sb.s_feature_ro_compat & RO_COMPAT.gdt_csum);
     for (const g of this.dirtyGroups) {
-      const { block, offset } = this.gdtLocation(g);
+      const { block, offset } = groupDescLocation(g, this.sb);
       const buf = await this.dev.read(block);
       const gd = this.gds[g];
       const stale = this.staleBitmapCsums.get(g);
@@ -268,11 +264,6 @@ export class Volume {
     return this.sb.s_flags & FLAG_UNSIGNED_HASH ? 3 : 0;
   }
 
-  /** Number of metadata blocks (superblock backup, descriptor blocks, reserve) at a group's start. */
-  private groupSuperOverhead(g: number): number {
-    return groupBaseMetaBlocks(g, this.sb);
-  }
-
   // ---- bitmaps ----
 
   /** The block bitmap of a group; a BLOCK_UNINIT group's bitmap is computed (ext4_init_block_bitmap). */
@@ -296,7 +287,7 @@ export class Volume {
   private initBlockBitmap(g: number, buf: Buffer): Buffer {
     buf.fill(0);
     const first = this.groupFirstBlock(g);
-    const n = this.groupSuperOverhead(g);
+    const n = groupBaseMetaBlocks(g, this.sb); // superblock backup, descriptor blocks, reserve
     for (let i = 0; i < n; i++) setBit(buf, i);
     for (let og = 0; og < this.groupCount; og++) {
       const gd = this.gds[og];

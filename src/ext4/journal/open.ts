@@ -11,7 +11,7 @@ import { CorruptionError, FsError } from '../../util/errors';
 import { log } from '../../util/log';
 import {
   SuperblockLayout, SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, EXT4_MAGIC, COMPAT, INCOMPAT, RO_COMPAT,
-  SUPPORTED_INCOMPAT, READABLE_INCOMPAT, featureNames, superblockChecksum, sbBlocksCount,
+  SUPPORTED_INCOMPAT, READABLE_INCOMPAT, descGeometry, featureNames, superblockChecksum, sbBlocksCount,
 } from '../superblock';
 import { needsRecovery, recoverInPlace, recoverInMemory } from './recovery';
 
@@ -40,9 +40,8 @@ export function checkSuperblock(dev: BlockDevice, raw: Buffer): SuperblockFields
     throw new CorruptionError(`superblock's descriptor size ${sb.s_desc_size} is impossible`);
   }
   if (sb.s_feature_incompat & INCOMPAT.meta_bg) {
-    const perBlock = (1024 << sb.s_log_block_size) / (sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32);
-    const descBlocks = Math.ceil(Math.ceil((sbBlocksCount(sb) - sb.s_first_data_block) / sb.s_blocks_per_group) / perBlock);
-    if (sb.s_first_meta_bg > descBlocks) throw new CorruptionError(`superblock's first meta group ${sb.s_first_meta_bg} is past the ${descBlocks} descriptor blocks`);
+    const { gdbCount } = descGeometry(sb);
+    if (sb.s_first_meta_bg > gdbCount) throw new CorruptionError(`superblock's first meta group ${sb.s_first_meta_bg} is past the ${gdbCount} descriptor blocks`);
   }
   if (sb.s_feature_ro_compat & RO_COMPAT.metadata_csum) {
     if (sb.s_checksum_type !== 1) throw new CorruptionError(`unknown superblock checksum type ${sb.s_checksum_type}`);

@@ -13,7 +13,7 @@
 import { BlockDevice } from '../../block/device';
 import { CorruptionError, FsError } from '../../util/errors';
 import { log } from '../../util/log';
-import { SuperblockFields, INCOMPAT, COMPAT, sbBlocksCount, groupDescLocation } from '../superblock';
+import { SuperblockFields, INCOMPAT, COMPAT, sbBlocksCount, descGeometry, groupDescLocation } from '../superblock';
 import { decodeGroupDesc } from '../group-desc';
 import { ExtentMap, ExtentTreeIO, EXTENT_MAGIC } from '../extents';
 import { loadIndirectMap } from '../indirect';
@@ -77,11 +77,10 @@ export async function locateJournal(dev: BlockDevice, sb: SuperblockFields): Pro
     iBlock = Buffer.from(sb.s_jnl_blocks.subarray(0, 60));
     extentTree = iBlock.readUInt16LE(0) === EXTENT_MAGIC && iBlock.readUInt16LE(2) <= 4 && iBlock.readUInt16LE(4) === 4 && iBlock.readUInt16LE(6) <= 5;
   } else {
-    const descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
     const ino = sb.s_journal_inum;
     const g = Math.floor((ino - 1) / sb.s_inodes_per_group);
     const at = groupDescLocation(g, sb);
-    const gd = decodeGroupDesc(await raw(at.block), at.offset, descSize);
+    const gd = decodeGroupDesc(await raw(at.block), at.offset, descGeometry(sb).descSize);
     const inodeSize = sb.s_rev_level === 0 ? 128 : sb.s_inode_size;
     const byte = ((ino - 1) % sb.s_inodes_per_group) * inodeSize;
     const itb = await raw(gd.inodeTable + Math.floor(byte / bs));
