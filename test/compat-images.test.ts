@@ -114,7 +114,6 @@ test.serial('features kfs does not implement: refused by name, or read-only for 
   t.timeout(2 * 60 * 1000);
   const cases: { args: string[]; expect: RegExp }[] = [
     { args: ['-O', 'bigalloc', '-C', '16384'], expect: /^refused: .*does not support: bigalloc/ },
-    { args: ['-O', 'inline_data'], expect: /^opened read-only$/ },
     { args: ['-O', 'encrypt'], expect: /^refused: .*does not support: encrypt/ },
     { args: ['-O', 'quota'], expect: /^opened read-only$/ },
   ];
@@ -518,7 +517,7 @@ test.serial('an impossible first meta group or descriptor size is refused as dam
   }
 });
 
-test.serial('inline_data image: kfs reads inline files and directories as the kernel does, read-only', async (t) => {
+test.serial('inline_data image: kfs reads inline files and directories as the kernel does', async (t) => {
   t.timeout(2 * 60 * 1000);
   requireRoot(t);
   const img = makeImage(t, { size: '64M', extraArgs: ['-O', 'inline_data'] });
@@ -539,8 +538,7 @@ test.serial('inline_data image: kfs reads inline files and directories as the ke
   } finally {
     k.unmount();
   }
-  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
-    t.true(f.readOnly, 'inline_data: read-only');
+  await withExt4(img, { commitIntervalMs: 0, readOnly: true }, async (f) => {
     t.deepEqual(await kfsTree(f), tree);
     const f100 = await f.lookup(2, Buffer.from('f100'));
     t.deepEqual(await f.listxattr(f100.ino), ['user.a'], 'system.data is not a user attribute');
@@ -553,9 +551,131 @@ test.serial('inline_data image: kfs reads inline files and directories as the ke
     await t.throwsAsync(() => f.getxattr(f100.ino, 'system.data'), { code: 'EOPNOTSUPP' });
     t.is(await f.lseek(f100.ino, 10, 3 /* SEEK_DATA */), 10);
     t.is(await f.lseek(f100.ino, 10, 4 /* SEEK_HOLE */), 100);
-    await t.throwsAsync(() => f.create(2, Buffer.from('new'), 0o644, 0, 0), { code: 'EROFS' });
   });
   t.is(fsck(img).code, 0);
+});
+
+/** The user xattrs of every file and directory below dir (getfattr), in name order. */
+function userXattrs(dir: string): string {
+  const out: string[] = [];
+  const walk = (rel: string): void => {
+    for (const name of fs.readdirSync(join(dir, rel)).sort()) {
+      const p = rel ? `${rel}/${name}` : name;
+      const st = fs.lstatSync(join(dir, p));
+      if (st.isSymbolicLink()) continue;
+      out.push(`${p}: ${mustRun('getfattr', ['-d', '--absolute-names', '-m', '^user\\.', join(dir, p)]).split(dir).join('ROOT').trim()}`);
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  walk('');
+  return out.join('\n');
+}
+
+/** Does lsattr show the inline-data flag (N) on path? */
+function inlineFlag(path: string): boolean {
+  return /^\S*N\S* /.test(mustRun('lsattr', ['-d', path]));
+}
+
+/**
+ * Writing an inline_data image: the kernel makes inline files and directories (a second copy
+ * of the image is the kernel's reference), then the same changes are made to one copy by kfs
+ * and to the other by the kernel: writes that stay small or grow, truncation, entries added to,
+ * removed from and renamed between inline directories, an inline directory moved (its ".." is
+ * in i_block), an xattr added beside system.data, an inline file and an inline directory
+ * removed. kfs stores each inline inode it changes as blocks first (Ext4Fs.uninline), so its
+ * image differs from the kernel's in layout only: e2fsck -fn passes, and the kernel sees the
+ * same tree, bytes and user xattrs in both.
+ */
+test.serial('inline_data image: kfs changes inline files and directories; e2fsck and the kernel agree with the kernel\'s own changes', async (t) => {
+  t.timeout(3 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '64M', extraArgs: ['-O', 'inline_data'] });
+  const k = loopMount(t, img);
+  try {
+    fs.writeFileSync(join(k.dir, 'small'), 'ten bytes!');
+    fs.writeFileSync(join(k.dir, 'f100'), Buffer.alloc(100, 'hundred '));
+    fs.writeFileSync(join(k.dir, 'mid'), Buffer.alloc(40, 'forty '));
+    fs.writeFileSync(join(k.dir, 'doomed'), 'inline, then unlinked');
+    fs.writeFileSync(join(k.dir, 'untouched'), 'stays inline');
+    fs.writeFileSync(join(k.dir, 'xf'), 'xattr holder');
+    mustRun('setfattr', ['-n', 'user.k', '-v', 'v', join(k.dir, 'xf')]);
+    for (const d of ['d', 'e', 'g']) fs.mkdirSync(join(k.dir, d));
+    fs.writeFileSync(join(k.dir, 'd', 'a'), 'aaaaa');
+    fs.writeFileSync(join(k.dir, 'd', 'b'), Buffer.alloc(50, 'b'));
+    fs.mkdirSync(join(k.dir, 'd', 'sub'));
+    fs.writeFileSync(join(k.dir, 'd', 'sub', 'deep'), 'below a moved directory');
+    fs.writeFileSync(join(k.dir, 'e', 'x'), 'x');
+    fs.mkdirSync(join(k.dir, 'e', 'empty'));
+    fs.symlinkSync('small', join(k.dir, 'ln'));
+    for (const p of ['small', 'f100', 'mid', 'doomed', 'xf', 'd', 'e', 'd/sub', 'e/empty']) t.true(inlineFlag(join(k.dir, p)), `the kernel made ${p} inline`);
+  } finally {
+    k.unmount();
+  }
+  const reference = join(tempDir(t, 'ref'), 'kernel.img');
+  fs.copyFileSync(img, reference);
+
+  // The kernel's changes, on the reference copy.
+  const r = loopMount(t, reference);
+  try {
+    fs.appendFileSync(join(r.dir, 'small'), ' and more');
+    fs.writeFileSync(join(r.dir, 'f100'), Buffer.alloc(5000, 'grown '), { flag: 'r+' });
+    fs.truncateSync(join(r.dir, 'mid'), 20);
+    fs.writeFileSync(join(r.dir, 'd', 'new'), Buffer.alloc(30, 'n'));
+    fs.unlinkSync(join(r.dir, 'd', 'a'));
+    fs.renameSync(join(r.dir, 'd', 'b'), join(r.dir, 'e', 'b2'));
+    fs.renameSync(join(r.dir, 'd', 'sub'), join(r.dir, 'g', 'sub'));
+    mustRun('setfattr', ['-n', 'user.k2', '-v', 'v2', join(r.dir, 'xf')]);
+    fs.unlinkSync(join(r.dir, 'doomed'));
+    fs.rmdirSync(join(r.dir, 'e', 'empty'));
+  } finally {
+    r.unmount();
+  }
+
+  // kfs's changes, the same ones.
+  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
+    t.false(f.readOnly, 'an inline_data image opens read-write');
+    const at = async (p: string) => {
+      let ino = 2;
+      for (const name of p.split('/')) ino = (await f.lookup(ino, Buffer.from(name))).ino;
+      return ino;
+    };
+    const [root, d, e, g] = [2, await at('d'), await at('e'), await at('g')];
+    const small = await at('small');
+    t.is(await f.write(small, 10, Buffer.from(' and more')), 9);
+    t.is(await f.write(await at('f100'), 0, Buffer.alloc(5000, 'grown ')), 5000);
+    await f.setattr(await at('mid'), { size: 20 });
+    const n = await f.create(d, Buffer.from('new'), 0o644, 0, 0, 0o022);
+    await f.write(n.ino, 0, Buffer.alloc(30, 'n'));
+    await f.unlink(d, Buffer.from('a'));
+    await f.rename(d, Buffer.from('b'), e, Buffer.from('b2'));
+    await f.rename(d, Buffer.from('sub'), g, Buffer.from('sub'));
+    await f.setxattr(await at('xf'), 'user.k2', Buffer.from('v2'));
+    await f.unlink(root, Buffer.from('doomed'));
+    await f.rmdir(e, Buffer.from('empty'));
+    t.is((await f.lookup(await at('g/sub'), Buffer.from('..'))).ino, g, 'the moved directory\'s ".."');
+    t.deepEqual(await f.read(small, 0, 100), Buffer.from('ten bytes! and more'));
+  });
+
+  const expected = { tree: [] as string[], xattrs: '' };
+  const ref = loopMount(t, reference, { readOnly: true });
+  try {
+    expected.tree = hostTree(ref.dir);
+    expected.xattrs = userXattrs(ref.dir);
+  } finally {
+    ref.unmount();
+  }
+  t.is(fsck(reference).code, 0, 'the kernel\'s copy is clean too');
+  t.true(expected.tree.includes('g/sub/deep file 23 644 ' + createHash('sha1').update('below a moved directory').digest('hex')));
+  fsckCleanAndKernelSees(t, img, (dir) => {
+    t.deepEqual(hostTree(dir), expected.tree, 'the kernel sees what it made itself');
+    t.is(userXattrs(dir), expected.xattrs);
+    t.true(inlineFlag(join(dir, 'untouched')), 'an inode kfs did not change stays inline');
+    for (const p of ['small', 'f100', 'mid', 'xf', 'd', 'e', 'g/sub']) t.false(inlineFlag(join(dir, p)), `${p}, changed by kfs, is stored in blocks`);
+  });
+  // ...and keeps no system.data attribute (ext4_destroy_inline_data removes it), while xf keeps its own.
+  for (const p of ['small', 'f100', 'mid', 'xf', 'd', 'e', 'g/sub']) t.notRegex(debugfs(img, `ea_list /${p}`), /system\.data/, `${p} has no system.data left`);
+  t.regex(debugfs(img, 'ea_list /untouched'), /system\.data/, 'as an inline inode has');
+  t.regex(debugfs(img, 'ea_list /xf'), /user\.k2? .*\n.*user\.k2? /s);
 });
 
 /**

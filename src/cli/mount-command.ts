@@ -193,7 +193,7 @@ export async function serveMount(image: string, mountpoint: string, o: MountOpts
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
   log.info(`serving ${image} at ${mountpoint}`);
-  // Asked for read-write but read-only (unknown ro_compat features, inline_data, ext2/ext3): the
+  // Asked for read-write but read-only (unknown ro_compat features, ext2/ext3): the
   // user is told at mount time, not at the first EROFS.
   ready(undefined, !o.ro && ext4.readOnly ? `${image}: mounted ${ext4.vol.readOnlyReason ?? 'read-only'}` : undefined);
   await dev.done;

@@ -36,7 +36,7 @@ import { log } from '../util/log';
 import type { Ext4Fs } from './fs';
 import type { InodeState } from './inode-store';
 import { ExtentMap, Mapping, MAX_INIT_LEN } from './extents';
-import { Inode, ROOT_INO } from './inode';
+import { INODE_FLAGS, Inode, ROOT_INO } from './inode';
 import { BG_BLOCK_UNINIT } from './group-desc';
 import { groupBaseMetaBlocks } from './superblock';
 import { BlockRun, Volume, findZero, testBit, setBit } from './volume';
@@ -327,6 +327,7 @@ class PieceMover {
       throw e;
     }
     if (!st.inode.isReg() || st.inode.links === 0) return { kind: 'gone' };
+    if (st.inode.hasFlag(INODE_FLAGS.INLINE_DATA)) return { kind: 'end' }; // no blocks to move
     const map = await this.store.extents(st);
     const ext = map.extents;
     let i = 0;

@@ -14,6 +14,7 @@ import { InodeStore, InodeState, now, writeTime } from './inode-store';
 import { Directory, DirEntryInfo, isDotName, DIR_NAMES_MAX } from './directory';
 import { XattrStore } from './xattr-store';
 import { FileIO } from './file-io';
+import { ExtentMap } from './extents';
 import { daxRuns } from './dax-map';
 import type { DaxRun } from '../vhost/dax-window';
 import { fileTypeOfMode, packDirBlock, sealDirBlock, entriesEnd } from './dirent';
@@ -259,6 +260,7 @@ export class Ext4Fs {
       if (a.size !== undefined) {
         if (i.isDir()) throw new FsError('EISDIR', 'cannot truncate a directory');
         if (!i.isReg()) throw new FsError('EINVAL', 'only regular files can be truncated');
+        await this.uninline(st);
         if (a.size !== i.size) await this.files.truncate(st, a.size);
         // (f)truncate and O_TRUNC stamp the file even when the size does not change.
         i.mtime = t;
@@ -282,7 +284,9 @@ export class Ext4Fs {
     const acl = await this.xattrs.find(st, 'system.posix_acl_access');
     if (!acl) return;
     const entries = parseVfsAcl(acl);
-    if (entries.length) await this.xattrs.set(st, 'system.posix_acl_access', encodeVfsAcl(aclChmod(entries, mode)), XATTR_REPLACE);
+    if (!entries.length) return;
+    await this.uninline(st); // its xattrs are rewritten: system.data must not move (see setxattr)
+    await this.xattrs.set(st, 'system.posix_acl_access', encodeVfsAcl(aclChmod(entries, mode)), XATTR_REPLACE);
   }
 
   // ---- names ----
@@ -322,6 +326,7 @@ export class Ext4Fs {
     this.writable();
     checkName(name, false);
     const p = await this.store.get(parent);
+    await this.uninline(p);
     const d = this.dir(p);
     if (p.inode.links === 0) throw new FsError('ENOENT', 'parent directory was removed');
     if (await d.lookup(name)) throw new FsError('EEXIST', `${name.toString()} exists`);
@@ -419,6 +424,40 @@ export class Ext4Fs {
     st.extents!.dirty = true;
   }
 
+  /**
+   * An inline-data inode (EXT4_INLINE_DATA_FL: bytes in i_block, then the system.data xattr) is
+   * stored the usual way before it changes, as ext4 does once inline data no longer fits
+   * (ext4_convert_inline_data, ext4_convert_inline_dir): a regular file's bytes go to blocks of an
+   * extent tree, a directory's entries to one directory block. kfs reads inline data but writes
+   * none (its new inodes are never inline, which the feature allows); converting first keeps
+   * every change on the paths that ordinary inodes take. Symlinks never change in place.
+   */
+  private async uninline(st: InodeState): Promise<void> {
+    const i = st.inode;
+    if (!i.hasFlag(INODE_FLAGS.INLINE_DATA) || !(i.isReg() || i.isDir())) return;
+    const dirBlock = i.isDir() ? await this.store.inlineDirBlock(st) : null;
+    const data = dirBlock ? null : (await this.store.inlineData(st)).subarray(0, i.size);
+    await this.xattrs.remove(st, INLINE_DATA_XATTR);
+    i.f.i_block.fill(0);
+    i.f.i_flags &= ~INODE_FLAGS.INLINE_DATA;
+    this.store.attachMap(st, new ExtentMap());
+    this.initExtentRoot(st);
+    if (dirBlock) {
+      // The Directory read the inline data; the next one reads the block.
+      st.dir = null;
+      const [r] = await this.store.allocate(st, 0, 1, false);
+      i.size = this.vol.blockSize;
+      const buf = this.vol.dev.zeroed(r.pblk);
+      dirBlock.copy(buf);
+      this.vol.dev.markDirty(r.pblk, buf);
+    } else if (data!.length) {
+      const size = i.size;
+      await this.files.write(st, 0, data!);
+      i.size = size;
+    }
+    await this.store.write(st);
+  }
+
   mkdir(parent: number, name: Buffer, mode: number, uid: number, gid: number, umask = 0): Promise<Attr> {
     return this.run(() => this.newNode(parent, name, (mode & 0o7777) | S_IFDIR, uid, gid, async (st) => {
       this.initExtentRoot(st);
@@ -500,6 +539,7 @@ export class Ext4Fs {
       }
       if (st.inode.links >= LINK_MAX) throw new FsError('EMLINK', 'too many links');
       const p = await this.store.get(newParent);
+      await this.uninline(p);
       const d = this.dir(p);
       if (await d.lookup(newName)) throw new FsError('EEXIST', `${newName.toString()} exists`);
       await d.add(newName, ino, this.direntType(st.inode.mode));
@@ -543,6 +583,7 @@ export class Ext4Fs {
       this.writable();
       checkName(name, false);
       const p = await this.store.get(parent);
+      await this.uninline(p);
       const { d, st } = await this.child(p, name);
       if (st.inode.isDir()) throw new FsError('EISDIR', `${name.toString()} is a directory`);
       await d.remove(name);
@@ -559,6 +600,7 @@ export class Ext4Fs {
       if (name.equals(Buffer.from('..'))) throw new FsError('ENOTEMPTY', 'cannot remove ".."');
       checkName(name, false);
       const p = await this.store.get(parent);
+      await this.uninline(p);
       const { d, st } = await this.child(p, name);
       if (!st.inode.isDir()) throw new FsError('ENOTDIR', `${name.toString()} is not a directory`);
       if (!(await this.dir(st).isEmpty())) throw new FsError('ENOTEMPTY', `${name.toString()} is not empty`);
@@ -580,6 +622,8 @@ export class Ext4Fs {
       }
       const sp = await this.store.get(parent);
       const tp = await this.store.get(newParent);
+      await this.uninline(sp);
+      await this.uninline(tp);
       const sd = this.dir(sp);
       const td = this.dir(tp);
       const se = await sd.lookup(name);
@@ -600,8 +644,8 @@ export class Ext4Fs {
         await sd.replace(name, dst.inode.ino, this.direntType(dst.inode.mode));
         await td.replace(newName, src.inode.ino, this.direntType(src.inode.mode));
         if (parent !== newParent) {
-          if (srcIsDir) await this.dir(src).setDotDot(newParent);
-          if (dstIsDir) await this.dir(dst).setDotDot(parent);
+          if (srcIsDir) await this.setDotDot(src, newParent);
+          if (dstIsDir) await this.setDotDot(dst, parent);
           if (srcIsDir && !dstIsDir) { this.incLinks(tp); this.decLinks(sp); }
           if (dstIsDir && !srcIsDir) { this.incLinks(sp); this.decLinks(tp); }
         }
@@ -624,7 +668,7 @@ export class Ext4Fs {
         // Re-read the source directory: the target add may have reorganized a shared directory.
         await this.dir(sp).remove(name);
         if (srcIsDir && parent !== newParent) {
-          await this.dir(src).setDotDot(newParent);
+          await this.setDotDot(src, newParent);
           this.decLinks(sp);
           this.incLinks(tp);
         }
@@ -640,6 +684,12 @@ export class Ext4Fs {
       await this.store.write(sp);
       if (tp !== sp) await this.store.write(tp);
     }, true);
+  }
+
+  /** A moved directory's ".." entry (in i_block, for an inline one: stored as a block first). */
+  private async setDotDot(st: InodeState, parent: number): Promise<void> {
+    await this.uninline(st);
+    await this.dir(st).setDotDot(parent);
   }
 
   private async checkNotAncestor(ancestor: number, start: number): Promise<void> {
@@ -791,6 +841,7 @@ export class Ext4Fs {
       this.writable();
       const st = await this.store.get(ino);
       if (!st.inode.isReg()) throw new FsError(st.inode.isDir() ? 'EISDIR' : 'EINVAL', 'not a regular file');
+      await this.uninline(st);
       const i = st.inode;
       const size = i.size;
       const mode = i.f.i_mode;
@@ -814,6 +865,7 @@ export class Ext4Fs {
     return this.run(async () => {
       this.writable();
       const st = await this.store.get(ino);
+      await this.uninline(st);
       await this.files.fallocate(st, mode, offset, length);
       const t = now();
       st.inode.ctime = t;
@@ -951,6 +1003,9 @@ export class Ext4Fs {
     return this.run(async () => {
       this.writable();
       const st = await this.store.get(ino);
+      // Rewriting the xattrs could move system.data out of the inode, where ext4 requires it:
+      // an inline inode is stored as blocks first.
+      await this.uninline(st);
       if (name === 'system.posix_acl_access' || name === 'system.posix_acl_default') return this.setAcl(st, name, value, flags);
       await this.xattrs.set(st, name, value, flags);
     }, true);
@@ -992,7 +1047,9 @@ export class Ext4Fs {
   removexattr(ino: number, name: string): Promise<void> {
     return this.run(async () => {
       this.writable();
-      await this.xattrs.remove(await this.store.get(ino), name);
+      const st = await this.store.get(ino);
+      await this.uninline(st);
+      await this.xattrs.remove(st, name);
     }, true);
   }
 

@@ -393,7 +393,8 @@ export class InodeStore {
   /** Free an inode whose last link and last open are gone: data, xattr block, bitmap bit. */
   async destroy(st: InodeState, freeXattrBlock: (st: InodeState) => Promise<void>): Promise<void> {
     const inode = st.inode;
-    if (inode.hasFlag(INODE_FLAGS.EXTENTS) || holdsBlockMap(inode)) {
+    // An inline-data inode's bytes are in the inode itself: no blocks to give back.
+    if (!inode.hasFlag(INODE_FLAGS.INLINE_DATA) && (inode.hasFlag(INODE_FLAGS.EXTENTS) || holdsBlockMap(inode))) {
       const map = await this.extents(st);
       if (this.beforeRelease) await this.beforeRelease(inode.ino, 0, map.endLblk * this.vol.blockSize);
       for (const r of map.remove(0, map.endLblk)) await this.vol.freeBlocks(r.pblk, r.len);
@@ -408,7 +409,7 @@ export class InodeStore {
     inode.setSectors(0);
     inode.f.i_dtime = Math.floor(Date.now() / 1000) >>> 0;
     inode.f.i_block.fill(0);
-    inode.f.i_flags &= ~INODE_FLAGS.EXTENTS;
+    inode.f.i_flags &= ~(INODE_FLAGS.EXTENTS | INODE_FLAGS.INLINE_DATA);
     // Written now, not at the flush: the state leaves `states` and its number is free for reuse.
     this.removeDirty(st);
     await this.vol.writeInode(inode);
@@ -527,6 +528,15 @@ export class InodeStore {
     return tail.length ? Buffer.concat([st.inode.f.i_block, tail]) : Buffer.from(st.inode.f.i_block);
   }
 
+  /**
+   * An inline directory's entries as one directory block of the usual size, "." and ".." first
+   * (what a directory that outgrows its inode gets, ext4_convert_inline_dir): how kfs lists and
+   * searches it, and what it becomes before it changes (Ext4Fs.uninline).
+   */
+  inlineDirBlock(st: InodeState): Promise<Buffer> {
+    return buildInlineDirBlock(this, st);
+  }
+
   dirIO(st: InodeState): DirIO {
     if (st.inode.hasFlag(INODE_FLAGS.INLINE_DATA)) return inlineDirIO(this, st);
     const vol = this.vol;
@@ -582,58 +592,65 @@ export class InodeStore {
   }
 }
 
-/**
- * An inline directory (EXT4_INLINE_DATA_FL) seen as one linear block, read-only: i_block holds
- * the parent's inode number (no "." or ".." entries) and then entries to byte 60, system.data
- * holds more entries (ext4_inline_data_dirent...). They are packed, after "." and "..", into a
- * block of the usual size, so Directory lists and looks up in it as in any one-block directory.
- * kfs opens inline_data filesystems read-only, so nothing ever writes through it.
- */
-function inlineDirIO(store: InodeStore, st: InodeState): DirIO {
+/** InodeStore.inlineDirBlock: i_block holds the parent's inode number (an inline directory has no
+ * "." or ".." entries) and then entries to byte 60, system.data holds more entries
+ * (fs/ext4/inline.c); they are packed, after "." and "..", into a block of the usual size. */
+async function buildInlineDirBlock(store: InodeStore, st: InodeState): Promise<Buffer> {
   const vol = store.vol;
   const inode = st.inode;
   const bs = vol.blockSize;
   const csumSeed = store.csumSeedOf(inode);
   const where = `inline directory inode ${inode.ino}`;
-  // Built once per Directory: the volume is read-only, so the inode never changes under it.
+  const raw = await store.inlineData(st);
+  if (raw.length < 60) throw new CorruptionError(`${where}: i_block is ${raw.length} bytes`);
+  const dirType = vol.hasIncompat(INCOMPAT.filetype) ? FT.DIR : 0;
+  const entries: { inode: number; name: Buffer; fileType: number }[] = [
+    { inode: inode.ino, name: Buffer.from('.'), fileType: dirType },
+    { inode: raw.readUInt32LE(0), name: Buffer.from('..'), fileType: dirType },
+  ];
+  for (const part of [raw.subarray(4, 60), raw.subarray(60)]) {
+    if (part.length === 0) continue;
+    for (const d of parseDirBlock(part, part.length, where)) if (d.inode) entries.push({ inode: d.inode, name: Buffer.from(d.name), fileType: d.fileType });
+  }
+  const buf = Buffer.alloc(bs);
+  const end = entriesEnd(bs, csumSeed !== null);
+  let need = 0;
+  for (const e of entries) need += direntSize(e.name.length);
+  if (need > end) throw new CorruptionError(`${where}: its entries do not fit a block`);
+  packDirBlock(buf, end, entries);
+  sealDirBlock(buf, csumSeed);
+  return buf;
+}
+
+/**
+ * An inline directory (EXT4_INLINE_DATA_FL) seen as its one block (InodeStore.inlineDirBlock),
+ * for reading: Directory lists and looks up in it as in any one-block directory. A change
+ * stores the directory as that block first (Ext4Fs.uninline) and drops the Directory reading
+ * through this, so nothing ever writes through it.
+ */
+function inlineDirIO(store: InodeStore, st: InodeState): DirIO {
+  const vol = store.vol;
+  const inode = st.inode;
+  const bs = vol.blockSize;
+  const where = `inline directory inode ${inode.ino}`;
+  // Built once per Directory: the inline data never changes under it (see above).
   let built: Promise<Buffer> | null = null;
-  const block = (): Promise<Buffer> => (built ??= build());
-  const build = async (): Promise<Buffer> => {
-    const raw = await store.inlineData(st);
-    if (raw.length < 60) throw new CorruptionError(`${where}: i_block is ${raw.length} bytes`);
-    const dirType = vol.hasIncompat(INCOMPAT.filetype) ? FT.DIR : 0;
-    const entries: { inode: number; name: Buffer; fileType: number }[] = [
-      { inode: inode.ino, name: Buffer.from('.'), fileType: dirType },
-      { inode: raw.readUInt32LE(0), name: Buffer.from('..'), fileType: dirType },
-    ];
-    for (const part of [raw.subarray(4, 60), raw.subarray(60)]) {
-      if (part.length === 0) continue;
-      for (const d of parseDirBlock(part, part.length, where)) if (d.inode) entries.push({ inode: d.inode, name: Buffer.from(d.name), fileType: d.fileType });
-    }
-    const buf = Buffer.alloc(bs);
-    const end = entriesEnd(bs, csumSeed !== null);
-    let need = 0;
-    for (const e of entries) need += direntSize(e.name.length);
-    if (need > end) throw new CorruptionError(`${where}: its entries do not fit a block`);
-    packDirBlock(buf, end, entries);
-    sealDirBlock(buf, csumSeed);
-    return buf;
-  };
-  const readOnly = (): never => {
-    throw new FsError('EROFS', `${where}: kfs does not write inline directories`);
+  const block = (): Promise<Buffer> => (built ??= buildInlineDirBlock(store, st));
+  const unconverted = (): never => {
+    throw new FsError('EIO', `${where} was about to change without being stored as a block first`);
   };
   return {
     ino: inode.ino,
     blockSize: bs,
-    csumSeed,
+    csumSeed: store.csumSeedOf(inode),
     blockCount: () => 1,
     read: (lblk) => (lblk === 0 ? block() : Promise.reject(new CorruptionError(`${where} has no block ${lblk}`))),
     readVerified: (lblk) => (lblk === 0 ? block() : Promise.reject(new CorruptionError(`${where} has no block ${lblk}`))),
     peek: () => null,
-    dirty: readOnly,
-    append: () => Promise.reject(new FsError('EROFS', `${where}: kfs does not write inline directories`)),
+    dirty: unconverted,
+    append: async () => unconverted(),
     indexed: false,
-    setIndexed: readOnly,
+    setIndexed: unconverted,
     dirIndex: vol.hasCompat(COMPAT.dir_index),
     defHashVersion: vol.sb.s_def_hash_version,
     unsignedDelta: vol.hashUnsignedDelta,

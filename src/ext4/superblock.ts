@@ -63,11 +63,13 @@ export const RO_COMPAT = {
   orphan_present: 0x10000,
 } as const;
 
-/** What kfs implements. Unknown incompat: refuse; unknown ro_compat: read-only; compat: ignore. */
-/** Incompat features kfs reads but does not write: such an image opens read-only (Volume.fromDevice). */
-export const READABLE_INCOMPAT = INCOMPAT.inline_data;
+/**
+ * What kfs implements. Unknown incompat: refuse; unknown ro_compat: read-only; compat: ignore.
+ * inline_data: kfs reads inline files and directories and stores one as blocks before it
+ * changes (Ext4Fs.uninline); it makes no inline inodes itself.
+ */
 export const SUPPORTED_INCOMPAT = INCOMPAT.filetype | INCOMPAT.recover | INCOMPAT.extent | INCOMPAT['64bit'] |
-  INCOMPAT.flex_bg | INCOMPAT.csum_seed | INCOMPAT.large_dir | INCOMPAT.meta_bg;
+  INCOMPAT.flex_bg | INCOMPAT.csum_seed | INCOMPAT.large_dir | INCOMPAT.meta_bg | INCOMPAT.inline_data;
 export const SUPPORTED_RO_COMPAT = RO_COMPAT.sparse_super | RO_COMPAT.large_file | RO_COMPAT.huge_file |
   RO_COMPAT.dir_nlink | RO_COMPAT.extra_isize | RO_COMPAT.metadata_csum | RO_COMPAT.gdt_csum;
 

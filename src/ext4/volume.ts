@@ -19,7 +19,7 @@ import { join64, lo32, hi32 } from '../util/cursor';
 import { ext4Crc } from './crc';
 import {
   SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, COMPAT, INCOMPAT, RO_COMPAT,
-  SUPPORTED_RO_COMPAT, READABLE_INCOMPAT, featureNames, sbBlocksCount, sbFreeBlocks, groupBaseMetaBlocks, groupDescLocation, FLAG_UNSIGNED_HASH, STATE_VALID,
+  SUPPORTED_RO_COMPAT, featureNames, sbBlocksCount, sbFreeBlocks, groupBaseMetaBlocks, groupDescLocation, FLAG_UNSIGNED_HASH, STATE_VALID,
 } from './superblock';
 import {
   GroupDesc, decodeGroupDesc, encodeGroupDesc, groupDescChecksum, bitmapChecksum, GROUP_DESC_CHECKSUM_OFFSET,
@@ -133,11 +133,6 @@ export class Volume {
     let reason: string | null = null;
     const badRo = sb.s_feature_ro_compat & ~SUPPORTED_RO_COMPAT;
     if (badRo && !readOnly) reason = `read-only: unsupported ro_compat features ${featureNames(RO_COMPAT, badRo).join(', ')}`;
-    // inline_data: kfs reads inline files and directories (InodeStore.inlineData) but does not
-    // write them.
-    if (sb.s_feature_incompat & READABLE_INCOMPAT && !readOnly && !reason) {
-      reason = `read-only: ${featureNames(INCOMPAT, sb.s_feature_incompat & READABLE_INCOMPAT).join(', ')} (kfs reads inline files and directories but does not write them)`;
-    }
     // An ext2/ext3 filesystem: its files are block maps, which kfs reads (indirect.ts) but does
     // not write; an extent tree would need the extent feature, which only a tool should turn on.
     if (!(sb.s_feature_incompat & INCOMPAT.extent) && !readOnly && !reason) {

@@ -11,7 +11,7 @@ import { CorruptionError, FsError } from '../../util/errors';
 import { log } from '../../util/log';
 import {
   SuperblockLayout, SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, EXT4_MAGIC, COMPAT, INCOMPAT, RO_COMPAT,
-  SUPPORTED_INCOMPAT, READABLE_INCOMPAT, descGeometry, featureNames, superblockChecksum, sbBlocksCount,
+  SUPPORTED_INCOMPAT, descGeometry, featureNames, superblockChecksum, sbBlocksCount,
 } from '../superblock';
 import { needsRecovery, recoverInPlace, recoverInMemory } from './recovery';
 
@@ -47,7 +47,7 @@ export function checkSuperblock(dev: BlockDevice, raw: Buffer): SuperblockFields
     if (sb.s_checksum_type !== 1) throw new CorruptionError(`unknown superblock checksum type ${sb.s_checksum_type}`);
     if (superblockChecksum(raw) !== sb.s_checksum) throw new CorruptionError('superblock checksum mismatch (try e2fsck -b <backup> to recover)');
   }
-  const badIncompat = sb.s_feature_incompat & ~(SUPPORTED_INCOMPAT | READABLE_INCOMPAT);
+  const badIncompat = sb.s_feature_incompat & ~SUPPORTED_INCOMPAT;
   if (badIncompat) {
     throw new FsError('EINVAL', `${dev.path} uses ext4 features kfs does not support: ${featureNames(INCOMPAT, badIncompat).join(', ')}`);
   }
