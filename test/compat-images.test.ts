@@ -679,6 +679,42 @@ test.serial('inline_data image: kfs changes inline files and directories; e2fsck
 });
 
 /**
+ * A full inline_data filesystem: an inline file or directory that would have to be stored in a
+ * block answers ENOSPC before anything of it changes, and stays as it was.
+ */
+test.serial('inline_data image, full: changing an inline inode answers ENOSPC and leaves it intact', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '16M', extraArgs: ['-O', 'inline_data'] });
+  const k = loopMount(t, img);
+  try {
+    fs.writeFileSync(join(k.dir, 'keep'), 'original');
+    fs.mkdirSync(join(k.dir, 'dd'));
+    fs.writeFileSync(join(k.dir, 'dd', 'one'), '1');
+    t.true(inlineFlag(join(k.dir, 'keep')) && inlineFlag(join(k.dir, 'dd')));
+  } finally {
+    k.unmount();
+  }
+  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
+    const filler = await f.create(2, Buffer.from('filler'), 0o644, 0, 0);
+    const chunk = Buffer.alloc(1 << 20, 1);
+    for (let off = 0; ; off += chunk.length) if ((await f.write(filler.ino, off, chunk)) < chunk.length) break;
+    const keep = await f.lookup(2, Buffer.from('keep'));
+    const dd = await f.lookup(2, Buffer.from('dd'));
+    await t.throwsAsync(() => f.write(keep.ino, 8, Buffer.from(' and more')), { code: 'ENOSPC' });
+    await t.throwsAsync(() => f.create(dd.ino, Buffer.from('two'), 0o644, 0, 0), { code: 'ENOSPC' });
+    await t.throwsAsync(() => f.setxattr(keep.ino, 'user.a', Buffer.from('b')), { code: 'ENOSPC' });
+    t.deepEqual(await f.read(keep.ino, 0, 100), Buffer.from('original'));
+    t.deepEqual((await f.readdir(dd.ino, 0)).map((e) => e.name.toString()).sort(), ['.', '..', 'one']);
+  });
+  fsckCleanAndKernelSees(t, img, (dir) => {
+    t.is(fs.readFileSync(join(dir, 'keep'), 'utf8'), 'original');
+    t.true(inlineFlag(join(dir, 'keep')) && inlineFlag(join(dir, 'dd')), 'still inline');
+    t.deepEqual(fs.readdirSync(join(dir, 'dd')), ['one']);
+  });
+});
+
+/**
  * Inline directories and files in corners: 1 KiB inodes, so a directory's entries spill from
  * i_block into system.data, with some deleted (gaps); one below a subdirectory (its ".." is
  * not the root); then, by debugfs, a size past the stored bytes (zeros, as the kernel reads),

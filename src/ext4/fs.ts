@@ -437,6 +437,10 @@ export class Ext4Fs {
     if (!i.hasFlag(INODE_FLAGS.INLINE_DATA) || !(i.isReg() || i.isDir())) return;
     const dirBlock = i.isDir() ? await this.store.inlineDirBlock(st) : null;
     const data = dirBlock ? null : (await this.store.inlineData(st)).subarray(0, i.size);
+    // Inline data fits in the inode, so in one block (an inode is at most a block); removing
+    // system.data may copy a shared xattr block. With two blocks free the conversion cannot
+    // fail half-way, after the inline copy is gone.
+    if ((dirBlock || data!.length) && this.vol.freeBlockCount < 2) throw new FsError('ENOSPC', `no free block to store inline inode ${i.ino} in`);
     await this.xattrs.remove(st, INLINE_DATA_XATTR);
     i.f.i_block.fill(0);
     i.f.i_flags &= ~INODE_FLAGS.INLINE_DATA;
