@@ -555,16 +555,14 @@ test.serial('inline_data image: kfs reads inline files and directories as the ke
   t.is(fsck(img).code, 0);
 });
 
-/** The user xattrs of every file and directory below dir (getfattr), in name order. */
+/** The user and trusted xattrs of everything below dir (getfattr, symlinks' own), in name order. */
 function userXattrs(dir: string): string {
   const out: string[] = [];
   const walk = (rel: string): void => {
     for (const name of fs.readdirSync(join(dir, rel)).sort()) {
       const p = rel ? `${rel}/${name}` : name;
-      const st = fs.lstatSync(join(dir, p));
-      if (st.isSymbolicLink()) continue;
-      out.push(`${p}: ${mustRun('getfattr', ['-d', '--absolute-names', '-m', '^user\\.', join(dir, p)]).split(dir).join('ROOT').trim()}`);
-      if (st.isDirectory()) walk(p);
+      out.push(`${p}: ${mustRun('getfattr', ['-h', '-d', '--absolute-names', '-m', '^(user|trusted)\\.', join(dir, p)]).split(dir).join('ROOT').trim()}`);
+      if (fs.lstatSync(join(dir, p)).isDirectory()) walk(p);
     }
   };
   walk('');
@@ -581,10 +579,12 @@ function inlineFlag(path: string): boolean {
  * of the image is the kernel's reference), then the same changes are made to one copy by kfs
  * and to the other by the kernel: writes that stay small or grow, truncation, entries added to,
  * removed from and renamed between inline directories, an inline directory moved (its ".." is
- * in i_block), an xattr added beside system.data, an inline file and an inline directory
- * removed. kfs stores each inline inode it changes as blocks first (Ext4Fs.uninline), so its
- * image differs from the kernel's in layout only: e2fsck -fn passes, and the kernel sees the
- * same tree, bytes and user xattrs in both.
+ * in i_block), an xattr added beside system.data and on an inline symlink (made by debugfs:
+ * the kernel makes none), an inline file and an inline directory removed, names removed from
+ * an inline directory's i_block and its system.data. kfs stores each inline inode it changes
+ * as blocks first (Ext4Fs.uninline), except a directory that only loses names, which stays
+ * inline as with the kernel: the images differ in layout only. e2fsck -fn passes, and the
+ * kernel sees the same tree, bytes and xattrs in both.
  */
 test.serial('inline_data image: kfs changes inline files and directories; e2fsck and the kernel agree with the kernel\'s own changes', async (t) => {
   t.timeout(3 * 60 * 1000);
@@ -607,10 +607,16 @@ test.serial('inline_data image: kfs changes inline files and directories; e2fsck
     fs.writeFileSync(join(k.dir, 'e', 'x'), 'x');
     fs.mkdirSync(join(k.dir, 'e', 'empty'));
     fs.symlinkSync('small', join(k.dir, 'ln'));
-    for (const p of ['small', 'f100', 'mid', 'doomed', 'xf', 'd', 'e', 'd/sub', 'e/empty']) t.true(inlineFlag(join(k.dir, p)), `the kernel made ${p} inline`);
+    fs.mkdirSync(join(k.dir, 'r'));
+    for (let i = 1; i <= 5; i++) fs.writeFileSync(join(k.dir, 'r', `rfile${i}`), `${i}`);
+    fs.mkdirSync(join(k.dir, 'r', 'rd'));
+    for (const p of ['small', 'f100', 'mid', 'doomed', 'xf', 'd', 'e', 'd/sub', 'e/empty', 'r']) t.true(inlineFlag(join(k.dir, p)), `the kernel made ${p} inline`);
   } finally {
     k.unmount();
   }
+  debugfs(img, `symlink /slow-link ${'t'.repeat(100)}`, { write: true });
+  t.regex(debugfs(img, 'stat /slow-link'), /Flags: 0x10000000/, 'an inline symlink');
+  t.true(Number(/Size of inline data: (\d+)/.exec(debugfs(img, 'stat /r'))![1]) > 60, "r's entries reach into system.data");
   const reference = join(tempDir(t, 'ref'), 'kernel.img');
   fs.copyFileSync(img, reference);
 
@@ -627,6 +633,9 @@ test.serial('inline_data image: kfs changes inline files and directories; e2fsck
     mustRun('setfattr', ['-n', 'user.k2', '-v', 'v2', join(r.dir, 'xf')]);
     fs.unlinkSync(join(r.dir, 'doomed'));
     fs.rmdirSync(join(r.dir, 'e', 'empty'));
+    mustRun('setfattr', ['-h', '-n', 'trusted.s', '-v', '1', join(r.dir, 'slow-link')]);
+    for (const n of ['rfile2', 'rfile5']) fs.unlinkSync(join(r.dir, 'r', n));
+    fs.rmdirSync(join(r.dir, 'r', 'rd'));
   } finally {
     r.unmount();
   }
@@ -652,6 +661,11 @@ test.serial('inline_data image: kfs changes inline files and directories; e2fsck
     await f.setxattr(await at('xf'), 'user.k2', Buffer.from('v2'));
     await f.unlink(root, Buffer.from('doomed'));
     await f.rmdir(e, Buffer.from('empty'));
+    await f.setxattr(await at('slow-link'), 'trusted.s', Buffer.from('1'));
+    const rdir = await at('r');
+    for (const n of ['rfile2', 'rfile5']) await f.unlink(rdir, Buffer.from(n));
+    await f.rmdir(rdir, Buffer.from('rd'));
+    t.deepEqual((await f.readdir(rdir, 0)).map((x) => x.name.toString()).sort(), ['.', '..', 'rfile1', 'rfile3', 'rfile4']);
     t.is((await f.lookup(await at('g/sub'), Buffer.from('..'))).ino, g, 'the moved directory\'s ".."');
     t.deepEqual(await f.read(small, 0, 100), Buffer.from('ten bytes! and more'));
   });
@@ -670,19 +684,24 @@ test.serial('inline_data image: kfs changes inline files and directories; e2fsck
     t.deepEqual(hostTree(dir), expected.tree, 'the kernel sees what it made itself');
     t.is(userXattrs(dir), expected.xattrs);
     t.true(inlineFlag(join(dir, 'untouched')), 'an inode kfs did not change stays inline');
+    t.true(inlineFlag(join(dir, 'r')), 'a directory that only lost names stays inline');
     for (const p of ['small', 'f100', 'mid', 'xf', 'd', 'e', 'g/sub']) t.false(inlineFlag(join(dir, p)), `${p}, changed by kfs, is stored in blocks`);
   });
   // ...and keeps no system.data attribute (ext4_destroy_inline_data removes it), while xf keeps its own.
-  for (const p of ['small', 'f100', 'mid', 'xf', 'd', 'e', 'g/sub']) t.notRegex(debugfs(img, `ea_list /${p}`), /system\.data/, `${p} has no system.data left`);
+  for (const p of ['small', 'f100', 'mid', 'xf', 'd', 'e', 'g/sub', 'slow-link']) t.notRegex(debugfs(img, `ea_list /${p}`), /system\.data/, `${p} has no system.data left`);
   t.regex(debugfs(img, 'ea_list /untouched'), /system\.data/, 'as an inline inode has');
   t.regex(debugfs(img, 'ea_list /xf'), /user\.k2? .*\n.*user\.k2? /s);
 });
 
 /**
- * A full inline_data filesystem: an inline file or directory that would have to be stored in a
- * block answers ENOSPC before anything of it changes, and stays as it was.
+ * A full inline_data filesystem. A change that would store an inline inode in a block answers
+ * ENOSPC before anything changes: a write, a create in an inline directory, an xattr, a rename
+ * of an inline directory to another parent (its ".." would move), linking an O_TMPFILE file
+ * into an inline directory (it must stay on the orphan list: checked after a crash, i.e. the
+ * kernel replaying the journal). Deleting from an inline directory needs no block and frees
+ * the space, as with the kernel; the directory stays inline.
  */
-test.serial('inline_data image, full: changing an inline inode answers ENOSPC and leaves it intact', async (t) => {
+test.serial('inline_data image, full: ENOSPC leaves inline inodes and names intact; deleting from an inline directory frees space', async (t) => {
   t.timeout(2 * 60 * 1000);
   requireRoot(t);
   const img = makeImage(t, { size: '16M', extraArgs: ['-O', 'inline_data'] });
@@ -691,26 +710,53 @@ test.serial('inline_data image, full: changing an inline inode answers ENOSPC an
     fs.writeFileSync(join(k.dir, 'keep'), 'original');
     fs.mkdirSync(join(k.dir, 'dd'));
     fs.writeFileSync(join(k.dir, 'dd', 'one'), '1');
-    t.true(inlineFlag(join(k.dir, 'keep')) && inlineFlag(join(k.dir, 'dd')));
+    fs.mkdirSync(join(k.dir, 'dl'));
+    fs.writeFileSync(join(k.dir, 'dl', 'big'), Buffer.alloc(2 << 20, 7));
+    fs.writeFileSync(join(k.dir, 'dl', 'note'), 'n');
+    for (const p of ['keep', 'dd', 'dl']) t.true(inlineFlag(join(k.dir, p)), `${p} is inline`);
   } finally {
     k.unmount();
   }
-  await withExt4(img, { commitIntervalMs: 0 }, async (f) => {
+  // Filled, refused, then a crash after a sync: the journal holds what was done.
+  const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
+  try {
     const filler = await f.create(2, Buffer.from('filler'), 0o644, 0, 0);
     const chunk = Buffer.alloc(1 << 20, 1);
     for (let off = 0; ; off += chunk.length) if ((await f.write(filler.ino, off, chunk)) < chunk.length) break;
     const keep = await f.lookup(2, Buffer.from('keep'));
     const dd = await f.lookup(2, Buffer.from('dd'));
+    const lf = await f.lookup(2, Buffer.from('lost+found'));
     await t.throwsAsync(() => f.write(keep.ino, 8, Buffer.from(' and more')), { code: 'ENOSPC' });
     await t.throwsAsync(() => f.create(dd.ino, Buffer.from('two'), 0o644, 0, 0), { code: 'ENOSPC' });
     await t.throwsAsync(() => f.setxattr(keep.ino, 'user.a', Buffer.from('b')), { code: 'ENOSPC' });
+    await t.throwsAsync(() => f.rename(2, Buffer.from('dd'), lf.ino, Buffer.from('dd')), { code: 'ENOSPC' });
+    const tmp = await f.tmpfile(2, 0o644, 0, 0);
+    await t.throwsAsync(() => f.link(tmp.ino, dd.ino, Buffer.from('tmp')), { code: 'ENOSPC' });
     t.deepEqual(await f.read(keep.ino, 0, 100), Buffer.from('original'));
     t.deepEqual((await f.readdir(dd.ino, 0)).map((e) => e.name.toString()).sort(), ['.', '..', 'one']);
+    t.truthy(await f.lookup(2, Buffer.from('dd')), 'the refused rename moved nothing');
+    await f.sync();
+  } finally {
+    await f.discard();
+  }
+  const replay = loopMount(t, img);
+  replay.unmount();
+  t.is(fsck(img).code, 0, 'after the crash and the journal replay, e2fsck -fn is clean (no leaked O_TMPFILE inode)');
+
+  await withExt4(img, { commitIntervalMs: 0 }, async (f2) => {
+    const dl = await f2.lookup(2, Buffer.from('dl'));
+    const before = (await f2.statfs()).bfree;
+    await f2.unlink(dl.ino, Buffer.from('big'));
+    t.true((await f2.statfs()).bfree >= before + 512, 'deleting from the inline directory freed the 2 MiB');
+    const dd = await f2.lookup(2, Buffer.from('dd'));
+    await f2.create(dd.ino, Buffer.from('two'), 0o644, 0, 0);
   });
   fsckCleanAndKernelSees(t, img, (dir) => {
     t.is(fs.readFileSync(join(dir, 'keep'), 'utf8'), 'original');
-    t.true(inlineFlag(join(dir, 'keep')) && inlineFlag(join(dir, 'dd')), 'still inline');
-    t.deepEqual(fs.readdirSync(join(dir, 'dd')), ['one']);
+    t.true(inlineFlag(join(dir, 'keep')), 'keep is still inline');
+    t.deepEqual(fs.readdirSync(join(dir, 'dl')), ['note']);
+    t.true(inlineFlag(join(dir, 'dl')), 'a directory that only lost a name stays inline');
+    t.deepEqual(fs.readdirSync(join(dir, 'dd')).sort(), ['one', 'two']);
   });
 });
 

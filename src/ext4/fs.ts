@@ -17,7 +17,7 @@ import { FileIO } from './file-io';
 import { ExtentMap } from './extents';
 import { daxRuns } from './dax-map';
 import type { DaxRun } from '../vhost/dax-window';
-import { fileTypeOfMode, packDirBlock, sealDirBlock, entriesEnd } from './dirent';
+import { fileTypeOfMode, packDirBlock, sealDirBlock, entriesEnd, removeDirent } from './dirent';
 import {
   Timespec, ROOT_INO, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK, INODE_FLAGS,
 } from './inode';
@@ -430,11 +430,14 @@ export class Ext4Fs {
    * (ext4_convert_inline_data, ext4_convert_inline_dir): a regular file's bytes go to blocks of an
    * extent tree, a directory's entries to one directory block. kfs reads inline data but writes
    * none (its new inodes are never inline, which the feature allows); converting first keeps
-   * every change on the paths that ordinary inodes take. Symlinks never change in place.
+   * every change on the paths that ordinary inodes take. A symlink's target (a slow one's) is
+   * stored like a file's bytes: its xattrs change only after that, since e2fsck miscounts an
+   * inline symlink's xattr block. Removing a name from an inline directory needs no conversion
+   * (removeInlineEntry).
    */
   private async uninline(st: InodeState): Promise<void> {
     const i = st.inode;
-    if (!i.hasFlag(INODE_FLAGS.INLINE_DATA) || !(i.isReg() || i.isDir())) return;
+    if (!i.hasFlag(INODE_FLAGS.INLINE_DATA) || !(i.isReg() || i.isDir() || i.isSymlink())) return;
     const dirBlock = i.isDir() ? await this.store.inlineDirBlock(st) : null;
     const data = dirBlock ? null : (await this.store.inlineData(st)).subarray(0, i.size);
     // Inline data fits in the inode, so in one block (an inode is at most a block); removing
@@ -460,6 +463,27 @@ export class Ext4Fs {
       i.size = size;
     }
     await this.store.write(st);
+  }
+
+  /**
+   * Remove a name from an inline directory where it lies, in i_block or in system.data, as
+   * ext4_delete_inline_entry does: no block is needed, so deleting works on a full filesystem,
+   * where it is how space comes back. The directory stays inline.
+   */
+  private async removeInlineEntry(p: InodeState, name: Buffer): Promise<void> {
+    const where = `inline directory inode ${p.inode.ino}`;
+    const raw = await this.store.inlineData(p); // a copy: i_block's 60 bytes, then system.data's
+    const head = raw.subarray(4, 60); // after the parent's inode number
+    if (removeDirent(head, head.length, where, name)) {
+      raw.copy(p.inode.f.i_block, 0, 0, 60);
+    } else {
+      const tail = raw.subarray(60);
+      if (!tail.length || !removeDirent(tail, tail.length, where, name)) throw new FsError('ENOENT', `${name.toString()} not found`);
+      await this.xattrs.setInlineData(p, tail);
+    }
+    // The Directory read the old entries; the next one reads these.
+    p.dir = null;
+    await this.store.write(p);
   }
 
   mkdir(parent: number, name: Buffer, mode: number, uid: number, gid: number, umask = 0): Promise<Attr> {
@@ -535,6 +559,9 @@ export class Ext4Fs {
       checkName(newName, false);
       const st = await this.store.get(ino);
       if (st.inode.isDir()) throw new FsError('EPERM', 'hard links to directories are not allowed');
+      const p = await this.store.get(newParent);
+      // First: an ENOSPC here must leave an O_TMPFILE file on the orphan list.
+      await this.uninline(p);
       if (st.inode.links === 0) {
         // linkat() of an O_TMPFILE file: it leaves the orphan list.
         if (st.openCount === 0) throw new FsError('ENOENT', 'file was deleted');
@@ -542,8 +569,6 @@ export class Ext4Fs {
         st.inode.f.i_dtime = 0;
       }
       if (st.inode.links >= LINK_MAX) throw new FsError('EMLINK', 'too many links');
-      const p = await this.store.get(newParent);
-      await this.uninline(p);
       const d = this.dir(p);
       if (await d.lookup(newName)) throw new FsError('EEXIST', `${newName.toString()} exists`);
       await d.add(newName, ino, this.direntType(st.inode.mode));
@@ -562,6 +587,12 @@ export class Ext4Fs {
    * kept (orphan list, counted as one opener) until the caller releases it with release().
    */
   keepUnlinked: ((ino: number) => boolean) | null = null;
+
+  /** Remove `name` from directory p (Directory d), in place when p is inline. */
+  private async removeEntry(p: InodeState, d: Directory, name: Buffer): Promise<void> {
+    if (p.inode.hasFlag(INODE_FLAGS.INLINE_DATA)) await this.removeInlineEntry(p, name);
+    else await d.remove(name);
+  }
 
   /** Drop one link of st; free it now or, if open or still referred to, at its last release (orphan list). */
   private async dropLink(st: InodeState): Promise<void> {
@@ -587,10 +618,9 @@ export class Ext4Fs {
       this.writable();
       checkName(name, false);
       const p = await this.store.get(parent);
-      await this.uninline(p);
       const { d, st } = await this.child(p, name);
       if (st.inode.isDir()) throw new FsError('EISDIR', `${name.toString()} is a directory`);
-      await d.remove(name);
+      await this.removeEntry(p, d, name);
       this.stampDir(p);
       await this.store.write(p);
       await this.dropLink(st);
@@ -604,11 +634,10 @@ export class Ext4Fs {
       if (name.equals(Buffer.from('..'))) throw new FsError('ENOTEMPTY', 'cannot remove ".."');
       checkName(name, false);
       const p = await this.store.get(parent);
-      await this.uninline(p);
       const { d, st } = await this.child(p, name);
       if (!st.inode.isDir()) throw new FsError('ENOTDIR', `${name.toString()} is not a directory`);
       if (!(await this.dir(st).isEmpty())) throw new FsError('ENOTEMPTY', `${name.toString()} is not empty`);
-      await d.remove(name);
+      await this.removeEntry(p, d, name);
       this.decLinks(p);
       this.stampDir(p);
       await this.store.write(p);
@@ -640,16 +669,21 @@ export class Ext4Fs {
       if (te && te.inode === se.inode) return; // same file: POSIX says do nothing
       // A directory may not move into its own subtree.
       if (srcIsDir && parent !== newParent) await this.checkNotAncestor(se.inode, newParent);
+      // Every directory whose entries change is stored in blocks before the first entry moves
+      // (the parents above, a moved directory's ".." here): a conversion that fails (ENOSPC)
+      // then leaves all names as they were.
+      if (srcIsDir && parent !== newParent) await this.uninline(src);
       const t = now();
       if (flags & RENAME_EXCHANGE) {
         const dst = await this.store.get(te!.inode);
         const dstIsDir = dst.inode.isDir();
         if (dstIsDir && parent !== newParent) await this.checkNotAncestor(te!.inode, parent);
+        if (dstIsDir && parent !== newParent) await this.uninline(dst);
         await sd.replace(name, dst.inode.ino, this.direntType(dst.inode.mode));
         await td.replace(newName, src.inode.ino, this.direntType(src.inode.mode));
         if (parent !== newParent) {
-          if (srcIsDir) await this.setDotDot(src, newParent);
-          if (dstIsDir) await this.setDotDot(dst, parent);
+          if (srcIsDir) await this.dir(src).setDotDot(newParent);
+          if (dstIsDir) await this.dir(dst).setDotDot(parent);
           if (srcIsDir && !dstIsDir) { this.incLinks(tp); this.decLinks(sp); }
           if (dstIsDir && !srcIsDir) { this.incLinks(sp); this.decLinks(tp); }
         }
@@ -672,7 +706,7 @@ export class Ext4Fs {
         // Re-read the source directory: the target add may have reorganized a shared directory.
         await this.dir(sp).remove(name);
         if (srcIsDir && parent !== newParent) {
-          await this.setDotDot(src, newParent);
+          await this.dir(src).setDotDot(newParent);
           this.decLinks(sp);
           this.incLinks(tp);
         }
@@ -688,12 +722,6 @@ export class Ext4Fs {
       await this.store.write(sp);
       if (tp !== sp) await this.store.write(tp);
     }, true);
-  }
-
-  /** A moved directory's ".." entry (in i_block, for an inline one: stored as a block first). */
-  private async setDotDot(st: InodeState, parent: number): Promise<void> {
-    await this.uninline(st);
-    await this.dir(st).setDotDot(parent);
   }
 
   private async checkNotAncestor(ancestor: number, start: number): Promise<void> {
@@ -1130,6 +1158,7 @@ export class Ext4Fs {
   withDaxRuns(ino: number, foffset: number, len: number, writable: boolean, use: (runs: DaxRun[]) => Promise<void>): Promise<void> {
     return this.run(async () => {
       const st = await this.store.get(ino);
+      if (writable) await this.uninline(st);
       await use(await daxRuns(this.store, this.files, st, foffset, len, writable));
     }, writable);
   }

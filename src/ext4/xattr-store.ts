@@ -4,7 +4,7 @@
  * a block it writes, and copies a shared one before changing it). POSIX ACLs are converted
  * between the VFS xattr format and ext4's compact on-disk format.
  */
-import { FsError } from '../util/errors';
+import { CorruptionError, FsError } from '../util/errors';
 import { InodeStore, InodeState, now } from './inode-store';
 import {
   XattrEntry, parseInodeXattrs, parseBlockXattrs, encodeInodeXattrs, encodeBlockXattrs, splitXattrs, xattrNameValid,
@@ -101,6 +101,18 @@ export class XattrStore {
     const i = entries.findIndex((e) => e.name === name);
     if (i < 0) throw new FsError('ENODATA', `no attribute ${name}`);
     entries.splice(i, 1);
+    await this.store_(st, entries);
+  }
+
+  /**
+   * Replace the value of system.data, an inline-data inode's bytes past i_block, which is
+   * ext4's own and not settable through set(); it stays in the inode (splitXattrs).
+   */
+  async setInlineData(st: InodeState, value: Buffer): Promise<void> {
+    const entries = await this.all(st);
+    const i = entries.findIndex((e) => e.name === 'system.data');
+    if (i < 0) throw new CorruptionError(`inode ${st.inode.ino} has inline data but no system.data attribute`);
+    entries[i] = { name: 'system.data', value: Buffer.from(value) };
     await this.store_(st, entries);
   }
 
