@@ -691,6 +691,24 @@ test.serial('inline_data image: kfs changes inline files and directories; e2fsck
   for (const p of ['small', 'f100', 'mid', 'xf', 'd', 'e', 'g/sub', 'slow-link']) t.notRegex(debugfs(img, `ea_list /${p}`), /system\.data/, `${p} has no system.data left`);
   t.regex(debugfs(img, 'ea_list /untouched'), /system\.data/, 'as an inline inode has');
   t.regex(debugfs(img, 'ea_list /xf'), /user\.k2? .*\n.*user\.k2? /s);
+
+  // A writable DAX mapping converts an inline file, but not on a read-only filesystem.
+  await withExt4(img, { commitIntervalMs: 0, readOnly: true }, async (f) => {
+    const u = await f.lookup(2, Buffer.from('untouched'));
+    await t.throwsAsync(() => f.withDaxRuns(u.ino, 0, 4096, true, async () => undefined), { code: 'EROFS' });
+    t.deepEqual(await f.read(u.ino, 0, 100), Buffer.from('stays inline'));
+  });
+  // The kernel edits r's system.data after kfs did: kfs left that entry as the kernel expects
+  // (its e_hash untouched), or e2fsck would now abort.
+  const again = loopMount(t, img);
+  try {
+    fs.unlinkSync(join(again.dir, 'r', 'rfile4'));
+    fs.writeFileSync(join(again.dir, 'r', 'z'), 'z');
+  } finally {
+    again.unmount();
+  }
+  const after = fsck(img);
+  t.is(after.code, 0, `e2fsck -fn after the kernel's edit:\n${after.output}`);
 });
 
 /**
@@ -714,6 +732,12 @@ test.serial('inline_data image, full: ENOSPC leaves inline inodes and names inta
     fs.writeFileSync(join(k.dir, 'dl', 'big'), Buffer.alloc(2 << 20, 7));
     fs.writeFileSync(join(k.dir, 'dl', 'note'), 'n');
     for (const p of ['keep', 'dd', 'dl']) t.true(inlineFlag(join(k.dir, p)), `${p} is inline`);
+    // Identical attributes the kernel keeps in one shared xattr block (refcount 2).
+    for (const p of ['dd', 'dl', 'sh1', 'sh2']) {
+      if (p.startsWith('sh')) fs.writeFileSync(join(k.dir, p), Buffer.alloc(5000, 's'));
+      mustRun('setfattr', ['-n', 'user.big', '-v', 'b'.repeat(300), join(k.dir, p)]);
+    }
+    mustRun('setfattr', ['-n', 'user.s1', '-v', 's'.repeat(40), join(k.dir, 'sh1')]); // in the inode
   } finally {
     k.unmount();
   }
@@ -732,6 +756,13 @@ test.serial('inline_data image, full: ENOSPC leaves inline inodes and names inta
     await t.throwsAsync(() => f.rename(2, Buffer.from('dd'), lf.ino, Buffer.from('dd')), { code: 'ENOSPC' });
     const tmp = await f.tmpfile(2, 0o644, 0, 0);
     await t.throwsAsync(() => f.link(tmp.ino, dd.ino, Buffer.from('tmp')), { code: 'ENOSPC' });
+    await t.throwsAsync(() => f.link(tmp.ino, 2, Buffer.from('keep')), { code: 'EEXIST' });
+    // An attribute that grows out of the inode into the shared block needs a block of its own:
+    // refused, with the inode's attributes as they were.
+    const sh1 = await f.lookup(2, Buffer.from('sh1'));
+    await t.throwsAsync(() => f.setxattr(sh1.ino, 'user.s1', Buffer.alloc(200, 'm')), { code: 'ENOSPC' });
+    t.deepEqual((await f.listxattr(sh1.ino)).sort(), ['user.big', 'user.s1']);
+    t.deepEqual(await f.getxattr(sh1.ino, 'user.s1'), Buffer.alloc(40, 's'));
     t.deepEqual(await f.read(keep.ino, 0, 100), Buffer.from('original'));
     t.deepEqual((await f.readdir(dd.ino, 0)).map((e) => e.name.toString()).sort(), ['.', '..', 'one']);
     t.truthy(await f.lookup(2, Buffer.from('dd')), 'the refused rename moved nothing');
@@ -757,6 +788,8 @@ test.serial('inline_data image, full: ENOSPC leaves inline inodes and names inta
     t.deepEqual(fs.readdirSync(join(dir, 'dl')), ['note']);
     t.true(inlineFlag(join(dir, 'dl')), 'a directory that only lost a name stays inline');
     t.deepEqual(fs.readdirSync(join(dir, 'dd')).sort(), ['one', 'two']);
+    for (const p of ['dd', 'dl', 'sh1', 'sh2']) t.is(mustRun('getfattr', ['--only-values', '-n', 'user.big', join(dir, p)]), 'b'.repeat(300), p);
+    t.is(mustRun('getfattr', ['--only-values', '-n', 'user.s1', join(dir, 'sh1')]), 's'.repeat(40));
   });
 });
 

@@ -438,12 +438,14 @@ export class Ext4Fs {
   private async uninline(st: InodeState): Promise<void> {
     const i = st.inode;
     if (!i.hasFlag(INODE_FLAGS.INLINE_DATA) || !(i.isReg() || i.isDir() || i.isSymlink())) return;
+    this.writable();
     const dirBlock = i.isDir() ? await this.store.inlineDirBlock(st) : null;
     const data = dirBlock ? null : (await this.store.inlineData(st)).subarray(0, i.size);
     // Inline data fits in the inode, so in one block (an inode is at most a block); removing
     // system.data may copy a shared xattr block. With two blocks free the conversion cannot
     // fail half-way, after the inline copy is gone.
     if ((dirBlock || data!.length) && this.vol.freeBlockCount < 2) throw new FsError('ENOSPC', `no free block to store inline inode ${i.ino} in`);
+    // First, as it may be refused (ENOSPC: see XattrStore.store_) with nothing changed.
     await this.xattrs.remove(st, INLINE_DATA_XATTR);
     i.f.i_block.fill(0);
     i.f.i_flags &= ~INODE_FLAGS.INLINE_DATA;
@@ -479,7 +481,7 @@ export class Ext4Fs {
     } else {
       const tail = raw.subarray(60);
       if (!tail.length || !removeDirent(tail, tail.length, where, name)) throw new FsError('ENOENT', `${name.toString()} not found`);
-      await this.xattrs.setInlineData(p, tail);
+      this.xattrs.setInlineData(p, tail);
     }
     // The Directory read the old entries; the next one reads these.
     p.dir = null;
@@ -559,19 +561,19 @@ export class Ext4Fs {
       checkName(newName, false);
       const st = await this.store.get(ino);
       if (st.inode.isDir()) throw new FsError('EPERM', 'hard links to directories are not allowed');
-      const p = await this.store.get(newParent);
-      // First: an ENOSPC here must leave an O_TMPFILE file on the orphan list.
-      await this.uninline(p);
-      if (st.inode.links === 0) {
-        // linkat() of an O_TMPFILE file: it leaves the orphan list.
-        if (st.openCount === 0) throw new FsError('ENOENT', 'file was deleted');
-        await this.store.removeOrphan(st);
-        st.inode.f.i_dtime = 0;
-      }
+      if (st.inode.links === 0 && st.openCount === 0) throw new FsError('ENOENT', 'file was deleted');
       if (st.inode.links >= LINK_MAX) throw new FsError('EMLINK', 'too many links');
+      const p = await this.store.get(newParent);
+      await this.uninline(p);
       const d = this.dir(p);
       if (await d.lookup(newName)) throw new FsError('EEXIST', `${newName.toString()} exists`);
       await d.add(newName, ino, this.direntType(st.inode.mode));
+      // linkat() of an O_TMPFILE file: it leaves the orphan list once its name is in place, so a
+      // refusal (EEXIST, ENOSPC) leaves it there, to be freed at its last close or after a crash.
+      if (st.inode.links === 0) {
+        await this.store.removeOrphan(st);
+        st.inode.f.i_dtime = 0;
+      }
       st.inode.links++;
       const t = now();
       st.inode.ctime = t;

@@ -7,7 +7,7 @@
 import { CorruptionError, FsError } from '../util/errors';
 import { InodeStore, InodeState, now } from './inode-store';
 import {
-  XattrEntry, parseInodeXattrs, parseBlockXattrs, encodeInodeXattrs, encodeBlockXattrs, splitXattrs, xattrNameValid,
+  XattrEntry, parseInodeXattrs, inodeXattrValue, parseBlockXattrs, encodeInodeXattrs, encodeBlockXattrs, splitXattrs, xattrNameValid,
 } from './xattr';
 import { aclToDisk, aclFromDisk } from './acl';
 import { GOOD_OLD_INODE_SIZE } from './inode';
@@ -30,6 +30,11 @@ function checkSettableName(name: string): void {
   if (len === 0) throw new FsError('EINVAL', `attribute name ${JSON.stringify(name)} has an empty suffix`);
   if (len > 255) throw new FsError('ERANGE', `attribute name ${JSON.stringify(name)} is longer than 255 bytes`);
   if (!xattrNameValid(name)) throw new FsError('EINVAL', `attribute name ${JSON.stringify(name)} is invalid`);
+}
+
+/** The same attributes, in any order. */
+function sameEntries(a: XattrEntry[], b: XattrEntry[]): boolean {
+  return a.length === b.length && b.every((e) => a.some((x) => x.name === e.name && x.value.equals(e.value)));
 }
 
 export class XattrStore {
@@ -105,15 +110,16 @@ export class XattrStore {
   }
 
   /**
-   * Replace the value of system.data, an inline-data inode's bytes past i_block, which is
-   * ext4's own and not settable through set(); it stays in the inode (splitXattrs).
+   * Rewrite system.data's bytes where they lie in the inode, at the same length: an inline
+   * directory losing a name (Ext4Fs.removeInlineEntry). The entry itself is left as it is,
+   * e_hash included: the kernel writes 0 there and never updates it when it edits inline data in
+   * place, and e2fsck checks a hash that is not 0, so a computed one goes stale at the kernel's
+   * next edit.
    */
-  async setInlineData(st: InodeState, value: Buffer): Promise<void> {
-    const entries = await this.all(st);
-    const i = entries.findIndex((e) => e.name === 'system.data');
-    if (i < 0) throw new CorruptionError(`inode ${st.inode.ino} has inline data but no system.data attribute`);
-    entries[i] = { name: 'system.data', value: Buffer.from(value) };
-    await this.store_(st, entries);
+  setInlineData(st: InodeState, value: Buffer): void {
+    const v = inodeXattrValue(st.inode.xattrArea(), 'system.data');
+    if (!v || v.length !== value.length) throw new CorruptionError(`inode ${st.inode.ino}: its system.data attribute is not where its inline data was read`);
+    value.copy(v);
   }
 
   /** Lay the attributes out over the inode area and (if needed) one block. */
@@ -122,29 +128,36 @@ export class XattrStore {
     const area = this.areaSize(st);
     const split = splitXattrs(entries, area, vol.blockSize);
     if (!split) throw new FsError('ENOSPC', `attributes of inode ${st.inode.ino} do not fit in the inode and one block`);
-    if (area >= 4) {
-      const enc = encodeInodeXattrs(split.inode, area);
-      if (!enc) throw new FsError('ENOSPC', 'attributes do not fit in the inode');
-      enc.copy(st.inode.xattrArea());
-    }
+    const inodeEnc = area >= 4 ? encodeInodeXattrs(split.inode, area) : null;
+    if (area >= 4 && !inodeEnc) throw new FsError('ENOSPC', 'attributes do not fit in the inode');
     const old = st.inode.fileAcl;
-    const { refcount } = old ? await this.blockEntries(st) : { refcount: 0 };
-    if (split.block.length === 0) {
-      if (old) await this.dropBlock(st, old, refcount);
-    } else {
+    const kept = old ? await this.blockEntries(st) : { entries: [], refcount: 0 };
+    // Everything that can fail (a new block: ENOSPC) comes before the first change, so that a
+    // refusal leaves the attributes as they were. A block whose attributes stay the same is
+    // left alone: shared, it would otherwise be copied for nothing.
+    let target = 0;
+    let blockEnc: Buffer | null = null;
+    const sameBlock = old !== 0 && sameEntries(kept.entries, split.block);
+    if (split.block.length && !sameBlock) {
       // Rewrite in place when the block is ours alone; otherwise take a new one.
-      let target = old && refcount <= 1 ? old : 0;
-      if (!target) {
-        const goal = old || this.store.groupGoal(st.inode.ino);
-        target = (await vol.allocBlocks(goal, 1)).start;
-        if (old) await this.dropBlock(st, old, refcount);
+      target = old && kept.refcount <= 1 ? old : (await vol.allocBlocks(old || this.store.groupGoal(st.inode.ino), 1)).start;
+      blockEnc = encodeBlockXattrs(split.block, vol.blockSize, target, vol.metadataCsum ? vol.csumSeed : null, 1);
+      if (!blockEnc) {
+        if (target !== old) await vol.freeBlocks(target, 1);
+        throw new FsError('ENOSPC', 'attributes do not fit in one block');
+      }
+    }
+    if (inodeEnc) inodeEnc.copy(st.inode.xattrArea());
+    if (split.block.length === 0) {
+      if (old) await this.dropBlock(st, old, kept.refcount);
+    } else if (blockEnc) {
+      if (target !== old) {
+        if (old) await this.dropBlock(st, old, kept.refcount);
         st.inode.fileAcl = target;
         this.store.addSectors(st.inode, 1);
       }
-      const enc = encodeBlockXattrs(split.block, vol.blockSize, target, vol.metadataCsum ? vol.csumSeed : null, 1);
-      if (!enc) throw new FsError('ENOSPC', 'attributes do not fit in one block');
       const buf = vol.dev.zeroed(target);
-      enc.copy(buf);
+      blockEnc.copy(buf);
       vol.dev.markDirty(target, buf);
     }
     st.inode.ctime = now();

@@ -150,7 +150,7 @@ export function xattrBlockChecksum(block: Buffer, blockNo: number, csumSeed: num
  * leave room for the next one's first word, so a missing terminator is caught), then every
  * value must lie after the table's terminator and, padded, inside `end`.
  */
-function parseTable(buf: Buffer, tableStart: number, valueBase: number, where: string): XattrEntry[] {
+function parseTable(buf: Buffer, tableStart: number, valueBase: number, where: string, views = false): XattrEntry[] {
   const end = buf.length;
   const cur = new ByteCursor(buf);
   interface Raw { index: number; suffix: Buffer; offs: number; inum: number; size: number; at: number }
@@ -183,7 +183,8 @@ function parseTable(buf: Buffer, tableStart: number, valueBase: number, where: s
     if (start < tableEnd || start > end || r.size > end - start || pad4(r.size) > end - start) {
       throw new CorruptionError(`${where}: xattr ${name} value (offset ${r.offs}, size ${r.size}) is out of bounds`);
     }
-    return { name, value: Buffer.from(cur.seek(start).bytes(r.size)) };
+    const value = cur.seek(start).bytes(r.size);
+    return { name, value: views ? value : Buffer.from(value) };
   });
 }
 
@@ -192,6 +193,13 @@ export function parseInodeXattrs(area: Buffer): XattrEntry[] {
   if (area.length < 4) return [];
   if (new ByteCursor(area).u32() !== XATTR_MAGIC) return [];
   return parseTable(area, 4, 4, 'in-inode xattr area');
+}
+
+/** The value of the in-inode attribute `name` as a view of `area` (writing to it writes the inode), or null. */
+export function inodeXattrValue(area: Buffer, name: string): Buffer | null {
+  if (area.length < 4 || new ByteCursor(area).u32() !== XATTR_MAGIC) return null;
+  const e = parseTable(area, 4, 4, 'in-inode xattr area', true).find((x) => x.name === name);
+  return e ? e.value : null;
 }
 
 export function parseBlockXattrs(block: Buffer, blockNo: number, csumSeed: number | null): { entries: XattrEntry[]; refcount: number } {
