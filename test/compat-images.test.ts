@@ -738,9 +738,16 @@ test.serial('inline_data image, full: ENOSPC leaves inline inodes and names inta
       mustRun('setfattr', ['-n', 'user.big', '-v', 'b'.repeat(300), join(k.dir, p)]);
     }
     mustRun('setfattr', ['-n', 'user.s1', '-v', 's'.repeat(40), join(k.dir, 'sh1')]); // in the inode
+    // m1 in the inode, m2 and m3 in a block the two files share.
+    for (const p of ['sx', 'sy']) {
+      fs.writeFileSync(join(k.dir, p), Buffer.alloc(5000, 'x'));
+      for (const [n, len] of [['m1', 60], ['m2', 40], ['m3', 41]] as const) mustRun('setfattr', ['-n', `user.${n}`, '-v', n.repeat(len / 2 + 1).slice(0, len), join(k.dir, p)]);
+    }
   } finally {
     k.unmount();
   }
+  const fileAcl = (p: string) => Number(/File ACL: (\d+)/.exec(debugfs(img, `stat /${p}`))![1]);
+  t.true(fileAcl('sx') > 0 && fileAcl('sx') === fileAcl('sy'), 'sx and sy share an xattr block');
   // Filled, refused, then a crash after a sync: the journal holds what was done.
   const f = await Ext4Fs.open(img, { commitIntervalMs: 0 });
   try {
@@ -763,6 +770,10 @@ test.serial('inline_data image, full: ENOSPC leaves inline inodes and names inta
     await t.throwsAsync(() => f.setxattr(sh1.ino, 'user.s1', Buffer.alloc(200, 'm')), { code: 'ENOSPC' });
     t.deepEqual((await f.listxattr(sh1.ino)).sort(), ['user.big', 'user.s1']);
     t.deepEqual(await f.getxattr(sh1.ino, 'user.s1'), Buffer.alloc(40, 's'));
+    // Removing from the inode leaves the shared block as it is: no block needed, as with the kernel.
+    const sx = await f.lookup(2, Buffer.from('sx'));
+    await f.removexattr(sx.ino, 'user.m1');
+    t.deepEqual((await f.listxattr(sx.ino)).sort(), ['user.m2', 'user.m3']);
     t.deepEqual(await f.read(keep.ino, 0, 100), Buffer.from('original'));
     t.deepEqual((await f.readdir(dd.ino, 0)).map((e) => e.name.toString()).sort(), ['.', '..', 'one']);
     t.truthy(await f.lookup(2, Buffer.from('dd')), 'the refused rename moved nothing');
@@ -790,6 +801,9 @@ test.serial('inline_data image, full: ENOSPC leaves inline inodes and names inta
     t.deepEqual(fs.readdirSync(join(dir, 'dd')).sort(), ['one', 'two']);
     for (const p of ['dd', 'dl', 'sh1', 'sh2']) t.is(mustRun('getfattr', ['--only-values', '-n', 'user.big', join(dir, p)]), 'b'.repeat(300), p);
     t.is(mustRun('getfattr', ['--only-values', '-n', 'user.s1', join(dir, 'sh1')]), 's'.repeat(40));
+    t.notRegex(mustRun('getfattr', ['-d', join(dir, 'sx')]), /user\.m1/);
+    t.is(mustRun('getfattr', ['--only-values', '-n', 'user.m3', join(dir, 'sx')]), 'm3'.repeat(21).slice(0, 41));
+    t.is(mustRun('getfattr', ['--only-values', '-n', 'user.m1', join(dir, 'sy')]), 'm1'.repeat(31).slice(0, 60));
   });
 });
 

@@ -32,6 +32,14 @@ function checkSettableName(name: string): void {
   if (!xattrNameValid(name)) throw new FsError('EINVAL', `attribute name ${JSON.stringify(name)} is invalid`);
 }
 
+/** keepShared: the layout that leaves a shared block's attributes where they are, or null. */
+function keepShared(entries: XattrEntry[], block: XattrEntry[], area: number): { inode: XattrEntry[]; block: XattrEntry[] } | null {
+  if (!block.every((b) => entries.some((e) => e.name === b.name && e.value.equals(b.value)))) return null;
+  const inode = entries.filter((e) => !block.some((b) => b.name === e.name));
+  if (inode.length && (area < 4 || !encodeInodeXattrs(inode, area))) return null;
+  return { inode, block };
+}
+
 /** The same attributes, in any order. */
 function sameEntries(a: XattrEntry[], b: XattrEntry[]): boolean {
   return a.length === b.length && b.every((e) => a.some((x) => x.name === e.name && x.value.equals(e.value)));
@@ -126,12 +134,16 @@ export class XattrStore {
   private async store_(st: InodeState, entries: XattrEntry[]): Promise<void> {
     const vol = this.store.vol;
     const area = this.areaSize(st);
-    const split = splitXattrs(entries, area, vol.blockSize);
+    const old = st.inode.fileAcl;
+    const kept = old ? await this.blockEntries(st) : { entries: [], refcount: 0 };
+    // A shared block stays as it is while all its attributes do and the rest fit in the inode,
+    // as with the kernel, which never moves attributes out of a block: laid out afresh, the
+    // block would change and be copied, which a full filesystem refuses.
+    const stay = kept.refcount > 1 ? keepShared(entries, kept.entries, area) : null;
+    const split = stay ?? splitXattrs(entries, area, vol.blockSize);
     if (!split) throw new FsError('ENOSPC', `attributes of inode ${st.inode.ino} do not fit in the inode and one block`);
     const inodeEnc = area >= 4 ? encodeInodeXattrs(split.inode, area) : null;
     if (area >= 4 && !inodeEnc) throw new FsError('ENOSPC', 'attributes do not fit in the inode');
-    const old = st.inode.fileAcl;
-    const kept = old ? await this.blockEntries(st) : { entries: [], refcount: 0 };
     // Everything that can fail (a new block: ENOSPC) comes before the first change, so that a
     // refusal leaves the attributes as they were. A block whose attributes stay the same is
     // left alone: shared, it would otherwise be copied for nothing.
