@@ -263,6 +263,14 @@ test('superblock: block count beyond the image (valid checksum) is EIO', (t) => 
   expectCase(t, img, ['EIO', /blocks but the image holds only/], []);
 });
 
+test('superblock: an inode count that is not groups x inodes per group (valid checksum) is EIO', (t) => {
+  // What the image fuzzer found (session 19): a lookup of an inode past the last group threw a
+  // TypeError looking for that group's descriptor.
+  const img = copyOf(csumBase);
+  debugfs(img, 'ssv inodes_count 4278190080', true);
+  expectCase(t, img, ['EIO', /inode count 4278190080 is not its \d+ groups of \d+ inodes/], []);
+});
+
 test('superblock: unknown incompat feature is refused with EINVAL', (t) => {
   const img = copyOf(csumBase);
   // encrypt (0x10000) is an incompat feature kfs does not implement.

@@ -143,8 +143,15 @@ export class Volume {
     }
     const bs = 1024 << sb.s_log_block_size;
     dev.setBlockSize(bs);
+    // ext4_check_geometry, in its order: the image holds the blocks, and every group holds
+    // s_inodes_per_group inodes ("inodes count not valid"; an inode number past the groups would
+    // have no descriptor to find its table by).
     if (sbBlocksCount(sb) * bs > dev.size) {
       throw new CorruptionError(`superblock says ${sbBlocksCount(sb)} blocks but the image holds only ${Math.floor(dev.size / bs)}`);
+    }
+    const groups = Math.floor((sbBlocksCount(sb) - sb.s_first_data_block - 1) / sb.s_blocks_per_group) + 1;
+    if (sb.s_inodes_count !== groups * sb.s_inodes_per_group) {
+      throw new CorruptionError(`superblock's inode count ${sb.s_inodes_count} is not its ${groups} groups of ${sb.s_inodes_per_group} inodes`);
     }
     const ro = readOnly || reason !== null;
     if (reason) log.warn(`${dev.path}: ${reason}`);
