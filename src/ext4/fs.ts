@@ -285,7 +285,7 @@ export class Ext4Fs {
     if (!acl) return;
     const entries = parseVfsAcl(acl);
     if (!entries.length) return;
-    await this.uninline(st); // its xattrs are rewritten: system.data must not move (see setxattr)
+    await this.uninline(st); // its xattrs are rewritten (see setxattr)
     await this.xattrs.set(st, 'system.posix_acl_access', encodeVfsAcl(aclChmod(entries, mode)), XATTR_REPLACE);
   }
 
@@ -431,8 +431,8 @@ export class Ext4Fs {
    * extent tree, a directory's entries to one directory block. kfs reads inline data but writes
    * none (its new inodes are never inline, which the feature allows); converting first keeps
    * every change on the paths that ordinary inodes take. A symlink's target (a slow one's) is
-   * stored like a file's bytes: its xattrs change only after that, since e2fsck miscounts an
-   * inline symlink's xattr block. Removing a name from an inline directory needs no conversion
+   * stored like a file's bytes before its xattrs change (e2fsck also miscounts the xattr block
+   * of an inline symlink). Removing a name from an inline directory needs no conversion
    * (removeInlineEntry).
    */
   private async uninline(st: InodeState): Promise<void> {
@@ -1037,8 +1037,9 @@ export class Ext4Fs {
     return this.run(async () => {
       this.writable();
       const st = await this.store.get(ino);
-      // Rewriting the xattrs could move system.data out of the inode, where ext4 requires it:
-      // an inline inode is stored as blocks first.
+      // Rewriting the xattrs re-encodes system.data's entry with a computed e_hash, which the
+      // kernel's next in-place edit of the inline data leaves stale (e2fsck then aborts; see
+      // XattrStore.setInlineData): an inline inode is stored in blocks first.
       await this.uninline(st);
       if (name === 'system.posix_acl_access' || name === 'system.posix_acl_default') return this.setAcl(st, name, value, flags);
       await this.xattrs.set(st, name, value, flags);

@@ -592,9 +592,11 @@ export class InodeStore {
   }
 }
 
-/** InodeStore.inlineDirBlock: i_block holds the parent's inode number (an inline directory has no
- * "." or ".." entries) and then entries to byte 60, system.data holds more entries
- * (fs/ext4/inline.c); they are packed, after "." and "..", into a block of the usual size. */
+/**
+ * InodeStore.inlineDirBlock. i_block holds the parent's inode number (an inline directory has no
+ * "." or ".." entries), then entries to byte 60; system.data holds more (fs/ext4/inline.c).
+ * They are packed, after "." and "..", into a block of the usual size.
+ */
 async function buildInlineDirBlock(store: InodeStore, st: InodeState): Promise<Buffer> {
   const vol = store.vol;
   const inode = st.inode;
