@@ -808,6 +808,47 @@ test.serial('inline_data image, full: ENOSPC leaves inline inodes and names inta
 });
 
 /**
+ * The user's path: `kfs mount` of a kernel-made inline_data image is read-write (no read-only
+ * message), and shell commands change inline files and directories through the FUSE mount
+ * (appends, a sed -i that replaces a file by rename, a moved inline directory, creates and
+ * removals in inline directories); after `kfs umount`, e2fsck is clean and the kernel reads it.
+ */
+test.serial('kfs mount of an inline_data image: shell commands change inline files and directories; e2fsck and the kernel agree', async (t) => {
+  t.timeout(2 * 60 * 1000);
+  requireRoot(t);
+  const img = makeImage(t, { size: '64M', extraArgs: ['-O', 'inline_data'] });
+  const k = loopMount(t, img);
+  try {
+    fs.writeFileSync(join(k.dir, 'a'), 'hi\n');
+    fs.mkdirSync(join(k.dir, 'd'));
+    fs.mkdirSync(join(k.dir, 'd2'));
+    fs.writeFileSync(join(k.dir, 'd', 'f'), 'x\n');
+    fs.writeFileSync(join(k.dir, 'd', 'g'), 'y\n');
+    for (const p of ['a', 'd', 'd2', 'd/f']) t.true(inlineFlag(join(k.dir, p)), `${p} is inline`);
+  } finally {
+    k.unmount();
+  }
+  const mnt = join(tempDir(t, 'mnt'), 'm');
+  fs.mkdirSync(mnt);
+  const r = runCmd(process.execPath, [kfsCliPath()!, 'mount', img, mnt]);
+  try {
+    t.is(r.code, 0, r.stderr);
+    t.is(r.stderr, '', 'no read-only message');
+    mustRun('sh', ['-c', `set -e; cd ${mnt}; echo more >> a; sed -i s/x/X/ d/f; mv d/g d2/; mv d d2/; for i in $(seq 30); do echo $i > d2/d/n$i; done; rm d2/d/n7 d2/g`]);
+    t.is(fs.readFileSync(join(mnt, 'a'), 'utf8'), 'hi\nmore\n');
+  } finally {
+    runCmd(process.execPath, [kfsCliPath()!, 'umount', mnt]);
+  }
+  fsckCleanAndKernelSees(t, img, (dir) => {
+    t.is(fs.readFileSync(join(dir, 'a'), 'utf8'), 'hi\nmore\n');
+    t.is(fs.readFileSync(join(dir, 'd2', 'd', 'f'), 'utf8'), 'X\n');
+    t.deepEqual(fs.readdirSync(join(dir, 'd2')).sort(), ['d']);
+    t.is(fs.readdirSync(join(dir, 'd2', 'd')).length, 30, 'f and n1..n30 but n7');
+    t.is(fs.readFileSync(join(dir, 'd2', 'd', 'n30'), 'utf8'), '30\n');
+  });
+});
+
+/**
  * Inline directories and files in corners: 1 KiB inodes, so a directory's entries spill from
  * i_block into system.data, with some deleted (gaps); one below a subdirectory (its ".." is
  * not the root); then, by debugfs, a size past the stored bytes (zeros, as the kernel reads),
