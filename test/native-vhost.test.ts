@@ -174,7 +174,9 @@ test('sendMsg waits for a slow reader: 8 MiB with one fd reach another process i
   const child = spawn(process.execPath, [reader, path], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  // 'close', not 'exit': the child's stdout may still be draining when it exits (seen once in
+  // CI under load: exit code 0 and no output yet).
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
 
   let s = -1;
   while (s < 0) {

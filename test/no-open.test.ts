@@ -46,7 +46,8 @@ async function serve(t: ExecutionContext, noOpen: boolean, script: string): Prom
   try {
     const child = spawn(process.execPath, ['-e', script, mnt], { stdio: ['ignore', 'pipe', 'inherit'] });
     child.stdout!.on('data', (d: Buffer) => (clientOut += d.toString()));
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    // 'close': its stdout is read to the end (at 'exit' it may still be draining).
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
     t.is(code, 0, 'the client ran');
     // Unlinked inodes go at their last FORGET, which follows the eviction after the last close.
     fs.writeFileSync('/proc/sys/vm/drop_caches', '2');
