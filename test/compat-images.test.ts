@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import { join } from 'node:path';
 import { Ext4Fs } from '../src/ext4/fs';
 import { createHash } from 'node:crypto';
-import { makeImage, loopMount, fsck, fsckCleanAndKernelSees, requireRoot, mustRun, tempDir, runCmd, kfsCliPath, debugfs } from './helpers/image';
+import { makeImage, loopMount, kernelMounted, fsck, fsckCleanAndKernelSees, requireRoot, mustRun, tempDir, runCmd, kfsCliPath, debugfs } from './helpers/image';
 
 const S32_MAX = 2 ** 31 - 1;
 const S32_MIN = -(2 ** 31);
@@ -315,15 +315,12 @@ test.serial('ext3 with a journal to replay: kfs reads the block-mapped journal a
   const img = join(dir, 'ext3.img');
   const copy = join(dir, 'crashed.img');
   mustRun('mkfs.ext3', ['-q', '-F', img, '64M']);
-  const k = loopMount(t, img);
-  try {
-    fs.mkdirSync(join(k.dir, 'd'));
-    for (let i = 0; i < 50; i++) fs.writeFileSync(join(k.dir, 'd', `g${i}`), `${i}`);
-    mustRun('sync', ['-f', join(k.dir, 'd')]); // committed to the journal; the image file is copied while mounted
+  kernelMounted(t, img, (dir) => {
+    fs.mkdirSync(join(dir, 'd'));
+    for (let i = 0; i < 50; i++) fs.writeFileSync(join(dir, 'd', `g${i}`), `${i}`);
+    mustRun('sync', ['-f', join(dir, 'd')]); // committed to the journal; the image file is copied while mounted
     fs.copyFileSync(img, copy);
-  } finally {
-    k.unmount();
-  }
+  });
   t.regex(mustRun('dumpe2fs', ['-h', copy]), /needs_recovery/, 'the copy is a crashed ext3 with a journal to replay');
   // The directory's block is in the journal: zeroed in the copy, only a replay brings it back.
   const dirBlock = Number(mustRun('debugfs', ['-c', '-R', 'blocks /d', copy]).trim().split(/\s+/)[0]);
@@ -370,20 +367,17 @@ test.serial('a crashed fast_commit journal: refused with the way out, readable a
   const img = join(dir, 'fc.img');
   const copy = join(dir, 'crashed.img');
   mustRun('mkfs.ext4', ['-q', '-F', '-O', 'fast_commit', img, '64M']);
-  const k = loopMount(t, img);
-  try {
-    fs.mkdirSync(join(k.dir, 'd'));
-    mustRun('sync', ['-f', join(k.dir, 'd')]);
+  kernelMounted(t, img, (dir) => {
+    fs.mkdirSync(join(dir, 'd'));
+    mustRun('sync', ['-f', join(dir, 'd')]);
     for (let i = 0; i < 10; i++) {
-      const fd = fs.openSync(join(k.dir, 'd', `g${i}`), 'w');
+      const fd = fs.openSync(join(dir, 'd', `g${i}`), 'w');
       fs.writeSync(fd, `${i}`);
       fs.fsyncSync(fd); // a fast commit
       fs.closeSync(fd);
     }
     fs.copyFileSync(img, copy);
-  } finally {
-    k.unmount();
-  }
+  });
   t.regex(await openedOrError(copy, true), /^refused: .*fast_commit.*e2fsck -fy/);
   t.true(fsck(copy, ['-fy']).code <= 1, 'e2fsck replays it');
   await withExt4(copy, { commitIntervalMs: 0, readOnly: true }, async (f) => {
@@ -521,23 +515,19 @@ test.serial('inline_data image: kfs reads inline files and directories as the ke
   t.timeout(2 * 60 * 1000);
   requireRoot(t);
   const img = makeImage(t, { size: '64M', extraArgs: ['-O', 'inline_data'] });
-  const k = loopMount(t, img);
-  let tree: string[];
   const sizes = [0, 1, 59, 60, 61, 100, 140, 150, 5000];
-  try {
-    for (const n of sizes) fs.writeFileSync(join(k.dir, `f${n}`), Buffer.alloc(n, `inline ${n} `));
-    fs.mkdirSync(join(k.dir, 'small'));
-    for (let i = 0; i < 4; i++) fs.writeFileSync(join(k.dir, 'small', `t${i}`), `tiny ${i}`);
-    fs.mkdirSync(join(k.dir, 'empty'));
-    fs.mkdirSync(join(k.dir, 'grown'));
-    for (let i = 0; i < 200; i++) fs.writeFileSync(join(k.dir, 'grown', `entry-${i}`), `${i}`);
-    fs.symlinkSync('s'.repeat(100), join(k.dir, 'slow-link'));
-    mustRun('setfattr', ['-n', 'user.a', '-v', 'kept', join(k.dir, 'f100')]);
-    tree = hostTree(k.dir);
-    t.regex(mustRun('lsattr', ['-d', join(k.dir, 'small'), join(k.dir, 'f100')]), /N.* .*small\n.*N.* .*f100/, 'the kernel made them inline');
-  } finally {
-    k.unmount();
-  }
+  const tree = kernelMounted(t, img, (dir) => {
+    for (const n of sizes) fs.writeFileSync(join(dir, `f${n}`), Buffer.alloc(n, `inline ${n} `));
+    fs.mkdirSync(join(dir, 'small'));
+    for (let i = 0; i < 4; i++) fs.writeFileSync(join(dir, 'small', `t${i}`), `tiny ${i}`);
+    fs.mkdirSync(join(dir, 'empty'));
+    fs.mkdirSync(join(dir, 'grown'));
+    for (let i = 0; i < 200; i++) fs.writeFileSync(join(dir, 'grown', `entry-${i}`), `${i}`);
+    fs.symlinkSync('s'.repeat(100), join(dir, 'slow-link'));
+    mustRun('setfattr', ['-n', 'user.a', '-v', 'kept', join(dir, 'f100')]);
+    t.regex(mustRun('lsattr', ['-d', join(dir, 'small'), join(dir, 'f100')]), /N.* .*small\n.*N.* .*f100/, 'the kernel made them inline');
+    return hostTree(dir);
+  });
   await withExt4(img, { commitIntervalMs: 0, readOnly: true }, async (f) => {
     t.deepEqual(await kfsTree(f), tree);
     const f100 = await f.lookup(2, Buffer.from('f100'));
@@ -670,14 +660,7 @@ test.serial('inline_data image: kfs changes inline files and directories; e2fsck
     t.deepEqual(await f.read(small, 0, 100), Buffer.from('ten bytes! and more'));
   });
 
-  const expected = { tree: [] as string[], xattrs: '' };
-  const ref = loopMount(t, reference, { readOnly: true });
-  try {
-    expected.tree = hostTree(ref.dir);
-    expected.xattrs = userXattrs(ref.dir);
-  } finally {
-    ref.unmount();
-  }
+  const expected = kernelMounted(t, reference, (dir) => ({ tree: hostTree(dir), xattrs: userXattrs(dir) }), { readOnly: true });
   t.is(fsck(reference).code, 0, 'the kernel\'s copy is clean too');
   t.true(expected.tree.includes('g/sub/deep file 23 644 ' + createHash('sha1').update('below a moved directory').digest('hex')));
   fsckCleanAndKernelSees(t, img, (dir) => {
@@ -700,13 +683,10 @@ test.serial('inline_data image: kfs changes inline files and directories; e2fsck
   });
   // The kernel edits r's system.data after kfs did: kfs left that entry as the kernel expects
   // (its e_hash untouched), or e2fsck would now abort.
-  const again = loopMount(t, img);
-  try {
-    fs.unlinkSync(join(again.dir, 'r', 'rfile4'));
-    fs.writeFileSync(join(again.dir, 'r', 'z'), 'z');
-  } finally {
-    again.unmount();
-  }
+  kernelMounted(t, img, (dir) => {
+    fs.unlinkSync(join(dir, 'r', 'rfile4'));
+    fs.writeFileSync(join(dir, 'r', 'z'), 'z');
+  });
   const after = fsck(img);
   t.is(after.code, 0, `e2fsck -fn after the kernel's edit:\n${after.output}`);
 });
@@ -723,29 +703,26 @@ test.serial('inline_data image, full: ENOSPC leaves inline inodes and names inta
   t.timeout(2 * 60 * 1000);
   requireRoot(t);
   const img = makeImage(t, { size: '16M', extraArgs: ['-O', 'inline_data'] });
-  const k = loopMount(t, img);
-  try {
-    fs.writeFileSync(join(k.dir, 'keep'), 'original');
-    fs.mkdirSync(join(k.dir, 'dd'));
-    fs.writeFileSync(join(k.dir, 'dd', 'one'), '1');
-    fs.mkdirSync(join(k.dir, 'dl'));
-    fs.writeFileSync(join(k.dir, 'dl', 'big'), Buffer.alloc(2 << 20, 7));
-    fs.writeFileSync(join(k.dir, 'dl', 'note'), 'n');
-    for (const p of ['keep', 'dd', 'dl']) t.true(inlineFlag(join(k.dir, p)), `${p} is inline`);
+  kernelMounted(t, img, (dir) => {
+    fs.writeFileSync(join(dir, 'keep'), 'original');
+    fs.mkdirSync(join(dir, 'dd'));
+    fs.writeFileSync(join(dir, 'dd', 'one'), '1');
+    fs.mkdirSync(join(dir, 'dl'));
+    fs.writeFileSync(join(dir, 'dl', 'big'), Buffer.alloc(2 << 20, 7));
+    fs.writeFileSync(join(dir, 'dl', 'note'), 'n');
+    for (const p of ['keep', 'dd', 'dl']) t.true(inlineFlag(join(dir, p)), `${p} is inline`);
     // Identical attributes the kernel keeps in one shared xattr block (refcount 2).
     for (const p of ['dd', 'dl', 'sh1', 'sh2']) {
-      if (p.startsWith('sh')) fs.writeFileSync(join(k.dir, p), Buffer.alloc(5000, 's'));
-      mustRun('setfattr', ['-n', 'user.big', '-v', 'b'.repeat(300), join(k.dir, p)]);
+      if (p.startsWith('sh')) fs.writeFileSync(join(dir, p), Buffer.alloc(5000, 's'));
+      mustRun('setfattr', ['-n', 'user.big', '-v', 'b'.repeat(300), join(dir, p)]);
     }
-    mustRun('setfattr', ['-n', 'user.s1', '-v', 's'.repeat(40), join(k.dir, 'sh1')]); // in the inode
+    mustRun('setfattr', ['-n', 'user.s1', '-v', 's'.repeat(40), join(dir, 'sh1')]); // in the inode
     // m1 in the inode, m2 and m3 in a block the two files share.
     for (const p of ['sx', 'sy']) {
-      fs.writeFileSync(join(k.dir, p), Buffer.alloc(5000, 'x'));
-      for (const [n, len] of [['m1', 60], ['m2', 40], ['m3', 41]] as const) mustRun('setfattr', ['-n', `user.${n}`, '-v', n.repeat(len / 2 + 1).slice(0, len), join(k.dir, p)]);
+      fs.writeFileSync(join(dir, p), Buffer.alloc(5000, 'x'));
+      for (const [n, len] of [['m1', 60], ['m2', 40], ['m3', 41]] as const) mustRun('setfattr', ['-n', `user.${n}`, '-v', n.repeat(len / 2 + 1).slice(0, len), join(dir, p)]);
     }
-  } finally {
-    k.unmount();
-  }
+  });
   const fileAcl = (p: string) => Number(/File ACL: (\d+)/.exec(debugfs(img, `stat /${p}`))![1]);
   t.true(fileAcl('sx') > 0 && fileAcl('sx') === fileAcl('sy'), 'sx and sy share an xattr block');
   // Filled, refused, then a crash after a sync: the journal holds what was done.
@@ -817,17 +794,14 @@ test.serial('kfs mount of an inline_data image: shell commands change inline fil
   t.timeout(2 * 60 * 1000);
   requireRoot(t);
   const img = makeImage(t, { size: '64M', extraArgs: ['-O', 'inline_data'] });
-  const k = loopMount(t, img);
-  try {
-    fs.writeFileSync(join(k.dir, 'a'), 'hi\n');
-    fs.mkdirSync(join(k.dir, 'd'));
-    fs.mkdirSync(join(k.dir, 'd2'));
-    fs.writeFileSync(join(k.dir, 'd', 'f'), 'x\n');
-    fs.writeFileSync(join(k.dir, 'd', 'g'), 'y\n');
-    for (const p of ['a', 'd', 'd2', 'd/f']) t.true(inlineFlag(join(k.dir, p)), `${p} is inline`);
-  } finally {
-    k.unmount();
-  }
+  kernelMounted(t, img, (dir) => {
+    fs.writeFileSync(join(dir, 'a'), 'hi\n');
+    fs.mkdirSync(join(dir, 'd'));
+    fs.mkdirSync(join(dir, 'd2'));
+    fs.writeFileSync(join(dir, 'd', 'f'), 'x\n');
+    fs.writeFileSync(join(dir, 'd', 'g'), 'y\n');
+    for (const p of ['a', 'd', 'd2', 'd/f']) t.true(inlineFlag(join(dir, p)), `${p} is inline`);
+  });
   const mnt = join(tempDir(t, 'mnt'), 'm');
   fs.mkdirSync(mnt);
   const r = runCmd(process.execPath, [kfsCliPath()!, 'mount', img, mnt]);
@@ -859,28 +833,19 @@ test.serial('inline_data corners: entries in system.data, "..", a size past the 
   t.timeout(2 * 60 * 1000);
   requireRoot(t);
   const img = makeImage(t, { size: '64M', extraArgs: ['-O', 'inline_data', '-I', '1024'] });
-  const k = loopMount(t, img);
-  let grown: Buffer;
-  try {
-    fs.mkdirSync(join(k.dir, 'sub'));
-    fs.mkdirSync(join(k.dir, 'sub', 'inl'));
-    for (let i = 0; i < 16; i++) fs.writeFileSync(join(k.dir, 'sub', 'inl', `a-long-entry-name-${i}`), `${i}`);
-    for (const i of [1, 5, 6, 11]) fs.unlinkSync(join(k.dir, 'sub', 'inl', `a-long-entry-name-${i}`));
-    fs.writeFileSync(join(k.dir, 'f60'), Buffer.alloc(60, 'sixty '));
-    fs.writeFileSync(join(k.dir, 'both'), Buffer.alloc(30, 'b'));
-    fs.writeFileSync(join(k.dir, 'gone'), Buffer.alloc(30, 'g'));
-    t.regex(mustRun('lsattr', ['-d', join(k.dir, 'sub', 'inl')]), /^\S*N\S* /, 'the directory is still inline');
-  } finally {
-    k.unmount();
-  }
+  kernelMounted(t, img, (dir) => {
+    fs.mkdirSync(join(dir, 'sub'));
+    fs.mkdirSync(join(dir, 'sub', 'inl'));
+    for (let i = 0; i < 16; i++) fs.writeFileSync(join(dir, 'sub', 'inl', `a-long-entry-name-${i}`), `${i}`);
+    for (const i of [1, 5, 6, 11]) fs.unlinkSync(join(dir, 'sub', 'inl', `a-long-entry-name-${i}`));
+    fs.writeFileSync(join(dir, 'f60'), Buffer.alloc(60, 'sixty '));
+    fs.writeFileSync(join(dir, 'both'), Buffer.alloc(30, 'b'));
+    fs.writeFileSync(join(dir, 'gone'), Buffer.alloc(30, 'g'));
+    t.regex(mustRun('lsattr', ['-d', join(dir, 'sub', 'inl')]), /^\S*N\S* /, 'the directory is still inline');
+  });
   t.true(Number(/Size of inline data: (\d+)/.exec(debugfs(img, 'stat /sub/inl'))![1]) > 60, 'its entries reach into system.data');
   debugfs(img, ['sif /f60 size 5000', 'sif /both flags 0x10080000', 'ea_rm /gone system.data'], { write: true });
-  const k2 = loopMount(t, img, { readOnly: true });
-  try {
-    grown = fs.readFileSync(join(k2.dir, 'f60'));
-  } finally {
-    k2.unmount();
-  }
+  const grown = kernelMounted(t, img, (dir) => fs.readFileSync(join(dir, 'f60')), { readOnly: true });
   t.is(grown.length, 5000);
   await withExt4(img, { commitIntervalMs: 0, readOnly: true }, async (f) => {
     const sub = (await f.lookup(2, Buffer.from('sub'))).ino;

@@ -669,18 +669,22 @@ export class Ext4Fs {
       if (flags & RENAME_NOREPLACE && te) throw new FsError('EEXIST', `${newName.toString()} exists`);
       if (flags & RENAME_EXCHANGE && !te) throw new FsError('ENOENT', `${newName.toString()} not found`);
       if (te && te.inode === se.inode) return; // same file: POSIX says do nothing
-      // A directory may not move into its own subtree.
-      if (srcIsDir && parent !== newParent) await this.checkNotAncestor(se.inode, newParent);
-      // Every directory whose entries change is stored in blocks before the first entry moves
-      // (the parents above, a moved directory's ".." here): a conversion that fails (ENOSPC)
-      // then leaves all names as they were.
-      if (srcIsDir && parent !== newParent) await this.uninline(src);
+      if (srcIsDir && parent !== newParent) {
+        // A directory may not move into its own subtree.
+        await this.checkNotAncestor(se.inode, newParent);
+        // Every directory whose entries change is stored in blocks before the first entry moves
+        // (the parents above, a moved directory's ".." here): a conversion that fails (ENOSPC)
+        // then leaves all names as they were.
+        await this.uninline(src);
+      }
       const t = now();
       if (flags & RENAME_EXCHANGE) {
         const dst = await this.store.get(te!.inode);
         const dstIsDir = dst.inode.isDir();
-        if (dstIsDir && parent !== newParent) await this.checkNotAncestor(te!.inode, parent);
-        if (dstIsDir && parent !== newParent) await this.uninline(dst);
+        if (dstIsDir && parent !== newParent) {
+          await this.checkNotAncestor(te!.inode, parent);
+          await this.uninline(dst);
+        }
         await sd.replace(name, dst.inode.ino, this.direntType(dst.inode.mode));
         await td.replace(newName, src.inode.ino, this.direntType(src.inode.mode));
         if (parent !== newParent) {

@@ -118,8 +118,12 @@ export function descGeometry(sb: SuperblockFields): { descSize: number; perBlock
   const blockSize = 1024 << sb.s_log_block_size;
   const descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
   const perBlock = blockSize / descSize;
-  const groups = Math.ceil((sbBlocksCount(sb) - sb.s_first_data_block) / sb.s_blocks_per_group);
-  return { descSize, perBlock, gdbCount: Math.ceil(groups / perBlock) };
+  return { descSize, perBlock, gdbCount: Math.ceil(sbGroupCount(sb) / perBlock) };
+}
+
+/** Block groups: the blocks after s_first_data_block, s_blocks_per_group to a group, the last one partial. */
+export function sbGroupCount(sb: SuperblockFields): number {
+  return Math.ceil((sbBlocksCount(sb) - sb.s_first_data_block) / sb.s_blocks_per_group);
 }
 
 /**

@@ -19,7 +19,7 @@ import { join64, lo32, hi32 } from '../util/cursor';
 import { ext4Crc } from './crc';
 import {
   SuperblockFields, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, COMPAT, INCOMPAT, RO_COMPAT,
-  SUPPORTED_RO_COMPAT, featureNames, sbBlocksCount, sbFreeBlocks, groupBaseMetaBlocks, groupDescLocation, FLAG_UNSIGNED_HASH, STATE_VALID,
+  SUPPORTED_RO_COMPAT, featureNames, sbBlocksCount, sbGroupCount, sbFreeBlocks, groupBaseMetaBlocks, groupDescLocation, FLAG_UNSIGNED_HASH, STATE_VALID,
 } from './superblock';
 import {
   GroupDesc, decodeGroupDesc, encodeGroupDesc, groupDescChecksum, bitmapChecksum, GROUP_DESC_CHECKSUM_OFFSET,
@@ -108,7 +108,7 @@ export class Volume {
     this.descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
     this.firstDataBlock = sb.s_first_data_block;
     this.blocksCount = sbBlocksCount(sb);
-    this.groupCount = Math.ceil((this.blocksCount - this.firstDataBlock) / this.blocksPerGroup);
+    this.groupCount = sbGroupCount(sb);
     this.metadataCsum = !!(sb.s_feature_ro_compat & RO_COMPAT.metadata_csum);
     this.csumSeed = sb.s_feature_incompat & INCOMPAT.csum_seed ? sb.s_checksum_seed : ext4Crc(0xffffffff, sb.s_uuid);
     this.gds = [];
@@ -149,7 +149,7 @@ export class Volume {
     if (sbBlocksCount(sb) * bs > dev.size) {
       throw new CorruptionError(`superblock says ${sbBlocksCount(sb)} blocks but the image holds only ${Math.floor(dev.size / bs)}`);
     }
-    const groups = Math.floor((sbBlocksCount(sb) - sb.s_first_data_block - 1) / sb.s_blocks_per_group) + 1;
+    const groups = sbGroupCount(sb);
     if (sb.s_inodes_count !== groups * sb.s_inodes_per_group) {
       throw new CorruptionError(`superblock's inode count ${sb.s_inodes_count} is not its ${groups} groups of ${sb.s_inodes_per_group} inodes`);
     }

@@ -32,9 +32,12 @@ function checkSettableName(name: string): void {
   if (!xattrNameValid(name)) throw new FsError('EINVAL', `attribute name ${JSON.stringify(name)} is invalid`);
 }
 
+/** Does `list` hold attribute e, with the same value? */
+const holds = (list: XattrEntry[], e: XattrEntry): boolean => list.some((x) => x.name === e.name && x.value.equals(e.value));
+
 /** keepShared: the layout that leaves a shared block's attributes where they are, or null. */
 function keepShared(entries: XattrEntry[], block: XattrEntry[], area: number): { inode: XattrEntry[]; block: XattrEntry[] } | null {
-  if (!block.every((b) => entries.some((e) => e.name === b.name && e.value.equals(b.value)))) return null;
+  if (!block.every((b) => holds(entries, b))) return null;
   const inode = entries.filter((e) => !block.some((b) => b.name === e.name));
   if (inode.length && (area < 4 || !encodeInodeXattrs(inode, area))) return null;
   return { inode, block };
@@ -42,7 +45,7 @@ function keepShared(entries: XattrEntry[], block: XattrEntry[], area: number): {
 
 /** The same attributes, in any order. */
 function sameEntries(a: XattrEntry[], b: XattrEntry[]): boolean {
-  return a.length === b.length && b.every((e) => a.some((x) => x.name === e.name && x.value.equals(e.value)));
+  return a.length === b.length && b.every((e) => holds(a, e));
 }
 
 export class XattrStore {

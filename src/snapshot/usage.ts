@@ -8,7 +8,7 @@
  * the superblock backup and descriptor table copies at the group's start (sparse_super) and
  * any group's bitmaps and inode table placed inside the group (flex_bg).
  */
-import { SuperblockLayout, SuperblockFields, INCOMPAT, sbBlocksCount, groupBaseMetaBlocks, groupDescLocation, SUPERBLOCK_SIZE } from '../ext4/superblock';
+import { SuperblockLayout, SuperblockFields, INCOMPAT, sbBlocksCount, sbGroupCount, groupBaseMetaBlocks, groupDescLocation, SUPERBLOCK_SIZE } from '../ext4/superblock';
 import { GroupDesc, decodeGroupDesc, BG_BLOCK_UNINIT } from '../ext4/group-desc';
 
 export class FsGeometry {
@@ -30,7 +30,7 @@ export class FsGeometry {
     this.inodesPerGroup = sb.s_inodes_per_group;
     this.inodeSize = sb.s_rev_level === 0 ? 128 : sb.s_inode_size;
     this.descSize = sb.s_feature_incompat & INCOMPAT['64bit'] ? sb.s_desc_size : 32;
-    this.groupCount = Math.ceil((this.blocksCount - this.firstDataBlock) / this.blocksPerGroup);
+    this.groupCount = sbGroupCount(sb);
     this.inodeTableBlocks = Math.ceil((this.inodesPerGroup * this.inodeSize) / this.blockSize);
   }
 

@@ -315,9 +315,14 @@ export function loopMount(t: ExecutionContext, image: string, opts: { readOnly?:
 export function fsckCleanAndKernelSees(t: ExecutionContext, img: string, check: (dir: string) => void): void {
   const r = fsck(img);
   t.is(r.code, 0, `e2fsck -fn exited ${r.code}:\n${r.output}`);
-  const k = loopMount(t, img, { readOnly: true });
+  kernelMounted(t, img, check, { readOnly: true });
+}
+
+/** Loop-mount img with the kernel, run fn on the mount point, and unmount whatever fn did. */
+export function kernelMounted<T>(t: ExecutionContext, img: string, fn: (dir: string) => T, opts: { readOnly?: boolean } = {}): T {
+  const k = loopMount(t, img, opts);
   try {
-    check(k.dir);
+    return fn(k.dir);
   } finally {
     k.unmount();
   }
