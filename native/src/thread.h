@@ -1,0 +1,5 @@
+#pragma once
+#include <napi.h>
+namespace kfs {
+void InitThread(Napi::Env env, Napi::Object exports);
+}
