@@ -2,8 +2,8 @@
  * The dispatcher's synchronous fast path (src/fuse/fast-path.ts) against the ordinary one, on a
  * real Ext4Fs image and a real host directory (PassthroughFs): every reply handleSync gives must
  * be byte for byte the reply handle() gives for the same request at that moment, READ data
- * included, and a name the fast path knew must stop answering from memory once its directory
- * changes. Messages are built at fuse.h offsets (fuse_in_header 40 bytes, fuse_out_header 16).
+ * and READDIRPLUS listings included (and take the same lookup references), and a name or a
+ * listing the fast path knew must stop answering from memory once its directory changes. Messages are built at fuse.h offsets (fuse_in_header 40 bytes, fuse_out_header 16).
  */
 import test, { ExecutionContext } from 'ava';
 import fs from 'node:fs';
@@ -15,7 +15,7 @@ import { FuseSession, Reply, SessionOptions } from '../src/fuse/dispatcher';
 import { FileSystem } from '../src/fuse/filesystem';
 import { debugfs, makeImage, tempDir } from './helpers/image';
 
-const OP = { LOOKUP: 1, FORGET: 2, GETATTR: 3, MKDIR: 9, UNLINK: 10, RENAME: 12, OPEN: 14, READ: 15, WRITE: 16, RELEASE: 18, SETXATTR: 21, GETXATTR: 22, INIT: 26, CREATE: 35 };
+const OP = { LOOKUP: 1, FORGET: 2, GETATTR: 3, MKDIR: 9, UNLINK: 10, RENAME: 12, OPEN: 14, READ: 15, WRITE: 16, RELEASE: 18, SETXATTR: 21, GETXATTR: 22, INIT: 26, OPENDIR: 27, CREATE: 35, READDIRPLUS: 44 };
 let unique = 100n;
 
 function msg(opcode: number, nodeid: number, body: Buffer): Buffer {
@@ -466,4 +466,72 @@ test('ext4 image: the first READ of a file just looked up from the image is answ
   const want = Buffer.alloc(11 * 4096);
   for (let i = 0; i < 6; i++) frag.copy(want, i * 2 * 4096);
   t.true(slow.subarray(16).equals(want), 'holes read as zeros between the six blocks');
+});
+
+test('ext4 image: READDIRPLUS after the first of a listing is answered on the fast path, byte for byte and lookup for lookup as handle(); not once the directory changes', async (t) => {
+  const { v } = await serveImage(t);
+  const fuse = v.s.fs as unknown as { lookups: Map<number, number> };
+  const mk = Buffer.alloc(8);
+  mk.writeUInt32LE(0o755, 0);
+  const d = await v.call(msg(OP.MKDIR, 1, Buffer.concat([mk, name('d')])));
+  const dir = Number(d.readBigUInt64LE(16));
+  // Names of every length modulo 8 (the padding), up to the 255 bytes ext4 allows.
+  const names = Array.from({ length: 300 }, (_, i) => (i % 50 === 7 ? 'L'.repeat(255 - String(i).length) : 'n'.repeat(i % 9)) + String(i));
+  const nodes = new Map<string, number>();
+  for (const n of names) nodes.set(n, (await makeFile(v, n, Buffer.from(n), dir)).node);
+  const opened = await v.call(msg(OP.OPENDIR, dir, Buffer.alloc(8)));
+  const fh = Number(opened.readBigUInt64LE(16));
+  /** The records of a READDIRPLUS reply: name, node, next offset. */
+  const records = (r: Buffer): { name: string; node: number; off: number }[] => {
+    const out = [];
+    for (let at = 16; at < r.length;) {
+      const nl = r.readUInt32LE(at + 128 + 16);
+      out.push({ name: r.toString('latin1', at + 152, at + 152 + nl), node: Number(r.readBigUInt64LE(at)), off: Number(r.readBigUInt64LE(at + 128 + 8)) });
+      at += (152 + nl + 7) & ~7;
+    }
+    return out;
+  };
+  const rdp = (offset: number, size: number) => msg(OP.READDIRPLUS, dir, readIn(fh, offset, size));
+  // Offset 0 starts the listing (a snapshot, atime): the ordinary path's.
+  t.is(v.sync(rdp(0, 4096)), null);
+  const first = await v.call(rdp(0, 4096));
+  const seen = new Map<string, number>(); // replies each name went out in
+  const count = (r: Buffer) => {
+    for (const e of records(r)) if (e.name !== '.' && e.name !== '..') seen.set(e.name, (seen.get(e.name) ?? 0) + 1);
+  };
+  count(first);
+  // "..", then everything else in replies of several sizes, each asked on both paths.
+  let off = 1;
+  const sizes = [4096, 700, 16384, 1000, 4096];
+  for (let i = 0; ; i++) {
+    const m = rdp(off, sizes[i % sizes.length]);
+    const fast = v.sync(m);
+    t.truthy(fast, `offset ${off}: answered on the fast path`);
+    const slow = await v.call(m);
+    t.deepEqual(fast, slow, `offset ${off}: the same reply`);
+    count(fast!);
+    count(slow);
+    const recs = records(slow);
+    if (!recs.length) break;
+    off = recs[recs.length - 1].off;
+  }
+  t.deepEqual([...seen.keys()].sort(), [...names].sort(), 'every name listed');
+  // Each name's lookup count is the number of replies it went out in, on either path.
+  for (const n of names) t.is(fuse.lookups.get(nodes.get(n)!), 1 + seen.get(n)!, `lookups of ${n}`);
+  // A request larger than the fast path packs: fewer records, the same as the start of handle()'s.
+  const big = v.sync(rdp(1, 1 << 20))!;
+  const bigSlow = await v.call(rdp(1, 1 << 20));
+  t.true(big.length <= 16 + (16 << 10) && big.length > 16 + 8192, `${big.length} bytes`);
+  t.deepEqual(big.subarray(16), bigSlow.subarray(16, big.length), 'a prefix of the ordinary reply');
+  t.is(big.readUInt32LE(0), big.length);
+  // The directory changes: its snapshot's inodes may no longer be its entries; the ordinary path answers.
+  await makeFile(v, 'late', Buffer.from('x'), dir);
+  t.is(v.sync(rdp(1, 4096)), null, 'not from memory after a change');
+  t.is((await v.call(rdp(1, 4096))).readInt32LE(4), 0);
+  // A new listing (offset 0) takes a new snapshot; after it the fast path answers again.
+  await v.call(rdp(0, 4096));
+  t.truthy(v.sync(rdp(1, 4096)));
+  // An unknown handle, or another directory's: the ordinary path's.
+  t.is(v.sync(msg(OP.READDIRPLUS, dir, readIn(fh + 100, 1, 4096))), null);
+  t.is(v.sync(msg(OP.READDIRPLUS, 1, readIn(fh, 1, 4096))), null);
 });

@@ -99,6 +99,18 @@ interface DirSnapshot {
   changes: number;
 }
 
+/** The entries of a listing in cookie order after cookie `offset`, at most `limit` of them. */
+function entriesAfter(e: readonly DirEntry[], offset: number, limit: number): DirEntry[] {
+  let lo = 0;
+  let hi = e.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (e[mid].next <= offset) lo = mid + 1;
+    else hi = mid;
+  }
+  return e.slice(lo, lo + limit);
+}
+
 export class Ext4Fs {
   private lock = new OpLock();
   readonly store: InodeStore;
@@ -948,16 +960,19 @@ export class Ext4Fs {
         await this.touchAtime(st);
         if (handle !== undefined && this.dirHandles.has(handle)) this.dirHandles.set(handle, snap);
       }
-      const e = snap.entries;
-      let lo = 0;
-      let hi = e.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        if (e[mid].next <= offset) lo = mid + 1;
-        else hi = mid;
-      }
-      return e.slice(lo, lo + limit);
+      return entriesAfter(snap.entries, offset, limit);
     });
+  }
+
+  /**
+   * readdir without I/O, under peekCached's rule: the entries after `offset` from the snapshot
+   * that `handle`'s listing took at offset 0, or undefined when only readdir can answer (the
+   * lock is held, offset 0 starts a listing, or the handle has no snapshot yet).
+   */
+  readdirCached(handle: number, offset: number, limit: number): DirEntry[] | undefined {
+    if (this.closed || this.lock.busy || offset === 0) return undefined;
+    const snap = this.dirHandles.get(handle);
+    return snap ? entriesAfter(snap.entries, offset, limit) : undefined;
   }
 
   /**
@@ -980,6 +995,25 @@ export class Ext4Fs {
       }
       return out;
     });
+  }
+
+  /**
+   * entryAttrs without I/O, under peekCached's rule: the inodes `handle`'s snapshot listed, while
+   * the directory is unchanged since (entryAttrs's fast case), all of them in memory; otherwise
+   * undefined.
+   */
+  entryStatesCached(dirIno: number, handle: number, inos: readonly number[]): InodeState[] | undefined {
+    if (this.closed || this.lock.busy) return undefined;
+    const snap = this.dirHandles.get(handle);
+    const p = this.store.cached(dirIno);
+    if (!snap || !p || p.dir !== snap.dir || snap.dir.changes !== snap.changes) return undefined;
+    const out: InodeState[] = [];
+    for (const ino of inos) {
+      const st = this.store.getCached(ino);
+      if (!st) return undefined;
+      out.push(st);
+    }
+    return out;
   }
 
   /**

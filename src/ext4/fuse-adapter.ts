@@ -356,6 +356,22 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     return attrs.map((a) => a && this.referenced(a));
   }
 
+  /** readdir from the snapshot the handle's listing took (Ext4Fs.readdirCached). */
+  readdirSync(_ctx: RequestContext, node: number, fh: number, offset: number, limit: number): DirEntryOut[] | undefined {
+    const d = this.dirs.get(fh);
+    if (!d || d.ino !== toIno(node)) return undefined;
+    const list = this.ext4.readdirCached(d.handle, offset, limit);
+    return list && list.map((e) => ({ name: e.name, node: toNode(e.ino), type: e.type, next: e.next }));
+  }
+
+  /** readdirplusEntries from memory (Ext4Fs.entryStatesCached): all of them, each counted as a lookup, or none. */
+  readdirplusEntriesSync(_ctx: RequestContext, parent: number, fh: number, entries: readonly DirEntryOut[]): EntryAttr[] | undefined {
+    const d = this.dirs.get(fh);
+    if (!d || d.ino !== toIno(parent)) return undefined;
+    const states = this.ext4.entryStatesCached(d.ino, d.handle, entries.map((e) => toIno(e.node)));
+    return states && states.map((st) => this.referenced(this.ext4.toAttr(st)));
+  }
+
   // ---- DAX source (virtio-fs: src/vhost/dax-window.ts) ----
 
   get imageFd(): number {

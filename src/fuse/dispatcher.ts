@@ -14,7 +14,7 @@ import {
 import { decodeRequest, decodeOptionsFor, DecodeError, DecodeOptions, DEFAULT_DECODE_OPTIONS, FuseRequest, FuseRequestOf, FuseOpKind } from './request';
 import {
   replyError, replyEmpty, replyEntry, replyAttr, replyOpen, replyCreate, replyWrite, replyStatfs,
-  replyXattrSize, replyInit, replyLseek, replyData, replyDataInPlace, payloadViews, DirentPacker,
+  replyXattrSize, replyInit, replyLseek, replyData, replyDataInPlace, payloadViews, DirentPacker, isDotName,
 } from './reply';
 import { EntryOut, FuseAttr, ZERO_ATTR } from './structs';
 import { FileSystem, RequestContext, EntryAttr, SetAttrRequest, DaxMapper, DirEntryOut } from './filesystem';
@@ -499,13 +499,13 @@ export class FuseSession {
     }
     // Attributes for exactly the entries that go out: each is a lookup reference the kernel
     // takes (fuse_direntplus_link), so none may be taken for an entry left out.
-    const named = entries.slice(0, fit).filter((e) => !isDot(e.name));
+    const named = entries.slice(0, fit).filter((e) => !isDotName(e.name));
     const attrs = await this.entryAttrs(ctx, parent, req.fh, named);
     let k = 0;
     for (let i = 0; i < fit; i++) {
       const e = entries[i];
       let entry: EntryOut;
-      if (isDot(e.name)) {
+      if (isDotName(e.name)) {
         entry = { nodeid: 0, generation: 0, entry_valid: 0, attr_valid: 0, attr: { ...ZERO_ATTR, ino: e.node, mode: e.type << 12 } };
       } else {
         const a = attrs[k++];
@@ -527,7 +527,6 @@ export class FuseSession {
   }
 }
 
-const isDot = (name: Buffer): boolean => name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT));
 
 /** handleSync times one request in this many for observeSync (latency percentiles are sampled). */
 const SYNC_TIMING_EVERY = 8;
@@ -535,11 +534,8 @@ const SYNC_TIMING_EVERY = 8;
 /** The opcodes the fast path answers, with their request kinds (all below 64: syncCounts). */
 const FAST_KINDS: [number, FuseOpKind][] = [
   [Op.LOOKUP, 'lookup'], [Op.FORGET, 'forget'], [Op.GETATTR, 'getattr'], [Op.OPEN, 'open'], [Op.READ, 'read'],
-  [Op.RELEASE, 'release'], [Op.GETXATTR, 'getxattr'], [Op.BATCH_FORGET, 'batch_forget'],
+  [Op.RELEASE, 'release'], [Op.GETXATTR, 'getxattr'], [Op.BATCH_FORGET, 'batch_forget'], [Op.READDIRPLUS, 'readdirplus'],
 ];
-
-const DOT = Buffer.from('.');
-const DOTDOT = Buffer.from('..');
 
 function xattrName(b: Buffer): string {
   return b.toString('utf8');

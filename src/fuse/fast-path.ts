@@ -15,13 +15,20 @@
  */
 import { constants as fsConstants } from 'node:fs';
 import { constants } from 'node:os';
-import { ENTRY_NAME_MAX, FOPEN, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, entryOutSize, getattrInSize, readInSize, releaseInSize } from './abi';
-import { payloadViews } from './reply';
-import { FileSystem, RequestContext } from './filesystem';
-import { ZERO_ATTR, encodeAttrOutAt, encodeEntryOutAt, encodeOpenOutAt } from './structs';
+import { ENTRY_NAME_MAX, FOPEN, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, direntAlign, entryOutSize, getattrInSize, readInSize, releaseInSize } from './abi';
+import { direntRecordSize, isDotName, payloadViews } from './reply';
+import { DirEntryOut, FileSystem, RequestContext } from './filesystem';
+import { ZERO_ATTR, encodeAttrOutAt, encodeEntryOutAt, encodeOpenOutAt, setU64 } from './structs';
 
 /** answer(): the request needs the ordinary path. */
 export const NOT_HANDLED = -1;
+
+/**
+ * The most READDIRPLUS records the fast path packs into one reply, in bytes: a guest's kernel
+ * asks for a page (4 KiB), and a larger request is answered with this much, which is allowed
+ * (the kernel asks again from the last entry's offset).
+ */
+const READDIRPLUS_SYNC_MAX = 16 << 10;
 
 const { ENODATA, ENOENT } = constants.errno;
 const { O_TRUNC, O_RDONLY } = fsConstants;
@@ -44,7 +51,7 @@ export interface FastPathSettings {
 
 export class FastPath {
   /** The last reply, `answer()` bytes long; overwritten by the next call. */
-  readonly reply = Buffer.alloc(SIZE.OUT_HEADER + SIZE.ENTRY_OUT);
+  readonly reply = Buffer.alloc(SIZE.OUT_HEADER + Math.max(SIZE.ENTRY_OUT, READDIRPLUS_SYNC_MAX));
   /**
    * How much of the last reply is in `reply`: all of it, except after a READ, whose data went
    * straight into `dest` after the header's place and whose header alone is here.
@@ -85,6 +92,8 @@ export class FastPath {
         return this.lookup(buf, len);
       case FuseOpcode.READ:
         return dest && body === readInSize(this.s.minor) ? this.read(buf, dest, idle) : NOT_HANDLED;
+      case FuseOpcode.READDIRPLUS:
+        return body === readInSize(this.s.minor) ? this.readdirplus(buf) : NOT_HANDLED;
       case FuseOpcode.GETXATTR:
         return this.getxattr(buf, len);
       case FuseOpcode.OPEN:
@@ -172,6 +181,63 @@ export class FastPath {
     this.header(buf, n);
     this.replyHead = SIZE.OUT_HEADER;
     return SIZE.OUT_HEADER + n;
+  }
+
+  /**
+   * READDIRPLUS from memory (FileSystem.readdirSync, readdirplusEntriesSync): the records that
+   * fit, packed as the ordinary readdir packs them: fuse_entry_out (zero but for attr.ino and
+   * attr.mode for "." and ".."), then fuse_dirent {u64 ino, u64 off, u32 namelen, u32 type}
+   * and the name, zero-padded to 8. Lookups are counted for exactly the records that go out.
+   */
+  private readdirplus(buf: Buffer): number {
+    const fs = this.fs;
+    if (!fs.readdirSync || !fs.readdirplusEntriesSync) return NOT_HANDLED;
+    // fuse_read_in {u64 fh, u64 offset, u32 size, ...}
+    const at = SIZE.IN_HEADER;
+    const ctx = this.context(buf);
+    const node = u64(buf, 16);
+    const fh = u64(buf, at);
+    const size = Math.min(buf.readUInt32LE(at + 16), this.s.maxWrite, READDIRPLUS_SYNC_MAX);
+    // No more entries than the smallest records (a name of up to 8 bytes) could fit.
+    const entries = fs.readdirSync(ctx, node, fh, u64(buf, at + 8), Math.floor(size / direntAlign(SIZE.DIRENTPLUS + 1)));
+    if (!entries) return NOT_HANDLED;
+    let fit = 0;
+    const named: DirEntryOut[] = [];
+    for (let room = size; fit < entries.length; fit++) {
+      const n = direntRecordSize(entries[fit].name, true);
+      if (n < 0) return NOT_HANDLED; // a name the kernel would refuse: the ordinary path's EIO
+      if (n > room) break;
+      room -= n;
+      if (!isDotName(entries[fit].name)) named.push(entries[fit]);
+    }
+    const attrs = named.length ? fs.readdirplusEntriesSync(ctx, node, fh, named) : [];
+    if (!attrs) return NOT_HANDLED;
+    const out = this.out;
+    const reply = this.reply;
+    let pos: number = SIZE.OUT_HEADER;
+    for (let i = 0, k = 0; i < fit; i++) {
+      const e = entries[i];
+      if (isDotName(e.name)) {
+        // fuse_entry_out's attr is at 40: ino (u64) at its 0, mode (u32) at its 60.
+        encodeEntryOutAt(out, pos, 0, 0, 0, 0, ZERO_ATTR);
+        setU64(out, pos + 40, e.node);
+        out.setUint32(pos + 40 + 60, e.type << 12, true);
+      } else {
+        const a = attrs[k++];
+        encodeEntryOutAt(out, pos, a.nodeid ?? a.ino, a.generation, this.s.entryTimeout, this.s.attrTimeout, a);
+      }
+      const d = pos + SIZE.ENTRY_OUT;
+      setU64(out, d, e.node);
+      setU64(out, d + 8, e.next);
+      out.setUint32(d + 16, e.name.length, true);
+      out.setUint32(d + 20, e.type, true);
+      reply.set(e.name, d + SIZE.DIRENT);
+      const end = pos + direntAlign(SIZE.DIRENTPLUS + e.name.length);
+      reply.fill(0, d + SIZE.DIRENT + e.name.length, end);
+      pos = end;
+    }
+    this.header(buf, pos - SIZE.OUT_HEADER);
+    return this.finish(pos - SIZE.OUT_HEADER);
   }
 
   /**

@@ -131,6 +131,17 @@ export interface FileSystem {
   /** LOOKUP: the entry (counted as a lookup, as lookup() counts it), null for a miss, undefined: not now. */
   lookupSync?(ctx: RequestContext, parent: number, name: Buffer): EntryAttr | null | undefined;
   /**
+   * READDIRPLUS, first half: readdir's answer on handle `fh` from memory (at most `limit`
+   * entries after `offset`), taking nothing; undefined: not now.
+   */
+  readdirSync?(ctx: RequestContext, node: number, fh: number, offset: number, limit: number): DirEntryOut[] | undefined;
+  /**
+   * READDIRPLUS, second half: the attributes of `entries` (from readdirSync, "." and ".." left
+   * out), each counted as a lookup, as the ordinary path's; all of them or, with undefined,
+   * none (nothing counted).
+   */
+  readdirplusEntriesSync?(ctx: RequestContext, parent: number, fh: number, entries: readonly DirEntryOut[]): EntryAttr[] | undefined;
+  /**
    * READ into the transport's buffers (a guest's writable descriptors) instead of a Buffer of
    * its own: `dest` are consecutive views holding `size` bytes; returns the bytes read (short at
    * the end of the file). Bytes past the returned count are left as they were.

@@ -192,6 +192,19 @@ export interface DirentIn {
 export const direntType = (mode: number): number => (mode >>> 12) & 0o17;
 
 /**
+ * The bytes a fuse_dirent (or with `plus` a fuse_direntplus) record for `name` takes, the name
+ * padded to 8; -1 for a name the kernel would refuse (DirentPacker.recordSize).
+ */
+export function direntRecordSize(name: Buffer, plus: boolean): number {
+  const n = name.length;
+  if (n === 0 || n > FUSE_NAME_MAX || name.includes(0x2f) || name.includes(0)) return -1;
+  return direntAlign((plus ? SIZE.DIRENTPLUS : SIZE.DIRENT) + n);
+}
+
+/** "." or "..": READDIRPLUS lists them without a node (the kernel takes no reference for them). */
+export const isDotName = (name: Buffer): boolean => name.length <= 2 && name[0] === 0x2e && (name.length === 1 || name[1] === 0x2e);
+
+/**
  * Packs fuse_dirent records (READDIR) or fuse_direntplus records (READDIRPLUS) into at most
  * `limit` bytes (the request's size), each padded to 8 bytes (FUSE_DIRENT_ALIGN). add/addPlus
  * return false, writing nothing, when the record does not fit; the caller stops there and
@@ -251,11 +264,9 @@ export class DirentPacker {
    * name like that is damage, not data.
    */
   recordSize(name: Buffer): number {
-    const n = name.length;
-    if (n === 0 || n > FUSE_NAME_MAX || name.includes(0x2f) || name.includes(0)) {
-      throw new FsError('EIO', `directory entry name ${JSON.stringify(name.toString('latin1'))} cannot be listed`);
-    }
-    return direntAlign((this.plus ? SIZE.DIRENTPLUS : SIZE.DIRENT) + n);
+    const n = direntRecordSize(name, this.plus);
+    if (n < 0) throw new FsError('EIO', `directory entry name ${JSON.stringify(name.toString('latin1'))} cannot be listed`);
+    return n;
   }
 
   /** Bytes left for records. */

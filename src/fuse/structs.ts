@@ -550,7 +550,7 @@ export function encodeAttrAt(v: DataView, at: number, a: FuseAttr): void {
 }
 
 /** u64 from a number below 2^53 (as putU64). */
-function setU64(v: DataView, at: number, x: number): void {
+export function setU64(v: DataView, at: number, x: number): void {
   v.setUint32(at, x % 0x100000000, true);
   v.setUint32(at + 4, Math.floor(x / 0x100000000), true);
 }
