@@ -27,7 +27,6 @@ import { startControlServer } from '../control';
 import { lockHolders } from '../control/registry';
 import { readMountInfo } from '../util/mountinfo';
 import { action, UsageError } from './common';
-import { idleRuntimeHelpers } from './helper-threads';
 
 const MountOptionsSchema = z.object({
   ro: z.boolean().default(false),
@@ -65,9 +64,6 @@ const MountOptionsSchema = z.object({
   // Serve regular files without OPEN and RELEASE requests (FileSystem.noOpen): two requests
   // fewer for every open(2)/close(2) pair. `-o open` brings them back (and ATOMIC_O_TRUNC).
   no_open: z.boolean().default(true),
-  // V8's compiler and GC helper threads under SCHED_IDLE (cli/helper-threads.ts), so a burst of
-  // theirs never holds up the client or this server; noidle_helpers leaves them normal.
-  idle_helpers: z.boolean().default(true),
 }).strict();
 type MountOpts = z.infer<typeof MountOptionsSchema>;
 
@@ -80,7 +76,6 @@ export function parseMountOptions(list: string[]): MountOpts {
     else if (k === 'ro') raw.ro = true;
     else if (k === 'nocommit_before_reply' && v === undefined) raw.commit_before_reply = false;
     else if (k === 'open' && v === undefined) raw.no_open = false;
-    else if (k === 'noidle_helpers' && v === undefined) raw.idle_helpers = false;
     else if (v === undefined) raw[k] = true;
     else if (/^\d+(\.\d+)?[KMG]?$/.test(v)) raw[k] = parseNumber(v);
     else throw new UsageError(`mount option ${k} needs a number, got ${v}`);
@@ -92,7 +87,7 @@ export function parseMountOptions(list: string[]): MountOpts {
   if (!r.success) {
     const issue = r.error.issues[0];
     const key = issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : issue.path.join('.');
-    throw new UsageError(`unknown or bad mount option: ${key}; known: ro, rw, noatime, relatime, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply, busy_poll_us=N (default 50), read_ahead_kb=N (default 1024), no_open (default), open, idle_helpers (default), noidle_helpers`);
+    throw new UsageError(`unknown or bad mount option: ${key}; known: ro, rw, noatime, relatime, allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply, busy_poll_us=N (default 50), read_ahead_kb=N (default 1024), no_open (default), open`);
   }
   return r.data;
 }
@@ -231,11 +226,7 @@ async function mountAction(image: string, mountpoint: string, values: MountCliVa
   if (values.logLevel) setLogLevel(values.logLevel);
   if (!fs.existsSync(image)) throw new FsError('ENOENT', `image ${image} does not exist; create one with: kfs mkfs ${image} --size 1G`);
   if (values.foreground) {
-    // Before any asynchronous I/O (a log file's stream included): the threads found are then the
-    // runtime's own, not libuv's pool (cli/helper-threads.ts).
-    const idled = o.idle_helpers ? idleRuntimeHelpers() : 0;
     if (values.logFile) logToFile(values.logFile);
-    if (idled) log.info(`${idled} runtime helper threads (V8's compiler and GC workers among them) run under SCHED_IDLE`);
     if (values.serverFds) {
       const link = parseServerLink(values.serverFds, values.serverGeneration, values.adopt);
       try {
@@ -319,7 +310,7 @@ export function registerMount(program: Command): void {
     .description('mount an image on the host through FUSE (as root, or as a user through fusermount3)')
     .argument('<image>', 'image file')
     .argument('<dir>', 'mount point (an existing directory)')
-    .option('-o, --options <list>', 'mount options: ro, rw, noatime, relatime (default), allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply, busy_poll_us=N, read_ahead_kb=N, no_open (default), open, idle_helpers (default), noidle_helpers (repeatable)', collect)
+    .option('-o, --options <list>', 'mount options: ro, rw, noatime, relatime (default), allow_other, default_permissions, writeback_cache, entry_timeout=S, attr_timeout=S, negative_timeout=S, cache_size=N[KMG], nojournal, nosupervisor, commit_before_reply (default), nocommit_before_reply, busy_poll_us=N, read_ahead_kb=N, no_open (default), open (repeatable)', collect)
     .option('-f, --foreground', 'serve in this process instead of returning once mounted')
     .option('--log-file <file>', 'write the log here')
     .option('--log-level <level>', 'error, warn, info or debug (default warn)')
