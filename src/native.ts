@@ -58,8 +58,6 @@ export interface KfsNative {
   eventfdRead(fd: number): number;
   /** Adds value (1 <= value < 2^53) to the counter. */
   eventfdWrite(fd: number, value: number): void;
-  /** sched_setscheduler(tid, SCHED_IDLE) for a thread of this process (another task: ESRCH). native/src/thread.cc. */
-  setThreadIdle(tid: number): void;
   /** Host-directory system calls for PassthroughFs (native/src/passthrough.cc). */
   passthrough: import('./passthrough/host-calls').HostCalls;
 }

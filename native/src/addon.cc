@@ -6,7 +6,6 @@
 #include "socket.h"
 #include "memory.h"
 #include "passthrough.h"
-#include "thread.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kfs::InitFile(env, exports);
@@ -15,7 +14,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kfs::InitSocket(env, exports);
   kfs::InitMemory(env, exports);
   kfs::InitPassthrough(env, exports);
-  kfs::InitThread(env, exports);
   return exports;
 }
 

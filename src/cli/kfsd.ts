@@ -17,7 +17,6 @@ import { FuseSession, SessionOptions } from '../fuse/dispatcher';
 import { FileSystem } from '../fuse/filesystem';
 import { VhostUserServer } from '../vhost/server';
 import { warmUpKfsd } from './warmup';
-import { idleRuntimeHelpers } from './helper-threads';
 import { VirtioFsDevice } from '../vhost/virtio-fs';
 import { startControlServer } from '../control';
 import type { VhostStatus } from '../control/protocol';
@@ -44,7 +43,6 @@ const KfsdOptionsSchema = z.object({
   // At most 1 ms: the spin holds up the event loop (other queues, vhost-user messages, timers).
   pollUs: z.coerce.number().int().min(0).max(1000).default(500),
   jitWarmup: z.boolean().default(true),
-  idleHelpers: z.boolean().default(true),
 }).strict();
 type KfsdOptions = z.infer<typeof KfsdOptionsSchema>;
 
@@ -84,11 +82,7 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   if (!o.image === !o.sharedDir) throw new UsageError('give exactly one of --image IMAGE or --shared-dir DIR');
   checkSocketPath(o.socketPath);
   setLogLevel(o.logLevel);
-  // Before any asynchronous I/O (a log file's stream included): the threads found are then the
-  // runtime's own, not libuv's pool (cli/helper-threads.ts).
-  const idled = o.idleHelpers ? idleRuntimeHelpers() : 0;
   if (o.logFile) logToFile(o.logFile);
-  if (idled) log.info(`${idled} runtime helper threads (V8's compiler and GC workers among them) run under SCHED_IDLE`);
   // libuv sizes its thread pool (image and host-file I/O) on first use: set it before any I/O.
   if (o.threadPoolSize) process.env.UV_THREADPOOL_SIZE = String(o.threadPoolSize);
 
@@ -198,7 +192,6 @@ const program = new Command('kfsd')
   .option('--cache-size <bytes>', 'metadata cache size for --image')
   .option('--open', 'with --image: serve OPEN and RELEASE of regular files (a handle per open) instead of answering OPEN with ENOSYS, after which the guest sends neither (no_open, the default on a writable image)')
   .option('--poll-us <µs>', 'after answering, watch an idle request queue up to this long for the next request instead of waiting for its kick (default 500, adapting to the guest; 0 = off)')
-  .option('--no-idle-helpers', "leave V8's compiler and GC helper threads at the normal scheduling policy instead of SCHED_IDLE (see README)")
   .option('--no-jit-warmup', 'do not warm the JIT up on a scratch filesystem while waiting for the first request (see README)')
   .option('--dax-window <size>', 'DAX cache window to ask the front-end for (default 1G with --image; 0 = no DAX); used only by front-ends that negotiate SHMEM')
   .addOption(new Option('--log-level <level>', 'error, warn (default), info, debug').choices(['error', 'warn', 'info', 'debug']))
