@@ -1,13 +1,16 @@
 /**
  * kfsd's command line, as users run it (node dist/src/cli/kfsd.js): every mistake is one line
  * on stderr naming what is wrong and what to do, a non-zero exit (2 for usage), and nothing is
- * served or created. No QEMU needed: each case fails before a front-end could connect.
+ * served or created; --thread-pool-size sizes libuv's pool, with or without --log-file. No QEMU
+ * needed: each case fails, or is checked, before a front-end connects.
  */
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { makeImage, tempDir } from './helpers/image';
+import { spawnKfsd } from './helpers/vhost-frontend';
+import { waitFor } from './posix/util';
 
 const KFSD = path.join(__dirname, '..', 'src', 'cli', 'kfsd.js');
 
@@ -47,4 +50,20 @@ test('kfsd: bad command lines get one line and a non-zero exit, and no socket is
   }
   t.true(fs.readFileSync(notSocket, 'utf8') === 'x', 'the file named as the socket is untouched');
   t.is(kfsd(['--help']).code, 0);
+});
+
+test.serial('kfsd --thread-pool-size N: libuv\'s pool has N threads, also with --log-file (whose stream opens on the pool)', async (t) => {
+  const dir = tempDir(t, 'kfsd-pool');
+  const image = makeImage(t, { size: '64M', mkfs: 'kfs', dir });
+  // The threads a Node process has before it runs any JavaScript (V8's workers and the like).
+  const bare = Number(execFileSync(process.execPath, ['-e', "process.stdout.write(String(require('fs').readdirSync('/proc/self/task').length))"], { encoding: 'utf8' }));
+  for (const [n, extra] of [[2, []], [2, ['--log-file', path.join(dir, 'kfsd.log')]], [6, ['--log-file', path.join(dir, 'kfsd6.log')]]] as const) {
+    const kfsd = spawnKfsd(['--image', image], path.join(dir, `vhost-${n}-${extra.length}.sock`), ['--log-level', 'info', '--thread-pool-size', String(n), ...extra]);
+    t.teardown(() => kfsd.stop());
+    // The JIT warm-up formats and serves a scratch image: the pool has started by its end.
+    const log = () => (extra.length ? fs.readFileSync(extra[1], 'utf8') : kfsd.output);
+    t.true(await waitFor(() => { try { return /JIT warm-up on a scratch image: \d+ requests/.test(log()); } catch { return false; } }, 60_000), kfsd.output);
+    t.is(fs.readdirSync(`/proc/${kfsd.proc.pid}/task`).length, bare + n, `--thread-pool-size ${n} ${extra.join(' ')}`);
+    t.deepEqual(await kfsd.stop(), { code: 0, signal: null });
+  }
 });

@@ -82,9 +82,10 @@ async function kfsdAction(values: Record<string, unknown>): Promise<number> {
   if (!o.image === !o.sharedDir) throw new UsageError('give exactly one of --image IMAGE or --shared-dir DIR');
   checkSocketPath(o.socketPath);
   setLogLevel(o.logLevel);
-  if (o.logFile) logToFile(o.logFile);
-  // libuv sizes its thread pool (image and host-file I/O) on first use: set it before any I/O.
+  // libuv sizes its thread pool (image and host-file I/O) on first use: set it before any I/O,
+  // a log file's stream (which opens the file on the pool) included.
   if (o.threadPoolSize) process.env.UV_THREADPOOL_SIZE = String(o.threadPoolSize);
+  if (o.logFile) logToFile(o.logFile);
 
   const daxWindowSize = parseSize(o.daxWindow ?? (o.image ? '1G' : '0'));
   if (daxWindowSize % (2 << 20)) throw new UsageError('--dax-window must be a multiple of 2M (the guest maps 2 MiB ranges)');
