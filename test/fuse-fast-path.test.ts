@@ -468,70 +468,102 @@ test('ext4 image: the first READ of a file just looked up from the image is answ
   t.true(slow.subarray(16).equals(want), 'holes read as zeros between the six blocks');
 });
 
-test('ext4 image: READDIRPLUS after the first of a listing is answered on the fast path, byte for byte and lookup for lookup as handle(); not once the directory changes', async (t) => {
-  const { v } = await serveImage(t);
-  const fuse = v.s.fs as unknown as { lookups: Map<number, number> };
-  const mk = Buffer.alloc(8);
-  mk.writeUInt32LE(0o755, 0);
-  const d = await v.call(msg(OP.MKDIR, 1, Buffer.concat([mk, name('d')])));
-  const dir = Number(d.readBigUInt64LE(16));
-  // Names of every length modulo 8 (the padding), up to the 255 bytes ext4 allows.
-  const names = Array.from({ length: 300 }, (_, i) => (i % 50 === 7 ? 'L'.repeat(255 - String(i).length) : 'n'.repeat(i % 9)) + String(i));
-  const nodes = new Map<string, number>();
-  for (const n of names) nodes.set(n, (await makeFile(v, n, Buffer.from(n), dir)).node);
-  const opened = await v.call(msg(OP.OPENDIR, dir, Buffer.alloc(8)));
-  const fh = Number(opened.readBigUInt64LE(16));
-  /** The records of a READDIRPLUS reply: name, node, next offset. */
-  const records = (r: Buffer): { name: string; node: number; off: number }[] => {
-    const out = [];
-    for (let at = 16; at < r.length;) {
-      const nl = r.readUInt32LE(at + 128 + 16);
-      out.push({ name: r.toString('latin1', at + 152, at + 152 + nl), node: Number(r.readBigUInt64LE(at)), off: Number(r.readBigUInt64LE(at + 128 + 8)) });
-      at += (152 + nl + 7) & ~7;
+for (const [label, opts, maxWrite] of [['default options', {}, 1 << 20], ['entry 5 s, attr 7 s, max_write 8 KiB', { entryTimeout: 5, attrTimeout: 7, maxWrite: 8192 }, 8192]] as const) {
+  test(`ext4 image (${label}): READDIRPLUS after the first of a listing is answered on the fast path, byte for byte and lookup for lookup as handle(); not at offset 0, during an operation, or once the directory changes`, async (t) => {
+    const { ext4, v } = await serveImage(t, opts);
+    const fuse = v.s.fs as unknown as { lookups: Map<number, number> };
+    const mk = Buffer.alloc(8);
+    mk.writeUInt32LE(0o755, 0);
+    const d = await v.call(msg(OP.MKDIR, 1, Buffer.concat([mk, name('d')])));
+    const dir = Number(d.readBigUInt64LE(16));
+    // Names of every length modulo 8 (the padding), two in three of 245-255 bytes: a listing
+    // of more than the fast path's 128 KiB.
+    const names = Array.from({ length: 420 }, (_, i) => (i % 3 ? 'L'.repeat(242 + (i % 11)) : 'n'.repeat(i % 9)) + String(i));
+    const nodes = new Map<string, number>();
+    for (const n of names) nodes.set(n, (await makeFile(v, n, Buffer.from(n), dir)).node);
+    const opened = await v.call(msg(OP.OPENDIR, dir, Buffer.alloc(8)));
+    const fh = Number(opened.readBigUInt64LE(16));
+    /** The records of a READDIRPLUS reply: name, node, next offset. */
+    const records = (r: Buffer): { name: string; node: number; off: number }[] => {
+      const out = [];
+      for (let at = 16; at < r.length;) {
+        const nl = r.readUInt32LE(at + 128 + 16);
+        out.push({ name: r.toString('latin1', at + 152, at + 152 + nl), node: Number(r.readBigUInt64LE(at)), off: Number(r.readBigUInt64LE(at + 128 + 8)) });
+        at += (152 + nl + 7) & ~7;
+      }
+      return out;
+    };
+    const rdp = (offset: number, size: number) => msg(OP.READDIRPLUS, dir, readIn(fh, offset, size));
+    // Offset 0 starts the listing (a snapshot, atime): the ordinary path's.
+    t.is(v.sync(rdp(0, 4096)), null);
+    const first = await v.call(rdp(0, 4096));
+    const seen = new Map<string, number>(); // replies each name went out in
+    const count = (r: Buffer) => {
+      for (const e of records(r)) if (e.name !== '.' && e.name !== '..') seen.set(e.name, (seen.get(e.name) ?? 0) + 1);
+    };
+    count(first);
+    const timed = new Map<number, number>();
+    v.s.observeSync = (opcode, us) => {
+      if (us >= 0) timed.set(opcode, (timed.get(opcode) ?? 0) + 1);
+    };
+    // "..", then everything else in replies of several sizes, each asked on both paths.
+    let off = 1;
+    // Each at least a record of the longest name (408 bytes): a reply with none would end the listing.
+    const sizes = [4096, 700, 16384, 1000, 4096, 420];
+    let asked = 0;
+    for (let i = 0; ; i++) {
+      const m = rdp(off, sizes[i % sizes.length]);
+      const fast = v.sync(m);
+      t.truthy(fast, `offset ${off}: answered on the fast path`);
+      asked++;
+      const slow = await v.call(m);
+      t.deepEqual(fast, slow, `offset ${off}: the same reply`);
+      count(fast!);
+      count(slow);
+      const recs = records(slow);
+      if (!recs.length) break;
+      off = recs[recs.length - 1].off;
     }
-    return out;
-  };
-  const rdp = (offset: number, size: number) => msg(OP.READDIRPLUS, dir, readIn(fh, offset, size));
-  // Offset 0 starts the listing (a snapshot, atime): the ordinary path's.
-  t.is(v.sync(rdp(0, 4096)), null);
-  const first = await v.call(rdp(0, 4096));
-  const seen = new Map<string, number>(); // replies each name went out in
-  const count = (r: Buffer) => {
-    for (const e of records(r)) if (e.name !== '.' && e.name !== '..') seen.set(e.name, (seen.get(e.name) ?? 0) + 1);
-  };
-  count(first);
-  // "..", then everything else in replies of several sizes, each asked on both paths.
-  let off = 1;
-  const sizes = [4096, 700, 16384, 1000, 4096];
-  for (let i = 0; ; i++) {
-    const m = rdp(off, sizes[i % sizes.length]);
-    const fast = v.sync(m);
-    t.truthy(fast, `offset ${off}: answered on the fast path`);
-    const slow = await v.call(m);
-    t.deepEqual(fast, slow, `offset ${off}: the same reply`);
-    count(fast!);
-    count(slow);
-    const recs = records(slow);
-    if (!recs.length) break;
-    off = recs[recs.length - 1].off;
-  }
-  t.deepEqual([...seen.keys()].sort(), [...names].sort(), 'every name listed');
-  // Each name's lookup count is the number of replies it went out in, on either path.
-  for (const n of names) t.is(fuse.lookups.get(nodes.get(n)!), 1 + seen.get(n)!, `lookups of ${n}`);
-  // A request larger than the fast path packs: fewer records, the same as the start of handle()'s.
-  const big = v.sync(rdp(1, 1 << 20))!;
-  const bigSlow = await v.call(rdp(1, 1 << 20));
-  t.true(big.length <= 16 + (16 << 10) && big.length > 16 + 8192, `${big.length} bytes`);
-  t.deepEqual(big.subarray(16), bigSlow.subarray(16, big.length), 'a prefix of the ordinary reply');
-  t.is(big.readUInt32LE(0), big.length);
-  // The directory changes: its snapshot's inodes may no longer be its entries; the ordinary path answers.
-  await makeFile(v, 'late', Buffer.from('x'), dir);
-  t.is(v.sync(rdp(1, 4096)), null, 'not from memory after a change');
-  t.is((await v.call(rdp(1, 4096))).readInt32LE(4), 0);
-  // A new listing (offset 0) takes a new snapshot; after it the fast path answers again.
-  await v.call(rdp(0, 4096));
-  t.truthy(v.sync(rdp(1, 4096)));
-  // An unknown handle, or another directory's: the ordinary path's.
-  t.is(v.sync(msg(OP.READDIRPLUS, dir, readIn(fh + 100, 1, 4096))), null);
-  t.is(v.sync(msg(OP.READDIRPLUS, 1, readIn(fh, 1, 4096))), null);
-});
+    t.deepEqual([...seen.keys()].sort(), [...names].sort(), 'every name listed');
+    // Smaller than the next record: no record, on both paths alike.
+    for (const size of [1, 100, 200]) {
+      const m = rdp(1, size);
+      const fast = v.sync(m);
+      t.truthy(fast, `size ${size}: answered on the fast path`);
+      t.deepEqual(fast, await v.call(m), `size ${size}: the same reply`);
+      asked++;
+    }
+    // Each name's lookup count is the number of replies it went out in, on either path.
+    for (const n of names) t.is(fuse.lookups.get(nodes.get(n)!), 1 + seen.get(n)!, `lookups of ${n}`);
+    t.is(v.s.counts.get('readdirplus'), 2 * asked + 1, 'counted as READDIRPLUS requests: each asked on both paths, and the first');
+    t.true((timed.get(OP.READDIRPLUS) ?? 0) >= 1, 'timed on the fast path');
+    // A request larger than the fast path packs (max_write, else 128 KiB): the start of handle()'s reply.
+    const big = v.sync(rdp(1, 1 << 20))!;
+    const bigSlow = await v.call(rdp(1, 1 << 20));
+    const cap = Math.min(maxWrite, 128 << 10);
+    t.true(big.length <= 16 + cap && big.length > 16 + cap - 420, `${big.length} bytes for a cap of ${cap}`);
+    t.true(bigSlow.length <= 16 + maxWrite);
+    t.deepEqual(big.subarray(16), bigSlow.subarray(16, big.length), 'a prefix of the ordinary reply');
+    if (maxWrite <= 128 << 10) t.deepEqual(big.subarray(16), bigSlow.subarray(16), 'max_write caps both alike');
+    t.is(big.readUInt32LE(0), big.length);
+    // Offset 0 again: a new listing, the ordinary path's even with a snapshot in place.
+    t.is(v.sync(rdp(0, 4096)), null);
+    await v.call(rdp(0, 4096));
+    // While an operation holds the filesystem's lock (a change may be half done): not from memory.
+    const pending = v.call(msg(OP.MKDIR, 1, Buffer.concat([mk, name('elsewhere')])));
+    t.true((ext4 as unknown as { lock: { busy: boolean } }).lock.busy, 'the MKDIR holds the lock');
+    t.is(v.sync(rdp(1, 4096)), null, 'not during an operation');
+    t.is((await pending).readInt32LE(4), 0);
+    t.truthy(v.sync(rdp(1, 4096)), 'again once it is done');
+    // The directory changes: its snapshot's inodes may no longer be its entries; the ordinary path answers.
+    await makeFile(v, 'late', Buffer.from('x'), dir);
+    t.is(v.sync(rdp(1, 4096)), null, 'not from memory after a change');
+    t.is((await v.call(rdp(1, 4096))).readInt32LE(4), 0);
+    // A new listing takes a new snapshot; after it the fast path answers again.
+    await v.call(rdp(0, 4096));
+    t.truthy(v.sync(rdp(1, 4096)));
+    // An unknown handle, or another directory's: the ordinary path's.
+    t.is(v.sync(msg(OP.READDIRPLUS, dir, readIn(fh + 100, 1, 4096))), null);
+    t.is(v.sync(msg(OP.READDIRPLUS, 1, readIn(fh, 1, 4096))), null);
+  });
+}

@@ -4,6 +4,7 @@
  * is converted to an htree, as ext4's make_indexed_dir does when dir_index is on.
  */
 import { CorruptionError, FsError } from '../util/errors';
+import { isDotName } from '../util/dot-names';
 import { dxHash } from './dx-hash';
 import { DxNode, looksLikeDxNode } from './htree';
 import {
@@ -58,13 +59,6 @@ interface DxPath {
 /** Decoded htree nodes by the cache buffer they came from (dropped with the buffer). */
 const decodedNodes = new WeakMap<Buffer, DxNode>();
 
-const DOT = Buffer.from('.');
-const DOTDOT = Buffer.from('..');
-
-/** "." or "..". */
-export function isDotName(name: Buffer): boolean {
-  return name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT));
-}
 
 /** Names a Directory keeps in memory (Directory.names); past this it keeps none. */
 export const DIR_NAMES_MAX = 1 << 16;

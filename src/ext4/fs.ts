@@ -11,7 +11,8 @@ import { FsError, CorruptionError } from '../util/errors';
 import { log } from '../util/log';
 import { Volume, VolumeOptions } from './volume';
 import { InodeStore, InodeState, now, writeTime } from './inode-store';
-import { Directory, DirEntryInfo, isDotName, DIR_NAMES_MAX } from './directory';
+import { Directory, DirEntryInfo, DIR_NAMES_MAX } from './directory';
+import { isDotName } from '../util/dot-names';
 import { XattrStore } from './xattr-store';
 import { FileIO } from './file-io';
 import { ExtentMap } from './extents';
@@ -966,12 +967,14 @@ export class Ext4Fs {
 
   /**
    * readdir without I/O, under peekCached's rule: the entries after `offset` from the snapshot
-   * that `handle`'s listing took at offset 0, or undefined when only readdir can answer (the
-   * lock is held, offset 0 starts a listing, or the handle has no snapshot yet).
+   * that `handle`'s listing of `dirIno` took at offset 0, or undefined when only readdir can
+   * answer (the lock is held, offset 0 starts a listing, the handle has no snapshot yet, or the
+   * directory changed since).
    */
-  readdirCached(handle: number, offset: number, limit: number): DirEntry[] | undefined {
+  readdirCached(dirIno: number, handle: number, offset: number, limit: number): DirEntry[] | undefined {
     if (this.closed || this.lock.busy || offset === 0) return undefined;
-    const snap = this.dirHandles.get(handle);
+    // Changed since: entryAttrs would look each name up again, which is not done from memory.
+    const snap = this.currentSnapshot(dirIno, handle);
     return snap ? entriesAfter(snap.entries, offset, limit) : undefined;
   }
 
@@ -985,9 +988,7 @@ export class Ext4Fs {
   entryAttrs(dirIno: number, handle: number | undefined, entries: readonly { name: Buffer; ino: number }[]): Promise<(Attr | null)[]> {
     return this.run(async () => {
       // Under the lock the directory cannot change between the entries.
-      const snap = handle === undefined ? undefined : this.dirHandles.get(handle);
-      const p = this.store.cached(dirIno);
-      const unchanged = !!snap && !!p && p.dir === snap.dir && snap.dir.changes === snap.changes;
+      const unchanged = !!this.currentSnapshot(dirIno, handle);
       const out: (Attr | null)[] = [];
       for (const e of entries) {
         if (unchanged) out.push(this.toAttr(this.store.getCached(e.ino) ?? (await this.store.get(e.ino))));
@@ -998,15 +999,12 @@ export class Ext4Fs {
   }
 
   /**
-   * entryAttrs without I/O, under peekCached's rule: the inodes `handle`'s snapshot listed, while
-   * the directory is unchanged since (entryAttrs's fast case), all of them in memory; otherwise
-   * undefined.
+   * entryAttrs without I/O, under peekCached's rule: the states of inodes `inos` (entries of
+   * `handle`'s snapshot of `dirIno`), while the directory is unchanged since the snapshot
+   * (entryAttrs's fast case) and all of them are in memory; otherwise undefined.
    */
   entryStatesCached(dirIno: number, handle: number, inos: readonly number[]): InodeState[] | undefined {
-    if (this.closed || this.lock.busy) return undefined;
-    const snap = this.dirHandles.get(handle);
-    const p = this.store.cached(dirIno);
-    if (!snap || !p || p.dir !== snap.dir || snap.dir.changes !== snap.changes) return undefined;
+    if (this.closed || this.lock.busy || !this.currentSnapshot(dirIno, handle)) return undefined;
     const out: InodeState[] = [];
     for (const ino of inos) {
       const st = this.store.getCached(ino);
@@ -1014,6 +1012,13 @@ export class Ext4Fs {
       out.push(st);
     }
     return out;
+  }
+
+  /** The snapshot `handle`'s listing of `dirIno` took, while that directory is unchanged since; else null. */
+  private currentSnapshot(dirIno: number, handle: number | undefined): DirSnapshot | null {
+    const snap = handle === undefined ? undefined : this.dirHandles.get(handle);
+    const p = this.store.cached(dirIno);
+    return snap && p && p.dir === snap.dir && snap.dir.changes === snap.changes ? snap : null;
   }
 
   /**

@@ -360,7 +360,7 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
   readdirSync(_ctx: RequestContext, node: number, fh: number, offset: number, limit: number): DirEntryOut[] | undefined {
     const d = this.dirs.get(fh);
     if (!d || d.ino !== toIno(node)) return undefined;
-    const list = this.ext4.readdirCached(d.handle, offset, limit);
+    const list = this.ext4.readdirCached(d.ino, d.handle, offset, limit);
     return list && list.map((e) => ({ name: e.name, node: toNode(e.ino), type: e.type, next: e.next }));
   }
 

@@ -14,8 +14,9 @@ import {
 import { decodeRequest, decodeOptionsFor, DecodeError, DecodeOptions, DEFAULT_DECODE_OPTIONS, FuseRequest, FuseRequestOf, FuseOpKind } from './request';
 import {
   replyError, replyEmpty, replyEntry, replyAttr, replyOpen, replyCreate, replyWrite, replyStatfs,
-  replyXattrSize, replyInit, replyLseek, replyData, replyDataInPlace, payloadViews, DirentPacker, isDotName,
+  replyXattrSize, replyInit, replyLseek, replyData, replyDataInPlace, payloadViews, DirentPacker,
 } from './reply';
+import { isDotName } from '../util/dot-names';
 import { EntryOut, FuseAttr, ZERO_ATTR } from './structs';
 import { FileSystem, RequestContext, EntryAttr, SetAttrRequest, DaxMapper, DirEntryOut } from './filesystem';
 import { FastPath, NOT_HANDLED } from './fast-path';
@@ -526,7 +527,6 @@ export class FuseSession {
     return out;
   }
 }
-
 
 /** handleSync times one request in this many for observeSync (latency percentiles are sampled). */
 const SYNC_TIMING_EVERY = 8;

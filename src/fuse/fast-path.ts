@@ -1,7 +1,8 @@
 /**
  * The dispatcher's synchronous fast path: the requests a filesystem can answer from memory
  * (GETATTR and LOOKUP of cached inodes, READ of cached data, GETXATTR of an inode without
- * attributes, OPEN without O_TRUNC, RELEASE of a file that stays) and those that need no answer (FORGET, BATCH_FORGET),
+ * attributes, OPEN without O_TRUNC, RELEASE of a file that stays, READDIRPLUS after the first
+ * request of a listing) and those that need no answer (FORGET, BATCH_FORGET),
  * decoded, answered and encoded in one call with no promise, no request object and no reply
  * allocation. It is the bulk of what a guest sends once its working set is known, and the
  * ordinary path's cost there is its promise chain, not the filesystem.
@@ -16,7 +17,8 @@
 import { constants as fsConstants } from 'node:fs';
 import { constants } from 'node:os';
 import { ENTRY_NAME_MAX, FOPEN, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, direntAlign, entryOutSize, getattrInSize, readInSize, releaseInSize } from './abi';
-import { direntRecordSize, isDotName, payloadViews } from './reply';
+import { direntRecordSize, payloadViews } from './reply';
+import { isDotName } from '../util/dot-names';
 import { DirEntryOut, FileSystem, RequestContext } from './filesystem';
 import { ZERO_ATTR, encodeAttrOutAt, encodeEntryOutAt, encodeOpenOutAt, setU64 } from './structs';
 
@@ -24,11 +26,12 @@ import { ZERO_ATTR, encodeAttrOutAt, encodeEntryOutAt, encodeOpenOutAt, setU64 }
 export const NOT_HANDLED = -1;
 
 /**
- * The most READDIRPLUS records the fast path packs into one reply, in bytes: a guest's kernel
- * asks for a page (4 KiB), and a larger request is answered with this much, which is allowed
- * (the kernel asks again from the last entry's offset).
+ * The most READDIRPLUS records the fast path packs into one reply, in bytes (also capped by
+ * max_write): a guest's 6.1 kernel asks for a page, this host's 6.18 for 32 KiB. A larger
+ * request is answered with this much, which is allowed (the kernel asks again from the last
+ * entry's offset).
  */
-const READDIRPLUS_SYNC_MAX = 16 << 10;
+const READDIRPLUS_SYNC_MAX = 128 << 10;
 
 const { ENODATA, ENOENT } = constants.errno;
 const { O_TRUNC, O_RDONLY } = fsConstants;
@@ -51,17 +54,20 @@ export interface FastPathSettings {
 
 export class FastPath {
   /** The last reply, `answer()` bytes long; overwritten by the next call. */
-  readonly reply = Buffer.alloc(SIZE.OUT_HEADER + Math.max(SIZE.ENTRY_OUT, READDIRPLUS_SYNC_MAX));
+  readonly reply: Buffer;
   /**
    * How much of the last reply is in `reply`: all of it, except after a READ, whose data went
    * straight into `dest` after the header's place and whose header alone is here.
    */
   replyHead = 0;
-  private readonly out = new DataView(this.reply.buffer, this.reply.byteOffset, this.reply.length);
+  private readonly out: DataView;
   /** Reused for every request: the filesystem must not keep it (FileSystem.getattrSync). */
   private readonly ctx: RequestContext = { uid: 0, gid: 0, pid: 0 };
 
-  constructor(private readonly fs: FileSystem, private readonly s: FastPathSettings) {}
+  constructor(private readonly fs: FileSystem, private readonly s: FastPathSettings) {
+    this.reply = Buffer.alloc(SIZE.OUT_HEADER + Math.max(SIZE.ENTRY_OUT, Math.min(s.maxWrite, READDIRPLUS_SYNC_MAX)));
+    this.out = new DataView(this.reply.buffer, this.reply.byteOffset, this.reply.length);
+  }
 
   /**
    * Answer the request in buf[0, len): the reply's length in `reply` (0: no reply is due), or

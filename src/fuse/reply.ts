@@ -201,9 +201,6 @@ export function direntRecordSize(name: Buffer, plus: boolean): number {
   return direntAlign((plus ? SIZE.DIRENTPLUS : SIZE.DIRENT) + n);
 }
 
-/** "." or "..": READDIRPLUS lists them without a node (the kernel takes no reference for them). */
-export const isDotName = (name: Buffer): boolean => name.length <= 2 && name[0] === 0x2e && (name.length === 1 || name[1] === 0x2e);
-
 /**
  * Packs fuse_dirent records (READDIR) or fuse_direntplus records (READDIRPLUS) into at most
  * `limit` bytes (the request's size), each padded to 8 bytes (FUSE_DIRENT_ALIGN). add/addPlus
