@@ -5,7 +5,7 @@
  */
 import { FsError } from '../util/errors';
 import { log } from '../util/log';
-import { Ext4Fs, Attr } from './fs';
+import { Ext4Fs, Attr, DirEntry } from './fs';
 import { ROOT_INO } from './inode';
 import {
   FileSystem, RequestContext, EntryAttr, SetAttrRequest, OpenResult, DirEntryOut, StatfsResult,
@@ -21,6 +21,8 @@ const O_RDWR = 2;
 
 export const toNode = (ino: number): number => (ino === ROOT_INO ? FUSE_ROOT : ino);
 export const toIno = (node: number): number => (node === FUSE_ROOT ? ROOT_INO : node === ROOT_INO ? 0 : node);
+/** A listed entry as the dispatcher takes it (FileSystem.readdir). */
+const direntOut = (e: DirEntry): DirEntryOut => ({ name: e.name, node: toNode(e.ino), type: e.type, next: e.next });
 
 function fuseAttr(a: Attr): FuseAttr {
   return { ino: a.ino, size: a.size, blocks: a.blocks, atime: a.atime, mtime: a.mtime, ctime: a.ctime, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, rdev: a.rdev, blksize: a.blksize };
@@ -345,7 +347,7 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     const d = this.dirs.get(fh);
     const ino = this.ino(node);
     const list = await this.ext4.readdir(ino, offset, d && d.ino === ino ? d.handle : undefined, limit);
-    return list.map((e) => ({ name: e.name, node: toNode(e.ino), type: e.type, next: e.next }));
+    return list.map(direntOut);
   }
 
   /** READDIRPLUS's attributes for entries this handle's readdir listed (see MissPaths in the dispatcher). */
@@ -361,7 +363,7 @@ export class Ext4FuseFs implements FileSystem, DaxSource {
     const d = this.dirs.get(fh);
     if (!d || d.ino !== toIno(node)) return undefined;
     const list = this.ext4.readdirCached(d.ino, d.handle, offset, limit);
-    return list && list.map((e) => ({ name: e.name, node: toNode(e.ino), type: e.type, next: e.next }));
+    return list && list.map(direntOut);
   }
 
   /** readdirplusEntries from memory (Ext4Fs.entryStatesCached): all of them, each counted as a lookup, or none. */

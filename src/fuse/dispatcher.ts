@@ -14,7 +14,7 @@ import {
 import { decodeRequest, decodeOptionsFor, DecodeError, DecodeOptions, DEFAULT_DECODE_OPTIONS, FuseRequest, FuseRequestOf, FuseOpKind } from './request';
 import {
   replyError, replyEmpty, replyEntry, replyAttr, replyOpen, replyCreate, replyWrite, replyStatfs,
-  replyXattrSize, replyInit, replyLseek, replyData, replyDataInPlace, payloadViews, DirentPacker,
+  replyXattrSize, replyInit, replyLseek, replyData, replyDataInPlace, payloadViews, DirentPacker, direntsThatFit,
 } from './reply';
 import { isDotName } from '../util/dot-names';
 import { EntryOut, FuseAttr, ZERO_ATTR } from './structs';
@@ -485,12 +485,7 @@ export class FuseSession {
     const limit = Math.floor(size / direntAlign((plus ? SIZE.DIRENTPLUS : SIZE.DIRENT) + 1));
     const entries = await this.fs.readdir(ctx, parent, req.fh, req.offset, limit);
     // The entries that fit, by their record sizes (which also refuse a name the kernel would).
-    let fit = 0;
-    for (let room = packer.room; fit < entries.length; fit++) {
-      const n = packer.recordSize(entries[fit].name);
-      if (n > room) break;
-      room -= n;
-    }
+    const fit = direntsThatFit(entries, packer.room, plus);
     if (!plus) {
       for (let i = 0; i < fit; i++) {
         const e = entries[i];

@@ -17,9 +17,9 @@
 import { constants as fsConstants } from 'node:fs';
 import { constants } from 'node:os';
 import { ENTRY_NAME_MAX, FOPEN, FuseOpcode, SIZE, XATTR_NAME_MAX, attrOutSize, direntAlign, entryOutSize, getattrInSize, readInSize, releaseInSize } from './abi';
-import { direntRecordSize, payloadViews } from './reply';
+import { direntsThatFit, payloadViews } from './reply';
 import { isDotName } from '../util/dot-names';
-import { DirEntryOut, FileSystem, RequestContext } from './filesystem';
+import { FileSystem, RequestContext } from './filesystem';
 import { ZERO_ATTR, encodeAttrOutAt, encodeEntryOutAt, encodeOpenOutAt, setU64 } from './structs';
 
 /** answer(): the request needs the ordinary path. */
@@ -207,15 +207,9 @@ export class FastPath {
     // No more entries than the smallest records (a name of up to 8 bytes) could fit.
     const entries = fs.readdirSync(ctx, node, fh, u64(buf, at + 8), Math.floor(size / direntAlign(SIZE.DIRENTPLUS + 1)));
     if (!entries) return NOT_HANDLED;
-    let fit = 0;
-    const named: DirEntryOut[] = [];
-    for (let room = size; fit < entries.length; fit++) {
-      const n = direntRecordSize(entries[fit].name, true);
-      if (n < 0) return NOT_HANDLED; // a name the kernel would refuse: the ordinary path's EIO
-      if (n > room) break;
-      room -= n;
-      if (!isDotName(entries[fit].name)) named.push(entries[fit]);
-    }
+    // A name the kernel would refuse throws (answer(): the ordinary path then gives its EIO).
+    const fit = direntsThatFit(entries, size, true);
+    const named = entries.slice(0, fit).filter((e) => !isDotName(e.name));
     const attrs = named.length ? fs.readdirplusEntriesSync(ctx, node, fh, named) : [];
     if (!attrs) return NOT_HANDLED;
     const out = this.out;

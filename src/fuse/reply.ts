@@ -193,12 +193,27 @@ export const direntType = (mode: number): number => (mode >>> 12) & 0o17;
 
 /**
  * The bytes a fuse_dirent (or with `plus` a fuse_direntplus) record for `name` takes, the name
- * padded to 8; -1 for a name the kernel would refuse (DirentPacker.recordSize).
+ * padded to 8. Throws EIO for a name the kernel would refuse: fuse_parse_dirfile /
+ * parse_dirplusfile fail the whole listing on an empty name, one over FUSE_NAME_MAX, or one
+ * containing '/'; a name like that is damage, not data.
  */
 export function direntRecordSize(name: Buffer, plus: boolean): number {
   const n = name.length;
-  if (n === 0 || n > FUSE_NAME_MAX || name.includes(0x2f) || name.includes(0)) return -1;
+  if (n === 0 || n > FUSE_NAME_MAX || name.includes(0x2f) || name.includes(0)) {
+    throw new FsError('EIO', `directory entry name ${JSON.stringify(name.toString('latin1'))} cannot be listed`);
+  }
   return direntAlign((plus ? SIZE.DIRENTPLUS : SIZE.DIRENT) + n);
+}
+
+/** How many of `entries`, from the first, have records that fit in `room` bytes (direntRecordSize: EIO for a bad name among them). */
+export function direntsThatFit(entries: readonly { name: Buffer }[], room: number, plus: boolean): number {
+  let fit = 0;
+  for (; fit < entries.length; fit++) {
+    const n = direntRecordSize(entries[fit].name, plus);
+    if (n > room) break;
+    room -= n;
+  }
+  return fit;
 }
 
 /**
@@ -254,16 +269,9 @@ export class DirentPacker {
     return this.buf.subarray(0, this.used);
   }
 
-  /**
-   * The bytes a record for `name` takes (fuse_dirent or fuse_direntplus with the name padded to
-   * 8). Throws EIO for a name the kernel would refuse: fuse_parse_dirfile / parse_dirplusfile
-   * fail the whole listing on an empty name, one over FUSE_NAME_MAX, or one containing '/'; a
-   * name like that is damage, not data.
-   */
+  /** The bytes a record for `name` takes (direntRecordSize). */
   recordSize(name: Buffer): number {
-    const n = direntRecordSize(name, this.plus);
-    if (n < 0) throw new FsError('EIO', `directory entry name ${JSON.stringify(name.toString('latin1'))} cannot be listed`);
-    return n;
+    return direntRecordSize(name, this.plus);
   }
 
   /** Bytes left for records. */
